@@ -1,0 +1,38 @@
+"""Load classifier checkpoints without executing pickled code (``torch.load(weights_only=True)``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cxr.models.classifier import BinaryClassifier
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not hold a cxr classifier."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dictionary, loaded weights-only (tensors and plain Python values, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle.UnpicklingError and friends: the file needs more than weights
+        raise CheckpointError(
+            f"{path}: cannot be loaded weights-only ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "refusing to unpickle arbitrary objects from a checkpoint"
+        ) from error
+
+
+def load_classifier(path: str | Path) -> tuple[BinaryClassifier, dict]:
+    """Rebuild the classifier from the checkpoint's hyper-parameters and load its weights."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters")
+    if not hparams or "net" not in hparams or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a cxr classifier checkpoint (no network hyper-parameters)")
+    model = BinaryClassifier(**{k: hparams.get(k) for k in ("net", "optimizer", "scheduler", "preprocessing",
+                                                            "program")})
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, checkpoint

@@ -1,0 +1,127 @@
+"""LightningDataModule: label file -> normalised table -> images on disk -> split -> streaming DataLoaders."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from cxr.data.dataset import ChestXrayDataset, Preprocessing
+from cxr.data.images import ImageIndexError, index_images
+from cxr.data.labels import read_labels
+from cxr.data.splits import SPLITS, make_split, summarise_split
+
+log = logging.getLogger(__name__)
+MISSING_POLICIES = ("error", "drop")
+
+
+def attach_image_paths(table: pd.DataFrame, root: str | Path, missing: str = "error",
+                       labels: str | Path = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add a ``path`` column; return (rows with an image, rows whose image is missing).
+
+    With ``missing='error'`` a missing image raises an error listing how many and the first few.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
+    found = index_images(root)
+    paths = table["image"].map(found)
+    absent = paths.isna()
+    if absent.any() and missing == "error":
+        first = ", ".join(table.loc[absent, "image"].head(5))
+        raise ImageIndexError(
+            f"{int(absent.sum())} of {len(table)} images listed in {labels or 'the label file'} are not under "
+            f"{root} (first: {first}); fix data.root, or skip them with data.missing=drop"
+        )
+    present = table.loc[~absent].assign(path=paths[~absent].astype(str)).reset_index(drop=True)
+    if absent.any():
+        log.warning("data.missing=drop: dropped %d of %d labelled images not found under %s",
+                    int(absent.sum()), len(table), root)
+    return present, table.loc[absent, ["image", "patient_id", "finding_labels"]].reset_index(drop=True)
+
+
+class ChestXrayDataModule(L.LightningDataModule):
+    """NIH ChestX-ray14 (or any set in its label layout) for the thesis' binary No Finding / finding task."""
+
+    def __init__(self, labels: str, root: str, split: dict, preprocessing: dict, batch_size: int = 10,
+                 num_workers: int = 0, missing: str = "error", external: dict | None = None,
+                 demo: dict | None = None, pin_memory: bool = False, name: str = "data"):
+        super().__init__()
+        self.labels, self.root, self.name = labels, root, name
+        self.split_settings = dict(split)
+        self.preprocessing = Preprocessing(**preprocessing)
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.missing = missing
+        self.external = dict(external or {})
+        self.demo = dict(demo) if demo else None
+        self._demo_ready = False
+        self.table: pd.DataFrame | None = None
+        self.dropped = pd.DataFrame()
+        self.external_table: pd.DataFrame | None = None
+        self.datasets: dict[str, ChestXrayDataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.demo is not None and not self._demo_ready:
+            self._demo_ready = True
+            from cxr.data.demo import ensure_demo_dataset
+
+            ensure_demo_dataset(self.root, **self.demo)
+            log.warning("data=demo: SYNTHETIC images, not X-rays. Use real data with data=nih data.root=... "
+                        "data.labels=... (see README)")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        if not self.labels or not self.root:
+            raise ValueError("data.labels and data.root must be set (e.g. data.root=/data/nih "
+                             "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
+        table, self.dropped = attach_image_paths(read_labels(self.labels), self.root, self.missing, self.labels)
+        if table.empty:
+            raise ValueError(f"no labelled image of {self.labels} was found under {self.root}")
+        settings = dict(self.split_settings)
+        method = settings.pop("method")
+        table["split"] = make_split(table, method, **settings)
+        self.table = table
+        self.summary = summarise_split(table, table["split"])
+        log.info("split=%s: %s", method, ", ".join(
+            f"{s} {self.summary[s]['images']} images / {self.summary[s]['patients']} patients" for s in SPLITS))
+        log.info("patients in more than one split: %s", self.summary["patients_in_several_splits"])
+        for name in SPLITS:
+            self.datasets[name] = ChestXrayDataset(table[table["split"] == name].reset_index(drop=True),
+                                                   self.preprocessing)
+        if self.external.get("labels") and self.external.get("root"):
+            external, _ = attach_image_paths(read_labels(self.external["labels"]), self.external["root"],
+                                             self.external.get("missing", self.missing), self.external["labels"])
+            self.external_table = external
+            self.datasets["external"] = ChestXrayDataset(external, self.preprocessing)
+
+    def rows(self, name: str) -> pd.DataFrame:
+        """The label rows behind the dataset ``name`` (train, val, test, external), in loader order."""
+        if name == "external":
+            return self.external_table
+        return self.table[self.table["split"] == name].reset_index(drop=True)
+
+    def split_table(self) -> pd.DataFrame:
+        """image, patient, split for every labelled image (saved as splits.csv)."""
+        return self.table[["image", "patient_id", "split"]].rename(columns={"patient_id": "patient"})
+
+    def eval_set_names(self) -> list[str]:
+        return [name for name in ("test", "external") if name in self.datasets and len(self.datasets[name])]
+
+    def _loader(self, name: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0 and name in ("train", "val"))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def eval_dataloader(self, name: str) -> DataLoader:
+        return self._loader(name)

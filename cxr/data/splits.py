@@ -1,0 +1,162 @@
+"""Train/val/test splits: the thesis' seeded image shuffle, patient-disjoint, and NIH's official lists.
+
+Sizes are image counts (``3000``) or fractions of the labelled images (``0.5``); the test split takes the rest.
+With ``scale=True``, counts are read as shares of ``pool`` (the thesis' 5,606-image sample) and scaled to the
+data at hand, so program C's 4606/500/500 becomes 82%/9%/9% of a smaller sample.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """Split settings that cannot be met by the data; the message names the setting."""
+
+
+def resolve_size(value, n: int, name: str, scale: bool = False, pool: int | None = None) -> int:
+    """Turn a count or a fraction into an image count out of ``n``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SplitError(f"split.{name} must be a count or a fraction, got {value!r}")
+    if isinstance(value, float):
+        if not 0 <= value < 1:
+            raise SplitError(f"split.{name}={value}: a fraction must lie in [0, 1); write a count as an integer")
+        return int(round(value * n))
+    count = int(value)
+    if count < 0:
+        raise SplitError(f"split.{name}={value} is negative")
+    if scale:
+        if not pool:
+            raise SplitError("split.scale=true needs split.pool, the sample size the counts refer to")
+        return int(round(count / pool * n))
+    return count
+
+
+def _sizes(n: int, train, val, scale: bool, pool: int | None) -> tuple[int, int]:
+    n_train = resolve_size(train, n, "train", scale, pool)
+    n_val = resolve_size(val, n, "val", scale, pool)
+    if n_train + n_val > n:
+        raise SplitError(
+            f"split sizes train={train} + val={val} ({n_train + n_val} images) exceed the {n} labelled images; "
+            "give fractions (split.train=0.6 split.val=0.1) or scale the thesis sizes with split.scale=true"
+        )
+    if n_train == 0:
+        raise SplitError(f"split.train={train} leaves no training image out of {n}")
+    return n_train, n_val
+
+
+def thesis_split(table: pd.DataFrame, train, val, seed: int = 100, scale: bool = False,
+                 pool: int | None = None) -> pd.Series:
+    """The thesis' split: ``np.random.seed(seed); np.random.shuffle(rows)``, then contiguous train/val/test.
+
+    Patients are ignored, as in the thesis, so one patient's images can land in several splits.
+    """
+    n = len(table)
+    n_train, n_val = _sizes(n, train, val, scale, pool)
+    order = np.arange(n)
+    np.random.RandomState(seed).shuffle(order)  # same stream as np.random.seed(seed) + np.random.shuffle
+    split = np.empty(n, dtype=object)
+    split[order[:n_train]] = "train"
+    split[order[n_train:n_train + n_val]] = "val"
+    split[order[n_train + n_val:]] = "test"
+    return pd.Series(split, index=table.index, name="split")
+
+
+def _require_patients(table: pd.DataFrame, method: str) -> pd.Series:
+    patients = table["patient_id"]
+    if patients.isna().any():
+        raise SplitError(
+            f"split={method} needs a patient id for every image, but {int(patients.isna().sum())} rows have none "
+            "(the label file lacks 'Patient ID'); use split=thesis or a label file with patient ids"
+        )
+    return patients
+
+
+def _assign_patients(patients: pd.Series, n_train: int, n_val: int, seed: int) -> pd.Series:
+    """Shuffle patients, then fill train, then val, with whole patients up to the image counts."""
+    images_per_patient = patients.value_counts(sort=False).sort_index()
+    order = images_per_patient.index.to_numpy().copy()
+    np.random.RandomState(seed).shuffle(order)
+    cumulative = images_per_patient.loc[order].cumsum().to_numpy()
+    # a patient goes to train while the running count stays within n_train (rounding to the nearest patient)
+    starts = cumulative - images_per_patient.loc[order].to_numpy()
+    midpoints = (starts + cumulative) / 2
+    assignment = np.where(midpoints < n_train, "train", np.where(midpoints < n_train + n_val, "val", "test"))
+    by_patient = pd.Series(assignment, index=order)
+    return patients.map(by_patient).rename("split")
+
+
+def patient_split(table: pd.DataFrame, train, val, seed: int = 100, scale: bool = False,
+                  pool: int | None = None) -> pd.Series:
+    """Patient-disjoint train/val/test with about the requested image counts."""
+    patients = _require_patients(table, "patient")
+    n_train, n_val = _sizes(len(table), train, val, scale, pool)
+    return _assign_patients(patients, n_train, n_val, seed)
+
+
+def read_image_list(path: str | Path) -> set[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"split list not found: {path} (NIH ships train_val_list.txt and test_list.txt)")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def official_split(table: pd.DataFrame, train_val_list, test_list, val=0.1, seed: int = 100) -> pd.Series:
+    """NIH's patient-disjoint ``test_list.txt`` as test; a patient-disjoint val carved from ``train_val_list.txt``.
+
+    Images in neither list are left out (split value ``None``). ``val`` is a count or a fraction of train_val.
+    """
+    patients = _require_patients(table, "official")
+    in_test = table["image"].isin(read_image_list(test_list))
+    in_train_val = table["image"].isin(read_image_list(train_val_list)) & ~in_test
+    split = pd.Series(None, index=table.index, dtype=object, name="split")
+    split[in_test] = "test"
+    n_train_val = int(in_train_val.sum())
+    if n_train_val:
+        n_val = resolve_size(val, n_train_val, "val")
+        if n_val >= n_train_val:
+            raise SplitError(f"split.val={val} takes all {n_train_val} train_val images")
+        split[in_train_val] = _assign_patients(patients[in_train_val], n_train_val - n_val, n_val, seed).map(
+            {"train": "train", "val": "val", "test": "val"})
+    left_out = int(split.isna().sum())
+    if left_out:
+        log.info("official split: %d labelled images are in neither list and are left out", left_out)
+    return split
+
+
+def make_split(table: pd.DataFrame, method: str, **settings) -> pd.Series:
+    """Dispatch on ``method`` (thesis, patient, official) and check that no split is empty."""
+    methods = {"thesis": thesis_split, "patient": patient_split, "official": official_split}
+    if method not in methods:
+        raise SplitError(f"unknown split method {method!r}; choose one of {', '.join(methods)}")
+    split = methods[method](table, **settings)
+    counts = split.value_counts()
+    for name in ("train", "val"):
+        if counts.get(name, 0) == 0:
+            raise SplitError(f"split={method} left the {name} split empty ({len(table)} labelled images)")
+    return split
+
+
+def summarise_split(table: pd.DataFrame, split: pd.Series) -> dict:
+    """Images, patients and class-1 share per split, and the number of patients found in more than one split."""
+    summary: dict = {"method_images": int(split.notna().sum())}
+    has_patients = not table["patient_id"].isna().any()
+    for name in SPLITS:
+        rows = table[split == name]
+        summary[name] = {
+            "images": int(len(rows)),
+            "patients": int(rows["patient_id"].nunique()) if has_patients else None,
+            "class1_share": round(float(rows["target"].mean()), 4) if len(rows) else None,
+        }
+    if has_patients:
+        splits_per_patient = pd.DataFrame({"p": table["patient_id"], "s": split}).dropna().groupby("p")["s"].nunique()
+        summary["patients_in_several_splits"] = int((splits_per_patient > 1).sum())
+    else:
+        summary["patients_in_several_splits"] = None
+    return summary

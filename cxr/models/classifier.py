@@ -1,0 +1,80 @@
+"""LightningModule for the binary No Finding (0) / finding (1) task: BCE on logits, Adam, torchmetrics."""
+from __future__ import annotations
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
+
+
+def _plain(value):
+    """OmegaConf nodes -> plain dicts, so checkpoints hold only primitives (safe weights-only loading)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def binary_metrics(prefix: str) -> MetricCollection:
+    """Accuracy, per-class accuracy (class 0 = specificity, class 1 = sensitivity) and AUROC."""
+    return MetricCollection(
+        {"acc": BinaryAccuracy(), "acc_class0": BinarySpecificity(), "acc_class1": BinaryRecall(),
+         "auroc": BinaryAUROC()},
+        prefix=prefix,
+    )
+
+
+class BinaryClassifier(L.LightningModule):
+    """Wraps a network that returns one logit per image.
+
+    ``net``, ``optimizer`` and ``scheduler`` are Hydra configs (``_target_``), kept as plain dicts in the
+    checkpoint's hyper-parameters so that ``BinaryClassifier.load_from_checkpoint(path)`` rebuilds everything.
+    ``preprocessing`` records how inputs were made (channels, size, divisor) for evaluation of the checkpoint.
+    """
+
+    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None,
+                 preprocessing: dict | None = None, program: str | None = None):
+        super().__init__()
+        self.save_hyperparameters({
+            "net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
+            "preprocessing": _plain(preprocessing), "program": program,
+        }, logger=False)  # the pipeline logs hyper-parameters once, with the final metrics
+        self.run_metadata: dict = {}  # saved in checkpoints as "cxr" (training overrides, provenance)
+        self.net = hydra.utils.instantiate(self.hparams.net)
+        self.train_metrics = binary_metrics("train/")
+        self.val_metrics = binary_metrics("val/")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _step(self, batch, metrics: MetricCollection, stage: str, on_step: bool):
+        images, targets, _ = batch
+        logits = self(images)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+        metrics.update(torch.sigmoid(logits.detach().float()), targets.long())
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, self.train_metrics, "train", on_step=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, self.val_metrics, "val", on_step=False)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return torch.sigmoid(self(batch[0]).float())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cxr"] = self.run_metadata
+
+    def configure_optimizers(self):
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler_cfg = dict(self.hparams.scheduler)
+        interval = scheduler_cfg.pop("interval", "epoch")
+        monitor = scheduler_cfg.pop("monitor", "val/auroc")
+        scheduler = hydra.utils.instantiate(scheduler_cfg, optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}

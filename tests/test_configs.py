@@ -1,0 +1,68 @@
+"""Every config group composes, and the composed configs say what the thesis programs are."""
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from cxr.data.splits import resolve_size
+
+PROGRAMS = {"A": (3, 255, 3000), "B": (1, 1, 3000), "C": (3, 255, 4606)}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_programs_compose_to_the_thesis_settings(make_cfg, program):
+    cfg = make_cfg([f"program={program}"])
+    channels, divisor, train_size = PROGRAMS[program]
+    assert cfg.program.preprocessing.channels == channels == cfg.model.net.in_channels
+    assert cfg.data.preprocessing.pixel_divisor == divisor
+    assert cfg.data.split.train == train_size and cfg.data.split.val == 500 and cfg.data.split.pool == 5606
+    assert cfg.model.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.data.batch_size == 10 and cfg.trainer.max_epochs == 100
+    stop = cfg.callbacks.early_stopping
+    assert (stop.monitor, stop.min_delta, stop.patience, stop.mode) == ("train/acc", 0.0005, 2, "max")
+    assert cfg.callbacks.model_checkpoint.monitor == "val/auroc" and cfg.callbacks.model_checkpoint.save_last
+
+
+def test_demo_data_scales_split_sizes_and_nih_does_not(make_cfg):
+    assert make_cfg(["data=demo"]).data.split.scale is True
+    nih = make_cfg(["data=nih", "data.root=/x", "data.labels=/x/labels.csv"])
+    assert nih.data.split.scale is False and nih.data.demo is None
+    assert nih.data.root == "/x"
+
+
+@pytest.mark.parametrize("split", ["thesis", "patient", "official"])
+def test_split_group_selects_method(make_cfg, split):
+    cfg = make_cfg([f"split={split}"])
+    assert cfg.data.split.method == split
+    if split == "official":
+        assert cfg.data.split.test_list == f"{cfg.data.root}/test_list.txt"
+
+
+@pytest.mark.parametrize("overrides", [["trainer=gpu"], ["logger=csv"], ["~logger"], ["debug=fdr"],
+                                       ["debug=overfit"], ["debug=limit"], ["experiment=thesis_nih_sample"]])
+def test_other_groups_compose(make_cfg, overrides):
+    cfg = make_cfg(overrides)
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if overrides == ["debug=fdr"]:
+        assert cfg.trainer.fast_dev_run is True
+    if overrides == ["logger=csv"]:
+        assert cfg.logger.csv._target_.endswith("CSVLogger")
+    if overrides == ["debug=overfit"]:
+        assert cfg.callbacks.early_stopping is None and cfg.trainer.overfit_batches == 3
+
+
+def test_any_key_can_be_overridden(make_cfg):
+    cfg = make_cfg(["model.optimizer.lr=0.01", "data.batch_size=32", "data.split.seed=7", "seed=3",
+                    "program.preprocessing.image_size=120"])
+    assert cfg.model.optimizer.lr == 0.01 and cfg.data.batch_size == 32 and cfg.data.split.seed == 7
+    assert cfg.model.net.image_size == 120 and cfg.data.preprocessing.image_size == 120
+
+
+def test_model_instantiates_with_the_thesis_parameter_count(make_cfg):
+    model = instantiate(make_cfg(["program=B"]).model)
+    assert sum(p.numel() for p in model.parameters()) == 6_811_393
+    assert model.hparams.preprocessing["channels"] == 1 and model.hparams.program == "B"
+
+
+def test_scaled_thesis_sizes():
+    assert resolve_size(4606, 963, "train", scale=True, pool=5606) == round(4606 / 5606 * 963)

@@ -1,0 +1,40 @@
+"""Program C for a few epochs on the real NIH sample, with the full-resolution originals as external set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from cxr.pipeline import train
+from tests.conftest import NIH_SAMPLE, compose_config, require_real_data
+from tests.test_train import check_run_directory
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_program_c_trains_on_the_real_nih_sample(tmp_path):
+    require_real_data(NIH_SAMPLE)
+    cfg = compose_config("train", ["experiment=thesis_nih_sample", "program=C", "trainer.max_epochs=3",
+                                   "callbacks.early_stopping=null"], tmp_path / "run")
+    try:
+        metrics = train(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    output_dir = Path(cfg.paths.output_dir)
+    saved = check_run_directory(output_dir, sets=("test", "external"))
+    assert saved == json.loads(json.dumps(metrics))  # what was returned is what was written
+
+    labelled = pd.read_csv(NIH_SAMPLE / "labels.csv")
+    splits = pd.read_csv(output_dir / "splits.csv")
+    assert len(splits) == len(labelled) == 963
+    sizes = splits["split"].value_counts()
+    assert sizes["train"] == round(4606 / 5606 * 963) and sizes["val"] == round(500 / 5606 * 963)
+    assert saved["split"]["patients_in_several_splits"] > 0  # the thesis' image shuffle ignores patients
+    assert saved["external"]["n"] == 48
+    assert saved["epochs_trained"] == 3
+    for name in ("test", "external"):
+        assert 0.0 <= saved[name]["auroc"] <= 1.0
+    assert saved["checkpoint"] and Path(saved["checkpoint"]).is_file()

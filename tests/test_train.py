@@ -1,0 +1,111 @@
+"""End-to-end: train.py's job in-process with fast_dev_run, a multirun in a subprocess, evaluate.py round trip."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxr.pipeline import RunDirectoryError, evaluate, train
+from tests.conftest import DEMO_OVERRIDES, REPO
+
+EVAL_SET_KEYS = {"n", "n_class0", "n_class1", "threshold", "accuracy", "accuracy_class0", "accuracy_class1",
+                 "balanced_accuracy", "auroc", "confusion_matrix"}
+
+
+def check_run_directory(output_dir: Path, sets=("test",)) -> dict:
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    for key in ("program", "params", "checkpoint", "epochs_trained"):
+        assert key in metrics
+    for name in sets:
+        assert EVAL_SET_KEYS <= metrics[name].keys()
+        (tn, fp), (fn, tp) = metrics[name]["confusion_matrix"]
+        assert tn + fp + fn + tp == metrics[name]["n"] == metrics[name]["n_class0"] + metrics[name]["n_class1"]
+        predictions = pd.read_csv(output_dir / f"predictions_{name}.csv")
+        assert list(predictions.columns) == ["image", "patient", "label", "probability"]
+        assert len(predictions) == metrics[name]["n"] and predictions["probability"].between(0, 1).all()
+        for suffix in ("", "_normalized"):
+            assert (output_dir / f"confusion_matrix_{name}{suffix}.png").stat().st_size > 0
+    splits = pd.read_csv(output_dir / "splits.csv")
+    assert list(splits.columns) == ["image", "patient", "split"]
+    assert (output_dir / "config.yaml").is_file() and (output_dir / "run.json").is_file()
+    return metrics
+
+
+@pytest.mark.parametrize("program, channels, params", [("A", 3, 6_811_969), ("B", 1, 6_811_393),
+                                                       ("C", 3, 6_811_969)])
+def test_fast_dev_run_of_each_program(make_cfg, program, channels, params):
+    cfg = make_cfg([f"program={program}", "debug=fdr"])
+    metrics = train(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    saved = check_run_directory(output_dir)
+    assert saved["program"] == program and saved["params"] == params and saved["checkpoint"] is None
+    assert metrics["test"]["n"] == saved["split"]["test"]["images"] > 0
+    assert (output_dir / "training_curves.png").is_file()
+
+
+def test_a_finished_run_directory_is_never_reused(make_cfg):
+    cfg = make_cfg(["debug=fdr"])
+    train(cfg)
+    before = (Path(cfg.paths.output_dir) / "metrics.json").read_bytes()
+    with pytest.raises(RunDirectoryError, match="already holds a finished run"):
+        train(cfg)
+    assert (Path(cfg.paths.output_dir) / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_training_checkpoints_and_evaluate_round_trip(make_cfg, tmp_path):
+    """Two real epochs: best and last checkpoints, history, then evaluate.py's job reproduces the test metrics."""
+    cfg = make_cfg(["program=B", "trainer.max_epochs=2", "callbacks.early_stopping=null"])
+    metrics = train(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    check_run_directory(output_dir)
+    assert metrics["epochs_trained"] == 2 and Path(metrics["checkpoint"]).name.startswith("best-epoch")
+    assert (output_dir / "checkpoints" / "last.ckpt").is_file()
+    history = pd.read_csv(output_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and history[["train/acc", "val/auroc"]].notna().all().all()
+    assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    eval_cfg = make_cfg([f"ckpt_path={metrics['checkpoint']}"], config_name="evaluate")
+    evaluated = evaluate(eval_cfg)
+    assert evaluated["preprocessing"]["channels"] == 1 and evaluated["program"] == "B"
+    assert evaluated["test"]["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert evaluated["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+    check_run_directory(Path(eval_cfg.paths.output_dir))
+
+
+def run_script(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_multirun_over_programs_in_a_subprocess(tmp_path, demo_root):
+    sweep_dir = tmp_path / "multirun"
+    result = run_script([
+        "train.py", "-m", "program=A,B,C", "debug=fdr", *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}",
+    ])
+    assert result.returncode == 0, result.stderr[-3000:]
+    programs = {json.loads((sweep_dir / str(n) / "metrics.json").read_text())["program"] for n in range(3)}
+    assert programs == {"A", "B", "C"}
+
+
+@pytest.mark.slow
+def test_evaluate_script_inherits_the_training_overrides(tmp_path, demo_root):
+    """evaluate.py with only ckpt_path finds the program, data and split the checkpoint was trained with."""
+    data = DEMO_OVERRIDES(demo_root)
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    result = run_script(["train.py", "program=C", "split=patient", "trainer.max_epochs=1", "logger=csv",
+                         *data, f"hydra.run.dir={train_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((train_dir / "metrics.json").read_text())
+    result = run_script(["evaluate.py", f"ckpt_path={train_dir / 'checkpoints' / 'last.ckpt'}",
+                         f"hydra.run.dir={eval_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["split"] == trained["split"]
+    assert pd.read_csv(eval_dir / "splits.csv").equals(pd.read_csv(train_dir / "splits.csv"))

@@ -1,0 +1,18 @@
+"""Train, evaluate and save one run: python train.py [program=A|B|C] [data=demo|nih] [key=value ...]
+
+Multirun: python train.py -m program=A,B,C
+"""
+import hydra
+from omegaconf import DictConfig
+
+from cxr.pipeline import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return (metrics.get("test") or {}).get("auroc")  # the value an Optuna sweeper optimises
+
+
+if __name__ == "__main__":
+    main()
