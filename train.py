@@ -1,11 +1,14 @@
 """Train, evaluate and save one run: python train.py [program=A|B|C] [data=demo|nih] [key=value ...]
 
 Multirun: python train.py -m program=A,B,C
+Resume a killed run in its own directory: python train.py resume=outputs/train/runs/<run>
 """
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from cxr.pipeline import train
+from cxr.pipeline import resume_arguments, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -15,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = resume_arguments(sys.argv[1:])
     main()

@@ -1,10 +1,19 @@
-"""Lightning callbacks of the framework: per-epoch history (training curves) and input-image grids."""
+"""Lightning callbacks: per-epoch history (training curves), input-image grids, resumable random state,
+checkpoint on interrupt."""
 from __future__ import annotations
 
+import logging
+import random
+from pathlib import Path
+
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
 
 
 def tensorboard_writer(trainer: L.Trainer):
@@ -66,3 +75,41 @@ class InputImageGrid(L.Callback):
             labels = " ".join(str(int(target)) for _, target, _ in items)
             writer.add_image(f"inputs/{name}", grid, global_step=0)
             writer.add_text(f"inputs/{name}_labels", f"labels (0 = No Finding, 1 = finding): {labels}", 0)
+
+
+class RandomState(L.Callback):
+    """Saves the Python, NumPy and torch random states in checkpoints and restores them on resume, so a resumed
+    run shuffles its remaining epochs exactly as an uninterrupted one (Lightning does not save them)."""
+
+    def state_dict(self) -> dict:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        random.setstate(_as_tuples(state_dict["python"]))
+        torch.set_rng_state(state_dict["torch"])
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class CheckpointOnInterrupt(L.Callback):
+    """On Ctrl-C or SIGTERM, saves ``interrupted.ckpt`` before Lightning stops the run."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.received_sigterm:  # single-process Lightning would only stop at the end of the epoch
+            raise SIGTERMException()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and not trainer.fast_dev_run:
+            path = Path(self.dirpath) / "interrupted.ckpt"
+            trainer.save_checkpoint(path)
+            log.warning("interrupted: saved %s (resume from the last finished epoch with: python train.py "
+                        "resume=%s)", path, Path(self.dirpath).parent)

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.artifacts import run_provenance, write_csv, write_json, write_text
@@ -37,15 +40,63 @@ def command_line_overrides() -> list[str]:
     return overrides
 
 
-def _prepare_run_directory(cfg: DictConfig) -> Path:
+def _prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
     output_dir = Path(cfg.paths.output_dir)
     if (output_dir / "metrics.json").exists():
         raise RunDirectoryError(f"{output_dir} already holds a finished run (metrics.json); a new run never "
                                 "overwrites one: choose another hydra.run.dir")
+    if not resuming and any((output_dir / "checkpoints").glob("*.ckpt")):
+        raise RunDirectoryError(f"{output_dir} holds an unfinished run; resume it with: python train.py "
+                                f"resume={output_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(output_dir / "run.json", run_provenance())
     return output_dir
+
+
+def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise RunDirectoryError(f"nothing to resume: {last} does not exist (no epoch finished before the crash?)")
+    log.info("resuming from %s", last)
+    return str(last)
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """Expand ``resume=<run dir>`` into that run's own overrides + ``hydra.run.dir=<run dir> ckpt_path=last``."""
+    resume = [a for a in argv if a.startswith("resume=")]
+    if not resume:
+        return argv
+    run_dir = Path(resume[-1].partition("=")[2]).resolve()
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise SystemExit(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
+    previous = [o for o in OmegaConf.load(overrides_file)
+                if _override_key(o) not in ("hydra.run.dir", "ckpt_path", "resume")]
+    others = [a for a in argv if not a.startswith("resume=")]
+    return [*previous, *others, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+
+
+class DataCheckError(ValueError):
+    """The dataset would make training fail; the message holds the first problem line."""
+
+
+def _check_data(cfg: DictConfig, output_dir: Path) -> None:
+    """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt)."""
+    from cxr.check import run_check
+
+    report = run_check(cfg)
+    lines = report.lines()
+    write_text(output_dir / "data_check.txt", "\n".join(lines) + "\n")
+    for line in lines:
+        log.log(logging.ERROR if line.startswith(("ERROR", "FAILED")) else logging.INFO, "data check: %s", line)
+    if not report.ok:
+        first = next(line for line in lines if line.startswith("ERROR"))
+        raise DataCheckError(f"{first} (all problems: {output_dir / 'data_check.txt'})")
 
 
 def _build_data(cfg: DictConfig, output_dir: Path, **overrides):
@@ -78,7 +129,12 @@ def _final_metrics(results: dict) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Fit the model on the train split, pick the best checkpoint by validation AUROC, evaluate and save."""
-    output_dir = _prepare_run_directory(cfg)
+    output_dir = _prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
+    ckpt_path = _resume_checkpoint(cfg, output_dir)
+    if cfg.get("data_check", True) or cfg.get("check_only"):
+        _check_data(cfg, output_dir)
+        if cfg.get("check_only"):
+            return {"data_check": "ok"}
     L.seed_everything(cfg.seed, workers=True)
     datamodule = _build_data(cfg, output_dir)
 
@@ -88,7 +144,10 @@ def train(cfg: DictConfig) -> dict:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
 
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
@@ -110,14 +169,18 @@ def train(cfg: DictConfig) -> dict:
         "program": cfg.program.name,
         "data": cfg.data.name,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "checkpoint": best_path or None,
+        "checkpoint": os.path.relpath(best_path, output_dir) if best_path else None,
         "epochs_trained": trainer.current_epoch if not trainer.fast_dev_run else 1,
         "split": datamodule.summary,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
     for logger in trainer.loggers:
-        logger.log_hyperparams(_hyperparameters(cfg), metrics=_final_metrics(results))
+        if isinstance(logger, TensorBoardLogger):  # HParams tab: settings beside final metrics
+            logger.log_hyperparams(_hyperparameters(cfg), metrics=_final_metrics(results))
+        else:
+            logger.log_hyperparams(_hyperparameters(cfg))
+            logger.log_metrics(_final_metrics(results), step=trainer.global_step)
         logger.finalize("success")
     log.info("run directory: %s", output_dir)
     return metrics

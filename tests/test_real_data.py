@@ -37,4 +37,4 @@ def test_program_c_trains_on_the_real_nih_sample(tmp_path):
     assert saved["epochs_trained"] == 3
     for name in ("test", "external"):
         assert 0.0 <= saved[name]["auroc"] <= 1.0
-    assert saved["checkpoint"] and Path(saved["checkpoint"]).is_file()
+    assert saved["checkpoint"] and (output_dir / saved["checkpoint"]).is_file()

@@ -70,7 +70,7 @@ def test_training_checkpoints_and_evaluate_round_trip(make_cfg, tmp_path):
     assert list(history["epoch"]) == [1, 2] and history[["train/acc", "val/auroc"]].notna().all().all()
     assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
 
-    eval_cfg = make_cfg([f"ckpt_path={metrics['checkpoint']}"], config_name="evaluate")
+    eval_cfg = make_cfg([f"ckpt_path={output_dir / metrics['checkpoint']}"], config_name="evaluate")
     evaluated = evaluate(eval_cfg)
     assert evaluated["preprocessing"]["channels"] == 1 and evaluated["program"] == "B"
     assert evaluated["test"]["confusion_matrix"] == metrics["test"]["confusion_matrix"]
@@ -109,3 +109,25 @@ def test_evaluate_script_inherits_the_training_overrides(tmp_path, demo_root):
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["split"] == trained["split"]
     assert pd.read_csv(eval_dir / "splits.csv").equals(pd.read_csv(train_dir / "splits.csv"))
+
+
+def test_training_fails_fast_on_a_broken_image_and_check_only_stops(make_cfg, tmp_path, demo_root):
+    import shutil
+
+    from cxr.pipeline import DataCheckError
+
+    root = tmp_path / "broken"
+    shutil.copytree(demo_root, root)
+    victim = sorted(root.glob("images_001/images/*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    overrides = ["data=nih", f"data.root={root}", f"data.labels={root}/Data_Entry_demo.csv", "data.split.scale=true"]
+    cfg = make_cfg([*overrides, "debug=fdr"])
+    with pytest.raises(DataCheckError, match=rf"ERROR truncated.*{victim.name}"):
+        train(cfg)
+    assert "ERROR" in (Path(cfg.paths.output_dir) / "data_check.txt").read_text()
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+    victim.unlink()
+    cfg = make_cfg([*overrides, "data.missing=drop", "check_only=true"])
+    assert train(cfg) == {"data_check": "ok"}
+    assert "WARNING missing images" in (Path(cfg.paths.output_dir) / "data_check.txt").read_text()

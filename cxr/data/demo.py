@@ -15,7 +15,7 @@ from PIL import Image
 
 from cxr.data.labels import FINDINGS, NO_FINDING
 
-DEMO_VERSION = 1  # bump when the generator changes; part of the sentinel so old caches are rebuilt
+DEMO_VERSION = 2  # bump when the generator changes; part of the sentinel so old caches are rebuilt
 CSV_NAME = "Data_Entry_demo.csv"
 SENTINEL = ".complete"
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -51,8 +51,8 @@ def _draw(rng: np.random.Generator, size: int, sick: bool) -> np.ndarray:
         lx, ly, a, b = lungs[rng.integers(2)]
         angle, radius = rng.uniform(0, 2 * np.pi), 0.7 * np.sqrt(rng.random())
         bx, by = lx + a * radius * np.cos(angle), ly + b * radius * np.sin(angle)
-        sigma = rng.uniform(0.03, 0.1)
-        amp = rng.uniform(0.04, 0.24) if sick else rng.uniform(0.03, 0.09)
+        sigma = rng.uniform(0.06, 0.14)
+        amp = rng.uniform(0.2, 0.45) if sick else rng.uniform(0.03, 0.09)
         img += amp * np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * sigma**2))
     img *= rng.uniform(0.85, 1.15)  # exposure
     img += rng.normal(0.0, 0.04, img.shape)

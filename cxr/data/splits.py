@@ -135,6 +135,8 @@ def make_split(table: pd.DataFrame, method: str, **settings) -> pd.Series:
     methods = {"thesis": thesis_split, "patient": patient_split, "official": official_split}
     if method not in methods:
         raise SplitError(f"unknown split method {method!r}; choose one of {', '.join(methods)}")
+    if method == "official":  # its sizes are read against train_val_list.txt; thesis count scaling does not apply
+        settings = {key: value for key, value in settings.items() if key not in ("scale", "pool")}
     split = methods[method](table, **settings)
     counts = split.value_counts()
     for name in ("train", "val"):
