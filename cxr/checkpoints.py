@@ -33,6 +33,6 @@ def load_classifier(path: str | Path) -> tuple[BinaryClassifier, dict]:
     if not hparams or "net" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a cxr classifier checkpoint (no network hyper-parameters)")
     model = BinaryClassifier(**{k: hparams.get(k) for k in ("net", "optimizer", "scheduler", "preprocessing",
-                                                            "program")})
+                                                            "program", "class_weight")})
     model.load_state_dict(checkpoint["state_dict"])
     return model, checkpoint

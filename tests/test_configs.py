@@ -9,6 +9,15 @@ from cxr.data.splits import resolve_size
 PROGRAMS = {"A": (3, 255, 3000), "B": (1, 1, 3000), "C": (3, 255, 4606)}
 
 
+def test_program_d_changes_the_recipe_not_the_network_or_the_test_images(make_cfg):
+    c, d = make_cfg(["program=C"]), make_cfg(["program=D"])
+    assert d.data.split.train == c.data.split.train and d.data.split.val == c.data.split.val
+    assert d.model.net == {**c.model.net, "in_channels": 1}
+    assert d.callbacks.early_stopping.monitor == "val/auroc" and d.model.class_weight == "balanced"
+    assert d.data.augmentation.degrees > 0 and d.model.scheduler._target_.endswith("ReduceLROnPlateau")
+    assert c.data.augmentation is None and c.model.scheduler is None and c.model.class_weight is None
+
+
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_programs_compose_to_the_thesis_settings(make_cfg, program):
     cfg = make_cfg([f"program={program}"])

@@ -8,7 +8,7 @@ import lightning as L
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from cxr.data.dataset import ChestXrayDataset, Preprocessing
+from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform
 from cxr.data.images import ImageIndexError, index_images
 from cxr.data.labels import read_labels
 from cxr.data.splits import SPLITS, make_split, summarise_split
@@ -46,7 +46,8 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def __init__(self, labels: str, root: str, split: dict, preprocessing: dict, batch_size: int = 10,
                  num_workers: int = 0, missing: str = "error", external: dict | None = None,
-                 demo: dict | None = None, pin_memory: bool = False, name: str = "data"):
+                 demo: dict | None = None, pin_memory: bool = False, name: str = "data",
+                 augmentation: dict | None = None):
         super().__init__()
         self.labels, self.root, self.name = labels, root, name
         self.split_settings = dict(split)
@@ -55,6 +56,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.missing = missing
         self.external = dict(external or {})
         self.demo = dict(demo) if demo else None
+        self.augmentation = dict(augmentation) if augmentation else None
         self._demo_ready = False
         self.table: pd.DataFrame | None = None
         self.dropped = pd.DataFrame()
@@ -88,8 +90,9 @@ class ChestXrayDataModule(L.LightningDataModule):
             f"{s} {self.summary[s]['images']} images / {self.summary[s]['patients']} patients" for s in SPLITS))
         log.info("patients in more than one split: %s", self.summary["patients_in_several_splits"])
         for name in SPLITS:
+            transform = augmentation_transform(**self.augmentation) if name == "train" and self.augmentation else None
             self.datasets[name] = ChestXrayDataset(table[table["split"] == name].reset_index(drop=True),
-                                                   self.preprocessing)
+                                                   self.preprocessing, transform)
         if self.external.get("labels") and self.external.get("root"):
             external, _ = attach_image_paths(read_labels(self.external["labels"]), self.external["root"],
                                              self.external.get("missing", self.missing), self.external["labels"])

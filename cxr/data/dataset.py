@@ -32,7 +32,8 @@ class Preprocessing:
 class ChestXrayDataset(Dataset):
     """Rows of a label table with a ``path`` column; items are ``(image, target, row_index)``."""
 
-    def __init__(self, table: pd.DataFrame, preprocessing: Preprocessing):
+    def __init__(self, table: pd.DataFrame, preprocessing: Preprocessing, transform=None):
+        self.transform = transform  # applied to the float tensor (augmentation of the training split)
         self.paths = table["path"].astype(str).tolist()
         self.targets = torch.tensor(table["target"].to_numpy(), dtype=torch.float32)
         self.preprocessing = preprocessing
@@ -43,4 +44,19 @@ class ChestXrayDataset(Dataset):
     def __getitem__(self, index: int):
         p = self.preprocessing
         pixels = load_image(self.paths[index], channels=p.channels, size=p.image_size, resample=p.resample)
-        return p.to_tensor(pixels), self.targets[index], index
+        image = p.to_tensor(pixels)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index], index
+
+
+def augmentation_transform(degrees: float = 0.0, translate: float = 0.0, scale=(1.0, 1.0),
+                           horizontal_flip: bool = False):
+    """Random affine (rotation in degrees, shift as a fraction of the size, zoom range) and optional flip."""
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomAffine(degrees=degrees, translate=(translate, translate) if translate else None,
+                             scale=tuple(scale) if scale else None)]
+    if horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)

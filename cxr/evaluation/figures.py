@@ -1,4 +1,7 @@
-"""Draw the thesis' figures: Appendix A training curves and Appendix B confusion matrices.
+"""Draw the thesis' figures (Appendix A training curves, Appendix B confusion matrices) and diagnostic figures
+of a binary classifier: ROC / precision-recall with operating points, reliability diagram, probability histograms
+per true class, and a ROC overlay of several runs. Operating points and thresholds use the rule of
+:mod:`cxr.evaluation.metrics`: a probability ``>= threshold`` predicts 'Finding'.
 
 Everything works on ``matplotlib.figure.Figure`` objects with the Agg canvas and never touches
 pyplot's global state, so it is thread-safe and never opens a window.
@@ -15,8 +18,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cxr.evaluation.curves import (_validate, average_precision, calibration_bins, expected_calibration_error,
+                                   precision_recall_curve, roc_curve)
+from cxr.evaluation.metrics import auroc
+
 _PANELS = (("acc", "model accuracy", "accuracy"), ("loss", "model loss", "loss"))
 _SPLITS = (("train", "train"), ("val", "validation"))
+CLASS_NAMES = ("No Finding", "Finding")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINESTYLES = ("--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+_CHANCE = {"color": "grey", "linestyle": "--", "linewidth": 1}
 
 
 def _new_figure(figsize) -> Figure:
@@ -85,6 +96,150 @@ def training_curves_figure(history) -> Figure:
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _point_label(name, threshold) -> str:
+    """``"name (t=0.43)"``; more digits where two decimals would round a threshold inside (0, 1) to 0 or 1."""
+    threshold = float(threshold)
+    text = f"{threshold:.2f}"
+    if text in ("0.00", "1.00", "-0.00") and threshold not in (0.0, 1.0):
+        text = f"{threshold:.3g}"
+    return f"{name} (t={text})"
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, transform=ax.transAxes)
+
+
+def _unit_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def _operating_point(labels, probabilities, threshold) -> tuple[float, float, float]:
+    """(fpr, tpr = recall, precision) of ``probability >= threshold``; precision NaN when nothing is positive."""
+    predicted = probabilities >= threshold
+    tp, fp = int((predicted & labels).sum()), int((predicted & ~labels).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    return fp / int((~labels).sum()), tp / int(labels.sum()), precision
+
+
+def roc_pr_figure(labels, probabilities, operating_points: dict[str, float] | None = None,
+                  title: str = "") -> Figure:
+    """Two panels: ROC (chance diagonal, AUROC in the legend) and precision-recall (prevalence baseline,
+    average precision in the legend). Each operating point ``name -> threshold`` gets its own marker on both
+    panels, labelled ``"name (t=0.43)"`` (on the PR panel only in the legend when nothing is predicted positive).
+    With a single class both panels say so instead of drawing curves."""
+    labels, probabilities = _validate(labels, probabilities)
+    figure = _new_figure((11, 4.8))
+    roc_ax, pr_ax = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    _unit_axes(roc_ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)", "ROC curve")
+    _unit_axes(pr_ax, "recall (sensitivity)", "precision (PPV)", "Precision-recall curve")
+    if title:
+        figure.suptitle(title)
+    roc, pr = roc_curve(labels, probabilities), precision_recall_curve(labels, probabilities)
+    if roc is None or pr is None:
+        for ax in (roc_ax, pr_ax):
+            _note(ax, "needs both classes")
+        figure.tight_layout()
+        return figure
+    roc_ax.plot([0, 1], [0, 1], label="chance", **_CHANCE)
+    roc_ax.plot(roc[0], roc[1], color="C0", linewidth=2, label=f"ROC (AUROC = {auroc(labels, probabilities):.3f})")
+    prevalence = float(labels.mean())
+    pr_ax.axhline(prevalence, label=f"prevalence = {prevalence:.2f}", **_CHANCE)
+    pr_ax.plot(pr[1], pr[0], color="C0", linewidth=2, drawstyle="steps-pre",
+               label=f"PR (AP = {average_precision(labels, probabilities):.3f})")
+    for index, (name, threshold) in enumerate((operating_points or {}).items()):
+        fpr, tpr, precision = _operating_point(labels, probabilities, threshold)
+        style = {"marker": _MARKERS[index % len(_MARKERS)], "color": f"C{index % 9 + 1}", "markersize": 9,
+                 "markeredgecolor": "black", "linestyle": "none", "label": _point_label(name, threshold)}
+        roc_ax.plot([fpr], [tpr], **style)
+        pr_ax.plot([tpr], [precision], **style)
+    roc_ax.legend(loc="lower right", fontsize="small")
+    pr_ax.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def calibration_figure(labels, probabilities, n_bins: int = 10, title: str = "") -> Figure:
+    """Reliability diagram: observed rate of 'Finding' against mean predicted probability per bin (points and
+    line) with the perfect-calibration diagonal and ECE in the legend; bin counts as light bars underneath."""
+    bins = calibration_bins(labels, probabilities, n_bins)
+    figure = _new_figure((6, 6.5))
+    grid = figure.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax = figure.add_subplot(grid[0])
+    count_ax = figure.add_subplot(grid[1], sharex=ax)
+    _unit_axes(ax, "", "observed rate of Finding", title or "Reliability diagram")
+    ax.tick_params(labelbottom=False)
+    ax.plot([0, 1], [0, 1], label="perfectly calibrated", **_CHANCE)
+    filled = bins[bins["count"] > 0]
+    if filled.empty:
+        _note(ax, "no sample")
+    else:
+        ece = expected_calibration_error(labels, probabilities, n_bins)
+        ax.plot(filled["mean_probability"], filled["observed_rate"], marker="o", color="C0", linewidth=2,
+                label=f"model (ECE = {ece:.3f})")
+    ax.legend(loc="upper left", fontsize="small")
+    count_ax.bar(bins["bin_low"], bins["count"], width=bins["bin_high"] - bins["bin_low"], align="edge",
+                 color="C0", alpha=0.3, edgecolor="C0", label="count")
+    count_ax.set_xlabel("mean predicted probability of Finding")
+    count_ax.set_ylabel("count")
+    count_ax.grid(alpha=0.3)
+    figure.subplots_adjust(left=0.13, right=0.96, top=0.94, bottom=0.09)
+    return figure
+
+
+def probability_histogram_figure(labels, probabilities, thresholds: dict[str, float] | None = None,
+                                 title: str = "") -> Figure:
+    """Histograms of the predicted probability per true class ('No Finding', 'Finding'; semi-transparent,
+    the same 20 bins on [0, 1], each class normalised to its share so that a rare class stays visible; n in the
+    legend) and a vertical line per threshold ``name -> t``. A collapsed model shows all mass in one spot."""
+    labels, probabilities = _validate(labels, probabilities)
+    figure = _new_figure((8, 4.8))
+    ax = figure.add_subplot()
+    edges = np.linspace(0, 1, 21)
+    for value, name in enumerate(CLASS_NAMES):
+        values = probabilities[labels == bool(value)]
+        weights = np.full(values.shape, 1 / max(values.size, 1))
+        ax.hist(values, bins=edges, weights=weights, alpha=0.5, color=f"C{value}", edgecolor=f"C{value}",
+                label=f"{name} (n={values.size})")
+    for index, (name, threshold) in enumerate((thresholds or {}).items()):
+        ax.axvline(threshold, color=f"C{index % 8 + 2}", linewidth=2,
+                   linestyle=_LINESTYLES[index % len(_LINESTYLES)], label=_point_label(name, threshold))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("predicted probability of Finding")
+    ax.set_ylabel("share of the true class")
+    ax.set_title(title or "Predicted probability by true class")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def roc_overlay_figure(curves: dict[str, tuple], title: str = "") -> Figure:
+    """One ROC line per run (``name -> (labels, probabilities)``) with its AUROC in the legend, plus the chance
+    diagonal; a run with a single class is listed as 'AUROC n/a' without a line."""
+    figure = _new_figure((6.5, 6))
+    ax = figure.add_subplot()
+    _unit_axes(ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)",
+               title or "ROC curves")
+    ax.plot([0, 1], [0, 1], label="chance", **_CHANCE)
+    for index, (name, (labels, probabilities)) in enumerate(curves.items()):
+        roc = roc_curve(labels, probabilities)
+        if roc is None:
+            ax.plot([], [], color=f"C{index % 10}", label=f"{name} (AUROC n/a)")
+        else:
+            ax.plot(roc[0], roc[1], color=f"C{index % 10}", linewidth=2,
+                    label=f"{name} (AUROC = {auroc(labels, probabilities):.3f})")
+    if not curves:
+        _note(ax, "no runs")
+    ax.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     return figure
 

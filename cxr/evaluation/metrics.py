@@ -2,17 +2,36 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 
 def auroc(labels, scores) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); None with a single class."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); None with a single class.
+
+    Ranks come from one stable argsort; tied scores share the average of their ranks, so a tie between a
+    positive and a negative counts one half. Integer arithmetic up to the final division keeps it exact.
+    A NaN score cannot be ranked: the result is then NaN."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"labels and scores differ in length: {labels.size} != {scores.size}")
+    n_pos = int(labels.sum())
+    n_neg = int(labels.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    if np.isnan(scores).any():
+        return float("nan")
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    first_of_group = np.empty(ordered.size, dtype=bool)
+    first_of_group[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first_of_group[1:])
+    starts = np.flatnonzero(first_of_group)  # 0-based position of each group of tied scores
+    ends = np.append(starts[1:], ordered.size)  # exclusive
+    positives_per_group = np.add.reduceat(labels[order].astype(np.int64), starts)
+    # a group covers the 1-based ranks starts+1 .. ends: twice their average is starts + 1 + ends
+    twice_rank_sum = int((positives_per_group * (starts + 1 + ends)).sum())
+    twice_u = twice_rank_sum - n_pos * (n_pos + 1)
+    return twice_u / (2 * n_pos * n_neg)
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
@@ -20,8 +39,9 @@ def _ratio(numerator: int, denominator: int) -> float | None:
 
 
 def binary_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
-    """Counts, accuracy, per-class accuracy (class 0 = specificity, class 1 = sensitivity), AUROC and the
-    confusion matrix ``[[tn, fp], [fn, tp]]``; a probability >= threshold predicts class 1."""
+    """Counts, accuracy, per-class accuracy (class 0 = specificity, class 1 = sensitivity), F1, positive and
+    negative predictive value, AUROC and the confusion matrix ``[[tn, fp], [fn, tp]]``; a probability >=
+    threshold predicts class 1. A ratio whose denominator is zero is None."""
     labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(probabilities, dtype=np.float64) >= threshold).astype(int)
     tn = int(((labels == 0) & (predicted == 0)).sum())
@@ -39,6 +59,9 @@ def binary_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
         "accuracy_class0": class0,
         "accuracy_class1": class1,
         "balanced_accuracy": balanced,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
         "auroc": auroc(labels, probabilities),
         "predicted_class1_share": _ratio(fp + tp, len(labels)),
         "confusion_matrix": [[tn, fp], [fn, tp]],

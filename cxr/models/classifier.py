@@ -33,16 +33,30 @@ class BinaryClassifier(L.LightningModule):
     """
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None,
-                 preprocessing: dict | None = None, program: str | None = None):
+                 preprocessing: dict | None = None, program: str | None = None, class_weight=None):
         super().__init__()
         self.save_hyperparameters({
             "net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
-            "preprocessing": _plain(preprocessing), "program": program,
+            "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight,
         }, logger=False)  # the pipeline logs hyper-parameters once, with the final metrics
         self.run_metadata: dict = {}  # saved in checkpoints as "cxr" (training overrides, provenance)
         self.net = hydra.utils.instantiate(self.hparams.net)
+        # weight of class-1 terms in the loss; "balanced" is set from the training split in setup()
+        weight = class_weight if isinstance(class_weight, (int, float)) else 1.0
+        self.register_buffer("pos_weight", torch.tensor(float(weight)))
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.class_weight == "balanced" and stage == "fit" and self.trainer.datamodule is not None:
+            targets = self.trainer.datamodule.datasets["train"].targets
+            n_class1 = float(targets.sum())
+            if n_class1 == 0 or n_class1 == len(targets):
+                raise ValueError("class_weight=balanced: the training split holds a single class")
+            self.pos_weight.fill_((len(targets) - n_class1) / n_class1)
+        elif self.hparams.class_weight not in (None, "balanced") and not isinstance(self.hparams.class_weight,
+                                                                                     (int, float)):
+            raise ValueError(f"class_weight={self.hparams.class_weight!r}: use null, balanced or a number")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -50,7 +64,7 @@ class BinaryClassifier(L.LightningModule):
     def _step(self, batch, metrics: MetricCollection, stage: str, on_step: bool):
         images, targets, _ = batch
         logits = self(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=self.pos_weight)
         metrics.update(torch.sigmoid(logits.detach().float()), targets.long())
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
