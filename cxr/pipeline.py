@@ -109,6 +109,10 @@ def _build_data(cfg: DictConfig, output_dir: Path, **overrides):
     return datamodule
 
 
+def _evaluation_settings(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.evaluation, resolve=True) if cfg.get("evaluation") else {}
+
+
 def _hyperparameters(cfg: DictConfig) -> dict:
     """The settings a reader compares runs by (TensorBoard HParams)."""
     split = cfg.data.split
@@ -155,7 +159,8 @@ def train(cfg: DictConfig) -> dict:
         log.info("evaluating the best checkpoint by %s: %s", checkpoint.monitor, best_path)
         model, _ = load_classifier(best_path)
     writer = tensorboard_writer(trainer)
-    results = evaluate_sets(model, datamodule, output_dir, writer=writer, step=trainer.global_step)
+    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), writer=writer,
+                            step=trainer.global_step)
 
     history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
     if history is not None:
@@ -197,7 +202,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
     log.info("preprocessing (%s): %s", cfg.preprocessing_from, preprocessing)
     datamodule = _build_data(cfg, output_dir, preprocessing=preprocessing)
-    results = evaluate_sets(model, datamodule, output_dir)
+    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg))
     metrics = {
         "program": model.hparams.get("program"),
         "data": cfg.data.name,

@@ -104,8 +104,10 @@ def _point_label(name, threshold) -> str:
     """``"name (t=0.43)"``; more digits where two decimals would round a threshold inside (0, 1) to 0 or 1."""
     threshold = float(threshold)
     text = f"{threshold:.2f}"
-    if text in ("0.00", "1.00", "-0.00") and threshold not in (0.0, 1.0):
-        text = f"{threshold:.3g}"
+    for decimals in range(3, 9):
+        if float(text) not in (0.0, 1.0) or threshold in (0.0, 1.0):
+            break
+        text = f"{threshold:.{decimals}f}"
     return f"{name} (t={text})"
 
 

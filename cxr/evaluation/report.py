@@ -1,0 +1,320 @@
+"""Compare run directories of train.py / evaluate.py in a Markdown and a self-contained HTML report.
+
+``compare(paths)`` finds every run directory at or below ``paths`` (a folder holding metrics.json and
+config.yaml) and reports one row per run, the paired AUROC difference of runs scored on the same images
+(patient bootstrap), mean ± sd over runs that differ only in ``seed``, subgroup AUROC and an ROC overlay.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from cxr.artifacts import write_text
+from cxr.evaluation.bootstrap import paired_auroc_difference
+from cxr.evaluation.figures import roc_overlay_figure, save_figure
+
+MAX_PAIRS = 30
+SETS = ("test", "external")
+NOT_COMPARED = ("seed", "paths", "hydra", "ckpt_path", "task_name")  # besides *output_dir* keys and the run's path
+HOW_TO_READ = (
+    "How to read this report. AUROC 0.5 is chance, 1.0 is perfect ranking. Intervals are 95% confidence intervals "
+    "from a bootstrap that resamples patients (all images of a drawn patient together), not images. A paired "
+    "difference compares two runs on the very same images: when its interval contains 0, the data cannot tell the "
+    "two runs apart. Accuracy alone misleads when the classes are imbalanced: predicting the majority class for "
+    "every image reaches the majority-class rate shown beside it, so read the per-class accuracies (class 0 = no "
+    "finding = specificity, class 1 = finding = sensitivity) at threshold 0.5 and at the operating point chosen "
+    "on the validation split.")
+
+
+class ReportError(ValueError):
+    """A path does not exist or holds no run, or the output directory already holds a report."""
+
+
+def _get(tree: dict, dotted: str, default=None):
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return default
+        tree = tree[key]
+    return tree
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    config: dict
+    metrics: dict
+    kind: str  # "train", or "evaluate" for a directory of evaluate.py (its metrics.json has "preprocessing")
+    program: str | None
+    seed: int | None  # None for an evaluation
+    _predictions: dict = field(default_factory=dict, repr=False)
+
+    def predictions(self, name: str) -> pd.DataFrame | None:
+        if name not in self._predictions:
+            file = self.path / f"predictions_{name}.csv"
+            self._predictions[name] = pd.read_csv(file, dtype={"image": str}) if file.is_file() else None
+        return self._predictions[name]
+
+
+@dataclass
+class Report:
+    directory: Path
+    table: str  # the Markdown table of runs, as printed by compare.py
+    runs: list[Run]
+    pairs: list[dict]  # paired_auroc_difference results with "run_a", "run_b" (or "error")
+    pairs_left_out: int
+    seed_groups: list[dict]  # {"runs", "seeds", "program", "n_runs", metric: {"mean", "sd"}}
+
+
+def find_runs(paths) -> list[Run]:
+    """Every run directory at or below ``paths``, in path order; ReportError for a missing or empty path."""
+    found: list[Path] = []
+    is_run = lambda d: (d / "metrics.json").is_file() and (d / "config.yaml").is_file()  # noqa: E731
+    for given in map(Path, paths):
+        if not given.exists():
+            raise ReportError(f"{given}: no such file or directory")
+        dirs = [given] if is_run(given) else sorted({m.parent for m in given.rglob("metrics.json") if is_run(m.parent)})
+        if not dirs:
+            raise ReportError(f"{given}: holds no run (no directory with both metrics.json and config.yaml)")
+        found += [d.resolve() for d in dirs if d.resolve() not in found]
+    names = [f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name for d in found]  # multirun: parent/num
+    names = [n if names.count(n) == 1 else f"{n}~{i + 1}" for i, n in enumerate(names)]
+    runs = []
+    for directory, name in zip(found, names):
+        try:
+            metrics = json.loads((directory / "metrics.json").read_text())
+            config = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"), resolve=False) or {}
+        except Exception as error:  # a half-copied or foreign file: say which
+            raise ReportError(f"{directory}: unreadable metrics.json or config.yaml ({error})") from error
+        kind = "evaluate" if "preprocessing" in metrics or config.get("task_name") == "evaluate" else "train"
+        runs.append(Run(directory, name, config, metrics, kind, metrics.get("program") or _get(config, "program.name"),
+                        config.get("seed") if kind == "train" else None))
+    return runs
+
+
+def _strip(value, run_dirs: set[str]):
+    if isinstance(value, dict):
+        return {k: _strip(v, run_dirs) for k, v in value.items() if "output_dir" not in str(k)}
+    if isinstance(value, list):
+        return [_strip(v, run_dirs) for v in value]
+    for run_dir in run_dirs if isinstance(value, str) else ():
+        value = value.replace(run_dir, "<run>")
+    return value
+
+
+def config_key(run: Run) -> str:
+    """The resolved config without NOT_COMPARED keys, *output_dir* keys and the run's own path in any value."""
+    run_dirs = {str(run.path), str(_get(run.config, "paths.output_dir") or run.path)}
+    config = {k: v for k, v in run.config.items() if k not in NOT_COMPARED}
+    return json.dumps(_strip(config, run_dirs), sort_keys=True, default=str)
+
+
+def _num(value, percent: bool = False, unit: str = "%") -> str:
+    """0.123 as '0.123', or with ``percent`` as '12.3%'; None as 'n/a'."""
+    return "n/a" if value is None else f"{100 * value:.1f}{unit}" if percent else f"{value:.3f}"
+
+
+def _pct(value) -> str:
+    return _num(value, percent=True)
+
+
+def _with_ci(metrics: dict, key: str, percent: bool = False) -> str:
+    ci = _get(metrics, f"ci.{key}") or {}
+    text = _num(metrics.get(key), percent)
+    return text if ci.get("ci_low") is None else f"{text} [{_num(ci['ci_low'], percent, '')}, " \
+                                                 f"{_num(ci['ci_high'], percent, '')}]"
+
+
+def _mean_sd(stat: dict, percent: bool = False) -> str:
+    return "n/a" if stat["mean"] is None else f"{_num(stat['mean'], percent, '')} ± {_num(stat['sd'], percent, '')}" \
+                                               + ("%" if percent else "")
+
+
+def markdown_table(headers: list, rows: list[list]) -> str:
+    line = lambda cells: "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *map(line, rows)])
+
+
+def runs_table(runs: list[Run], name: str) -> tuple[list[str], list[list]]:
+    """One row per run: settings, the thesis' Table 3 columns, AUROC and balanced accuracy with CIs."""
+    headers = ["run", "kind", "program", "seed", "data", "split", "epochs", "channels", "size train set",
+               f"{name} n", "accuracy", "majority class", "accuracy class 0", "accuracy class 1", "AUROC [95% CI]",
+               "balanced accuracy [95% CI]", "operating point: class 0 / class 1 (threshold)"]
+    rows = []
+    for run in runs:
+        m, op = run.metrics[name], run.metrics[name].get("operating_point") or {}
+        n, n0, n1 = m.get("n"), m.get("n_class0"), m.get("n_class1")
+        rows.append([
+            run.name, run.kind, run.program, "-" if run.seed is None else run.seed,
+            run.metrics.get("data") or _get(run.config, "data.name"), _get(run.config, "data.split.method", "n/a"),
+            run.metrics.get("epochs_trained", "n/a"),
+            _get(run.metrics, "preprocessing.channels") or _get(run.config, "program.preprocessing.channels"),
+            _get(run.metrics, "split.train.images", "n/a"), "n/a" if n is None else n, _pct(m.get("accuracy")),
+            _pct(max(n0, n1) / n) if n and None not in (n0, n1) else "n/a", _pct(m.get("accuracy_class0")),
+            _pct(m.get("accuracy_class1")), _with_ci(m, "auroc"), _with_ci(m, "balanced_accuracy", True),
+            f"{_pct(op.get('accuracy_class0'))} / {_pct(op.get('accuracy_class1'))} ({_num(op.get('threshold'))})"
+            if op else "n/a"])
+    return headers, rows
+
+
+def candidate_pairs(runs: list[Run], name: str) -> tuple[list[tuple[Run, Run]], int]:
+    """Runs on the same image set in pairs (seed-matched programs, then configs first): MAX_PAIRS, and the rest."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        frame = run.predictions(name)
+        if frame is not None and not frame["image"].duplicated().any():
+            groups.setdefault(tuple(sorted(frame["image"])), []).append(run)
+    ranked = []
+    for a, b in itertools.chain.from_iterable(itertools.combinations(g, 2) for g in groups.values()):
+        same_seed = a.seed is not None and a.seed == b.seed
+        ranked.append((0 if same_seed and a.program != b.program else 1 if same_seed and config_key(a) != config_key(b)
+                       else 2 if a.program != b.program else 3, a, b))
+    ranked.sort(key=lambda item: item[0])  # stable: run order within a rank
+    return [(a, b) for _, a, b in ranked[:MAX_PAIRS]], max(0, len(ranked) - MAX_PAIRS)
+
+
+def paired_comparison(a: Run, b: Run, name: str, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """paired_auroc_difference of ``a`` minus ``b`` on their predictions aligned by image (patients from ``a``)."""
+    joined = a.predictions(name).merge(b.predictions(name)[["image", "label", "probability"]], on="image",
+                                       suffixes=("_a", "_b"))
+    if not (joined["label_a"] == joined["label_b"]).all():
+        return {"run_a": a.name, "run_b": b.name, "error": "the labels differ"}
+    return {"run_a": a.name, "run_b": b.name, **paired_auroc_difference(
+        joined["label_a"], joined["probability_a"], joined["probability_b"], joined["patient"],
+        n_resamples=n_resamples, seed=seed)}
+
+
+def seed_groups(runs: list[Run], name: str) -> list[dict]:
+    """Training runs whose configs differ only in seed (see config_key), two or more: values, mean and sd."""
+    groups: dict[str, list[Run]] = {}
+    for run in (r for r in runs if r.kind == "train" and r.metrics.get(name)):
+        groups.setdefault(config_key(run), []).append(run)
+    result = []
+    for members in (g for g in groups.values() if len(g) >= 2):
+        row = {"runs": [r.name for r in members], "seeds": [r.seed for r in members], "program": members[0].program,
+               "n_runs": len(members)}
+        for key in ("auroc", "balanced_accuracy", "accuracy_class0", "accuracy_class1"):
+            values = [v for r in members if (v := r.metrics[name].get(key)) is not None]
+            row[key] = {"mean": statistics.mean(values) if values else None,
+                        "sd": statistics.stdev(values) if len(values) > 1 else None}
+        result.append(row)
+    return result
+
+
+def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, seed: int = 0) -> Report:
+    """Write ``report.md``, ``report.html`` and ROC overlays comparing the runs below ``paths`` into ``out``
+    (default: outputs/compare/<date_time> under the current directory); a report is never overwritten."""
+    out = Path(out) if out is not None else Path.cwd() / "outputs" / "compare" / datetime.now().strftime(
+        "%Y-%m-%d_%H-%M-%S-%f")
+    if (out / "report.md").exists():
+        raise ReportError(f"{out} already holds a report (report.md): choose another --out")
+    runs = find_runs(paths)
+    scored = [r for r in runs if r.metrics.get(set_name)]
+    if not scored:
+        raise ReportError(f"none of the {len(runs)} runs was evaluated on the set {set_name!r}")
+    headers, rows = runs_table(scored, set_name)
+    blocks: list[tuple] = [
+        ("h", 1, f"Comparison of {len(runs)} runs on the {set_name} set"), ("p", HOW_TO_READ), ("h", 2, "Runs"),
+        ("table", headers, rows), ("p", "channels, size train set (images), accuracy class 0 and accuracy class 1 "
+                                        "are the columns of the thesis' Table 3.")]
+    if collapsed := [r.name for r in scored if 0 in (r.metrics[set_name].get(f"accuracy_class{c}") for c in (0, 1))]:
+        blocks.append(("p", "One class only at threshold 0.5 (a class accuracy of 0%): " + ", ".join(collapsed)))
+    if len(scored) < len(runs):
+        blocks.append(("p", "Not evaluated on this set: " + ", ".join(r.name for r in runs if r not in scored)))
+
+    pairs, left_out = candidate_pairs(scored, set_name)
+    results = [paired_comparison(a, b, set_name, n_resamples, seed) for a, b in pairs]
+    rows = [[r["run_a"], r["run_b"], *(["n/a", "n/a", r["error"], "n/a", "n/a"] if "error" in r else [
+        _num(r["auroc_a"]), _num(r["auroc_b"]), f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
+        _num(r["p_value"]), f"{r['n']} / {r['n_patients']}"])] for r in results]
+    blocks += [("h", 2, "Paired AUROC differences (same images)"), ("p", (
+        f"difference = AUROC A - AUROC B on the same images, {n_resamples} patient resamples (seed {seed}); p: "
+        "two-sided bootstrap p-value of no difference.") if rows else "No two runs scored the same set of images.")]
+    if rows:
+        blocks.append(("table", ["run A", "run B", "AUROC A", "AUROC B", "difference [95% CI]", "p",
+                                 "images / patients"], rows))
+    if left_out:
+        blocks.append(("p", f"{left_out} further pairs were left out (at most {MAX_PAIRS}: seed-matched runs of "
+                            "different programs come first, then seed-matched runs of different configs)."))
+
+    groups = seed_groups(scored, set_name)
+    blocks.append(("h", 2, "Seed summary (runs identical except the seed)"))
+    rows = [[g["program"], g["n_runs"], ", ".join(map(str, g["seeds"])), ", ".join(g["runs"]),
+             _mean_sd(g["auroc"]), *(_mean_sd(g[k], True) for k in ("balanced_accuracy", "accuracy_class0",
+                                                                    "accuracy_class1"))]
+            for g in groups]
+    blocks += [("table", ["program", "n runs", "seeds", "runs", "AUROC", "balanced accuracy", "accuracy class 0",
+                          "accuracy class 1"], rows), ("p", "mean ± sample standard deviation over the seeds.")] \
+        if rows else [("p", "No two training runs share a config apart from the seed.")]
+
+    subgroups = []
+    for run in scored:
+        rows = [[column, value, m.get("n"), _num(m.get("auroc")), _pct(m.get("accuracy_class0")),
+                 _pct(m.get("accuracy_class1"))]
+                for column, values in (run.metrics[set_name].get("subgroups") or {}).items()
+                for value, m in values.items()]
+        subgroups += [("h", 3, run.name), ("table", ["subgroup", "value", "n", "AUROC", "accuracy class 0",
+                                                     "accuracy class 1"], rows)] if rows else []
+    blocks += [("h", 2, f"Subgroup AUROC ({set_name})"), *subgroups] if subgroups else []
+
+    blocks.append(("h", 2, "Figures"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SETS:
+        curves = {r.name: (f["label"], f["probability"]) for r in runs if (f := r.predictions(name)) is not None}
+        if curves:
+            figure = roc_overlay_figure(curves, title=f"ROC curves: {name}")
+            blocks.append(("img", f"roc_{name}.png", save_figure(figure, out / f"roc_{name}.png").read_bytes(),
+                           f"ROC curves of all runs on the {name} set"))
+    items = [(f"{run.name}: {os.path.relpath(run.path, out)}",
+              [(f.stem, os.path.relpath(f, out)) for f in sorted(run.path.glob("*.png"))]) for run in runs]
+    blocks += [("p", "Each run's own figures (not copied; paths relative to this report):"), ("list", items)]
+
+    write_text(out / "report.html", to_html(blocks, f"Comparison of {len(runs)} runs on the {set_name} set"))
+    write_text(out / "report.md", to_markdown(blocks))  # last: its presence marks a finished report
+    return Report(out, markdown_table(*runs_table(scored, set_name)), runs, results, left_out, groups)
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    render = {
+        "h": lambda level, text: "#" * level + " " + text,
+        "p": lambda text: text,
+        "table": markdown_table,
+        "img": lambda file, _png, alt: f"![{alt}]({file})",
+        "list": lambda items: "\n".join(f"- {text}" + (": " + ", ".join(f"[{label}](<{href}>)" for label, href in links) if links else "")
+                                        for text, links in items),
+    }
+    return "\n\n".join(render[kind](*body) for kind, *body in blocks) + "\n"
+
+
+_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
+        "#bbb;padding:.2em .5em;text-align:left}th{background:#eee}img{max-width:40em}p{max-width:60em}")
+
+
+def to_html(blocks: list[tuple], title: str) -> str:
+    """Self-contained HTML: inline CSS, figures as base64 PNG, no scripts; run figures as relative links."""
+    e = lambda value: html.escape(str(value))  # noqa: E731
+    cells = lambda tag, row: "<tr>" + "".join(f"<{tag}>{e(c)}</{tag}>" for c in row) + "</tr>"  # noqa: E731
+    render = {
+        "h": lambda level, text: f"<h{level}>{e(text)}</h{level}>",
+        "p": lambda text: f"<p>{e(text)}</p>",
+        "table": lambda headers, rows: f"<table><thead>{cells('th', headers)}</thead><tbody>"
+                                       + "".join(cells("td", r) for r in rows) + "</tbody></table>",
+        "img": lambda file, png, alt: f'<figure><img alt="{e(alt)}" src="data:image/png;base64,'
+                                      f'{base64.b64encode(png).decode("ascii")}"><figcaption>{e(alt)}</figcaption></figure>',
+        "list": lambda items: "<ul>" + "".join(f"<li>{e(text)}" + (": " + ", ".join(
+            f'<a href="{e(href)}">{e(label)}</a>' for label, href in links) if links else "") + "</li>"
+            for text, links in items) + "</ul>",
+    }
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(render[k](*body) for k, *body in blocks)
+            + "\n</body></html>\n")
