@@ -1,9 +1,6 @@
-"""Compare run directories of train.py / evaluate.py in a Markdown and a self-contained HTML report.
-
-``compare(paths)`` finds every run directory at or below ``paths`` (a folder holding metrics.json and
-config.yaml) and reports one row per run, the paired AUROC difference of runs scored on the same images
-(patient bootstrap), mean ± sd over runs that differ only in ``seed``, subgroup AUROC and an ROC overlay.
-"""
+"""Compare run directories (metrics.json + config.yaml) in a Markdown and a self-contained HTML report: one row
+per run, paired AUROC differences of runs scored on the same images (patient bootstrap), mean ± sd over runs
+that differ only in ``seed``, subgroup AUROC and an ROC overlay. Entry point: ``compare.py``."""
 from __future__ import annotations
 
 import base64
@@ -14,6 +11,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import reduce
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +22,6 @@ from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
 
 MAX_PAIRS = 30
-SETS = ("test", "external")
 NOT_COMPARED = ("seed", "paths", "hydra", "ckpt_path", "task_name")  # besides *output_dir* keys and the run's path
 HOW_TO_READ = (
     "How to read this report. AUROC 0.5 is chance, 1.0 is perfect ranking. Intervals are 95% confidence intervals "
@@ -32,8 +29,7 @@ HOW_TO_READ = (
     "difference compares two runs on the very same images: when its interval contains 0, the data cannot tell the "
     "two runs apart. Accuracy alone misleads when the classes are imbalanced: predicting the majority class for "
     "every image reaches the majority-class rate shown beside it, so read the per-class accuracies (class 0 = no "
-    "finding = specificity, class 1 = finding = sensitivity) at threshold 0.5 and at the operating point chosen "
-    "on the validation split.")
+    "finding = specificity, class 1 = finding = sensitivity), at 0.5 and at the validation-chosen operating point.")
 
 
 class ReportError(ValueError):
@@ -41,11 +37,8 @@ class ReportError(ValueError):
 
 
 def _get(tree: dict, dotted: str, default=None):
-    for key in dotted.split("."):
-        if not isinstance(tree, dict) or key not in tree:
-            return default
-        tree = tree[key]
-    return tree
+    return reduce(lambda node, key: node.get(key, default) if isinstance(node, dict) else default,
+                  dotted.split("."), tree)
 
 
 @dataclass
@@ -124,24 +117,23 @@ def _num(value, percent: bool = False, unit: str = "%") -> str:
     return "n/a" if value is None else f"{100 * value:.1f}{unit}" if percent else f"{value:.3f}"
 
 
-def _pct(value) -> str:
-    return _num(value, percent=True)
-
-
 def _with_ci(metrics: dict, key: str, percent: bool = False) -> str:
-    ci = _get(metrics, f"ci.{key}") or {}
-    text = _num(metrics.get(key), percent)
-    return text if ci.get("ci_low") is None else f"{text} [{_num(ci['ci_low'], percent, '')}, " \
-                                                 f"{_num(ci['ci_high'], percent, '')}]"
+    ci, text = _get(metrics, f"ci.{key}") or {}, _num(metrics.get(key), percent)
+    low, high = (_num(ci.get(k), percent, "") for k in ("ci_low", "ci_high"))
+    return text if ci.get("ci_low") is None else f"{text} [{low}, {high}]"
+
+
+def _text(value) -> str:
+    return "n/a" if value is None else str(value)
 
 
 def _mean_sd(stat: dict, percent: bool = False) -> str:
-    return "n/a" if stat["mean"] is None else f"{_num(stat['mean'], percent, '')} ± {_num(stat['sd'], percent, '')}" \
-                                               + ("%" if percent else "")
+    mean, sd = (_num(stat[k], percent, "") for k in ("mean", "sd"))
+    return "n/a" if stat["mean"] is None else f"{mean} ± {sd}" + ("%" if percent else "")
 
 
 def markdown_table(headers: list, rows: list[list]) -> str:
-    line = lambda cells: "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(_text(c).replace("|", "\\|") for c in cells) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "---|" * len(headers), *map(line, rows)])
 
 
@@ -153,17 +145,17 @@ def runs_table(runs: list[Run], name: str) -> tuple[list[str], list[list]]:
     rows = []
     for run in runs:
         m, op = run.metrics[name], run.metrics[name].get("operating_point") or {}
+        pc = lambda metrics, key: _num(metrics.get(key), True)  # noqa: E731
         n, n0, n1 = m.get("n"), m.get("n_class0"), m.get("n_class1")
-        rows.append([
-            run.name, run.kind, run.program, "-" if run.seed is None else run.seed,
-            run.metrics.get("data") or _get(run.config, "data.name"), _get(run.config, "data.split.method", "n/a"),
-            run.metrics.get("epochs_trained", "n/a"),
-            _get(run.metrics, "preprocessing.channels") or _get(run.config, "program.preprocessing.channels"),
-            _get(run.metrics, "split.train.images", "n/a"), "n/a" if n is None else n, _pct(m.get("accuracy")),
-            _pct(max(n0, n1) / n) if n and None not in (n0, n1) else "n/a", _pct(m.get("accuracy_class0")),
-            _pct(m.get("accuracy_class1")), _with_ci(m, "auroc"), _with_ci(m, "balanced_accuracy", True),
-            f"{_pct(op.get('accuracy_class0'))} / {_pct(op.get('accuracy_class1'))} ({_num(op.get('threshold'))})"
-            if op else "n/a"])
+        rows.append([run.name, run.kind, run.program, "-" if run.seed is None else run.seed,
+                     run.metrics.get("data") or _get(run.config, "data.name"), _get(run.config, "data.split.method"),
+                     run.metrics.get("epochs_trained"),
+                     _get(run.metrics, "preprocessing.channels") or _get(run.config, "program.preprocessing.channels"),
+                     _get(run.metrics, "split.train.images"), n, pc(m, "accuracy"),
+                     _num(max(n0, n1) / n if n and None not in (n0, n1) else None, True), pc(m, "accuracy_class0"),
+                     pc(m, "accuracy_class1"), _with_ci(m, "auroc"), _with_ci(m, "balanced_accuracy", True),
+                     f"{pc(op, 'accuracy_class0')} / {pc(op, 'accuracy_class1')} ({_num(op.get('threshold'))})"
+                     if op else None])
     return headers, rows
 
 
@@ -195,7 +187,7 @@ def paired_comparison(a: Run, b: Run, name: str, n_resamples: int = 1000, seed: 
 
 
 def seed_groups(runs: list[Run], name: str) -> list[dict]:
-    """Training runs whose configs differ only in seed (see config_key), two or more: values, mean and sd."""
+    """Training runs whose configs differ only in seed (see config_key), two or more: mean and sd."""
     groups: dict[str, list[Run]] = {}
     for run in (r for r in runs if r.kind == "train" and r.metrics.get(name)):
         groups.setdefault(config_key(run), []).append(run)
@@ -212,8 +204,7 @@ def seed_groups(runs: list[Run], name: str) -> list[dict]:
 
 
 def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, seed: int = 0) -> Report:
-    """Write ``report.md``, ``report.html`` and ROC overlays comparing the runs below ``paths`` into ``out``
-    (default: outputs/compare/<date_time> under the current directory); a report is never overwritten."""
+    """Write report.md, report.html and ROC overlays into ``out`` (default outputs/compare/<time> in the cwd)."""
     out = Path(out) if out is not None else Path.cwd() / "outputs" / "compare" / datetime.now().strftime(
         "%Y-%m-%d_%H-%M-%S-%f")
     if (out / "report.md").exists():
@@ -231,7 +222,6 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         blocks.append(("p", "One class only at threshold 0.5 (a class accuracy of 0%): " + ", ".join(collapsed)))
     if len(scored) < len(runs):
         blocks.append(("p", "Not evaluated on this set: " + ", ".join(r.name for r in runs if r not in scored)))
-
     pairs, left_out = candidate_pairs(scored, set_name)
     results = [paired_comparison(a, b, set_name, n_resamples, seed) for a, b in pairs]
     rows = [[r["run_a"], r["run_b"], *(["n/a", "n/a", r["error"], "n/a", "n/a"] if "error" in r else [
@@ -239,60 +229,49 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         _num(r["p_value"]), f"{r['n']} / {r['n_patients']}"])] for r in results]
     blocks += [("h", 2, "Paired AUROC differences (same images)"), ("p", (
         f"difference = AUROC A - AUROC B on the same images, {n_resamples} patient resamples (seed {seed}); p: "
-        "two-sided bootstrap p-value of no difference.") if rows else "No two runs scored the same set of images.")]
-    if rows:
-        blocks.append(("table", ["run A", "run B", "AUROC A", "AUROC B", "difference [95% CI]", "p",
-                                 "images / patients"], rows))
+        "two-sided bootstrap p-value of no difference.") if rows else "No two runs scored the same set of images."),
+        ("table", ["run A", "run B", "AUROC A", "AUROC B", "difference [95% CI]", "p", "images / patients"], rows)]
     if left_out:
         blocks.append(("p", f"{left_out} further pairs were left out (at most {MAX_PAIRS}: seed-matched runs of "
                             "different programs come first, then seed-matched runs of different configs)."))
-
     groups = seed_groups(scored, set_name)
-    blocks.append(("h", 2, "Seed summary (runs identical except the seed)"))
-    rows = [[g["program"], g["n_runs"], ", ".join(map(str, g["seeds"])), ", ".join(g["runs"]),
-             _mean_sd(g["auroc"]), *(_mean_sd(g[k], True) for k in ("balanced_accuracy", "accuracy_class0",
-                                                                    "accuracy_class1"))]
+    rows = [[g["program"], g["n_runs"], ", ".join(map(str, g["seeds"])), ", ".join(g["runs"]), _mean_sd(g["auroc"]),
+             *(_mean_sd(g[k], True) for k in ("balanced_accuracy", "accuracy_class0", "accuracy_class1"))]
             for g in groups]
-    blocks += [("table", ["program", "n runs", "seeds", "runs", "AUROC", "balanced accuracy", "accuracy class 0",
-                          "accuracy class 1"], rows), ("p", "mean ± sample standard deviation over the seeds.")] \
-        if rows else [("p", "No two training runs share a config apart from the seed.")]
-
+    blocks += [("h", 2, "Seed summary (runs identical except the seed)"), ("p", "mean ± sample standard deviation "
+               "over the seeds." if rows else "No two training runs share a config apart from the seed."),
+               ("table", ["program", "n runs", "seeds", "runs", "AUROC", "balanced accuracy", "accuracy class 0",
+                          "accuracy class 1"], rows)]
     subgroups = []
     for run in scored:
-        rows = [[column, value, m.get("n"), _num(m.get("auroc")), _pct(m.get("accuracy_class0")),
-                 _pct(m.get("accuracy_class1"))]
+        rows = [[column, value, m.get("n"), _num(m.get("auroc")), _num(m.get("accuracy_class0"), True),
+                 _num(m.get("accuracy_class1"), True)]
                 for column, values in (run.metrics[set_name].get("subgroups") or {}).items()
                 for value, m in values.items()]
         subgroups += [("h", 3, run.name), ("table", ["subgroup", "value", "n", "AUROC", "accuracy class 0",
                                                      "accuracy class 1"], rows)] if rows else []
     blocks += [("h", 2, f"Subgroup AUROC ({set_name})"), *subgroups] if subgroups else []
-
     blocks.append(("h", 2, "Figures"))
     out.mkdir(parents=True, exist_ok=True)
-    for name in SETS:
+    for name in ("test", "external"):  # one ROC overlay per evaluated set
         curves = {r.name: (f["label"], f["probability"]) for r in runs if (f := r.predictions(name)) is not None}
         if curves:
-            figure = roc_overlay_figure(curves, title=f"ROC curves: {name}")
-            blocks.append(("img", f"roc_{name}.png", save_figure(figure, out / f"roc_{name}.png").read_bytes(),
-                           f"ROC curves of all runs on the {name} set"))
-    items = [(f"{run.name}: {os.path.relpath(run.path, out)}",
-              [(f.stem, os.path.relpath(f, out)) for f in sorted(run.path.glob("*.png"))]) for run in runs]
+            figure = save_figure(roc_overlay_figure(curves, title=f"ROC curves: {name}"), out / f"roc_{name}.png")
+            blocks.append(("img", figure.name, figure.read_bytes(), f"ROC curves of all runs on the {name} set"))
+    items = [(run.name, [("directory", os.path.relpath(run.path, out))] + [
+        (f.stem, os.path.relpath(f, out)) for f in sorted(run.path.glob("*.png"))]) for run in runs]
     blocks += [("p", "Each run's own figures (not copied; paths relative to this report):"), ("list", items)]
-
+    blocks = [b for b in blocks if b[0] != "table" or b[2]]  # no empty tables
     write_text(out / "report.html", to_html(blocks, f"Comparison of {len(runs)} runs on the {set_name} set"))
     write_text(out / "report.md", to_markdown(blocks))  # last: its presence marks a finished report
     return Report(out, markdown_table(*runs_table(scored, set_name)), runs, results, left_out, groups)
 
 
 def to_markdown(blocks: list[tuple]) -> str:
-    render = {
-        "h": lambda level, text: "#" * level + " " + text,
-        "p": lambda text: text,
-        "table": markdown_table,
-        "img": lambda file, _png, alt: f"![{alt}]({file})",
-        "list": lambda items: "\n".join(f"- {text}" + (": " + ", ".join(f"[{label}](<{href}>)" for label, href in links) if links else "")
-                                        for text, links in items),
-    }
+    render = {"h": lambda level, text: "#" * level + " " + text, "p": lambda text: text, "table": markdown_table,
+              "img": lambda file, _png, alt: f"![{alt}]({file})",
+              "list": lambda items: "\n".join(f"- {text}: " + ", ".join(f"[{label}](<{href}>)" for label, href in links)
+                                              for text, links in items)}
     return "\n\n".join(render[kind](*body) for kind, *body in blocks) + "\n"
 
 
@@ -303,17 +282,17 @@ _CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;m
 def to_html(blocks: list[tuple], title: str) -> str:
     """Self-contained HTML: inline CSS, figures as base64 PNG, no scripts; run figures as relative links."""
     e = lambda value: html.escape(str(value))  # noqa: E731
-    cells = lambda tag, row: "<tr>" + "".join(f"<{tag}>{e(c)}</{tag}>" for c in row) + "</tr>"  # noqa: E731
+    cells = lambda tag, row: "<tr>" + "".join(f"<{tag}>{e(_text(c))}</{tag}>" for c in row) + "</tr>"  # noqa: E731
     render = {
-        "h": lambda level, text: f"<h{level}>{e(text)}</h{level}>",
-        "p": lambda text: f"<p>{e(text)}</p>",
+        "h": lambda level, text: f"<h{level}>{e(text)}</h{level}>", "p": lambda text: f"<p>{e(text)}</p>",
         "table": lambda headers, rows: f"<table><thead>{cells('th', headers)}</thead><tbody>"
                                        + "".join(cells("td", r) for r in rows) + "</tbody></table>",
-        "img": lambda file, png, alt: f'<figure><img alt="{e(alt)}" src="data:image/png;base64,'
-                                      f'{base64.b64encode(png).decode("ascii")}"><figcaption>{e(alt)}</figcaption></figure>',
-        "list": lambda items: "<ul>" + "".join(f"<li>{e(text)}" + (": " + ", ".join(
-            f'<a href="{e(href)}">{e(label)}</a>' for label, href in links) if links else "") + "</li>"
-            for text, links in items) + "</ul>",
+        "img": lambda file, png, alt: (f'<figure><img alt="{e(alt)}" src="data:image/png;base64,'
+                                       + base64.b64encode(png).decode() + f'"><figcaption>{e(alt)}</figcaption>'
+                                       + "</figure>"),
+        "list": lambda items: "<ul>" + "".join(f"<li>{e(text)}: " + ", ".join(f'<a href="{e(href)}">{e(label)}</a>'
+                                                                          for label, href in links) + "</li>"
+                                               for text, links in items) + "</ul>",
     }
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(render[k](*body) for k, *body in blocks)
