@@ -70,7 +70,8 @@ class InputImageGrid(L.Callback):
                 continue
             items = [dataset[i] for i in range(min(self.n_images, len(dataset)))]
             images = torch.stack([image for image, _, _ in items])
-            images = images / images.amax().clamp(min=1e-8) if images.amax() > 1 else images  # program B: 0-255
+            low, high = images.amin(), images.amax()  # display range (program B: 0-255; D: standardised)
+            images = (images - low) / (high - low).clamp(min=1e-8) if low < 0 or high > 1 else images
             grid = make_grid(images, nrow=8, padding=2, pad_value=1.0)
             labels = " ".join(str(int(target)) for _, target, _ in items)
             writer.add_image(f"inputs/{name}", grid, global_step=0)

@@ -19,6 +19,7 @@ from cxr.callbacks import EpochHistory, tensorboard_writer
 from cxr.checkpoints import load_classifier
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
+from cxr.inference import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ def train(cfg: DictConfig) -> dict:
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance()}
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

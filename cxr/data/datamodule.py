@@ -5,10 +5,11 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform
+from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
 from cxr.data.images import ImageIndexError, index_images
 from cxr.data.labels import read_labels
 from cxr.data.splits import SPLITS, make_split, summarise_split
@@ -47,8 +48,9 @@ class ChestXrayDataModule(L.LightningDataModule):
     def __init__(self, labels: str, root: str, split: dict, preprocessing: dict, batch_size: int = 10,
                  num_workers: int = 0, missing: str = "error", external: dict | None = None,
                  demo: dict | None = None, pin_memory: bool = False, name: str = "data",
-                 augmentation: dict | None = None):
+                 augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None):
         super().__init__()
+        self.cache, self.cache_dir = bool(cache), cache_dir  # data.cache: see cxr.data.cache
         self.labels, self.root, self.name = labels, root, name
         self.split_settings = dict(split)
         self.preprocessing = Preprocessing(**preprocessing)
@@ -89,15 +91,29 @@ class ChestXrayDataModule(L.LightningDataModule):
         log.info("split=%s: %s", method, ", ".join(
             f"{s} {self.summary[s]['images']} images / {self.summary[s]['patients']} patients" for s in SPLITS))
         log.info("patients in more than one split: %s", self.summary["patients_in_several_splits"])
+        source = self._open_cache(table)  # None without data.cache
         for name in SPLITS:
             transform = augmentation_transform(**self.augmentation) if name == "train" and self.augmentation else None
-            self.datasets[name] = ChestXrayDataset(table[table["split"] == name].reset_index(drop=True),
-                                                   self.preprocessing, transform)
+            in_split = (table["split"] == name).to_numpy()
+            rows = np.flatnonzero(in_split) if source is not None else None  # this split's rows of the cache
+            self.datasets[name] = ChestXrayDataset(table[in_split].reset_index(drop=True), self.preprocessing,
+                                                   transform, source=source, source_rows=rows)
         if self.external.get("labels") and self.external.get("root"):
             external, _ = attach_image_paths(read_labels(self.external["labels"]), self.external["root"],
                                              self.external.get("missing", self.missing), self.external["labels"])
             self.external_table = external
-            self.datasets["external"] = ChestXrayDataset(external, self.preprocessing)
+            self.datasets["external"] = ChestXrayDataset(external, self.preprocessing,
+                                                         source=self._open_cache(external))
+
+    def _open_cache(self, table: pd.DataFrame):
+        """data.cache=true: the pre-decoded images of ``table``'s paths (built once, reused while valid)."""
+        if not self.cache:
+            return None
+        if not self.cache_dir:
+            raise ValueError("data.cache=true needs data.cache_dir")
+        from cxr.data.cache import open_or_build
+
+        return open_or_build(table["path"].tolist(), self.preprocessing, self.cache_dir)
 
     def rows(self, name: str) -> pd.DataFrame:
         """The label rows behind the dataset ``name`` (train, val, test, external), in loader order."""
@@ -113,7 +129,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         return [name for name in ("test", "external") if name in self.datasets and len(self.datasets[name])]
 
     def _loader(self, name: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_batch,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0 and name in ("train", "val"))
 

@@ -16,38 +16,76 @@ class Preprocessing:
     """How an image becomes network input: channels (1 = L, 3 = RGB), size, resampling, and pixel divisor.
 
     ``pixel_divisor=255`` gives inputs in [0, 1] (thesis programs A, C); ``1`` keeps raw 0-255 (program B).
+    ``mean`` and ``std`` then standardise: ``(pixels / pixel_divisor - mean) / std`` (0 and 1: unchanged).
     """
 
     channels: int = 3
     image_size: int = 150
     resample: str = "nearest"
     pixel_divisor: float = 255.0
+    mean: float = 0.0
+    std: float = 1.0
 
     def to_tensor(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 HxWxC -> float32 CxHxW divided by ``pixel_divisor``."""
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float()
-        return tensor / self.pixel_divisor if self.pixel_divisor != 1 else tensor
+        """uint8 HxWxC -> float32 CxHxW, scaled and standardised."""
+        # In numpy, single-threaded: the same float32 values as torch's ops (tests/test_cache.py), without torch's
+        # intra-op threads, which cost milliseconds per image when another process holds the other cores.
+        array = np.array(pixels.transpose(2, 0, 1), dtype=np.float32, order="C")  # always a copy
+        if self.pixel_divisor != 1:
+            np.divide(array, np.float32(self.pixel_divisor), out=array)
+        if self.mean != 0 or self.std != 1:
+            np.subtract(array, np.float32(self.mean), out=array)
+            np.divide(array, np.float32(self.std), out=array)
+        return torch.from_numpy(array)
 
 
 class ChestXrayDataset(Dataset):
     """Rows of a label table with a ``path`` column; items are ``(image, target, row_index)``."""
 
-    def __init__(self, table: pd.DataFrame, preprocessing: Preprocessing, transform=None):
+    def __init__(self, table: pd.DataFrame, preprocessing: Preprocessing, transform=None,
+                 source=None, source_rows=None):
         self.transform = transform  # applied to the float tensor (augmentation of the training split)
         self.paths = table["path"].astype(str).tolist()
         self.targets = torch.tensor(table["target"].to_numpy(), dtype=torch.float32)
         self.preprocessing = preprocessing
+        # data.cache: pre-decoded uint8 images (cxr.data.cache.CachedImages); item i is source[source_rows[i]]
+        self.source = source
+        self.source_rows = None if source is None else np.asarray(
+            range(len(self.paths)) if source_rows is None else source_rows, dtype=np.int64)
+        if self.source_rows is not None and len(self.source_rows) != len(self.paths):
+            raise ValueError(f"{len(self.source_rows)} cache rows for {len(self.paths)} images")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         p = self.preprocessing
-        pixels = load_image(self.paths[index], channels=p.channels, size=p.image_size, resample=p.resample)
+        if self.source is not None:
+            pixels = self.source[int(self.source_rows[index])]
+        else:
+            pixels = load_image(self.paths[index], channels=p.channels, size=p.image_size, resample=p.resample)
         image = p.to_tensor(pixels)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index], index
+
+
+def collate_batch(items):
+    """``default_collate`` of ``(image, target, index)`` items, with the images stacked by numpy in the main process.
+
+    ``torch.stack`` spreads a batch-sized copy over torch's intra-op threads, which costs milliseconds per batch
+    when another process holds the other cores (python -m cxr.bench); numpy copies in one thread. The result is
+    identical. In DataLoader workers (one thread each) ``default_collate`` runs as is (it stacks into shared memory).
+    """
+    from torch.utils.data import default_collate, get_worker_info
+
+    first = items[0][0] if items else None
+    if get_worker_info() is not None or not all(
+            type(item[0]) is torch.Tensor and item[0].shape == first.shape and item[0].dtype == first.dtype
+            and item[0].device.type == "cpu" and not item[0].requires_grad for item in items):
+        return default_collate(items)
+    images = torch.from_numpy(np.stack([item[0].numpy() for item in items]))
+    return [images, *default_collate([tuple(item[1:]) for item in items])]
 
 
 def augmentation_transform(degrees: float = 0.0, translate: float = 0.0, scale=(1.0, 1.0),

@@ -97,7 +97,7 @@ def find_runs(paths) -> list[Run]:
 
 def _strip(value, run_dirs: set[str]):
     if isinstance(value, dict):
-        return {k: _strip(v, run_dirs) for k, v in value.items() if "output_dir" not in str(k)}
+        return {str(k): _strip(v, run_dirs) for k, v in value.items() if "output_dir" not in str(k)}
     if isinstance(value, list):
         return [_strip(v, run_dirs) for v in value]
     for run_dir in run_dirs if isinstance(value, str) else ():

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from cxr import inference
 from cxr.artifacts import write_csv
 from cxr.evaluation.bootstrap import patient_bootstrap
 from cxr.evaluation.curves import average_precision, expected_calibration_error
@@ -28,24 +29,22 @@ from cxr.evaluation.thresholds import choose_threshold
 log = logging.getLogger(__name__)
 DEFAULTS = {"threshold": 0.5, "operating_point": {"method": "youden", "target_sensitivity": None},
             "bootstrap": {"n_resamples": 1000, "seed": 0, "level": 0.95}, "calibration_bins": 10,
-            "expert_labels": None, "subgroups": {"side_tables": [], "min_size": 5}}
+            "expert_labels": None, "subgroups": {"side_tables": [], "min_size": 5},
+            "inference_backend": "auto", "inference_batch_size": 64}
 
 
-@torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, loader: DataLoader) -> np.ndarray:
-    """Probability of class 1 ('finding') for every image of ``loader``, in loader order."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = [torch.sigmoid(model(images.to(device)).float()).cpu() for images, _, _ in loader]
-    model.train(was_training)
-    return torch.cat(outputs).numpy() if outputs else np.empty(0, dtype=np.float32)
+def predict_probabilities(model: torch.nn.Module, loader: DataLoader, backend: str = "auto",
+                          batch_size: int = 64) -> np.ndarray:
+    """Probability of class 1 ('finding') for every image of ``loader``, in loader order (cxr.inference)."""
+    return inference.predict_probabilities(model, loader, backend=backend, batch_size=batch_size)
 
 
-def predictions_frame(model: torch.nn.Module, datamodule, name: str) -> pd.DataFrame:
-    rows = datamodule.rows(name)
+def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: dict | None = None) -> pd.DataFrame:
+    rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
+    probabilities = predict_probabilities(model, datamodule.eval_dataloader(name), settings["inference_backend"],
+                                          settings["inference_batch_size"])
     return pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
-                         "probability": predict_probabilities(model, datamodule.eval_dataloader(name))})
+                         "probability": probabilities})
 
 
 def operating_threshold(model, datamodule, settings: dict) -> tuple[float, str]:
@@ -53,7 +52,7 @@ def operating_threshold(model, datamodule, settings: dict) -> tuple[float, str]:
     method = settings["operating_point"]["method"]
     if method == "fixed":
         return float(settings["threshold"]), "fixed"
-    validation = predictions_frame(model, datamodule, "val")
+    validation = predictions_frame(model, datamodule, "val", settings)
     try:
         threshold = choose_threshold(validation["label"], validation["probability"], method,
                                      settings["operating_point"].get("target_sensitivity"))
@@ -79,7 +78,7 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
     expert = read_google2019_labels(settings["expert_labels"]) if settings.get("expert_labels") else None
     results: dict[str, dict] = {}
     for name in datamodule.eval_set_names():
-        predictions = predictions_frame(model, datamodule, name)
+        predictions = predictions_frame(model, datamodule, name, settings)
         write_csv(output_dir / f"predictions_{name}.csv", predictions)
         labels, probabilities = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
         patients = predictions["patient"]

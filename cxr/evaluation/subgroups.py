@@ -20,7 +20,7 @@ def subgroup_columns(rows: pd.DataFrame, side_tables: list[dict] | None = None) 
     columns = pd.DataFrame({"view_position": rows["view_position"], "sex": rows["sex"]}, index=rows.index)
     columns["age_band"] = pd.cut(rows["age_years"], AGE_BANDS, right=False, labels=AGE_LABELS).astype("string")
     for side in side_tables or []:
-        path, key = Path(side["path"]), side.get("on", "image")
+        path, key = Path(side["path"]), side.get("image_column", "image")
         table = pd.read_csv(path, dtype=str, index_col=False)
         wanted = list(side.get("columns") or [c for c in table.columns if c != key])
         missing = [c for c in [key, *wanted] if c not in table.columns]

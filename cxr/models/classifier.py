@@ -33,8 +33,14 @@ class BinaryClassifier(L.LightningModule):
     """
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None,
-                 preprocessing: dict | None = None, program: str | None = None, class_weight=None):
+                 preprocessing: dict | None = None, program: str | None = None, class_weight=None,
+                 channels_last: bool | str = False, fused_optimizer: bool = False):
         super().__init__()
+        # CPU fast path (cxr.bench): NHWC inputs ("auto": on the CPU only) and a fused optimizer step; both give the
+        # fp32 results to rounding. Not hyper-parameters: they change speed, not the model.
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last={channels_last!r}: use true, false or auto")
+        self.channels_last, self.fused_optimizer = channels_last, bool(fused_optimizer)
         self.save_hyperparameters({
             "net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
             "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight,
@@ -59,6 +65,8 @@ class BinaryClassifier(L.LightningModule):
             raise ValueError(f"class_weight={self.hparams.class_weight!r}: use null, balanced or a number")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.dim() == 4 and (self.channels_last is True or images.device.type == "cpu"):
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def _step(self, batch, metrics: MetricCollection, stage: str, on_step: bool):
@@ -79,11 +87,20 @@ class BinaryClassifier(L.LightningModule):
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         return torch.sigmoid(self(batch[0]).float())
 
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer; with ``fused_optimizer``, its fused kernel where it has one (Adam, AdamW, SGD)."""
+        if self.fused_optimizer and "fused" not in self.hparams.optimizer:
+            try:
+                return hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters(), fused=True)
+            except (TypeError, RuntimeError, ValueError, hydra.errors.InstantiationException):
+                pass  # no fused kernel for this optimizer, torch version or device: the plain one below
+        return hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters())
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cxr"] = self.run_metadata
 
     def configure_optimizers(self):
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters())
+        optimizer = self._optimizer()
         if not self.hparams.scheduler:
             return optimizer
         scheduler_cfg = dict(self.hparams.scheduler)

@@ -1,0 +1,108 @@
+"""CPU benchmark suite: ``python -m cxr.bench [--quick] [--out FILE.json]``.
+
+Measures, in one run, with every figure the median of several interleaved repetitions after warm-up:
+
+1. training step img/s of the thesis net (batch 10, RGB 150x150): fp32 eager baseline vs the default config
+   and the fast path (``trainer=cpu_fast``);
+2. inference img/s (batch 64): eager fp32 vs every backend of :mod:`cxr.inference`;
+3. loader-only img/s: decoding the 1024x1024 PNGs of ``../shared/data/nih/full-res`` vs the ``data.cache`` array;
+4. a training epoch from disk, streaming and cached, as a fraction of compute-only;
+5. a plain PyTorch loop vs the Lightning Trainer (overhead %);
+6. NIH scale: index and split the official 112,120-row CSV (seconds, peak RSS of a subprocess);
+7. a TensorFlow peer row only when ``import tensorflow`` works.
+
+Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
+settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from cxr.bench.core import FULL, QUICK, TINY, Row, Sizes, machine_info, table
+
+log = logging.getLogger(__name__)
+SECTIONS = ("train", "inference", "loader", "epoch", "lightning", "nih", "tensorflow")
+
+
+def bench_tensorflow(sizes: Sizes) -> list[Row]:
+    """A Keras peer of the thesis net, only when TensorFlow is installed (it is not a dependency)."""
+    try:
+        import tensorflow as tf  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install
+        return [Row("TensorFlow/Keras peer (train step)", "img/s", None, None,
+                    note=f"skipped: import tensorflow failed ({type(error).__name__})")]
+    import numpy as np
+    from tensorflow import keras
+
+    from cxr.bench.core import interleaved, median
+
+    layers = [keras.Input((150, 150, 3))]
+    for width in (32, 64, 128, 256):
+        layers += [keras.layers.Conv2D(width, 3, activation="relu"), keras.layers.MaxPooling2D(2)]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(512, activation="relu"), keras.layers.Dense(1)]
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(3e-4, epsilon=1e-7),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).random((10, 150, 150, 3), dtype=np.float32)
+    y = (np.arange(10) % 2).astype(np.float32)
+    times = interleaved({"keras": lambda: [model.train_on_batch(x, y) for _ in range(sizes.train_steps)]},
+                        sizes.reps, max(1, sizes.warmup))
+    rate = 10 * sizes.train_steps / median(times["keras"])
+    return [Row("TensorFlow/Keras peer (train step)", "img/s", None, rate, note=f"tensorflow {tf.__version__}")]
+
+
+def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, image_dir=None,
+        shared=None, echo=print) -> dict:
+    """Run the selected measures; return (and write to ``out``) the result document."""
+    from cxr.bench import compute, loading, scale
+
+    functions = {
+        "train": lambda: compute.bench_train_step(sizes),
+        "inference": lambda: compute.bench_inference(sizes),
+        "loader": lambda: loading.bench_loader(sizes, image_dir),
+        "epoch": lambda: loading.bench_epoch(sizes, image_dir),
+        "lightning": lambda: compute.bench_lightning_overhead(sizes),
+        "nih": lambda: scale.bench_nih_scale(sizes, shared),
+        "tensorflow": lambda: bench_tensorflow(sizes),
+    }
+    started = time.time()
+    machine = machine_info()
+    rows: list[Row] = []
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in sections:
+        echo(f"[cxr.bench] {name} ...")
+        t0 = time.perf_counter()
+        try:
+            rows += functions[name]()
+        except Exception as error:  # one failing measure must not lose the others
+            errors[name] = "".join(traceback.format_exception_only(type(error), error)).strip()
+            log.debug("bench %s failed", name, exc_info=True)
+            echo(traceback.format_exc())
+        seconds[name] = round(time.perf_counter() - t0, 2)
+    import os
+
+    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    document = {
+        "machine": machine,
+        "versions": machine["versions"],
+        "settings": {"mode": sizes.name, **{k: v for k, v in vars(sizes).items() if k != "name"},
+                     "sections": list(sections), "statistic": "median of interleaved repetitions after warm-up"},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "seconds": seconds,
+        "rows": [row.as_dict() for row in rows],
+        "errors": errors,
+    }
+    echo(table(rows))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(document, indent=1, default=str))
+        echo(f"[cxr.bench] results written to {out}")
+    return document
+
+
+__all__ = ["run", "FULL", "QUICK", "TINY", "SECTIONS"]

@@ -1,0 +1,214 @@
+"""Compute measures: a training step, inference per backend, and Lightning's overhead over a plain loop."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from cxr.bench.core import REPO, Row, Sizes, interleaved, median, speedup
+
+NET = {"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 3, "image_size": 150,
+       "filters": [32, 64, 128, 256], "hidden": 512}
+ADAM = {"_target_": "torch.optim.Adam", "lr": 3.0e-4, "eps": 1.0e-7}
+
+
+@dataclass(frozen=True)
+class TrainPath:
+    """How a training step runs: memory format, fused optimizer, Lightning precision."""
+    name: str
+    channels_last: bool | str
+    fused_optimizer: bool
+    precision: str
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision.startswith("bf16")
+
+    def describe(self) -> dict:
+        return {"channels_last": self.channels_last, "fused_optimizer": self.fused_optimizer,
+                "precision": self.precision}
+
+
+def train_paths() -> dict[str, TrainPath]:
+    """baseline: fp32 eager NCHW, for-loop Adam (before this work); default: conf/model + trainer=cpu as
+    shipped; fast: trainer=cpu_fast (precision auto) on the default model settings."""
+    from cxr.inference import resolve_precision
+
+    model = OmegaConf.load(REPO / "conf" / "model" / "thesis_cnn.yaml")
+    cpu = OmegaConf.load(REPO / "conf" / "trainer" / "cpu.yaml")
+    fast = OmegaConf.load(REPO / "conf" / "trainer" / "cpu_fast.yaml")
+    channels_last, fused = model.get("channels_last", False), bool(model.get("fused_optimizer", False))
+    return {
+        "baseline": TrainPath("baseline", False, False, "32-true"),
+        "default": TrainPath("default", channels_last, fused, str(resolve_precision(cpu.get("precision"), "cpu"))),
+        "fast": TrainPath("fast", channels_last, fused,
+                          str(resolve_precision(fast.get("precision", cpu.get("precision")), "cpu"))),
+    }
+
+
+def classifier(path: TrainPath, seed: int = 0):
+    from cxr.models.classifier import BinaryClassifier
+
+    torch.manual_seed(seed)
+    return BinaryClassifier(net=NET, optimizer=ADAM, channels_last=path.channels_last,
+                            fused_optimizer=path.fused_optimizer)
+
+
+def stepper(path: TrainPath, seed: int = 0):
+    """A training step of ``path`` (forward under its autocast, BCE, backward, optimizer step), as Lightning runs it
+    minus logging; returns ``step(images, targets)``."""
+    model = classifier(path, seed).train()
+    optimizer = model._optimizer()
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=path.bf16):
+            logits = model(images)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    step.model = model
+    return step
+
+
+def random_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 150, 150, generator=generator),
+            (torch.rand(n, generator=generator) > 0.5).float())
+
+
+def bench_train_step(sizes: Sizes) -> list[Row]:
+    """(1) img/s of a training step, batch 10 of random RGB 150x150: baseline vs the default and fast paths."""
+    paths = train_paths()
+    images, targets = random_batch(10)
+    steps = {name: stepper(path) for name, path in paths.items()}
+    times = interleaved({name: (lambda s=s: [s(images, targets) for _ in range(sizes.train_steps)])
+                         for name, s in steps.items()}, sizes.reps, sizes.warmup)
+    rate = {name: 10 * sizes.train_steps / median(t) for name, t in times.items()}
+    ratio = {name: speedup(times, name, "baseline") for name in times}
+    details = {"img_per_s": rate, "speedup": ratio, "paths": {n: p.describe() for n, p in paths.items()}, "batch": 10,
+               "steps_per_round": sizes.train_steps}
+    return [
+        Row("train step, default config (fp32)", "img/s", rate["baseline"], rate["default"], ratio=ratio["default"],
+            details=details,
+            note=f"default = {_describe(paths['default'])}"),
+        Row("train step, fast path (trainer=cpu_fast)", "img/s", rate["baseline"], rate["fast"], ">= 1.5x",
+            ratio["fast"] >= 1.5, ratio["fast"], details=details, note=f"fast = {_describe(paths['fast'])}"),
+    ]
+
+
+def _describe(path: TrainPath) -> str:
+    parts = [path.precision]
+    if path.channels_last:
+        parts.append("channels_last" + (" (auto: CPU)" if path.channels_last == "auto" else ""))
+    if path.fused_optimizer:
+        parts.append("fused Adam")
+    return " + ".join(parts)
+
+
+def bench_inference(sizes: Sizes) -> list[Row]:
+    """(2) inference img/s: the reference (eager fp32 NCHW) vs each backend of cxr.inference, batch 64."""
+    from cxr import inference
+
+    model = classifier(train_paths()["baseline"]).eval()
+    batch = sizes.infer_batch
+    loader = [(random_batch(batch, seed=i)[0], None, None) for i in range(sizes.infer_batches)]
+    backends = ["eager"] + [b for b in inference.available_backends(model) if b != "eager"] + ["auto"]
+    chosen = inference.choose_backend(model, "auto")
+    runs = {b: (lambda b=b: inference.predict_probabilities(model, loader, b, batch)) for b in backends}
+    reference = runs["eager"]()
+    agreement = {b: float(np.abs(run() - reference).max()) for b, run in runs.items()}  # also warms up (ONNX export)
+    times = interleaved(runs, sizes.reps, max(sizes.warmup, 1))
+    n = batch * sizes.infer_batches
+    rate = {b: n / median(t) for b, t in times.items()}
+    ratio = {b: speedup(times, b, "eager") for b in times}
+    details = {"img_per_s": rate, "speedup": ratio, "max_abs_probability_difference_vs_eager": agreement,
+               "batch": batch, "auto_backend": chosen}
+    rows = [Row(f"inference {b}", "img/s", rate["eager"], rate[b], ratio=ratio[b], details=details,
+                note=f"max |p - p_eager| = {agreement[b]:.1e}") for b in backends if b not in ("eager", "auto")]
+    rows.append(Row(f"inference default (auto -> {chosen})", "img/s", rate["eager"], rate["auto"], ">= 3.5x",
+                    ratio["auto"] >= 3.5, ratio["auto"], details=details,
+                    note=f"max |p - p_eager| = {agreement['auto']:.1e}; baseline = eager fp32 NCHW"))
+    return rows
+
+
+def _alternating_timer(plain_epoch):
+    """Lightning callback: times each Lightning epoch (its hooks only, no Trainer set-up) and, right after it, one
+    epoch of the plain loop, so that the two alternate A B A B under the same load."""
+    import lightning as L
+
+    class Timer(L.Callback):
+        def __init__(self):
+            self.lightning: list[float] = []
+            self.plain: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._started = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.lightning.append(time.perf_counter() - self._started)
+            started = time.perf_counter()
+            plain_epoch()
+            self.plain.append(time.perf_counter() - started)
+
+    return Timer()
+
+
+def in_memory_dataset(n: int, seed: int = 0):
+    """ChestXrayDataset over ``n`` random uint8 RGB 150x150 images held in memory (no decoding)."""
+    from cxr.data.dataset import ChestXrayDataset, Preprocessing
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(n, 150, 150, 3), dtype=np.uint8)
+    table = pd.DataFrame({"path": [f"memory/{i}.png" for i in range(n)], "target": rng.integers(0, 2, n)})
+    return ChestXrayDataset(table, Preprocessing(3, 150, "nearest", 255.0), source=pixels)
+
+
+def bench_lightning_overhead(sizes: Sizes) -> list[Row]:
+    """(5) epoch seconds of a plain PyTorch loop vs Lightning's Trainer, same model, data, optimizer and precision.
+
+    Lightning runs the project's BinaryClassifier (with its torchmetrics and logging); the plain loop only
+    forward, loss, backward and step. Their epochs alternate; the first of each is warm-up. The whole fit()
+    (Trainer set-up and teardown included) is reported apart.
+    """
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from cxr.data.dataset import collate_batch
+
+    path = train_paths()["default"]
+    loader = DataLoader(in_memory_dataset(sizes.lightning_images), batch_size=10, shuffle=True, num_workers=0,
+                        collate_fn=collate_batch)
+    step = stepper(path, seed=1)
+
+    def plain_epoch():
+        for images, targets, _ in loader:
+            step(images, targets)
+
+    model, timer = classifier(path), _alternating_timer(plain_epoch)
+    epochs = sizes.lightning_epochs * max(1, sizes.epoch_reps - 1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, precision=path.precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+    started = time.perf_counter()
+    trainer.fit(model, train_dataloaders=loader)
+    fit_seconds = time.perf_counter() - started - sum(timer.plain)
+    plain_epochs, lightning_epochs = timer.plain[1:] or timer.plain, timer.lightning[1:] or timer.lightning
+    plain, lightning = median(plain_epochs), median(lightning_epochs)
+    # each Lightning epoch against the plain epoch right after it (same load)
+    overhead = 100.0 * (median([a / b for a, b in zip(lightning_epochs, plain_epochs)]) - 1.0)
+    n = sizes.lightning_images
+    details = {"plain_epoch_s": plain_epochs, "lightning_epoch_s": lightning_epochs, "fit_s": fit_seconds,
+               "images_per_epoch": n, "epochs": epochs, "path": path.describe(),
+               "fit_overhead_percent": 100.0 * (fit_seconds / sum(timer.plain) - 1.0)}
+    return [Row("Lightning Trainer vs plain loop (epoch)", "img/s", n / plain, n / lightning, "overhead <= 5%",
+                overhead <= 5.0, 1.0 / (1.0 + overhead / 100.0), details=details,
+                note=f"overhead {overhead:+.1f}% per epoch; whole fit() incl. set-up "
+                     f"{details['fit_overhead_percent']:+.1f}%")]
