@@ -75,3 +75,13 @@ def test_model_instantiates_with_the_thesis_parameter_count(make_cfg):
 
 def test_scaled_thesis_sizes():
     assert resolve_size(4606, 963, "train", scale=True, pool=5606) == round(4606 / 5606 * 963)
+
+
+def test_unknown_program_and_unknown_key_are_named_in_the_error(make_cfg):
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    available = r"Could not find .program/Z.[\s\S]*Available options in .program.:[\s\S]*\tC\n\tD"
+    with pytest.raises(MissingConfigException, match=available):
+        make_cfg(["program=Z"])
+    with pytest.raises(ConfigCompositionException, match=r"data\.bogus"):
+        make_cfg(["data.bogus=1"])
