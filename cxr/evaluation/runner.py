@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from cxr import inference
 from cxr.artifacts import write_csv
@@ -33,16 +31,10 @@ DEFAULTS = {"threshold": 0.5, "operating_point": {"method": "youden", "target_se
             "inference_backend": "auto", "inference_batch_size": 64}
 
 
-def predict_probabilities(model: torch.nn.Module, loader: DataLoader, backend: str = "auto",
-                          batch_size: int = 64) -> np.ndarray:
-    """Probability of class 1 ('finding') for every image of ``loader``, in loader order (cxr.inference)."""
-    return inference.predict_probabilities(model, loader, backend=backend, batch_size=batch_size)
-
-
 def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: dict | None = None) -> pd.DataFrame:
     rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
-    probabilities = predict_probabilities(model, datamodule.eval_dataloader(name), settings["inference_backend"],
-                                          settings["inference_batch_size"])
+    probabilities = inference.predict_probabilities(model, datamodule.eval_dataloader(name),
+                                                    settings["inference_backend"], settings["inference_batch_size"])
     return pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
                          "probability": probabilities})
 
