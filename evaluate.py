@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from cxr.pipeline import evaluate, evaluation_config
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(evaluation_config(cfg))
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from cxr.pipeline import resume_arguments, train
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return (metrics.get("test") or {}).get("auroc")  # the value an Optuna sweeper optimises

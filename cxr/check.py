@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.data.validation import ValidationReport, validate
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Hydra would otherwise create outputs/<task>/runs/<time>/ with .hydra/ and a log file; the check writes nothing.
 NO_OUTPUT = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
 
@@ -34,7 +32,7 @@ def run_check(cfg: DictConfig, workers: int | None = None) -> ValidationReport:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
 def _app(cfg: DictConfig) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[%(asctime)s] %(message)s",
                         datefmt="%H:%M:%S", force=True)

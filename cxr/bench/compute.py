@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from cxr.bench.core import REPO, Row, Sizes, interleaved, median, speedup
+from cxr.bench.core import CONFIG_DIR, REPO, Row, Sizes, interleaved, median, speedup
 
 NET = {"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 3, "image_size": 150,
        "filters": [32, 64, 128, 256], "hidden": 512}
@@ -39,9 +39,9 @@ def train_paths() -> dict[str, TrainPath]:
     shipped; fast: trainer=cpu_fast (precision auto) on the default model settings."""
     from cxr.inference import resolve_precision
 
-    model = OmegaConf.load(REPO / "conf" / "model" / "thesis_cnn.yaml")
-    cpu = OmegaConf.load(REPO / "conf" / "trainer" / "cpu.yaml")
-    fast = OmegaConf.load(REPO / "conf" / "trainer" / "cpu_fast.yaml")
+    model = OmegaConf.load(CONFIG_DIR / "model" / "thesis_cnn.yaml")
+    cpu = OmegaConf.load(CONFIG_DIR / "trainer" / "cpu.yaml")
+    fast = OmegaConf.load(CONFIG_DIR / "trainer" / "cpu_fast.yaml")
     channels_last, fused = model.get("channels_last", False), bool(model.get("fused_optimizer", False))
     return {
         "baseline": TrainPath("baseline", False, False, "32-true"),

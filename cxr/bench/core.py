@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"  # shipped inside the package
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
