@@ -8,13 +8,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cxr.pipeline import resume_arguments, train
+from cxr.pipeline import objective, resume_arguments, train
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
-    return (metrics.get("test") or {}).get("auroc")  # the value an Optuna sweeper optimises
+    return objective(metrics)  # what an Optuna sweeper (hparams_search=...) maximises: validation AUROC, never test
 
 
 if __name__ == "__main__":

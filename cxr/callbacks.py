@@ -80,18 +80,37 @@ class InputImageGrid(L.Callback):
 
 class RandomState(L.Callback):
     """Saves the Python, NumPy and torch random states in checkpoints and restores them on resume, so a resumed
-    run shuffles its remaining epochs exactly as an uninterrupted one (Lightning does not save them)."""
+    run shuffles its remaining epochs exactly as an uninterrupted one (Lightning does not save them).
+    Under DDP every process's states are gathered into rank 0's checkpoint (``ranks``), and each process gets its
+    own back on resume (augmentation draws differ per process)."""
 
     def state_dict(self) -> dict:
         kind, keys, position, has_gauss, gauss = np.random.get_state()
-        return {"python": random.getstate(), "torch": torch.get_rng_state(),
-                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+        if _world_size() > 1:  # every rank dumps the checkpoint (rank 0 writes it): gather all ranks' states
+            states = [None] * _world_size()
+            torch.distributed.all_gather_object(states, state)
+            state = {**state, "ranks": states}
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        ranks = state_dict.get("ranks") or []
+        rank = torch.distributed.get_rank() if _world_size() > 1 else 0
+        if len(ranks) == _world_size() and rank < len(ranks):
+            state_dict = ranks[rank]
+        elif ranks:
+            log.warning("resuming with %d processes a checkpoint of %d: random states not restored per process",
+                        _world_size(), len(ranks))
         kind, keys, position, has_gauss, gauss = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
         random.setstate(_as_tuples(state_dict["python"]))
         torch.set_rng_state(state_dict["torch"])
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and \
+        torch.distributed.is_initialized() else 1
 
 
 def _as_tuples(value):
@@ -110,6 +129,10 @@ class CheckpointOnInterrupt(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and not trainer.fast_dev_run:
+            if trainer.world_size > 1:  # saving is collective: a rank that stopped alone would wait forever
+                log.warning("interrupted: resume from the last finished epoch with: python train.py resume=%s",
+                            Path(self.dirpath).parent)
+                return
             path = Path(self.dirpath) / "interrupted.ckpt"
             trainer.save_checkpoint(path)
             log.warning("interrupted: saved %s (resume from the last finished epoch with: python train.py "

@@ -43,15 +43,27 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def gpu_supports_bf16() -> bool:
+    """Whether the CUDA GPU computes bfloat16 natively (compute capability 8.0+: A100, H100, RTX 30xx/40xx)."""
+    try:
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch without including_emulation
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def resolve_precision(precision, accelerator: str | None = "cpu"):
     """Lightning's ``trainer.precision``, with ``auto``: ``bf16-mixed`` on a CPU with native bfloat16, else
-    ``32-true`` (on a GPU: ``16-mixed``). Any other value is returned unchanged (the switch to force one)."""
+    ``32-true``; on a GPU ``bf16-mixed`` where it computes bfloat16 natively, else ``16-mixed`` (fp16 autocast with
+    Lightning's gradient scaler). ``accelerator=auto`` means the GPU when one is visible. Any other value is
+    returned unchanged (the switch to force one)."""
     if precision != "auto":
         return precision
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator in (None, "cpu"):
         chosen = "bf16-mixed" if cpu_supports_bf16() else "32-true"
     else:
-        chosen = "16-mixed"
+        chosen = "bf16-mixed" if gpu_supports_bf16() else "16-mixed"
     log.info("trainer.precision=auto: %s", chosen)
     return chosen
 

@@ -12,11 +12,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxr.artifacts import run_provenance, write_csv, write_json, write_text
 from cxr.callbacks import EpochHistory, tensorboard_writer
 from cxr.checkpoints import load_classifier
+from cxr.distributed import global_rank
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
@@ -100,10 +101,12 @@ def _check_data(cfg: DictConfig, output_dir: Path) -> None:
         raise DataCheckError(f"{first} (all problems: {output_dir / 'data_check.txt'})")
 
 
-def _build_data(cfg: DictConfig, output_dir: Path, **overrides):
+def _build_data(cfg: DictConfig, output_dir: Path, write: bool = True, **overrides):
     datamodule = instantiate(cfg.data, **overrides)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if not write:  # DDP ranks > 0
+        return datamodule
     write_csv(output_dir / "splits.csv", datamodule.split_table())
     if len(datamodule.dropped):
         write_csv(output_dir / "dropped_images.csv", datamodule.dropped)
@@ -132,16 +135,52 @@ def _final_metrics(results: dict) -> dict:
             if (value := metrics.get(key)) is not None}
 
 
+def _requeued_job(cfg: DictConfig) -> None:
+    """A cluster job restarted by its launcher (submitit: preempted or out of time, ``max_num_timeout``) finds its
+    own ``checkpoints/last.ckpt`` in its run directory: it resumes from it (``ckpt_path=last``), recorded in
+    config.yaml so that every rank does the same."""
+    output_dir = Path(cfg.paths.output_dir)
+    if (cfg.get("ckpt_path") is None and os.environ.get("SUBMITIT_EXECUTOR")
+            and (output_dir / "checkpoints" / "last.ckpt").is_file() and not (output_dir / "metrics.json").exists()):
+        log.warning("requeued %s job: resuming %s from checkpoints/last.ckpt", os.environ["SUBMITIT_EXECUTOR"],
+                    output_dir)
+        with open_dict(cfg):
+            cfg.ckpt_path = "last"
+
+
+def _validation_summary(history: EpochHistory | None, trainer: L.Trainer) -> dict:
+    """Validation AUROC of the best and of the last epoch: what a hyper-parameter search maximises (never test)."""
+    values = history.frame()["val/auroc"].dropna().tolist() if history is not None else []
+    last = trainer.callback_metrics.get("val/auroc")
+    last = float(last) if last is not None else (values[-1] if values else None)
+    return {"auroc_best": max(values) if values else last, "auroc_last": last}
+
+
+def objective(metrics: dict) -> float:
+    """The value a hyper-parameter search maximises: the best validation AUROC of the run (NaN when there is none,
+    e.g. a validation batch of one class; Optuna then marks the trial failed)."""
+    value = (metrics.get("validation") or {}).get("auroc_best")
+    return float("nan") if value is None else float(value)
+
+
 def train(cfg: DictConfig) -> dict:
-    """Fit the model on the train split, pick the best checkpoint by validation AUROC, evaluate and save."""
-    output_dir = _prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
+    """Fit the model on the train split, pick the best checkpoint by validation AUROC, evaluate and save.
+
+    Under DDP every rank runs this; only rank 0 checks the data, writes files and evaluates (other ranks return
+    ``{}`` after fitting)."""
+    rank_zero = global_rank() == 0
+    _requeued_job(cfg)
+    if rank_zero:
+        output_dir = _prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
+    else:
+        output_dir = Path(cfg.paths.output_dir)
     ckpt_path = _resume_checkpoint(cfg, output_dir)
-    if cfg.get("data_check", True) or cfg.get("check_only"):
+    if rank_zero and (cfg.get("data_check", True) or cfg.get("check_only")):
         _check_data(cfg, output_dir)
-        if cfg.get("check_only"):
-            return {"data_check": "ok"}
+    if cfg.get("check_only"):
+        return {"data_check": "ok"}
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = _build_data(cfg, output_dir)
+    datamodule = _build_data(cfg, output_dir, write=rank_zero)
 
     model = instantiate(cfg.model)
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance()}
@@ -154,6 +193,8 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
+    if not trainer.is_global_zero:
+        return {}  # DDP: rank 0 evaluates and writes
 
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
@@ -178,7 +219,9 @@ def train(cfg: DictConfig) -> dict:
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "checkpoint": os.path.relpath(best_path, output_dir) if best_path else None,
         "epochs_trained": trainer.current_epoch if not trainer.fast_dev_run else 1,
+        "processes": trainer.world_size,  # DDP processes that trained (devices x nodes)
         "split": datamodule.summary,
+        "validation": _validation_summary(history, trainer),
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)

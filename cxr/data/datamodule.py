@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
@@ -48,8 +49,10 @@ class ChestXrayDataModule(L.LightningDataModule):
     def __init__(self, labels: str, root: str, split: dict, preprocessing: dict, batch_size: int = 10,
                  num_workers: int = 0, missing: str = "error", external: dict | None = None,
                  demo: dict | None = None, pin_memory: bool = False, name: str = "data",
-                 augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None):
+                 augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None,
+                 persistent_workers: bool = True):
         super().__init__()
+        self.persistent_workers = bool(persistent_workers)  # train/val workers kept between epochs
         self.cache, self.cache_dir = bool(cache), cache_dir  # data.cache: see cxr.data.cache
         self.labels, self.root, self.name = labels, root, name
         self.split_settings = dict(split)
@@ -128,16 +131,27 @@ class ChestXrayDataModule(L.LightningDataModule):
     def eval_set_names(self) -> list[str]:
         return [name for name in ("test", "external") if name in self.datasets and len(self.datasets[name])]
 
-    def _loader(self, name: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_batch,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0 and name in ("train", "val"))
+                          sampler=sampler, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers and self.num_workers > 0 and name in ("train", "val"))
+
+    def _distributed_validation_sampler(self, name: str = "val"):
+        """Under DDP, the validation split is divided between the processes without the duplicates that Lightning's
+        padded DistributedSampler adds, so that the synced validation metrics (AUROC over all processes'
+        predictions) are over exactly the validation images, as in a single-process run. Training keeps Lightning's
+        sampler (equal batch counts per process are needed there)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(self.datasets[name], shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", sampler=self._distributed_validation_sampler())
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
 
@@ -52,6 +52,7 @@ class BinaryClassifier(L.LightningModule):
         self.register_buffer("pos_weight", torch.tensor(float(weight)))
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
+        self.val_loss = MeanMetric()
 
     def setup(self, stage: str) -> None:
         if self.hparams.class_weight == "balanced" and stage == "fit" and self.trainer.datamodule is not None:
@@ -74,7 +75,12 @@ class BinaryClassifier(L.LightningModule):
         logits = self(images)
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=self.pos_weight)
         metrics.update(torch.sigmoid(logits.detach().float()), targets.long())
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        if stage == "val":  # mean over all images of all DDP processes (their validation batches may differ in number)
+            self.val_loss.update(loss.detach(), weight=len(targets))
+            self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        else:
+            self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets),
+                     sync_dist=True)  # DDP: the mean over the processes (equal batches in training)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         return loss
 
