@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -19,9 +20,12 @@ from unittest import mock
 import lightning.pytorch.strategies.launchers.subprocess_script as _subprocess_script
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
+# what Lightning's launcher sets in this process's environment for the children
+_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "PYTHONPATH")
 
 
 def global_rank() -> int:
@@ -42,8 +46,10 @@ class _JobLauncher(_SubprocessScriptLauncher):
     def __init__(self, run_config: str, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_config = run_config
+        self._saved_environment: dict[str, str | None] = {}
 
     def _call_children_scripts(self) -> None:
+        self._saved_environment = {key: os.environ.get(key) for key in _LAUNCH_VARIABLES}
         if not Path(self.run_config).is_file():
             raise FileNotFoundError(f"trainer.strategy.run_config={self.run_config}: no such file (the other DDP "
                                     "ranks run this resolved config)")
@@ -58,6 +64,27 @@ class _JobLauncher(_SubprocessScriptLauncher):
             super()._call_children_scripts()
 
 
+    def finish(self, timeout_s: float = 300) -> None:
+        """After fit: wait for ranks 1..N-1 to exit, close the process group and restore the environment, so that the
+        next job of a multirun (in this same process) starts its own processes and group."""
+        for process in self.procs:
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("DDP rank process %d still running after fit: killing it", process.pid)
+                process.kill()
+                process.wait()
+        self.procs = []
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_environment = {}
+
+
 class JobDDPStrategy(DDPStrategy):
     """``DDPStrategy`` whose ranks 1..N-1 run ``run_config`` (this job's resolved config) rather than ``sys.argv``."""
 
@@ -66,6 +93,11 @@ class JobDDPStrategy(DDPStrategy):
     def __init__(self, run_config: str, **kwargs):
         super().__init__(**kwargs)
         self.run_config = str(run_config)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if isinstance(self._launcher, _JobLauncher) and self._launcher.procs:
+            self._launcher.finish()
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()

@@ -9,7 +9,9 @@ Measures, in one run, with every figure the median of several interleaved repeti
 4. a training epoch from disk, streaming and cached, as a fraction of compute-only;
 5. a plain PyTorch loop vs the Lightning Trainer (overhead %);
 6. NIH scale: index and split the official 112,120-row CSV (seconds, peak RSS of a subprocess);
-7. a TensorFlow peer row only when ``import tensorflow`` works.
+7. a TensorFlow peer row only when ``import tensorflow`` works;
+8. DDP: training img/s with 1 vs 2 CPU processes (gloo), per process and in total;
+9. GPU: training img/s of the thesis net and DenseNet-121, fp32 vs bf16-mixed (skipped without a CUDA GPU).
 
 Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
 settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
@@ -25,7 +27,7 @@ from pathlib import Path
 from cxr.bench.core import FULL, QUICK, TINY, Row, Sizes, machine_info, table
 
 log = logging.getLogger(__name__)
-SECTIONS = ("train", "inference", "loader", "epoch", "lightning", "nih", "tensorflow")
+SECTIONS = ("train", "inference", "loader", "epoch", "lightning", "nih", "tensorflow", "ddp", "gpu")
 
 
 def bench_tensorflow(sizes: Sizes) -> list[Row]:
@@ -58,7 +60,7 @@ def bench_tensorflow(sizes: Sizes) -> list[Row]:
 def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, image_dir=None,
         shared=None, echo=print) -> dict:
     """Run the selected measures; return (and write to ``out``) the result document."""
-    from cxr.bench import compute, loading, scale
+    from cxr.bench import compute, distributed, loading, scale
 
     functions = {
         "train": lambda: compute.bench_train_step(sizes),
@@ -68,6 +70,8 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
         "lightning": lambda: compute.bench_lightning_overhead(sizes),
         "nih": lambda: scale.bench_nih_scale(sizes, shared),
         "tensorflow": lambda: bench_tensorflow(sizes),
+        "ddp": lambda: distributed.bench_ddp(sizes),
+        "gpu": lambda: distributed.bench_gpu(sizes),
     }
     started = time.time()
     machine = machine_info()
