@@ -263,7 +263,8 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-_NOT_FOR_EVALUATION = ("hydra", "ckpt_path", "debug", "trainer", "callbacks", "logger", "seed")
+_NOT_FOR_EVALUATION = ("hydra", "ckpt_path", "debug", "trainer", "callbacks", "logger", "seed",
+                        "hparams_search")  # a search preset would make evaluate.py launch a sweep
 
 
 def _override_key(override: str) -> str:

@@ -262,3 +262,39 @@ def test_submitit_local_multirun_with_a_preempted_job_requeued_and_resumed_exact
     _train_in_subprocess(demo_root, reference, *settings, "seed=1")
     for name in ("metrics.json", "history.csv", "predictions_test.csv"):
         assert (sweep_dir / "0" / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def _random_state_worker(rank: int, world_size: int, port: int, folder: str) -> None:
+    """One process of a 2-process gloo group: save the random states as a DDP checkpoint would (every rank dumps,
+    rank 0's dictionary is written), scramble them, restore from rank 0's dictionary, draw again."""
+    import random
+
+    import numpy as np
+
+    from cxr.callbacks import RandomState
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(100 + rank), np.random.seed(rank), random.seed(rank)
+        state = RandomState().state_dict()  # collective: gathers every rank's states
+        expected = [torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()]
+        written = {**state["ranks"][0], "ranks": state["ranks"]}  # what rank 0 saves in the checkpoint
+        torch.manual_seed(999), np.random.seed(999), random.seed(999)
+        RandomState().load_state_dict(written)
+        drawn = [torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()]
+        Path(folder, f"{rank}.json").write_text(json.dumps({"expected": expected, "drawn": drawn}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_ddp_process_gets_its_own_random_state_back_on_resume(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_random_state_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(result["drawn"] == result["expected"] for result in results)
+    assert results[0]["expected"] != results[1]["expected"]  # the processes' states differ: each got its own

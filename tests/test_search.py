@@ -12,11 +12,13 @@ from tests.test_train import run_script
 
 
 def test_search_preset_maximises_validation_auroc_of_program_d(make_cfg, tmp_path):
+    from hydra.types import RunMode
+
     from cxr.search import sqlite_storage
 
     cfg = make_cfg(["hparams_search=optuna_D"])
     sweeper = cfg.hydra.sweeper
-    assert cfg.program.name == "D" and sweeper.direction == "maximize" and cfg.hydra.mode == "MULTIRUN"
+    assert cfg.program.name == "D" and sweeper.direction == "maximize" and cfg.hydra.mode == RunMode.MULTIRUN
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.storage._target_ == "cxr.search.sqlite_storage"
     assert {"program.training.lr", "program.training.batch_size", "program.training.augmentation.degrees",
             "program.training.class_weight"} <= set(sweeper.params)
