@@ -288,6 +288,7 @@ def _random_state_worker(rank: int, world_size: int, port: int, folder: str) -> 
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_each_ddp_process_gets_its_own_random_state_back_on_resume(tmp_path):
     import socket
 
@@ -298,3 +299,18 @@ def test_each_ddp_process_gets_its_own_random_state_back_on_resume(tmp_path):
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     assert all(result["drawn"] == result["expected"] for result in results)
     assert results[0]["expected"] != results[1]["expected"]  # the processes' states differ: each got its own
+
+
+@pytest.mark.slow
+def test_bench_ddp_rows_measure_one_and_two_processes():
+    from dataclasses import replace
+
+    from cxr.bench import TINY
+    from cxr.bench.distributed import bench_ddp
+
+    total, per_process = bench_ddp(replace(TINY, lightning_images=40))
+    assert total.measure.startswith("DDP") and per_process.measure.startswith("DDP")
+    one, two = total.details["1"], total.details["2"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["images_per_process_per_epoch"] * 2 == one["images_per_process_per_epoch"] == 40
+    assert total.fast == pytest.approx(2 * per_process.fast) and total.baseline == pytest.approx(per_process.baseline)
