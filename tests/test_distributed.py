@@ -314,3 +314,21 @@ def test_bench_ddp_rows_measure_one_and_two_processes():
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["images_per_process_per_epoch"] * 2 == one["images_per_process_per_epoch"] == 40
     assert total.fast == pytest.approx(2 * per_process.fast) and total.baseline == pytest.approx(per_process.baseline)
+
+
+@pytest.mark.slow
+def test_gpu_loader_settings_work_with_the_preprocessing_cache(make_cfg, tmp_path):
+    """trainer=gpu's loader (workers, pinned memory, persistent workers) reading data.cache, run on the CPU here."""
+    from cxr.pipeline import train
+
+    cfg = make_cfg(["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.benchmark=false",
+                    "data.cache=true", f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=2", "debug=fdr",
+                    "logger=csv"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    assert (loader.num_workers, loader.pin_memory, loader.persistent_workers) == (2, True, True)
+    assert datamodule.datasets["train"].source is not None  # reads the cache, not the PNGs
+    metrics = train(cfg)
+    assert metrics["test"]["n"] == metrics["split"]["test"]["images"] and metrics["processes"] == 1
+    assert list((tmp_path / "cache").glob("*.npy"))
