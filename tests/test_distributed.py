@@ -332,3 +332,21 @@ def test_gpu_loader_settings_work_with_the_preprocessing_cache(make_cfg, tmp_pat
     metrics = train(cfg)
     assert metrics["test"]["n"] == metrics["split"]["test"]["images"] and metrics["processes"] == 1
     assert list((tmp_path / "cache").glob("*.npy"))
+
+
+@pytest.mark.slow
+def test_ddp_run_resumes_exactly_across_processes(tmp_path, demo_root):
+    """Program D (random augmentation: each process draws its own) on 2 gloo processes: a run stopped after epoch 2
+    (its metrics.json removed, as if it died before evaluating) and resumed with `resume=` to 3 epochs ends
+    bit-for-bit like an uninterrupted 3-epoch run."""
+    settings = ["program=D", "trainer=ddp_cpu", "data.batch_size=8", "callbacks.early_stopping=null",
+                "trainer.deterministic=true", "data_check=false", "logger=csv"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    _train_in_subprocess(demo_root, reference, *settings, "trainer.max_epochs=3")
+    _train_in_subprocess(demo_root, resumed, *settings, "trainer.max_epochs=2")
+    (resumed / "metrics.json").unlink()
+    result = run_script(["train.py", f"resume={resumed}", "trainer.max_epochs=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("history.csv", "predictions_test.csv", "metrics.json"):
+        assert (resumed / name).read_bytes() == (reference / name).read_bytes(), name
+    assert OmegaConf.load(resumed / "config.yaml").ckpt_path == "last"
