@@ -134,7 +134,8 @@ class ChestXrayDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_batch,
                           sampler=sampler, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0 and name in ("train", "val"))
+                          persistent_workers=self.persistent_workers and self.num_workers > 0
+                          and name in ("train", "val"))
 
     def _distributed_validation_sampler(self, name: str = "val"):
         """Under DDP, the validation split is divided between the processes without the duplicates that Lightning's
