@@ -63,7 +63,6 @@ class _JobLauncher(_SubprocessScriptLauncher):
                 mock.patch.object(_subprocess_script, "_basic_subprocess_cmd", lambda: command):
             super()._call_children_scripts()
 
-
     def finish(self, timeout_s: float = 300) -> None:
         """After fit: wait for ranks 1..N-1 to exit, close the process group and restore the environment, so that the
         next job of a multirun (in this same process) starts its own processes and group."""
