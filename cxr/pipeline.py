@@ -201,6 +201,7 @@ def train(cfg: DictConfig) -> dict:
     if best_path:
         log.info("evaluating the best checkpoint by %s: %s", checkpoint.monitor, best_path)
         model, _ = load_classifier(best_path)
+    model.to(trainer.strategy.root_device)  # a GPU run evaluates on its GPU (torch backend); the CPU as before
     writer = tensorboard_writer(trainer)
     results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), writer=writer,
                             step=trainer.global_step)
