@@ -17,7 +17,7 @@ import pytest
 from cxr.data.download import (METADATA_FILES, DownloadError, download_release, read_manifest, safe_extract,
                                shipped, write_metadata)
 from tests.conftest import NIH_META, REPO, require_real_data
-from tests.range_server import RangeServer
+from cxr.bench.range_server import RangeServer
 
 N_ARCHIVES = 3
 

@@ -335,7 +335,10 @@ def check_release(root: Path, archives: list[Archive]) -> list[str]:
         from cxr.data.labels import read_labels
 
         found = index_images(root)
-        listed = read_labels(labels)["image"]
+        try:
+            listed = read_labels(labels)["image"]
+        except (ValueError, OSError) as error:
+            return problems + [f"{labels}: cannot be read as a label file ({error})"]
         absent = listed[~listed.isin(found.keys())]
         if len(absent) and len(found) >= len(listed):  # the whole release is on disk (not a partial manifest)
             problems.append(f"{labels.name}: {len(absent)} labelled images are not on disk (first: "

@@ -1,4 +1,4 @@
-"""A local HTTP server for download tests: serves files from memory with Range support (Python's
+"""A local HTTP server for the download benchmark and tests: serves files from memory with Range support (Python's
 SimpleHTTPRequestHandler has none), and can misbehave on purpose: drop the connection half-way through a file,
 or serve corrupted bytes a given number of times."""
 from __future__ import annotations
