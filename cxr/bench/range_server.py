@@ -4,6 +4,7 @@ or serve corrupted bytes a given number of times."""
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -54,15 +55,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
             return
+        if server.throttle:  # slow server: a few KB at a time, so a test can interrupt the client mid-transfer
+            step, pause = server.throttle
+            for start in range(0, len(payload), step):
+                self.wfile.write(payload[start:start + step])
+                self.wfile.flush()
+                time.sleep(pause)
+            return
         self.wfile.write(payload)
 
 
 class RangeServer:
     """``with RangeServer(files) as server: server.url`` -> ``http://127.0.0.1:<port>/``."""
 
-    def __init__(self, files: dict[str, bytes], ranges: bool = True):
+    def __init__(self, files: dict[str, bytes], ranges: bool = True, throttle: tuple[int, float] | None = None):
         self.files = dict(files)
-        self.ranges = ranges
+        self.ranges, self.throttle = ranges, throttle
         self.drop_once: set[str] = set()
         self.corrupt: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []

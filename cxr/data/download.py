@@ -35,6 +35,7 @@ from typing import Callable
 from urllib.parse import urljoin
 
 import requests
+import urllib3
 
 MANIFEST_COLUMNS = ("archive", "url", "md5", "images")
 METADATA_FILES = ("Data_Entry_2017_v2020.csv", "train_val_list.txt", "test_list.txt")
@@ -42,6 +43,7 @@ STATE_DIR = ".download"
 BLOCK = 1 << 20
 CONNECT_RETRIES = 3   # a dropped connection is resumed (Range) up to this many times per attempt
 TIMEOUT_S = 60
+_STOP = threading.Event()  # set on Ctrl-C: every transfer stops after its current block, keeping its .part file
 
 
 class DownloadError(RuntimeError):
@@ -153,7 +155,7 @@ def fetch(url: str, target: Path, progress: Progress | None = None, bar=None,
     counted = False
     for attempt in range(CONNECT_RETRIES + 1):
         have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
         try:
             with session.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as response:
                 if response.status_code == 416:  # the partial file is already whole (or longer than the file)
@@ -171,14 +173,18 @@ def fetch(url: str, target: Path, progress: Progress | None = None, bar=None,
                     progress.expect(bar, total, have)
                     counted = True
                 with open(part, "ab" if resumed else "wb") as handle:
-                    for block in response.iter_content(BLOCK):
+                    # read1: whatever has arrived (up to BLOCK), written at once, so an interruption loses nothing
+                    while block := response.raw.read1(BLOCK):
                         handle.write(block)
+                        if _STOP.is_set():
+                            raise KeyboardInterrupt
                         if progress is not None:
                             progress.advance(bar, len(block))
             if response.headers.get("Content-Length") and part.stat().st_size < total:
                 raise requests.ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
             break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError) as error:  # read1 raises urllib3's own (connection dropped, timeout)
             if attempt == CONNECT_RETRIES:
                 kept = part.stat().st_size if part.exists() else 0
                 raise DownloadError(f"{url}: {short(error)} (after {CONNECT_RETRIES + 1} tries; {kept} bytes kept "
@@ -359,14 +365,21 @@ def download_release(root: str | Path, manifest: str | Path | None = None, mirro
     write_metadata(root, mirror, source)
     bars = Progress(progress)
     results, failures = [], []
+    _STOP.clear()
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {pool.submit(get_archive, a, root, mirror, source, keep, bars): a for a in archives}
-            for future in as_completed(futures):
-                try:
-                    results.append(future.result())
-                except DownloadError as error:
-                    failures.append(str(error))
+            try:
+                for future in as_completed(futures):
+                    try:
+                        results.append(future.result())
+                    except DownloadError as error:
+                        failures.append(str(error))
+            except KeyboardInterrupt:
+                _STOP.set()  # the threads stop after their current block; their .part files stay for the next run
+                for future in futures:
+                    future.cancel()
+                raise
     finally:
         bars.close()
     for result in sorted(results, key=lambda r: r.archive.name):
