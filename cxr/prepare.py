@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -92,34 +93,58 @@ def prepare(cfg: DictConfig, workers: int | None = None, shards: bool = False, p
     return summary
 
 
+def shards_in_use(cfg: DictConfig, lists: dict[str, list[str]]) -> set[str]:
+    """The shard folder names this config reads with data.format=shards (the split is made, nothing decoded)."""
+    from hydra.utils import instantiate
+
+    from cxr.data.cache import CacheSpec, content_key
+    from cxr.data.shards import shard_name
+
+    spec = CacheSpec.of(OmegaConf.to_container(cfg.program.preprocessing, resolve=True))
+    datamodule = instantiate(cfg.data, format="png", cache=False)
+    datamodule.setup("fit")
+    keys = {name: content_key(paths, spec) for name, paths in lists.items()}
+    return {shard_name(name, datamodule.rows(name), keys["external" if name == "external" else "labelled"], spec)
+            for name in datamodule.datasets}
+
+
 def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
-    """Print the caches and shard folders; with ``prune`` delete the caches this config does not use."""
+    """Print the caches and shard folders; with ``prune`` delete the ones this config does not use."""
     from cxr.data.cache import CacheSpec, cache_name, list_caches, prune_caches
+    from cxr.data.shards import list_shards
 
     spec = CacheSpec.of(OmegaConf.to_container(cfg.program.preprocessing, resolve=True))
     try:
-        in_use = {cache_name(paths, spec) for paths in labelled_paths(cfg).values()}
+        lists = labelled_paths(cfg)
+        in_use = {cache_name(paths, spec) for paths in lists.values()}
+        shards_used = shards_in_use(cfg, lists)
     except (ValueError, OSError) as error:
         if prune:
             raise
-        echo(f"(which cache this config uses is unknown: {error})")
-        in_use = set()
-    caches = list_caches(cfg.data.cache_dir)
+        echo(f"(which caches this config uses is unknown: {error})")
+        in_use, shards_used = set(), set()
+    caches, shards = list_caches(cfg.data.cache_dir), list_shards(cfg.data.shards_dir)
     echo(f"caches under {cfg.data.cache_dir}:" if caches else f"no cache under {cfg.data.cache_dir}")
     for entry in caches:
         mark = "in use" if entry["name"] in in_use else "prunable"
         echo(f"  {entry['name']}: {entry['state']}, {entry['images']} images, {entry['bytes'] / 1e6:.1f} MB, "
              f"created {entry['created']} [{mark}]")
-    shards_dir = Path(cfg.data.shards_dir)
-    folders = sorted(p for p in shards_dir.iterdir() if p.is_dir()) if shards_dir.is_dir() else []
-    for folder in folders:
-        echo(f"  shards {folder.name}: {_folder_bytes(folder) / 1e6:.1f} MB")
+    if shards:
+        echo(f"shards under {cfg.data.shards_dir}:")
+    for entry in shards:
+        mark = "in use" if entry["name"] in shards_used else "prunable"
+        echo(f"  {entry['name']}: {entry['images'] if entry['images'] is not None else 'incomplete,'} images, "
+             f"{entry['bytes'] / 1e6:.1f} MB [{mark}]")
     if prune:
         deleted = prune_caches(cfg.data.cache_dir, keep=sorted(in_use))
-        freed = sum(e["bytes"] for e in deleted)
-        echo(f"pruned {len(deleted)} cache(s), {freed / 1e6:.1f} MB freed")
+        for entry in shards:
+            if entry["name"] not in shards_used:
+                shutil.rmtree(entry["folder"])
+                deleted.append(entry)
+        echo(f"pruned {len(deleted)} cache(s) and shard folder(s), {sum(e['bytes'] for e in deleted) / 1e6:.1f} MB "
+             "freed")
         return deleted
-    return caches
+    return caches + shards
 
 
 _OPTIONS: dict = {}

@@ -37,18 +37,21 @@ def test_prepare_builds_once_then_training_reads_it(make_cfg, tmp_path, monkeypa
     assert len(datamodule.datasets["train"][0][0]) == 1
 
 
-def test_list_marks_the_cache_in_use_and_prune_deletes_the_others(make_cfg, tmp_path):
-    cfg = make_cfg([f"data.cache_dir={tmp_path / 'cache'}"])
-    prepare(cfg, progress=False, echo=lambda _: None)
-    other = make_cfg([f"data.cache_dir={tmp_path / 'cache'}", "program=D"])  # bilinear: another cache
-    prepare(other, progress=False, echo=lambda _: None)
+def test_list_marks_what_is_in_use_and_prune_deletes_the_rest(make_cfg, tmp_path):
+    dirs = [f"data.cache_dir={tmp_path / 'cache'}", f"data.shards_dir={tmp_path / 'shards'}"]
+    cfg = make_cfg(dirs)
+    prepare(cfg, progress=False, shards=True, echo=lambda _: None)
+    other = make_cfg([*dirs, "program=D"])  # bilinear: another cache, other shards
+    prepare(other, progress=False, shards=True, echo=lambda _: None)
     lines = []
     listed = list_or_prune(cfg, prune=False, echo=lines.append)
-    assert len(listed) == 2 and sum("[in use]" in line for line in lines) == 1
-    assert any("bilinear" in line and "[prunable]" in line for line in lines)
+    assert len(listed) == 2 + 6 and sum("[in use]" in line for line in lines) == 1 + 3
+    assert sum("bilinear" in line and "[prunable]" in line for line in lines) == 1 + 3
     deleted = list_or_prune(cfg, prune=True, echo=lines.append)
-    assert [e["name"] for e in deleted] == [e["name"] for e in listed if "bilinear" in e["name"]]
+    assert sorted(e["name"] for e in deleted) == sorted(e["name"] for e in listed if "bilinear" in e["name"])
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert all("nearest" in p.name for p in (tmp_path / "shards").iterdir())
+    assert len(list((tmp_path / "shards").iterdir())) == 3
 
 
 def run_cli(tmp_path, *args):

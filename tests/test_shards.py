@@ -124,6 +124,7 @@ def test_resumes_mid_epoch_from_the_loader_state(both):
     assert first + rest == full
 
 
+@pytest.mark.slow
 def test_train_runs_on_shards(make_cfg, tmp_path):
     from cxr.pipeline import train
 

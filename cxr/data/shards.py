@@ -40,8 +40,9 @@ FORMAT_VERSION = 1
 CHUNK_BYTES = "64MB"  # LitData's recommended chunk size for object storage
 
 
-def shard_name(split: str, table: pd.DataFrame, cached, spec) -> str:
-    digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "cache": cached.meta["key"],
+def shard_name(split: str, table: pd.DataFrame, cache_key: str, spec) -> str:
+    """The folder of a split's shards: split, size, filter, count, and a hash of the cache key, names and targets."""
+    digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "cache": cache_key,
                                         "images": table["image"].tolist(),
                                         "targets": table["target"].astype(int).tolist()}).encode()).hexdigest()
     return f"{split}-{spec.image_size}px-{spec.resample}-{len(table)}-{digest[:16]}"
@@ -83,7 +84,7 @@ def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, work
 def open_or_write_shards(shards_dir: str | Path, split: str, table: pd.DataFrame, cached, rows, spec,
                          workers: int = 1) -> Path:
     """The shard folder of this split (written first when missing or incomplete)."""
-    folder = Path(shards_dir) / shard_name(split, table, cached, spec)
+    folder = Path(shards_dir) / shard_name(split, table, cached.meta["key"], spec)
     try:
         marker = json.loads((folder / MARKER).read_text())
         if marker.get("format") == FORMAT_VERSION and marker.get("n_images") == len(table):
@@ -163,3 +164,17 @@ def shard_loader(dataset, batch_size: int, num_workers: int = 0, collate_fn=None
 
     return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
                                pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+def list_shards(shards_dir: str | Path) -> list[dict]:
+    """Every shard folder under ``shards_dir``: name, images (None when incomplete), size on disk."""
+    shards_dir = Path(shards_dir)
+    found = []
+    for folder in sorted(p for p in shards_dir.iterdir() if p.is_dir()) if shards_dir.is_dir() else []:
+        try:
+            images = json.loads((folder / MARKER).read_text()).get("n_images")
+        except (OSError, ValueError):
+            images = None
+        found.append({"name": folder.name, "images": images, "folder": folder,
+                      "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())})
+    return found
