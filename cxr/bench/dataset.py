@@ -132,11 +132,16 @@ def bench_shards(sizes: Sizes, image_dir=None) -> list[Row]:
         started = time.perf_counter()
         lit = write_shards(tmp / "litdata", cached, np.arange(len(paths)), table)
         lit_write = time.perf_counter() - started
+        try:
+            import webdataset  # noqa: F401  (only for the comparison row)
+        except ImportError:
+            webdataset = None
         started = time.perf_counter()
-        _write_webdataset(tmp / "wds", cached, targets)
+        if webdataset is not None:
+            _write_webdataset(tmp / "wds", cached, targets)
         wds_write = time.perf_counter() - started
         size = {"litdata": sum(p.stat().st_size for p in lit.iterdir()),
-                "webdataset": sum(p.stat().st_size for p in (tmp / "wds").iterdir())}
+                "webdataset": sum(p.stat().st_size for p in (tmp / "wds").iterdir()) if webdataset else None}
 
         png = DataLoader(ChestXrayDataset(table, preprocessing), batch_size=10, shuffle=True, collate_fn=collate_batch)
         cache = DataLoader(ChestXrayDataset(table, preprocessing, source=cached), batch_size=10, shuffle=True,
@@ -155,8 +160,9 @@ def bench_shards(sizes: Sizes, image_dir=None) -> list[Row]:
         def drain(loader):
             return sum(len(batch[0]) for batch in loader)
 
-        candidates = {"png": lambda: drain(png), "cache": lambda: drain(cache), "litdata": lambda: drain(shards),
-                      "webdataset": webdataset_epoch}
+        candidates = {"png": lambda: drain(png), "cache": lambda: drain(cache), "litdata": lambda: drain(shards)}
+        if webdataset is not None:
+            candidates["webdataset"] = webdataset_epoch
         times = interleaved(candidates, sizes.epoch_reps, 1)
     n = len(paths)
     rate = {name: n / median(t) for name, t in times.items()}
@@ -171,5 +177,7 @@ def bench_shards(sizes: Sizes, image_dir=None) -> list[Row]:
         Row("shard formats: WebDataset vs LitData (read)", "img/s", rate["webdataset"], rate["litdata"],
             ratio=rate["litdata"] / rate["webdataset"], details=details,
             note=f"write {wds_write:.1f} s vs {lit_write:.1f} s, {size['webdataset'] / 1e6:.1f} MB vs "
-                 f"{size['litdata'] / 1e6:.1f} MB ({n} images, 150 px grey plane)"),
+                 f"{size['litdata'] / 1e6:.1f} MB ({n} images, 150 px grey plane)") if webdataset is not None else
+        Row("shard formats: WebDataset vs LitData (read)", "img/s", None, rate["litdata"],
+            note="skipped: webdataset is not installed (pip install -e '.[dev]')", details=details),
     ]
