@@ -233,6 +233,15 @@ def test_unreachable_mirror_and_bad_manifest_fail_in_one_line(release, tmp_path)
         read_manifest(bad)
 
 
+def test_disk_needed_for_the_release():
+    from cxr.data.download import disk_needed
+
+    archives = read_manifest()
+    gb = {key: disk_needed(archives, 3, keep, local) / 1e9 for key, (keep, local) in
+          {"default": (False, False), "keep": (True, False), "from": (False, True)}.items()}
+    assert 44 < gb["from"] < 47 and 56 < gb["default"] < 59 and 89 < gb["keep"] < 92
+
+
 def test_shipped_metadata_is_the_official_release(tmp_path):
     archives = read_manifest()
     assert len(archives) == 12 and sum(a.images for a in archives) == 112_120

@@ -132,3 +132,43 @@ def test_train_runs_on_shards(make_cfg, tmp_path):
                     f"data.shards_dir={tmp_path / 'shards'}", "debug=fdr"])
     metrics = train(cfg)
     assert metrics["test"]["n"] > 0
+
+
+@pytest.mark.slow
+def test_a_lightning_checkpoint_taken_mid_epoch_resumes_the_epoch_where_it_stopped(make_cfg, tmp_path):
+    """Lightning stores the StreamingDataLoader's state in its checkpoints (stateful loaders): fitting from a
+    checkpoint saved after 3 of an epoch's batches sees exactly that epoch's remaining images."""
+    import lightning as L
+
+    datamodule = _datamodule(make_cfg, tmp_path, "program=B", "data.format=shards",
+                             "program.preprocessing.image_size=16")
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(16 * 16, 1)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            images, targets, indices = batch
+            self.seen += indices.tolist()
+            if len(self.seen) <= 3 * datamodule.batch_size and batch_idx == 2:
+                self.trainer.save_checkpoint(tmp_path / "mid.ckpt")
+            return torch.nn.functional.binary_cross_entropy_with_logits(
+                self.layer(images.flatten(1)).squeeze(1), targets)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def fit(ckpt_path=None) -> list[int]:
+        L.seed_everything(5)
+        model = Recorder()
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(model, train_dataloaders=datamodule.train_dataloader(), ckpt_path=ckpt_path)
+        return model.seen
+
+    full = fit()
+    assert sorted(full) == list(range(len(datamodule.datasets["train"])))
+    rest = fit(tmp_path / "mid.ckpt")
+    assert full[:3 * datamodule.batch_size] + rest == full

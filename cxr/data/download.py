@@ -43,6 +43,7 @@ STATE_DIR = ".download"
 BLOCK = 1 << 20
 CONNECT_RETRIES = 3   # a dropped connection is resumed (Range) up to this many times per attempt
 TIMEOUT_S = 60
+BYTES_PER_IMAGE = 405_000  # mean size of a 1024 px release PNG (the 48 originals of the NIH sample); tar.gz barely shrinks it
 _STOP = threading.Event()  # set on Ctrl-C: every transfer stops after its current block, keeping its .part file
 
 
@@ -352,6 +353,17 @@ def check_release(root: Path, archives: list[Archive]) -> list[str]:
     return problems
 
 
+def disk_needed(archives: list[Archive], jobs: int, keep: bool, local: bool = False) -> int:
+    """Peak bytes in DIR: the extracted images, plus the archives (all of them with ``keep``, else the ``jobs``
+    largest, in flight at once); ``local`` archives (--from) are read where they are."""
+    images = sum(a.images for a in archives) * BYTES_PER_IMAGE
+    if local:
+        return images
+    if keep:
+        return 2 * images
+    return images + sum(sorted((a.images * BYTES_PER_IMAGE for a in archives), reverse=True)[:max(1, jobs)])
+
+
 def download_release(root: str | Path, manifest: str | Path | None = None, mirror: str | None = None,
                      source_dir: str | Path | None = None, jobs: int = 3, keep: bool = False,
                      progress: bool = True, echo: Callable[[str], None] = print) -> list[Result]:
@@ -363,6 +375,12 @@ def download_release(root: str | Path, manifest: str | Path | None = None, mirro
     if source is not None and not source.is_dir():
         raise DownloadError(f"--from {source}: not a folder")
     write_metadata(root, mirror, source)
+    todo = [a for a in archives if not is_complete(root, a)]
+    needed = disk_needed(todo, jobs, keep, local=source is not None)
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        echo(f"warning: {root} has {free / 1e9:.1f} GB free; the {len(todo)} archive(s) still to fetch need about "
+             f"{needed / 1e9:.1f} GB (estimate: {BYTES_PER_IMAGE // 1000} KB per image)")
     bars = Progress(progress)
     results, failures = [], []
     _STOP.clear()
