@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except DownloadError as error:
         print(f"cxr.download: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # an unwritable or full destination: the message names the file
+        print(f"cxr.download: {error.strerror or error}: {error.filename or args.to}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cxr.download: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -175,7 +175,11 @@ def main() -> None:
         if arg in FLAGS:
             _OPTIONS[FLAGS[arg]] = True
         elif arg.startswith("--workers="):
-            _OPTIONS["workers"] = int(arg.split("=", 1)[1])
+            value = arg.split("=", 1)[1]
+            if not value.isdigit() or int(value) < 1:
+                print(f"cxr.prepare: --workers={value}: give a positive number of processes", file=sys.stderr)
+                sys.exit(2)
+            _OPTIONS["workers"] = int(value)
         elif arg.startswith("--json="):
             _OPTIONS["json"] = arg.split("=", 1)[1]
         elif arg in ("-h", "--help") and not args:

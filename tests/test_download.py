@@ -227,6 +227,12 @@ def test_unreachable_mirror_and_bad_manifest_fail_in_one_line(release, tmp_path)
                      "--no-progress")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"cxr.download: {url}Data_Entry_2017_v2020.csv: ")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    result = run_cli("--from", str(tmp_path), "--manifest", str(release["manifest"]), "--to", str(blocked / "nih"),
+                     "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("cxr.download: ") and str(blocked) in result.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text("archive,url,md5,images\nimages_01.tar.gz,http://x/a,not-a-digest,5\n")
     with pytest.raises(DownloadError, match=r"bad.csv: line 2: md5 'not-a-digest' is not 32 hex digits"):
