@@ -126,10 +126,21 @@ class ChestXrayShards(_StreamingDataset):
                  seed: int = 0, drop_last: bool | None = None):
         if _StreamingDataset is object:
             raise ImportError("data.format=shards needs litdata: pip install litdata (or the cxr[shards] extra)")
+        self._drop_last_setting = drop_last
         # LitData applies ``transform`` to every sample it reads: the dict becomes (image, target, index)
         super().__init__(str(folder), shuffle=shuffle, seed=seed, drop_last=drop_last,
                          transform=functools.partial(_to_item, preprocessing=preprocessing, transform=transform))
         self.preprocessing, self.augmentation = preprocessing, transform
+
+    def detect_ranks(self) -> None:
+        """Read the DDP world size and rank again. LitData reads them when the dataset is made, but the datamodule
+        makes it before Lightning starts the process group (each rank would then think it is rank 0); the loader
+        is made inside ``trainer.fit``, after that, and calls this (before any DataLoader worker starts)."""
+        from litdata.utilities.env import _DistributedEnv
+
+        self.distributed_env = _DistributedEnv.detect()
+        if self._drop_last_setting is None:
+            self.drop_last = self.distributed_env.world_size > 1
 
 
 class IndexedShards(Dataset):
@@ -162,6 +173,8 @@ def shard_loader(dataset, batch_size: int, num_workers: int = 0, collate_fn=None
     """A ``StreamingDataLoader`` (sets the epoch for reshuffling; ``state_dict`` for mid-epoch resume)."""
     from litdata import StreamingDataLoader
 
+    if isinstance(dataset, ChestXrayShards):
+        dataset.detect_ranks()
     return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
                                pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
