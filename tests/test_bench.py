@@ -15,8 +15,9 @@ from cxr.bench.core import Row, interleaved, table
 
 ROW_KEYS = {"measure", "unit", "baseline", "fast", "ratio", "target", "met", "note", "details"}
 MEASURES = ("train step", "inference", "loader only", "epoch from cache", "epoch streaming", "Lightning Trainer",
-            "NIH scale", "TensorFlow", "GPU train step")
-IN_PROCESS = tuple(s for s in SECTIONS if s != "ddp")  # the DDP row starts training subprocesses: tests/test_distributed.py
+            "NIH scale", "TensorFlow", "download + verify", "preparation", "epoch from shards vs PNGs",
+            "epoch from shards vs cache", "shard formats", "GPU train step")
+IN_PROCESS = tuple(s for s in SECTIONS if s != "ddp")  # DDP starts training subprocesses: tests/test_distributed.py
 
 
 @pytest.fixture(scope="module")
