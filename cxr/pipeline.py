@@ -77,7 +77,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
     run_dir = Path(resume[-1].partition("=")[2]).resolve()
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
-        raise SystemExit(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
+        raise ConfigError(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
     previous = [o for o in OmegaConf.load(overrides_file)
                 if _override_key(o) not in ("hydra.run.dir", "ckpt_path", "resume")]
     others = [a for a in argv if not a.startswith("resume=")]
@@ -157,9 +157,9 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
     choice = _checkpoint_choice(cfg)
     saver = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     path = ""
-    if saver is not None:
+    if saver is not None and not trainer.fast_dev_run:  # fast_dev_run writes no checkpoint (paths may still be set)
         path = saver.best_model_path if choice == "best" else saver.last_model_path
-    if not path:  # fast_dev_run or checkpointing switched off: nothing was written
+    if not path or not Path(path).is_file():  # fast_dev_run or checkpointing switched off: nothing was written
         log.info("evaluating the weights at the end of fit (no checkpoint file)")
         return model, {"checkpoint": None, "checkpoint_epoch": None if trainer.fast_dev_run else trainer.current_epoch,
                        "checkpoint_choice": "end of fit (no checkpoint file)"}
