@@ -306,6 +306,8 @@ def evaluation_config(cfg: DictConfig) -> DictConfig:
     from cxr.checkpoints import read_checkpoint
     from cxr.safe_instantiate import check_overrides
 
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path is required: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     stored = (read_checkpoint(cfg.ckpt_path).get("cxr") or {}).get("overrides", [])
     given = list(HydraConfig.get().overrides.task)
     given_keys = {_override_key(o) for o in given}
