@@ -213,6 +213,7 @@ def train(cfg: DictConfig) -> dict:
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         **scored,  # checkpoint (file), checkpoint_epoch, checkpoint_choice: which weights were scored
         "epochs_trained": trainer.current_epoch if not trainer.fast_dev_run else 1,
+        "precision": str(trainer.precision),  # what training ran in (trainer.precision=auto decides per CPU)
         "split": datamodule.summary,
         **results,
     }
