@@ -40,6 +40,7 @@ def _one_line(error: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
         text += f" ({str(cause).strip().splitlines()[0]})"
     text = text.split(" Config search path:")[0]  # Hydra's missing-config message lists its search path
+    text = text.removeprefix("ERROR ")  # a data-check line ("ERROR truncated: …") after "error: "
     return text or type(error).__name__
 
 
