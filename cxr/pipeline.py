@@ -155,18 +155,26 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
     ``checkpoint`` (file, relative to the run directory), ``checkpoint_epoch`` (1-based, as history.csv) and
     ``checkpoint_choice``. Without a checkpoint (fast_dev_run) the weights in memory at the end of fit."""
     choice = _checkpoint_choice(cfg)
-    saver = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    path = ""
-    if saver is not None and not trainer.fast_dev_run:  # fast_dev_run writes no checkpoint (paths may still be set)
-        path = saver.best_model_path if choice == "best" else saver.last_model_path
+    savers = [] if trainer.fast_dev_run else [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if choice == "best":
+        saver = next((c for c in savers if c.monitor), None)
+        path = saver.best_model_path if saver else ""
+    else:  # the file saved after every epoch (monitor=None), else Lightning's save_last file
+        path = next((c.best_model_path for c in savers if not c.monitor and c.best_model_path), "") or next(
+            (c.last_model_path for c in savers if c.last_model_path), "")
+    in_memory = {"checkpoint": None, "checkpoint_epoch": None if trainer.fast_dev_run else trainer.current_epoch,
+                 "checkpoint_choice": "end of fit (weights in memory, no checkpoint file)"}
     if not path or not Path(path).is_file():  # fast_dev_run or checkpointing switched off: nothing was written
         log.info("evaluating the weights at the end of fit (no checkpoint file)")
-        return model, {"checkpoint": None, "checkpoint_epoch": None if trainer.fast_dev_run else trainer.current_epoch,
-                       "checkpoint_choice": "end of fit (no checkpoint file)"}
-    log.info("evaluating the %s checkpoint%s: %s", choice, f" by {saver.monitor}" if choice == "best" else "", path)
-    model, checkpoint = load_classifier(path)
-    return model, {"checkpoint": os.path.relpath(path, output_dir), "checkpoint_epoch": checkpoint.get("epoch", -1) + 1,
-                   "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)"}
+        return model, in_memory
+    loaded, checkpoint = load_classifier(path)
+    if choice == "last" and checkpoint.get("global_step") != trainer.global_step:
+        log.warning("%s is from step %s, not the end of fit (step %d): evaluating the weights in memory", path,
+                    checkpoint.get("global_step"), trainer.global_step)
+        return model, in_memory
+    log.info("evaluating the %s checkpoint: %s", choice, path)
+    return loaded, {"checkpoint": os.path.relpath(path, output_dir), "checkpoint_epoch": checkpoint.get("epoch", -1) + 1,
+                    "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)"}
 
 
 def train(cfg: DictConfig) -> dict:

@@ -199,3 +199,20 @@ def test_evaluate_scores_the_runs_own_test_split_and_refuses_a_changed_label_fil
     shutil.copy(ckpt, tmp_path / "loose.ckpt")
     with pytest.raises(ConfigError, match="split_from=config"):
         evaluate(make_cfg([*data, f"ckpt_path={tmp_path / 'loose.ckpt'}"], config_name="evaluate"))
+
+
+@pytest.mark.slow
+def test_last_checkpoint_is_the_end_of_fit_even_when_the_best_is_older(make_cfg):
+    """Lightning >= 2.6 writes save_last's file only in epochs that save a top-k checkpoint; last.ckpt must still be
+    the end of fit (what evaluation.checkpoint=last scores and resume= continues from)."""
+    import torch
+
+    cfg = make_cfg(["program=B", "trainer.max_epochs=3", "+trainer.limit_train_batches=2",
+                    "+trainer.limit_val_batches=1", "callbacks.early_stopping=null", "~logger",
+                    "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"])  # best: epoch 1
+    metrics = train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch000.ckpt", "last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert metrics["checkpoint"] == os.path.join("checkpoints", "last.ckpt") and metrics["checkpoint_epoch"] == 3
