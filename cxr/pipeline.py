@@ -144,7 +144,8 @@ def _checkpoint_choice(cfg: DictConfig) -> str:
     if choice not in CHECKPOINT_CHOICES:
         raise ConfigError(f"evaluation.checkpoint={choice!r}: choose last (end of fit) or best (by validation AUROC)")
     checkpointing = (cfg.get("callbacks") or {}).get("model_checkpoint")
-    if choice == "best" and not cfg.trainer.get("fast_dev_run") and not (checkpointing and checkpointing.get("monitor")):
+    monitored = checkpointing and checkpointing.get("monitor")
+    if choice == "best" and not cfg.trainer.get("fast_dev_run") and not monitored:
         raise ConfigError("evaluation.checkpoint=best needs callbacks.model_checkpoint with a monitor; "
                           "use evaluation.checkpoint=last")
     return choice
