@@ -53,7 +53,7 @@ def test_other_groups_set_what_they_say(make_cfg):
     assert (base.trainer.accelerator, base.trainer.precision) == ("cpu", "32-true")
     assert list(base.logger) == ["tensorboard"] and base.trainer.get("fast_dev_run") is None
     gpu = make_cfg(["trainer=gpu"])
-    assert (gpu.trainer.accelerator, gpu.trainer.precision, gpu.trainer.max_epochs) == ("gpu", "16-mixed", 100)
+    assert (gpu.trainer.accelerator, gpu.trainer.precision, gpu.trainer.max_epochs) == ("gpu", "auto", 100)
     assert make_cfg(["trainer=cpu_fast"]).trainer.precision == "auto"
     csv = make_cfg(["logger=csv"])
     assert list(csv.logger) == ["csv"] and csv.logger.csv.save_dir == csv.paths.output_dir
