@@ -9,6 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
+from cxr.models.losses import binary_loss
+
 
 def _plain(value):
     """OmegaConf nodes -> plain dicts, so checkpoints hold only primitives (safe weights-only loading)."""
@@ -34,7 +36,7 @@ class BinaryClassifier(L.LightningModule):
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None,
                  preprocessing: dict | None = None, program: str | None = None, class_weight=None,
-                 channels_last: bool | str = False, fused_optimizer: bool = False):
+                 channels_last: bool | str = False, fused_optimizer: bool = False, loss: str = "bce_with_logits"):
         super().__init__()
         # CPU fast path (cxr.bench): NHWC inputs ("auto": on the CPU only) and a fused optimizer step; both give the
         # fp32 results to rounding. Not hyper-parameters: they change speed, not the model.
@@ -43,10 +45,11 @@ class BinaryClassifier(L.LightningModule):
         self.channels_last, self.fused_optimizer = channels_last, bool(fused_optimizer)
         self.save_hyperparameters({
             "net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
-            "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight,
+            "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight, "loss": loss,
         }, logger=False)  # the pipeline logs hyper-parameters once, with the final metrics
         self.run_metadata: dict = {}  # saved in checkpoints as "cxr" (training overrides, provenance)
         self.net = hydra.utils.instantiate(self.hparams.net)
+        self.loss_fn = binary_loss(loss)  # cxr.models.losses: keras_bce (thesis programs) or bce_with_logits
         # weight of class-1 terms in the loss; "balanced" is set from the training split in setup()
         weight = class_weight if isinstance(class_weight, (int, float)) else 1.0
         self.register_buffer("pos_weight", torch.tensor(float(weight)))
@@ -72,7 +75,7 @@ class BinaryClassifier(L.LightningModule):
     def _step(self, batch, metrics: MetricCollection, stage: str, on_step: bool):
         images, targets, _ = batch
         logits = self(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=self.pos_weight)
+        loss = self.loss_fn(logits.float(), targets, pos_weight=self.pos_weight)
         metrics.update(torch.sigmoid(logits.detach().float()), targets.long())
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
