@@ -15,7 +15,7 @@ from cxr.bench.core import Row, interleaved, table
 
 ROW_KEYS = {"measure", "unit", "baseline", "fast", "ratio", "target", "met", "note", "details"}
 MEASURES = ("train step", "inference", "loader only", "epoch from cache", "epoch streaming", "Lightning Trainer",
-            "NIH scale", "TensorFlow")
+            "NIH scale", "train step vs Keras", "matmul peak", "thesis net vs matmul peak", "DenseNet-121")
 
 
 @pytest.fixture(scope="module")
