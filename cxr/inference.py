@@ -165,6 +165,9 @@ def onnx_session(model: torch.nn.Module, example: torch.Tensor, threads: int | N
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # no spinning between operators, as OMP_WAIT_POLICY=PASSIVE for torch (cxr/__init__.py): on shared cores
+    # spinning threads take the time slices the computing ones need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(export_onnx(model, example), options, providers=["CPUExecutionProvider"])
     _SESSIONS[model] = (fingerprint, tuple(example.shape[1:]), session)
     return session
