@@ -114,7 +114,7 @@ def bench_train_step(sizes: Sizes) -> list[Row]:
                             "vs_keras": {n: speedup(times, n, keras) for n in paths}}
         for name, label in (("default", "default config"), ("fast", "cpu_fast")):
             vs = details["keras"]["vs_keras"][name]
-            rows.append(Row(f"train step, {label} vs Keras fit", "img/s", rate[keras], rate[name], ">= 2x", vs >= 2.0,
+            rows.append(Row(f"train step vs Keras fit, {label}", "img/s", rate[keras], rate[name], ">= 2x", vs >= 2.0,
                             vs, details=details, note=f"Keras {details['keras']['tensorflow']} thesis model, {keras} "
                                                        f"(fit {rate['keras fit']:.1f} img/s), same rounds"))
     else:
