@@ -15,7 +15,9 @@ from cxr.bench.core import Row, interleaved, table
 
 ROW_KEYS = {"measure", "unit", "baseline", "fast", "ratio", "target", "met", "note", "details"}
 MEASURES = ("train step", "inference", "loader only", "epoch from cache", "epoch streaming", "Lightning Trainer",
-            "NIH scale", "train step vs Keras", "matmul peak", "thesis net vs matmul peak", "DenseNet-121")
+            "NIH scale", "train step vs Keras", "matmul peak", "thesis net vs matmul peak", "DenseNet-121",
+            "download + verify", "preparation", "epoch from shards vs PNGs", "epoch from shards vs cache",
+            "shard formats")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,10 @@ Measures, in one run, with every figure the median of several interleaved repeti
 7. the thesis' own Keras model (``fit``, ``predict``) inside the rounds of 1. and 2. when TensorFlow is installed
    (``pip install -e ".[parity]"``), so that the ratios to Keras come from one run;
 8. limits: the thesis net's FLOPs per image against the peak GFLOP/s of a large fp32 and bf16 matmul;
-9. DenseNet-121 (224 px, 14 outputs) training and inference, fp32 vs the default and fast settings.
+9. DenseNet-121 (224 px, 14 outputs) training and inference, fp32 vs the default and fast settings;
+10. the dataset: download + verify + extract against a local HTTP server, preparation img/s (decode + resize into
+    the cache) with the projected time for the whole release, an epoch from LitData shards vs the cache vs PNGs,
+    and LitData vs WebDataset (write time, read img/s, size).
 
 Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
 settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
@@ -28,13 +31,14 @@ from pathlib import Path
 from cxr.bench.core import FULL, QUICK, TINY, Row, Sizes, machine_info, table
 
 log = logging.getLogger(__name__)
-SECTIONS = ("train", "inference", "limits", "densenet", "loader", "epoch", "lightning", "nih")
+SECTIONS = ("train", "inference", "limits", "densenet", "loader", "epoch", "lightning", "nih", "download", "prepare",
+            "shards")
 
 
 def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, image_dir=None,
         shared=None, echo=print) -> dict:
     """Run the selected measures; return (and write to ``out``) the result document."""
-    from cxr.bench import compute, limits, loading, scale
+    from cxr.bench import compute, dataset, limits, loading, scale
 
     functions = {
         "train": lambda: compute.bench_train_step(sizes),
@@ -45,6 +49,9 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
         "nih": lambda: scale.bench_nih_scale(sizes, shared),
         "limits": lambda: limits.bench_limits(sizes, rows),
         "densenet": lambda: compute.bench_densenet(sizes),
+        "download": lambda: dataset.bench_download(sizes, image_dir),
+        "prepare": lambda: dataset.bench_prepare(sizes, image_dir),
+        "shards": lambda: dataset.bench_shards(sizes, image_dir),
     }
     started = time.time()
     machine = machine_info()
