@@ -32,7 +32,11 @@ def load_classifier(path: str | Path) -> tuple[BinaryClassifier, dict]:
     hparams = checkpoint.get("hyper_parameters")
     if not hparams or "net" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a cxr classifier checkpoint (no network hyper-parameters)")
-    model = BinaryClassifier(**{k: hparams.get(k) for k in ("net", "optimizer", "scheduler", "preprocessing",
-                                                            "program", "class_weight")})
+    arguments = {k: hparams.get(k) for k in ("net", "optimizer", "scheduler", "preprocessing", "program",
+                                             "class_weight", "task", "findings") if k in hparams or k == "net"}
+    if isinstance(arguments["net"], dict) and "weights" in arguments["net"]:
+        # the checkpoint holds the trained weights: never fetch or read the initial ones (ImageNet, a file) again
+        arguments["net"] = {**arguments["net"], "weights": None}
+    model = BinaryClassifier(**arguments)
     model.load_state_dict(checkpoint["state_dict"])
     return model, checkpoint
