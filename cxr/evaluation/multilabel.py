@@ -207,13 +207,13 @@ def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.Data
     rows = []
     for finding, m in per_finding.items():
         op = m.get("operating_point") or {}
-        rows.append({"finding": finding, "positives": m.get("n_positive"), "AUROC [95% CI]": with_ci(m.get("auroc")),
+        rows.append({"finding": finding, "positives": str(m.get("n_positive")), "AUROC [95% CI]": with_ci(m.get("auroc")),
                      "AP [95% CI]": with_ci(m.get("average_precision")), "threshold (val)": fmt(op.get("threshold")),
                      "sensitivity": fmt(op.get("sensitivity")), "specificity": fmt(op.get("specificity")),
                      "Wang 2017": fmt(WANG_2017.get(finding)), "CheXNet 2017": fmt(CHEXNET_2017.get(finding))})
     if mean_auroc is not None:
         shown = [f for f in mean_auroc.get("findings", []) if f in WANG_2017]
-        rows.append({"finding": f"mean ({mean_auroc.get('n_findings')} findings)", "positives": None,
+        rows.append({"finding": f"mean over the {mean_auroc.get('n_findings')} findings with AUROC", "positives": "",
                      "AUROC [95% CI]": with_ci(mean_auroc), "AP [95% CI]": "", "threshold (val)": "",
                      "sensitivity": "", "specificity": "",
                      "Wang 2017": fmt(np.mean([WANG_2017[f] for f in shown]) if shown else None),

@@ -124,7 +124,7 @@ class Classifier(L.LightningModule):
         if self.multilabel:
             self.train_metrics = multilabel_metrics("train/", len(findings))
             self.val_metrics = multilabel_metrics("val/", len(findings))
-            self.finding_auroc = torch.nn.ModuleDict({s: FindingAUROC(findings) for s in ("train", "val")})
+            self.train_finding_auroc, self.val_finding_auroc = FindingAUROC(findings), FindingAUROC(findings)
         else:
             self.train_metrics = binary_metrics("train/")
             self.val_metrics = binary_metrics("val/")
@@ -163,13 +163,13 @@ class Classifier(L.LightningModule):
         probabilities = torch.sigmoid(logits.detach().float())
         metrics.update(probabilities, targets.long())
         if self.multilabel:
-            self.finding_auroc[stage].update(probabilities, targets.long())
+            getattr(self, f"{stage}_finding_auroc").update(probabilities, targets.long())
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         return loss
 
     def _log_finding_auroc(self, stage: str) -> None:
-        mean, per_finding = self.finding_auroc[stage].compute_and_reset()
+        mean, per_finding = getattr(self, f"{stage}_finding_auroc").compute_and_reset()
         self.log(f"{stage}/auroc", mean, prog_bar=stage == "val")
         for finding, value in per_finding.items():
             self.log(f"{stage}/auroc/{finding}", value)
@@ -190,7 +190,7 @@ class Classifier(L.LightningModule):
         if self.multilabel and not self.trainer.sanity_checking:
             self._log_finding_auroc("val")
         elif self.multilabel:
-            self.finding_auroc["val"].compute_and_reset()
+            self.val_finding_auroc.compute_and_reset()
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, self.train_metrics, "train", on_step=True)
