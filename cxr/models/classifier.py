@@ -3,6 +3,7 @@ logits, Adam, torchmetrics."""
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import hydra
 import lightning as L
@@ -52,8 +53,10 @@ class FindingAUROC(torch.nn.Module):
     def compute_and_reset(self) -> tuple[float, dict[str, float]]:
         """(mean AUROC over findings with both classes, or 0.0 as torchmetrics gives a single class; per finding)."""
         try:
-            tp, fp, tn, fn, _ = self.counts.compute().T
-            values = self.auroc.compute()
+            with warnings.catch_warnings():  # a finding absent this epoch: left out below, no need to warn
+                warnings.simplefilter("ignore", UserWarning)
+                tp, fp, tn, fn, _ = self.counts.compute().T
+                values = self.auroc.compute()
         except (RuntimeError, ValueError):  # nothing seen this epoch (e.g. a sanity check without batches)
             return 0.0, {}
         finally:
