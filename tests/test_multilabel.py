@@ -348,3 +348,36 @@ def test_chexnet_preset_runs_on_the_real_nih_sample_with_the_official_lists(make
     check_multilabel_run(Path(cfg.paths.output_dir), list(cfg.task.findings))
     assert metrics["split"]["test"]["images"] == 211  # the sample's images in NIH's test_list.txt
     assert metrics["test"]["mean_auroc"]["n_findings"] == 14
+
+
+def test_torchvision_backbone_trains_on_the_cpu_fast_path_channels_last_and_bf16():
+    net = {"_target_": "cxr.models.backbones.TorchvisionNet", "name": "resnet18", "in_channels": 1}
+    model = Classifier(net=net, optimizer=ADAM, task="multilabel", findings=FINDINGS3, channels_last=True)
+    images, targets = torch.rand(4, 1, 64, 64), torch.tensor([[1., 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images)
+    assert logits.dtype == torch.bfloat16 and logits.shape == (4, 3)
+    loss = model.loss(logits, targets)
+    loss.backward()
+    assert loss.dtype == torch.float32 and model.net.model.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("preset", ["densenet121", "resnet50", "efficientnet_b0"])
+def test_model_presets_name_their_torchvision_network(make_cfg, preset):
+    cfg = make_cfg([f"model={preset}", "task=multilabel"])
+    assert cfg.model.net.name == preset and cfg.model.net._target_ == "cxr.models.backbones.TorchvisionNet"
+    assert cfg.model.findings == cfg.task.findings and len(cfg.model.findings) == 14
+
+
+@pytest.mark.parametrize("overrides, outputs", [
+    (["task=multilabel", "task.findings=[Mass,Nodule]"], 2),
+    (["program=D"], 1),
+])
+def test_any_torchvision_model_by_name_composes_into_a_classifier(make_cfg, overrides, outputs):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["model=torchvision", "model.net.name=mobilenet_v3_small", *overrides])
+    model = instantiate(cfg.model)
+    assert model.net.name == "mobilenet_v3_small" and model.hparams.findings == list(cfg.task.findings)
+    output = model(torch.zeros(2, cfg.program.preprocessing.channels, 64, 64))
+    assert output.shape == ((2, outputs) if cfg.task.name == "multilabel" else (2,))
