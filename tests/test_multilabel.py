@@ -381,3 +381,17 @@ def test_any_torchvision_model_by_name_composes_into_a_classifier(make_cfg, over
     assert model.net.name == "mobilenet_v3_small" and model.hparams.findings == list(cfg.task.findings)
     output = model(torch.zeros(2, cfg.program.preprocessing.channels, 64, 64))
     assert output.shape == ((2, outputs) if cfg.task.name == "multilabel" else (2,))
+
+
+def test_freeze_backbone_trains_only_the_head_for_the_first_epochs():
+    from unittest.mock import PropertyMock, patch
+
+    net = {"_target_": "cxr.models.backbones.TorchvisionNet", "name": "mobilenet_v3_small", "in_channels": 3}
+    model = Classifier(net=net, optimizer=ADAM, task="multilabel", findings=FINDINGS3, freeze_backbone_epochs=2)
+    trainable = lambda: {n for n, p in model.net.named_parameters() if p.requires_grad}  # noqa: E731
+    head = {n for n, _ in model.net.named_parameters() if model.net.is_head_parameter(n)}
+    assert head == {f"model.{model.net.head_name}.weight", f"model.{model.net.head_name}.bias"}
+    for epoch, expected in ((0, head), (1, head), (2, {n for n, _ in model.net.named_parameters()})):
+        with patch.object(Classifier, "current_epoch", new_callable=PropertyMock, return_value=epoch):
+            model.on_train_epoch_start()
+        assert trainable() == expected
