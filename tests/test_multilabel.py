@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import open_dict
 
 from cxr.evaluation.multilabel import (_AveragePrecisionTable, any_finding_score, finding_thresholds,
                                        multilabel_bootstrap, paired_multilabel_difference)
@@ -331,6 +332,9 @@ def test_chexnet_preset_runs_on_the_demo_without_weights(make_cfg, marked_demo):
     cfg = make_cfg(marked_demo_overrides(marked_demo) + ["experiment=chexnet", "model.weights=none", "debug=fdr",
                                                          "evaluation.inference_backend=torch"])
     assert cfg.data.split.method == "official" and cfg.program.preprocessing.image_size == 224
+    assert cfg.model.net.name == "densenet121" and list(cfg.program.preprocessing.mean) == [0.485, 0.456, 0.406]
+    with open_dict(cfg):  # the recipe as composed, on smaller images to keep the test short on 2 CPU cores
+        cfg.program.preprocessing.image_size = 64
     metrics = train(cfg)
     check_multilabel_run(Path(cfg.paths.output_dir), list(cfg.task.findings))
     assert metrics["params"] == 6_968_206
