@@ -348,6 +348,9 @@ def test_chexnet_preset_runs_on_the_real_nih_sample_with_the_official_lists(make
     require_real_data(NIH_SAMPLE)
     cfg = make_cfg(["experiment=chexnet_nih_sample", "model.weights=none", "debug=fdr", "data_check=false",
                     "evaluation.inference_backend=torch", "evaluation.bootstrap.n_resamples=100"])
+    assert cfg.model.net.name == "densenet121" and cfg.data.split.method == "official"
+    with open_dict(cfg):  # DenseNet-121 on 500 images at 224 px takes minutes on 2 shared CPU cores
+        cfg.program.preprocessing.image_size = 64
     metrics = train(cfg)
     check_multilabel_run(Path(cfg.paths.output_dir), list(cfg.task.findings))
     assert metrics["split"]["test"]["images"] == 211  # the sample's images in NIH's test_list.txt
@@ -399,3 +402,19 @@ def test_freeze_backbone_trains_only_the_head_for_the_first_epochs():
         with patch.object(Classifier, "current_epoch", new_callable=PropertyMock, return_value=epoch):
             model.on_train_epoch_start()
         assert trainable() == expected
+
+
+def test_ten_crop_averages_the_probabilities_of_ten_crops():
+    from torchvision.transforms.v2 import functional as TF
+
+    from cxr.evaluation.runner import TenCrop
+
+    torch.manual_seed(0)
+    model = Classifier(net={**SMALL_CNN, "image_size": 32}, optimizer=ADAM, task="multilabel", findings=FINDINGS3)
+    model.eval()
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        probabilities = torch.sigmoid(TenCrop(model)(images))
+        larger = torch.nn.functional.interpolate(images, size=37, mode="bilinear", align_corners=False)
+        expected = torch.stack([torch.sigmoid(model(crop)) for crop in TF.ten_crop(larger, [32, 32])]).mean(dim=0)
+    assert probabilities.shape == (2, 3) and torch.allclose(probabilities, expected, atol=1e-5)
