@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxr.errors import ConfigError
+
 log = logging.getLogger(__name__)
 GREY_INPUTS = ("copy", "conv1")
 _STRIPPED_PREFIXES = ("module.", "net.", "model.")  # DataParallel, a cxr checkpoint's LightningModule, wrappers
 
 
-class WeightsError(ValueError):
+class WeightsError(ConfigError):
     """Weights that cannot be found or loaded; the message names the file and what to do."""
 
 

@@ -14,6 +14,9 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity,
                                          MultilabelAccuracy, MultilabelAUROC, MultilabelStatScores)
 
+from cxr.errors import ConfigError
+from cxr.safe_instantiate import check_targets, instantiate
+
 TASKS = ("binary", "multilabel")
 
 
@@ -97,10 +100,11 @@ class Classifier(L.LightningModule):
             raise ValueError(f"channels_last={channels_last!r}: use true, false or auto")
         self.channels_last, self.fused_optimizer = channels_last, bool(fused_optimizer)
         net = dict(_plain(net))
+        check_targets(net, "net")  # the allowlist, before the class is imported below
         loads_weights = "weights" in inspect.signature(hydra.utils.get_class(net["_target_"])).parameters
         if weights is not None and str(weights).lower() not in ("none", "null", ""):
             if not loads_weights and str(weights) == "imagenet":
-                raise ValueError(f"model.weights=imagenet: {net['_target_']} has no ImageNet weights (a torchvision "
+                raise ConfigError(f"model.weights=imagenet: {net['_target_']} has no ImageNet weights (a torchvision "
                                  "backbone has: model=densenet121); use none or the path of a state dict")
             net["weights"] = str(weights)
         self.save_hyperparameters({
@@ -114,7 +118,12 @@ class Classifier(L.LightningModule):
         net_cfg = dict(self.hparams.net)
         net_cfg.setdefault("num_outputs", len(findings))  # the head sized to the task
         path = None if loads_weights else net_cfg.pop("weights", None)
-        self.net = hydra.utils.instantiate(net_cfg)
+        try:
+            self.net = instantiate(net_cfg, "net")
+        except hydra.errors.InstantiationException as error:  # e.g. ImageNet weights offline: its one-line message
+            if isinstance(error.__cause__, ConfigError):
+                raise error.__cause__ from None
+            raise
         if path:  # a network that does not load weights itself (the thesis CNN): a state dict file
             from cxr.models.backbones import load_state_dict_report
 
@@ -207,12 +216,13 @@ class Classifier(L.LightningModule):
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer; with ``fused_optimizer``, its fused kernel where it has one (Adam, AdamW, SGD)."""
+        check_targets(self.hparams.optimizer, "optimizer")  # before the fallback below can swallow a refusal
         if self.fused_optimizer and "fused" not in self.hparams.optimizer:
             try:
                 return hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters(), fused=True)
             except (TypeError, RuntimeError, ValueError, hydra.errors.InstantiationException):
                 pass  # no fused kernel for this optimizer, torch version or device: the plain one below
-        return hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters())
+        return instantiate(self.hparams.optimizer, "optimizer", params=self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cxr"] = self.run_metadata
@@ -224,7 +234,7 @@ class Classifier(L.LightningModule):
         scheduler_cfg = dict(self.hparams.scheduler)
         interval = scheduler_cfg.pop("interval", "epoch")
         monitor = scheduler_cfg.pop("monitor", "val/auroc")
-        scheduler = hydra.utils.instantiate(scheduler_cfg, optimizer=optimizer)
+        scheduler = instantiate(scheduler_cfg, "scheduler", optimizer=optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}
 
