@@ -203,9 +203,14 @@ def test_any_finding_score_rules_and_per_finding_thresholds():
     assert any_finding_score(p, "noisy_or") == pytest.approx([1 - 0.9 * 0.5, 1 - 0.8 * 0.8])
     with pytest.raises(ValueError, match="any_finding"):
         any_finding_score(p, "mean")
+    from cxr.evaluation.multilabel import at_threshold
+
     labels = np.array([[0, 1], [0, 0], [0, 1], [0, 0]])
-    thresholds = finding_thresholds(labels, np.array([[.1, .9], [.2, .1], [.3, .8], [.4, .2]]), ["A", "B"])
-    assert thresholds["A"] is None and 0.2 < thresholds["B"] <= 0.8
+    probabilities = np.array([[.1, .9], [.2, .1], [.3, .8], [.4, .2]])
+    thresholds = finding_thresholds(labels, probabilities, ["A", "B"])
+    assert thresholds["A"] is None and 0.2 <= thresholds["B"] < 0.8  # p > threshold means the finding
+    point = at_threshold(labels[:, 1], probabilities[:, 1], thresholds["B"])
+    assert point["sensitivity"] == point["specificity"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ compare.py
