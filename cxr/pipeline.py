@@ -181,11 +181,17 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
                     "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)"}
 
 
-def _requeued_job(cfg: DictConfig) -> None:
+def _requeued_job(cfg: DictConfig) -> dict | None:
     """A cluster job restarted by its launcher (submitit: preempted or out of time, ``max_num_timeout``) finds its
     own ``checkpoints/last.ckpt`` in its run directory: it resumes from it (``ckpt_path=last``), recorded in
-    config.yaml so that every rank does the same."""
+    config.yaml so that every rank does the same. Requeued after it had finished (the signal came during its
+    last seconds): its metrics, nothing is rerun."""
     output_dir = Path(cfg.paths.output_dir)
+    if os.environ.get("SUBMITIT_EXECUTOR") and (output_dir / "metrics.json").is_file():
+        log.warning("requeued %s job had already finished: %s", os.environ["SUBMITIT_EXECUTOR"], output_dir)
+        import json
+
+        return json.loads((output_dir / "metrics.json").read_text())
     if (cfg.get("ckpt_path") is None and os.environ.get("SUBMITIT_EXECUTOR")
             and (output_dir / "checkpoints" / "last.ckpt").is_file() and not (output_dir / "metrics.json").exists()):
         log.warning("requeued %s job: resuming %s from checkpoints/last.ckpt", os.environ["SUBMITIT_EXECUTOR"],
@@ -216,7 +222,9 @@ def train(cfg: DictConfig) -> dict:
     ``{}`` after fitting)."""
     _checkpoint_choice(cfg)  # a bad choice fails before anything runs
     rank_zero = global_rank() == 0
-    _requeued_job(cfg)
+    finished = _requeued_job(cfg)
+    if finished is not None:
+        return finished
     if rank_zero:
         output_dir = _prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
     else:

@@ -207,8 +207,10 @@ def test_a_requeued_submitit_job_resumes_from_its_last_checkpoint(make_cfg, monk
     _requeued_job(cfg)
     assert cfg.ckpt_path == "last"
     fresh = make_cfg(["debug=fdr"])
-    _requeued_job(fresh)
-    assert fresh.ckpt_path is None  # first attempt: nothing to resume
+    assert _requeued_job(fresh) is None and fresh.ckpt_path is None  # first attempt: nothing to resume
+    Path(fresh.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(fresh.paths.output_dir) / "metrics.json").write_text('{"program": "A"}')
+    assert _requeued_job(fresh) == {"program": "A"}  # requeued after it had finished: nothing is rerun
 
 
 def _submitit_tasks(sweep_dir: Path) -> list[int]:
@@ -231,7 +233,7 @@ def test_submitit_local_multirun_with_a_preempted_job_requeued_and_resumed_exact
     sends before the time limit or on preemption). Submitit requeues the job, which resumes from last.ckpt in the
     same run directory and ends exactly as an uninterrupted run."""
     sweep_dir = tmp_path / "sweep"
-    settings = [*DEMO_OVERRIDES(demo_root), "program=B", "trainer.max_epochs=3", "callbacks.early_stopping=null",
+    settings = [*DEMO_OVERRIDES(demo_root), "program=B", "trainer.max_epochs=4", "callbacks.early_stopping=null",
                 "trainer.deterministic=true", "logger=csv", "data_check=false"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "seed=1,2",
@@ -257,7 +259,7 @@ def test_submitit_local_multirun_with_a_preempted_job_requeued_and_resumed_exact
     assert "Requeued" in logs and "requeued local job: resuming" in logs
     for job, seed in (("0", 1), ("1", 2)):
         metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
-        assert metrics["epochs_trained"] == 3 and OmegaConf.load(sweep_dir / job / "config.yaml").seed == seed
+        assert metrics["epochs_trained"] == 4 and OmegaConf.load(sweep_dir / job / "config.yaml").seed == seed
     reference = tmp_path / "reference"
     _train_in_subprocess(demo_root, reference, *settings, "seed=1")
     for name in ("metrics.json", "history.csv", "predictions_test.csv"):
