@@ -1,9 +1,11 @@
 """The two jobs behind ``train.py`` and ``evaluate.py``: each takes a composed Hydra config and returns metrics."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -50,9 +52,24 @@ def _prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
         raise RunDirectoryError(f"{output_dir} holds an unfinished run; resume it with: python train.py "
                                 f"resume={output_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    if resuming and (output_dir / "run.json").is_file():
+        _record_resume(cfg, output_dir)
+        return output_dir
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(output_dir / "run.json", run_provenance())
     return output_dir
+
+
+def _record_resume(cfg: DictConfig, output_dir: Path) -> None:
+    """Keep the first start's run.json and config.yaml; append this start to run.json's ``resumes`` list and save
+    its resolved config as ``config.resume<N>.yaml``."""
+    provenance = json.loads((output_dir / "run.json").read_text())
+    resumes = provenance.setdefault("resumes", [])
+    config_name = f"config.resume{len(resumes) + 1}.yaml"
+    write_text(output_dir / config_name, OmegaConf.to_yaml(cfg, resolve=True))
+    resumes.append({**run_provenance(), "config": config_name, "ckpt_path": cfg.get("ckpt_path"),
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json(output_dir / "run.json", provenance)
 
 
 def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -86,11 +103,25 @@ class DataCheckError(ValueError):
     """The dataset would make training fail; the message holds the first problem line."""
 
 
-def _check_data(cfg: DictConfig, output_dir: Path) -> None:
-    """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt)."""
+def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
+    """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt), on the
+    labelled tables the DataModule will train on. A resume does not repeat a check its first start passed."""
     from cxr.check import run_check
+    from cxr.data.images import ImageIndexError
+    from cxr.data.labels import LabelFileError
 
-    report = run_check(cfg)
+    previous = output_dir / "data_check.txt"
+    passed = previous.read_text().splitlines()[-1:] if cfg.get("ckpt_path") and previous.is_file() else []
+    if passed and passed[0].startswith("OK"):
+        log.info("data check: passed at this run's first start (%s); not repeated on resume", previous)
+        return
+    sets = None
+    if datamodule is not None:
+        try:
+            sets = datamodule.labelled_sets()
+        except (LabelFileError, ImageIndexError, ValueError):
+            sets = None  # the check reads the files itself and names the problem
+    report = run_check(cfg, sets=sets)
     lines = report.lines()
     write_text(output_dir / "data_check.txt", "\n".join(lines) + "\n")
     for line in lines:
@@ -100,8 +131,9 @@ def _check_data(cfg: DictConfig, output_dir: Path) -> None:
         raise DataCheckError(f"{first} (all problems: {output_dir / 'data_check.txt'})")
 
 
-def _build_data(cfg: DictConfig, output_dir: Path, **overrides):
-    datamodule = instantiate(cfg.data, **overrides)
+def _build_data(cfg: DictConfig, output_dir: Path, datamodule=None, **overrides):
+    if datamodule is None:
+        datamodule = instantiate(cfg.data, **overrides)
     datamodule.prepare_data()
     datamodule.setup("fit")
     write_csv(output_dir / "splits.csv", datamodule.split_table())
@@ -136,12 +168,14 @@ def train(cfg: DictConfig) -> dict:
     """Fit the model on the train split, pick the best checkpoint by validation AUROC, evaluate and save."""
     output_dir = _prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
     ckpt_path = _resume_checkpoint(cfg, output_dir)
+    datamodule = instantiate(cfg.data)  # its labelled tables are read once, for the data check and for training
     if cfg.get("data_check", True) or cfg.get("check_only"):
-        _check_data(cfg, output_dir)
+        datamodule.prepare_data()
+        _check_data(cfg, output_dir, datamodule)
         if cfg.get("check_only"):
             return {"data_check": "ok"}
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = _build_data(cfg, output_dir)
+    datamodule = _build_data(cfg, output_dir, datamodule)
 
     model = instantiate(cfg.model)
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance()}
@@ -179,6 +213,7 @@ def train(cfg: DictConfig) -> dict:
         "checkpoint": os.path.relpath(best_path, output_dir) if best_path else None,
         "epochs_trained": trainer.current_epoch if not trainer.fast_dev_run else 1,
         "split": datamodule.summary,
+        "leakage": datamodule.leakage,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
@@ -213,6 +248,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "epochs_trained": checkpoint.get("epoch", -1) + 1,
         "preprocessing": preprocessing,
         "split": datamodule.summary,
+        "leakage": datamodule.leakage,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)

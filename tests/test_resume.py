@@ -1,5 +1,6 @@
 """Reproducibility and crash recovery with real subprocesses: same seed -> identical outputs; a run killed with
-SIGKILL mid-training and resumed with ``train.py resume=<run dir>`` ends exactly like an uninterrupted one."""
+SIGKILL mid-training and resumed with ``train.py resume=<run dir>`` ends exactly like an uninterrupted one, for a
+thesis program (B) and for program D (augmentation, class weights, LR schedule, input grids drawn at fit start)."""
 from __future__ import annotations
 
 import os
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.slow
 EPOCHS = 5
 
 
-def settings(demo_root: Path, run_dir: Path) -> list[str]:
-    return ["train.py", *DEMO_OVERRIDES(demo_root), "program=B", f"trainer.max_epochs={EPOCHS}",
+def settings(demo_root: Path, run_dir: Path, program: str = "B") -> list[str]:
+    return ["train.py", *DEMO_OVERRIDES(demo_root), f"program={program}", f"trainer.max_epochs={EPOCHS}",
             "callbacks.early_stopping=null", "trainer.deterministic=true", f"hydra.run.dir={run_dir}"]
 
 
@@ -52,11 +53,22 @@ def test_same_seed_gives_bit_identical_outputs(reference_runs):
     assert provenance["packages"]["torch"]
 
 
-def test_killed_run_resumes_to_the_same_result(reference_runs, tmp_path, demo_root):
-    reference = reference_runs[0]
+@pytest.fixture(scope="module")
+def reference_run_d(tmp_path_factory, demo_root):
+    """One uninterrupted run of program D."""
+    run_dir = tmp_path_factory.mktemp("reference") / "D"
+    result = run_script(settings(demo_root, run_dir, "D"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.parametrize("program", ["B", "D"])
+def test_killed_run_resumes_to_the_same_result(program, request, tmp_path, demo_root):
+    reference = request.getfixturevalue("reference_runs")[0] if program == "B" else request.getfixturevalue(
+        "reference_run_d")
     run_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, *settings(demo_root, run_dir)], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, *settings(demo_root, run_dir, program)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 600
@@ -71,7 +83,7 @@ def test_killed_run_resumes_to_the_same_result(reference_runs, tmp_path, demo_ro
     epoch_at_kill = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert epoch_at_kill < EPOCHS - 1
 
-    fresh = run_script(settings(demo_root, run_dir))  # a new run may not reuse the directory
+    fresh = run_script(settings(demo_root, run_dir, program))  # a new run may not reuse the directory
     assert fresh.returncode != 0 and "resume=" in fresh.stderr
 
     resumed = run_script(["train.py", f"resume={run_dir}"])

@@ -82,7 +82,7 @@ def test_missing_image_is_an_error(tmp_path):
     report = check(labels, root)
     assert not report.ok
     assert str(report.get("missing")) == (
-        f"ERROR missing images: 1 of 8 listed in labels.csv are not under {root} (first: {names[3]}); "
+        f"ERROR missing images: 1 of 8 images listed in labels.csv are not under {root} (first: {names[3]}); "
         "fix data.root, or skip them with data.missing=drop")
     assert report.lines()[-1].startswith("FAILED")
 
@@ -268,7 +268,7 @@ def test_run_check_validates_the_external_set(tmp_path, demo_root):
     GlobalHydra.instance().clear()
     report = run_check(cfg, workers=2)
     assert not report.ok and levels(report) == {"external.missing": "ERROR"}
-    assert report.get("external.missing").message.startswith("external: missing images: 1 of 8 listed in labels.csv")
+    assert report.get("external.missing").message.startswith("external: missing images: 1 of 8 images listed in labels.csv")
     assert report.get("external.split") is None  # the external set is not split
 
 
@@ -288,7 +288,7 @@ def test_command_line_fails_on_a_bad_dataset_and_passes_a_clean_one(tmp_path):
     bad = run_cli(tmp_path, f"data.root={root}", f"data.labels={labels}", "data.split.train=0.5",
                   "data.split.val=0.25")
     assert bad.returncode == 1
-    assert (f"ERROR missing images: 1 of 8 listed in labels.csv are not under {root} (first: {names[5]})"
+    assert (f"ERROR missing images: 1 of 8 images listed in labels.csv are not under {root} (first: {names[5]})"
             in bad.stdout)
     assert bad.stdout.strip().splitlines()[-1].startswith("FAILED")
 
