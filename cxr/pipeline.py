@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -121,7 +122,9 @@ def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
             sets = datamodule.labelled_sets()
         except (LabelFileError, ImageIndexError, ValueError):
             sets = None  # the check reads the files itself and names the problem
+    started = time.monotonic()
     report = run_check(cfg, sets=sets)
+    log.info("data check took %.1f s", time.monotonic() - started)
     lines = report.lines()
     write_text(output_dir / "data_check.txt", "\n".join(lines) + "\n")
     for line in lines:

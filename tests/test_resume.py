@@ -3,6 +3,7 @@ SIGKILL mid-training and resumed with ``train.py resume=<run dir>`` ends exactly
 thesis program (B) and for program D (augmentation, class weights, LR schedule, input grids drawn at fit start)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,12 +46,10 @@ def test_same_seed_gives_bit_identical_outputs(reference_runs):
     first, second = reference_runs
     for name in ("metrics.json", "splits.csv", "predictions_test.csv", "history.csv"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
-    import json
-
     provenance = json.loads((first / "run.json").read_text())
     assert provenance["command"].startswith("train.py") and "program=B" in provenance["command"]
     assert {"git_commit", "git_dirty", "packages", "python"} <= provenance.keys()
-    assert provenance["packages"]["torch"]
+    assert provenance["packages"]["torch"] and "resumes" not in provenance
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +84,16 @@ def test_killed_run_resumes_to_the_same_result(program, request, tmp_path, demo_
 
     fresh = run_script(settings(demo_root, run_dir, program))  # a new run may not reuse the directory
     assert fresh.returncode != 0 and "resume=" in fresh.stderr
+    first_config, first_start = (run_dir / "config.yaml").read_bytes(), json.loads((run_dir / "run.json").read_text())
 
     resumed = run_script(["train.py", f"resume={run_dir}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not repeated on resume" in resumed.stderr  # the first start's data check passed
+    provenance = json.loads((run_dir / "run.json").read_text())  # the first start is kept, the resume appended
+    assert {k: v for k, v in provenance.items() if k != "resumes"} == first_start
+    assert len(provenance["resumes"]) == 1 and provenance["resumes"][0]["command"].endswith("ckpt_path=last")
+    assert (run_dir / "config.yaml").read_bytes() == first_config
+    assert "ckpt_path: last" in (run_dir / provenance["resumes"][0]["config"]).read_text()
     for name in ("metrics.json", "predictions_test.csv", "history.csv", "splits.csv"):
         assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
     expected, actual = final_weights(reference), final_weights(run_dir)

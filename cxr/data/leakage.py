@@ -16,6 +16,8 @@ KINDS = {  # kind -> what it means, in the words of the refusal message
     "external_patients": "external patients also have images in train/val",
 }
 
+DEFAULT_ALLOW = {"test_patients": "auto", "external_images": False, "external_patients": False}  # as conf/data
+
 
 class LeakageError(ValueError):
     """Sets overlap in a way that is refused; the message names the counts, first offenders and the override."""
@@ -51,7 +53,7 @@ def _plain(value):
 
 def allowed(kind: str, allow: dict, method: str | None) -> bool:
     """``data.allow_overlap.<kind>``; ``auto`` (test_patients' default) allows it only under split=thesis."""
-    value = (allow or {}).get(kind, False)
+    value = (allow or {}).get(kind, DEFAULT_ALLOW[kind])
     if value == "auto":
         return method == "thesis"
     if not isinstance(value, bool):

@@ -1,0 +1,45 @@
+"""Callbacks that a resumed run depends on: the random state saved in checkpoints, and input grids that draw
+augmented images without moving the random streams."""
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from cxr.callbacks import InputImageGrid, RandomState
+from cxr.data.datamodule import ChestXrayDataModule
+
+AUGMENTATION = {"degrees": 7, "translate": 0.06, "scale": [0.9, 1.1], "horizontal_flip": False}  # program D
+
+
+def draws() -> tuple:
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_random_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    saved = RandomState().state_dict()
+    torch.save({"state": saved}, tmp_path / "state.pt")
+    expected = draws()
+    draws()  # move every stream on
+    RandomState().load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True)["state"])
+    assert draws() == expected
+
+
+def test_input_grid_draws_augmented_images_without_moving_the_random_streams(tmp_path, demo_root):
+    datamodule = ChestXrayDataModule(str(demo_root / "Data_Entry_demo.csv"), str(demo_root),
+                                     {"method": "thesis", "train": 0.6, "val": 0.2, "seed": 100},
+                                     {"channels": 1, "image_size": 32}, augmentation=AUGMENTATION)
+    datamodule.setup("fit")
+    logger = TensorBoardLogger(tmp_path)
+    trainer = SimpleNamespace(loggers=[logger], datamodule=datamodule, ckpt_path=None)
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    expected = draws()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    InputImageGrid(n_images=4).on_fit_start(trainer, None)
+    assert draws() == expected
+    logger.experiment.flush()
+    assert list(tmp_path.rglob("events.out.tfevents.*"))  # the grids were written
