@@ -73,11 +73,14 @@ EXCLUDE = ("external_images", "external_patients")
 
 def labelled_set(labels: str | Path, root: str | Path) -> LabelledSet:
     """Read ``labels`` and look up each image under ``root`` (raises LabelFileError / ImageIndexError)."""
-    table = read_labels(labels)
+    return with_image_paths(read_labels(labels), labels, root)
+
+
+def with_image_paths(table: pd.DataFrame, labels: str | Path, root: str | Path) -> LabelledSet:
+    """Index ``root`` once and give every labelled row its image path (None when the file is missing)."""
     found = index_images(root)
-    paths = table["image"].map(found)
-    table["path"] = paths.map(lambda p: None if pd.isna(p) else str(p)).astype(object)
-    return LabelledSet(str(labels), str(root), table, len(found))
+    paths = table["image"].map(found).map(lambda p: None if pd.isna(p) else str(p)).astype(object)
+    return LabelledSet(str(labels), str(root), table.assign(path=paths), len(found))
 
 
 def attach_image_paths(table: pd.DataFrame, root: str | Path, missing: str = "error",
@@ -85,9 +88,7 @@ def attach_image_paths(table: pd.DataFrame, root: str | Path, missing: str = "er
     """Add a ``path`` column to an already read table; return (rows with an image, rows whose image is missing)."""
     if missing not in MISSING_POLICIES:
         raise ValueError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
-    found = index_images(root)
-    table = table.assign(path=table["image"].map(found).map(lambda p: None if pd.isna(p) else str(p)).astype(object))
-    labelled = LabelledSet(str(labels or "the label file"), str(root), table, len(found))
+    labelled = with_image_paths(table, labels or "the label file", root)
     return labelled.usable(missing), labelled.missing
 
 

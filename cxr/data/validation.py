@@ -21,10 +21,10 @@ import pandas as pd
 import PIL
 from PIL import Image
 
-from cxr.data.images import ImageIndexError, ImageReadError, index_images, load_image
+from cxr.data.images import ImageIndexError, ImageReadError, load_image
 from cxr.data.labels import LabelFileError, read_labels
 from cxr.data.splits import SPLITS, SplitError, summarise_split
-from cxr.data.table import MISSING_POLICIES, LabelledSet
+from cxr.data.table import MISSING_POLICIES, LabelledSet, with_image_paths
 
 log = logging.getLogger(__name__)
 FIRST = 5                 # offenders named per problem line
@@ -182,16 +182,13 @@ def validate(labels, root, split: dict | None = None, missing: str = "error", wo
             return report
         _check_labels(report, table, Path(labels).name)
         try:
-            found = index_images(root)
+            labelled = with_image_paths(table, labels, root)
         except ImageIndexError as error:
             report.add("ERROR", "image_index", f"image folder: {error}")
             if split is not None:  # the split settings are still checked, on the label rows
                 rows = LabelledSet(str(labels), str(root), table.assign(path=table["image"]), 0)
                 _check_split(report, rows, rows.present, dict(split))
             return report
-        paths = table["image"].map(found)
-        table["path"] = paths.map(lambda p: None if pd.isna(p) else str(p)).astype(object)
-        labelled = LabelledSet(str(labels), str(root), table, len(found))
     else:
         _check_labels(report, labelled.table, Path(labelled.labels).name)
     if labelled.excluded is not None:
