@@ -6,6 +6,7 @@ import random
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -43,3 +44,15 @@ def test_input_grid_draws_augmented_images_without_moving_the_random_streams(tmp
     assert draws() == expected
     logger.experiment.flush()
     assert list(tmp_path.rglob("events.out.tfevents.*"))  # the grids were written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_random_state_saves_and_restores_the_cuda_generators():
+    torch.cuda.manual_seed_all(5)
+    torch.rand(1, device="cuda")  # initialise CUDA
+    saved = RandomState().state_dict()
+    assert len(saved["cuda"]) == torch.cuda.device_count()
+    expected = torch.rand(4, device="cuda").cpu()
+    torch.rand(4, device="cuda")
+    RandomState().load_state_dict(saved)
+    assert torch.equal(torch.rand(4, device="cuda").cpu(), expected)

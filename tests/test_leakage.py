@@ -110,12 +110,12 @@ def test_patient_split_refuses_test_patients_in_training(demo_root):
     assert refusal and "1 of 1 test patients" in refusal
 
 
-def test_the_check_and_the_datamodule_read_the_labels_and_index_the_images_once(make_cfg, monkeypatch):
+def test_the_check_and_the_datamodule_read_index_and_split_once(make_cfg, monkeypatch):
     import cxr.data.table as table_module
     import cxr.data.validation as validation_module
     from cxr.pipeline import train
 
-    calls = {"read_labels": 0, "index_images": 0}
+    calls = {"read_labels": 0, "index_images": 0, "make_split": 0}
 
     def counted(name, function):
         def wrapper(*args, **kwargs):
@@ -126,13 +126,17 @@ def test_the_check_and_the_datamodule_read_the_labels_and_index_the_images_once(
     import cxr.data.images as images_module
     import cxr.data.labels as labels_module
 
+    import cxr.data.splits as splits_module
+
     read, index = counted("read_labels", labels_module.read_labels), counted("index_images", images_module.index_images)
+    split = counted("make_split", splits_module.make_split)
     for module in (table_module, validation_module):  # every module that could read or index on its own
         monkeypatch.setattr(module, "read_labels", read, raising=False)
         monkeypatch.setattr(module, "index_images", index, raising=False)
+        monkeypatch.setattr(module, "make_split", split, raising=False)
     cfg = make_cfg(["debug=fdr", "~logger", "data_check=true"])
     metrics = train(cfg)
-    assert calls == {"read_labels": 1, "index_images": 1}
+    assert calls == {"read_labels": 1, "index_images": 1, "make_split": 1}
     assert metrics["leakage"]["test_patients"]["allowed"]  # split=thesis shares patients, recorded
     output_dir = Path(cfg.paths.output_dir)
     splits = pd.read_csv(output_dir / "splits.csv")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader
 from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
 from cxr.data.leakage import check as check_leakage
 from cxr.data.splits import SPLITS, summarise_split
-from cxr.data.table import MISSING_POLICIES, LabelledSet, attach_image_paths, build_sets  # noqa: F401
+from cxr.data.table import LabelledSet, attach_image_paths, build_sets  # noqa: F401 (attach_image_paths: cxr.bench)
 
 log = logging.getLogger(__name__)
 
