@@ -111,6 +111,9 @@ def test_patient_split_refuses_test_patients_in_training(demo_root):
 
 
 def test_the_check_and_the_datamodule_read_index_and_split_once(make_cfg, monkeypatch):
+    import cxr.data.images as images_module
+    import cxr.data.labels as labels_module
+    import cxr.data.splits as splits_module
     import cxr.data.table as table_module
     import cxr.data.validation as validation_module
     from cxr.pipeline import train
@@ -122,11 +125,6 @@ def test_the_check_and_the_datamodule_read_index_and_split_once(make_cfg, monkey
             calls[name] += 1
             return function(*args, **kwargs)
         return wrapper
-
-    import cxr.data.images as images_module
-    import cxr.data.labels as labels_module
-
-    import cxr.data.splits as splits_module
 
     read, index = counted("read_labels", labels_module.read_labels), counted("index_images", images_module.index_images)
     split = counted("make_split", splits_module.make_split)
