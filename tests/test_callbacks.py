@@ -56,3 +56,38 @@ def test_random_state_saves_and_restores_the_cuda_generators():
     torch.rand(4, device="cuda")
     RandomState().load_state_dict(saved)
     assert torch.equal(torch.rand(4, device="cuda").cpu(), expected)
+
+
+def test_last_checkpoint_is_written_every_epoch_even_without_a_new_best(make_cfg, tmp_path):
+    """Lightning's own save_last skips epochs that saved no top-k checkpoint; resume= needs the latest epoch."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Scripted(L.LightningModule):
+        AUROC = (0.9, 0.5, 0.4)  # best in the first epoch, then worse
+
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch, _):
+            self.log("val/auroc", self.AUROC[self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cfg = make_cfg(["~logger"])
+    callbacks = [instantiate(cfg.callbacks[name]) for name in ("model_checkpoint", "last_checkpoint")]
+    for callback in callbacks:
+        callback.dirpath = str(tmp_path / "checkpoints")
+    loader = DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
+    trainer = L.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(Scripted(), loader, loader)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]

@@ -29,7 +29,7 @@ def test_programs_compose_to_the_thesis_settings(make_cfg, program):
     assert cfg.data.batch_size == 10 and cfg.trainer.max_epochs == 100
     stop = cfg.callbacks.early_stopping
     assert (stop.monitor, stop.min_delta, stop.patience, stop.mode) == ("train/acc", 0.0005, 2, "max")
-    assert cfg.callbacks.model_checkpoint.monitor == "val/auroc" and cfg.callbacks.model_checkpoint.save_last
+    assert cfg.callbacks.model_checkpoint.monitor == "val/auroc"
 
 
 def test_demo_data_scales_split_sizes_and_nih_does_not(make_cfg):
