@@ -268,7 +268,8 @@ def test_run_check_validates_the_external_set(tmp_path, demo_root):
     GlobalHydra.instance().clear()
     report = run_check(cfg, workers=2)
     assert not report.ok and levels(report) == {"external.missing": "ERROR"}
-    assert report.get("external.missing").message.startswith("external: missing images: 1 of 8 images listed in labels.csv")
+    assert report.get("external.missing").message.startswith(
+        "external: missing images: 1 of 8 images listed in labels.csv")
     assert report.get("external.split") is None  # the external set is not split
 
 
