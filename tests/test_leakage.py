@@ -155,6 +155,11 @@ def test_nih_sample_preset_external_set_is_unseen(make_cfg):
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert len(dm.table) == 963 - 48 and dm.leakage["excluded_patients"] == 48
+    from cxr.check import run_check
+
+    report = run_check(cfg, sets=dm.labelled_sets())
+    assert report.facts["unlabelled_files"] == 0 and report.get("excluded").message.startswith(
+        "held out of labels.csv (data.exclude): 48 images of 48 patients")
     assert dm.leakage["external_images"]["count"] == dm.leakage["external_patients"]["count"] == 0
     assert dm.leakage["test_patients"]["allowed"] and dm.leakage["test_patients"]["count"] > 0  # split=thesis
 

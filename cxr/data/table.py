@@ -28,7 +28,7 @@ class LabelledSet:
     root: str
     table: pd.DataFrame
     n_files: int                   # image files found under root (labelled or not)
-    excluded: pd.DataFrame | None = None   # rows held out by data.exclude (image, patient_id, finding_labels)
+    excluded: pd.DataFrame | None = None   # rows held out by data.exclude (image, patient_id, finding_labels, path)
     _splits: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -106,7 +106,7 @@ def exclude_external(main: LabelledSet, external: LabelledSet, how: str) -> Labe
             raise ValueError(f"data.exclude=external_patients needs patient ids in {main.labels} and "
                              f"{external.labels}; use data.exclude=external_images")
         hit = table["patient_id"].isin(patients)
-    excluded = table.loc[hit, ["image", "patient_id", "finding_labels"]].reset_index(drop=True)
+    excluded = table.loc[hit, ["image", "patient_id", "finding_labels", "path"]].reset_index(drop=True)
     log.info("data.exclude=%s: held %d images of %d patients out of %s", how, len(excluded),
              excluded["patient_id"].nunique(), main.labels)
     return LabelledSet(main.labels, main.root, table.loc[~hit].reset_index(drop=True), main.n_files, excluded)

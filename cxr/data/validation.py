@@ -227,7 +227,8 @@ def _check_images(report: ValidationReport, labelled: LabelledSet, missing: str,
     """Missing files, then every found file decoded (or remembered as unchanged); return the rows with an image."""
     table, root, name = labelled.table, labelled.root, Path(labelled.labels).name
     n, n_found = len(table), len(labelled.present)
-    n_absent, unlabelled = n - n_found, labelled.n_files - n_found
+    held_out = 0 if labelled.excluded is None else int(labelled.excluded["path"].notna().sum())  # data.exclude
+    n_absent, unlabelled = n - n_found, labelled.n_files - n_found - held_out
     report.facts.update(images_found=n_found, images_missing=n_absent, unlabelled_files=unlabelled)
     report.add("INFO", "images", f"images: {n_found} of {n} listed in {name} found under {root}"
                + (f" ({unlabelled} other image files there are not labelled)" if unlabelled > 0 else ""))
