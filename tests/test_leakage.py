@@ -52,6 +52,7 @@ def test_refusal_is_one_line_with_counts_first_offenders_and_the_override():
     # split=thesis: its image-level split shares patients by design; allowed (auto) and recorded
     record, refusal = judge({"test_patients": overlaps["test_patients"]}, ALLOW_DEFAULT, "thesis")
     assert refusal is None and record["test_patients"]["allowed"] and record["test_patients"]["count"] == 3
+    assert judge({"test_patients": overlaps["test_patients"]}, ALLOW_DEFAULT, "file")[1] is None  # evaluate.py
     _, refusal = judge({"test_patients": overlaps["test_patients"]}, {"test_patients": False}, "thesis")
     assert refusal.startswith("leakage between sets (split=thesis): 3 of 10 test patients")
     record, refusal = judge(overlaps, {**ALLOW_DEFAULT, "external_images": True, "test_patients": True}, "patient")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from cxr.errors import ConfigError
+
 FIRST = 5
 KINDS = {  # kind -> what it means, in the words of the refusal message
     "test_patients": "test patients also have images in train/val",
@@ -52,12 +54,13 @@ def _plain(value):
 
 
 def allowed(kind: str, allow: dict, method: str | None) -> bool:
-    """``data.allow_overlap.<kind>``; ``auto`` (test_patients' default) allows it only under split=thesis."""
+    """``data.allow_overlap.<kind>``; ``auto`` (test_patients' default) allows it only under split=thesis, and for
+    a run's saved split (``file``: evaluate.py replays the split that was judged when the run trained)."""
     value = (allow or {}).get(kind, DEFAULT_ALLOW[kind])
     if value == "auto":
-        return method == "thesis"
+        return method in ("thesis", "file")
     if not isinstance(value, bool):
-        raise ValueError(f"data.allow_overlap.{kind}={value!r}: choose true, false" +
+        raise ConfigError(f"data.allow_overlap.{kind}={value!r}: choose true, false" +
                          (" or auto" if kind == "test_patients" else ""))
     return value
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.data.images import ImageIndexError, index_images
+from cxr.errors import ConfigError
 from cxr.data.labels import read_labels
 from cxr.data.splits import make_split
 
@@ -50,7 +51,7 @@ class LabelledSet:
     def usable(self, missing: str = "error") -> pd.DataFrame:
         """The rows to train or evaluate on under the ``data.missing`` policy (``error`` raises, ``drop`` skips)."""
         if missing not in MISSING_POLICIES:
-            raise ValueError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
+            raise ConfigError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
         n_missing = int(self.table["path"].isna().sum())
         if n_missing and missing == "error":
             raise ImageIndexError(f"{self.missing_message()}; fix data.root, or skip them with data.missing=drop")
@@ -87,7 +88,7 @@ def attach_image_paths(table: pd.DataFrame, root: str | Path, missing: str = "er
                        labels: str | Path = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add a ``path`` column to an already read table; return (rows with an image, rows whose image is missing)."""
     if missing not in MISSING_POLICIES:
-        raise ValueError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
+        raise ConfigError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
     labelled = with_image_paths(table, labels or "the label file", root)
     return labelled.usable(missing), labelled.missing
 
@@ -96,14 +97,14 @@ def exclude_external(main: LabelledSet, external: LabelledSet, how: str) -> Labe
     """Hold the external set's images (``external_images``) or all images of its patients (``external_patients``)
     out of the main table, so that no split of it can hold them; the held-out rows are kept as ``excluded``."""
     if how not in EXCLUDE:
-        raise ValueError(f"data.exclude={how!r}: choose one of {', '.join(EXCLUDE)} (or null)")
+        raise ConfigError(f"data.exclude={how!r}: choose one of {', '.join(EXCLUDE)} (or null)")
     table = main.table
     if how == "external_images":
         hit = table["image"].isin(external.table["image"])
     else:
         patients = external.table["patient_id"].dropna()
         if len(patients) < len(external.table) or table["patient_id"].isna().any():
-            raise ValueError(f"data.exclude=external_patients needs patient ids in {main.labels} and "
+            raise ConfigError(f"data.exclude=external_patients needs patient ids in {main.labels} and "
                              f"{external.labels}; use data.exclude=external_images")
         hit = table["patient_id"].isin(patients)
     excluded = table.loc[hit, ["image", "patient_id", "finding_labels", "path"]].reset_index(drop=True)
@@ -116,7 +117,7 @@ def build_sets(labels, root, external: dict | None = None, exclude: str | None =
     """The labelled sets of a run: ``main`` and, when ``external.labels`` and ``external.root`` are set,
     ``external``; ``exclude`` (data.exclude) holds the external set out of the main table."""
     if not labels or not root:
-        raise ValueError("data.labels and data.root must be set (e.g. data.root=/data/nih "
+        raise ConfigError("data.labels and data.root must be set (e.g. data.root=/data/nih "
                          "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
     sets = {"main": labelled_set(labels, root)}
     external = external or {}
@@ -124,7 +125,7 @@ def build_sets(labels, root, external: dict | None = None, exclude: str | None =
         sets["external"] = labelled_set(external["labels"], external["root"])
     if exclude:
         if "external" not in sets:
-            raise ValueError(f"data.exclude={exclude} needs an external set (data.external.labels, "
+            raise ConfigError(f"data.exclude={exclude} needs an external set (data.external.labels, "
                              "data.external.root)")
         sets["main"] = exclude_external(sets["main"], sets["external"], exclude)
     return sets
