@@ -98,6 +98,21 @@ def _window_range(dataset, values: np.ndarray) -> tuple[float, float] | None:
     return None
 
 
+def _set_transfer_syntax(dataset) -> None:
+    """A data set without file meta (no preamble) is native: take the encoding pydicom found while reading it."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(dataset, "original_encoding", (True, True))
+    if meta is None:
+        dataset.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
 def read_dicom(path: str | Path) -> DicomImage:
     """Decode ``path`` into displayed 8-bit grey pixels; raise DicomReadError with the reason otherwise."""
     import pydicom
@@ -113,6 +128,7 @@ def read_dicom(path: str | Path) -> DicomImage:
         dataset = pydicom.dcmread(path, force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
         raise DicomReadError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})") from error
+    _set_transfer_syntax(dataset)
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomReadError(f"{path}: DICOM object without pixel data ({_describe(dataset)}): not an image")
     if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
