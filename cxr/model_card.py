@@ -31,20 +31,33 @@ def _ci(metrics: dict, key: str) -> str:
     return f"{_f(value)} [{_f(ci['ci_low'])}, {_f(ci['ci_high'])}]"
 
 
-def _task(cfg: DictConfig) -> tuple[str, list[str]]:
-    model = cfg.get("model") or {}
-    task = model.get("task") or cfg.get("task") or "binary"
-    if isinstance(task, DictConfig):
-        task = task.get("name", "binary")
-    findings = list(model.get("findings") or [])
-    if task == "multilabel":
+def _task(cfg: DictConfig, metrics: dict) -> tuple[str, list[str]]:
+    """The task (``task`` config group when present: name and findings) and the output names."""
+    task_cfg = cfg.get("task")
+    if isinstance(task_cfg, DictConfig):
+        name, findings = task_cfg.get("name", "binary"), list(task_cfg.get("findings") or [])
+    else:
+        name, findings = (task_cfg or (metrics.get("test") or {}).get("task") or "binary"), []
+    if name == "multilabel":
         return (f"multi-label: one probability per finding ({len(findings)}: {', '.join(findings)})", findings)
-    return ("binary: `No Finding` (0) against any of the 14 NIH findings (1), as in the thesis", ["finding"])
+    return ("binary: `No Finding` (0) against any of the 14 NIH findings (1), as in the thesis",
+            findings if len(findings) == 1 else ["finding"])
+
+
+def _with_ci(entry) -> str:
+    """``{"value", "ci_low", "ci_high"}`` as ``v [lo, hi]``."""
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return _f(entry) if isinstance(entry, (int, float)) else "n/a"
+    if entry.get("ci_low") is None:
+        return _f(entry["value"])
+    return f"{_f(entry['value'])} [{_f(entry['ci_low'])}, {_f(entry['ci_high'])}]"
 
 
 def _performance(name: str, metrics: dict) -> list[str]:
-    lines = [f"### {name} set (n = {metrics.get('n')}, class 0 = {metrics.get('n_class0')}, "
-             f"class 1 = {metrics.get('n_class1')}, patients = {metrics.get('n_patients', 'n/a')})", ""]
+    counts = [f"{label} = {metrics[key]}" for key, label in (("n", "n"), ("n_class0", "class 0"),
+                                                            ("n_class1", "class 1"), ("n_patients", "patients"))
+              if metrics.get(key) is not None]
+    lines = [f"### {name} set ({', '.join(counts)})", ""]
     if metrics.get("auroc") is not None or "ci" in metrics:
         op = metrics.get("operating_point") or {}
         lines += ["| metric (95% patient-bootstrap CI) | threshold 0.5 | operating point |", "|---|---|---|"]
@@ -66,14 +79,17 @@ def _performance(name: str, metrics: dict) -> list[str]:
             lines += [f"Against radiologists' labels (Google 2019, n = {expert['n']}; {expert.get('definition', '')}): "
                       f"AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
                       f"{_f(expert.get('agreement_nih_vs_expert'))}.", ""]
-    per_finding = {k: v for k, v in metrics.items() if isinstance(v, dict) and v
-                   and all(isinstance(x, dict) and "auroc" in x for x in v.values())
-                   and k not in ("ci", "subgroups", "expert_labels", "operating_point", "calibration")}
-    for key, findings in per_finding.items():
-        lines += [f"Per finding ({key}):", "", "| finding | n class 1 | AUROC | threshold |", "|---|---|---|---|"]
+    findings = metrics.get("findings")
+    if isinstance(findings, dict) and findings:
+        mean = metrics.get("mean_auroc")
+        lines += [f"Per finding (mean AUROC {_with_ci(mean)}; thresholds chosen on validation, class 1 strictly "
+                  "above):" if mean else "Per finding:", "",
+                  "| finding | AUROC | average precision | threshold | sensitivity | specificity |",
+                  "|---|---|---|---|---|---|"]
         for finding, m in findings.items():
-            threshold = (m.get("operating_point") or {}).get("threshold", m.get("threshold"))
-            lines.append(f"| {finding} | {m.get('n_class1', 'n/a')} | {_ci(m, 'auroc')} | {_f(threshold)} |")
+            op = m.get("operating_point") or {}
+            lines.append(f"| {finding} | {_with_ci(m.get('auroc'))} | {_with_ci(m.get('average_precision'))} | "
+                         f"{_f(op.get('threshold'))} | {_f(op.get('sensitivity'))} | {_f(op.get('specificity'))} |")
         lines.append("")
     return lines
 
@@ -128,7 +144,7 @@ def _data_caveats(cfg: DictConfig, metrics: dict) -> list[str]:
 def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     """The model card's Markdown text."""
     output_dir = Path(output_dir)
-    task, names = _task(cfg)
+    task, names = _task(cfg, metrics)
     preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
     training = OmegaConf.to_container(cfg.program.get("training") or {}, resolve=True)
     checkpoint = metrics.get("checkpoint")
@@ -167,6 +183,9 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
                   "class 1 when its probability is above it. On the test set: sensitivity "
                   f"{_ci(op, 'accuracy_class1')}, specificity {_ci(op, 'accuracy_class0')}. `predict.py` uses this "
                   "threshold; export.py embeds it.", ""]
+    elif isinstance((metrics.get("test") or {}).get("findings"), dict):
+        lines += ["One threshold per finding, chosen on the validation split (table under Performance); "
+                  "`predict.py` uses them and export.py embeds them.", ""]
     else:
         lines += ["No operating point was chosen (no validation predictions); 0.5 is used.", ""]
     lines += ["## Performance", ""]

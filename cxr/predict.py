@@ -75,13 +75,19 @@ def operating_points(ckpt_path: str | Path, names: list[str]) -> tuple[list[floa
         test = (json.loads(metrics_file.read_text()) or {}).get("test") or {}
     except (OSError, ValueError) as error:
         return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 ({metrics_file}: {error})"
-    points = [test.get("operating_point")] if len(names) == 1 else [_finding_operating_point(test, n) for n in names]
-    if len(names) == 1 and not isinstance(points[0], dict):
-        points = [_finding_operating_point(test, names[0])]
-    if not all(isinstance(p, dict) and p.get("threshold") is not None for p in points):
+    points = [_finding_operating_point(test, n) for n in names]
+    if len(names) == 1 and isinstance(test.get("operating_point"), dict):
+        points = [test["operating_point"]]  # the binary task: metrics["test"]["operating_point"]
+    found = [isinstance(p, dict) and p.get("threshold") is not None for p in points]
+    if not any(found):
         return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 (no operating point in {metrics_file})"
-    chosen_on = {str(p.get("chosen_on", "validation")) for p in points}
-    return [float(p["threshold"]) for p in points], f"run operating point ({', '.join(sorted(chosen_on))})"
+    thresholds = [float(p["threshold"]) if ok else DEFAULT_THRESHOLD for p, ok in zip(points, found)]
+    chosen_on = sorted({str(p.get("chosen_on", "validation")) for p, ok in zip(points, found) if ok})
+    source = f"run operating point ({', '.join(chosen_on)})"
+    missing = [n for n, ok in zip(names, found) if not ok]
+    if missing:
+        source += f"; 0.5 for {', '.join(missing)} (none chosen)"
+    return thresholds, source
 
 
 @dataclass
@@ -115,7 +121,7 @@ def _preprocessing(settings: dict | None, source: str) -> Preprocessing:
     return Preprocessing(**{k: v for k, v in dict(settings).items() if k in known})
 
 
-def load_predictor(path: str | Path, backend: str = "auto", threshold=None) -> Predictor:
+def load_predictor(path: str | Path, backend: str = "auto", threshold=None, device: str = "auto") -> Predictor:
     """A checkpoint (weights-only, via cxr.checkpoints) or an exported ``.onnx`` file with cxr metadata."""
     path = Path(path)
     if not path.is_file():
@@ -127,7 +133,9 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None) -> P
         from cxr.checkpoints import load_classifier
 
         model, _ = load_classifier(path)
-        model.eval()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device).eval()
         names = output_names(model.hparams)
         thresholds, source = operating_points(path, names)
         chosen = inference.choose_backend(model, backend)
@@ -377,7 +385,8 @@ def predict(cfg) -> int:
     from cxr.artifacts import write_csv, write_json
 
     output_dir = Path(cfg.paths.output_dir)
-    predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"))
+    predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
+                               cfg.get("device", "auto"))
     paths, skipped = collect_inputs(cfg.inputs)
     log.info("%d input(s); model outputs %s; preprocessing %s; backend %s", len(paths), predictor.names,
              predictor.preprocessing, predictor.backend)

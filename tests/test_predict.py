@@ -52,6 +52,7 @@ def test_output_names_for_binary_and_multilabel_models():
         output_names({"task": "multilabel"})
 
 
+@pytest.mark.slow  # trains the module's checkpoint (about 25 s)
 def test_operating_point_comes_from_the_run_else_05(trained_run, tmp_path):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     thresholds, source = operating_points(checkpoint_of(trained_run), ["finding"])
@@ -62,6 +63,36 @@ def test_operating_point_comes_from_the_run_else_05(trained_run, tmp_path):
     assert thresholds == [0.5] and "no " in source and "metrics.json" in source
 
 
+def test_per_finding_operating_points_of_a_multilabel_run(tmp_path):
+    """metrics.json of a multi-label run: metrics["test"]["findings"][finding]["operating_point"]["threshold"]."""
+    (tmp_path / "checkpoints").mkdir()
+    findings = {"Effusion": {"auroc": {"value": 0.8}, "operating_point": {"chosen_on": "youden on val",
+                                                                          "threshold": 0.23}},
+                "Mass": {"auroc": {"value": None}, "operating_point": {"threshold": None}}}
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"task": "multilabel", "findings": findings}}))
+    thresholds, source = operating_points(tmp_path / "checkpoints" / "best.ckpt", ["Effusion", "Mass"])
+    assert thresholds == [0.23, 0.5] and "youden on val" in source and "0.5 for Mass" in source
+
+
+def test_model_card_of_a_multilabel_run(make_cfg, tmp_path):
+    from omegaconf import open_dict
+
+    from cxr.model_card import model_card
+
+    cfg = make_cfg([])
+    with open_dict(cfg):
+        cfg.task = {"name": "multilabel", "findings": ["Effusion", "Mass"]}
+    metrics = {"program": "D", "data": "demo", "params": 1, "checkpoint": None, "epochs_trained": 1,
+               "test": {"n": 9, "task": "multilabel", "mean_auroc": {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8},
+                        "findings": {"Effusion": {"auroc": {"value": 0.71, "ci_low": 0.61, "ci_high": 0.81},
+                                                  "operating_point": {"threshold": 0.2, "sensitivity": 0.8}}}}}
+    card = model_card(cfg, metrics, tmp_path)
+    assert "multi-label: one probability per finding (2: Effusion, Mass)" in card
+    assert "| Effusion | 0.710 [0.610, 0.810] | n/a | 0.200 | 0.800 | n/a |" in card
+    assert "mean AUROC 0.700 [0.600, 0.800]" in card
+
+
+@pytest.mark.slow  # trains the module's checkpoint (about 25 s)
 def test_training_run_writes_a_model_card(trained_run):
     card = (trained_run / "model_card.md").read_text()
     metrics = json.loads((trained_run / "metrics.json").read_text())
@@ -108,6 +139,7 @@ def _snapshot(folder: Path) -> dict:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_predict_mixed_folder_one_row_per_input(trained_run, mixed_folder, tmp_path):
     before = _snapshot(mixed_folder)
