@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -390,8 +391,10 @@ def predict(cfg) -> int:
     paths, skipped = collect_inputs(cfg.inputs)
     log.info("%d input(s); model outputs %s; preprocessing %s; backend %s", len(paths), predictor.names,
              predictor.preprocessing, predictor.backend)
+    started = time.perf_counter()
     frame = predict_rows(predictor, paths, int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 0)),
                          progress=bool(cfg.get("progress", True)))
+    seconds = time.perf_counter() - started
     output = write_csv(output_dir / "predictions.csv", frame)
     if cfg.get("json"):
         records = json.loads(frame.to_json(orient="records"))
@@ -403,8 +406,11 @@ def predict(cfg) -> int:
     if cfg.get("cam"):
         from cxr.gradcam import write_cam_report
 
+        cam_started = time.perf_counter()
         page = write_cam_report(predictor, frame, output_dir, size=int(cfg.get("cam_size", 320)))
-        log.info("Grad-CAM page: %s", page)
+        log.info("Grad-CAM: %d input(s) in %.1f s; page %s", int((frame["error"] == "").sum()),
+                 time.perf_counter() - cam_started, page)
     for line in summary_lines(frame, predictor, skipped, output):
         print(line)
+    print(f"read and predicted in {seconds:.1f} s ({len(frame) / max(seconds, 1e-9):.0f} inputs/s)")
     return 1 if (frame["error"] != "").any() else 0

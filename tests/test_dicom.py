@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
+
+pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
+
+from pydicom.data import get_testdata_file  # noqa: E402
 
 from cxr.data.dicom import DicomReadError, has_dicom_preamble, looks_like_dicom, read_dicom
 from cxr.predict import sniff_format

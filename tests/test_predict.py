@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
+
 from cxr.data.dataset import Preprocessing
 from cxr.export import export
 from cxr.predict import (PredictError, Predictor, collect_inputs, load_predictor, onnx_metadata, operating_points,

@@ -57,7 +57,10 @@ def looks_like_dicom(path: str | Path) -> bool:
     """'DICM' preamble, or a preamble-less data set that pydicom can parse (``force=True``) into known groups."""
     if has_dicom_preamble(path):
         return True
-    import pydicom
+    try:
+        import pydicom
+    except ImportError:  # without pydicom only files with the preamble are recognised
+        return False
 
     try:
         dataset = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=[
@@ -115,9 +118,13 @@ def _set_transfer_syntax(dataset) -> None:
 
 def read_dicom(path: str | Path) -> DicomImage:
     """Decode ``path`` into displayed 8-bit grey pixels; raise DicomReadError with the reason otherwise."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    except ImportError as error:
+        raise DicomReadError(f"{path}: reading DICOM needs pydicom>=3 and the pylibjpeg plugins "
+                             "(pip install -e '.[predict]')") from error
 
     path = Path(path)
     if not path.is_file():
