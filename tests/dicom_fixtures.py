@@ -69,7 +69,18 @@ def lossless_variants(png: np.ndarray) -> dict[str, Dataset]:
                                               window=_window(-1000.0, 255 * 257 * 0.5 - 1000.0)),
         "mono2_16bit_no_window": dataset(p * 257, 16),  # min-max of an image that spans 0-255
         "mono1_16bit_no_window": dataset(65535 - p * 257, 16, "MONOCHROME1"),
+        "mono2_12bit_voi_lut": _with_voi_lut(dataset(p * 16, 12, window=_window(0, 100))),  # the LUT wins
     }
+
+
+def _with_voi_lut(ds: Dataset) -> Dataset:
+    """A VOI LUT Sequence mapping stored 0-4095 onto 0-255 (entry i = i // 16), preferred to the window."""
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = [min(i // 16, 255) for i in range(4096)]
+    item["LUTData"].VR = "US"
+    ds.VOILUTSequence = [item]
+    return ds
 
 
 def write_lossless_set(folder: Path, png: np.ndarray) -> dict[str, Path]:

@@ -164,7 +164,7 @@ def test_predict_mixed_folder_one_row_per_input(trained_run, mixed_folder, tmp_p
     p = ok["probability_finding"].astype(float)
     png_p = p[str(mixed_folder / "png" / SOURCE_PNG.name)]
     dicoms = [path for path in ok.index if "/dicom/" in path]
-    assert len(dicoms) == 15 and (ok.loc[dicoms, "format"] == "dicom").all()
+    assert len(dicoms) == 16 and (ok.loc[dicoms, "format"] == "dicom").all()
     assert np.abs(p[dicoms] - png_p).max() <= PROBABILITY_TOLERANCE  # lossless DICOM == its PNG
     metrics = json.loads((trained_run / "metrics.json").read_text())
     threshold = metrics["test"]["operating_point"]["threshold"]

@@ -161,14 +161,17 @@ def read_dicom(path: str | Path) -> DicomImage:
         raise DicomReadError(f"{path}: pixel array of shape {pixels.shape} is not one image")
 
     if photometric in GREY:
-        values = apply_modality_lut(pixels, dataset).astype(np.float64)
+        values = apply_modality_lut(pixels, dataset)
         window = _window_range(dataset, values)
         if window is not None:
+            if "VOILUTSequence" in dataset and values.dtype.kind == "f":
+                values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
             try:
-                values = apply_voi_lut(values, dataset, index=0, prefer_lut=True).astype(np.float64)
+                values = apply_voi_lut(values, dataset, index=0, prefer_lut=True)
             except Exception as error:  # a malformed window (width < 1) or LUT: show the full range instead
                 warnings.append(f"VOI LUT/window not applied ({error}); full range shown")
                 window = None
+        values = values.astype(np.float64)
         low, high = window if window is not None else (float(values.min()), float(values.max()))
         scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
         inverse = str(dataset.get("PresentationLUTShape", "")).upper() == "INVERSE"
