@@ -122,6 +122,22 @@ def write_broken_set(folder: Path, png: np.ndarray) -> dict[str, Path]:
     truncated = folder / "truncated.dcm"
     truncated.write_bytes(whole[: len(whole) // 2])
     files["truncated"] = truncated
+    files["invalid_values"] = invalid_values(folder / "invalid_values.dcm", png)
     files["lateral_ct"] = save(dataset(png, 8, modality="CT", view="LL", window=_window(0, 255)),
                                folder / "lateral_ct.dcm")
     return files
+
+
+def invalid_values(path: Path, png: np.ndarray) -> Path:
+    """A readable image whose identity fields break their VRs: pydicom's validation warnings would quote them."""
+    from pydicom import config
+
+    ds = dataset(png, 8, window=_window(0, 255))
+    mode = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds.PatientBirthDate = f"{PATIENT_ID}-not-a-date"
+        ds.PatientID = PATIENT_ID + "-" + "9" * 70  # longer than LO's 64 characters
+        return save(ds, path)
+    finally:
+        config.settings.writing_validation_mode = mode

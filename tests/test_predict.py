@@ -158,7 +158,7 @@ def test_predict_mixed_folder_one_row_per_input(trained_run, mixed_folder, tmp_p
     assert "multi-frame" in error["multi_frame.dcm"] and "without pixel data" in error["report.dcm"]
     assert "cannot decode the pixel data" in error["truncated.dcm"] and "truncated" in error["cut.png"]
     assert "zero-byte" in error["empty.png"]
-    assert sum(e != "" for e in error.values()) == 5
+    assert sum(e != "" for e in error.values()) == 5 and error["invalid_values.dcm"] == ""
 
     ok = rows[rows["error"] == ""]
     p = ok["probability_finding"].astype(float)
@@ -254,10 +254,25 @@ def test_export_onnx_and_torchscript_reproduce_the_checkpoint(trained_run, mixed
 
 
 @pytest.mark.slow
-def test_predict_command_line_exit_statuses(tmp_path):
+@pytest.mark.real_data
+def test_predict_command_line_exit_statuses_and_no_patient_data_in_logs(trained_run, mixed_folder, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "predict.py", f"ckpt_path={tmp_path / 'none.ckpt'}", "inputs=x",
-                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
+
+    def run(*arguments):
+        return subprocess.run([sys.executable, "predict.py", *arguments, f"hydra.run.dir={tmp_path / 'run'}"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    result = run(f"ckpt_path={tmp_path / 'none.ckpt'}", "inputs=x")
     assert result.returncode == 2
     assert "predict.py: ckpt_path: file not found" in result.stderr and "Traceback" not in result.stderr
+
+    # end to end through the CLI (console and predict.log): identity fields, some with values invalid for their VR
+    inputs = [mixed_folder / "broken" / "invalid_values.dcm", mixed_folder / "png" / SOURCE_PNG.name]
+    result = run(f"ckpt_path={checkpoint_of(trained_run)}", f"inputs=[{','.join(map(str, inputs))}]")
+    assert result.returncode == 0, result.stderr
+    assert "2 input(s): 2 predicted, 0 failed" in result.stdout
+    logged = [result.stdout, result.stderr] + [f.read_text(errors="replace") for f in (tmp_path / "run").rglob("*")
+                                               if f.is_file()]
+    assert any("invalid_values.dcm" in text for text in logged)
+    for secret in (PATIENT_NAME, PATIENT_ID, "not-a-date"):
+        assert not any(secret in text for text in logged), secret

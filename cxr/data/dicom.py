@@ -17,7 +17,10 @@ read into the result: only pixel and acquisition attributes (modality, view posi
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,25 @@ class DicomImage:
     warnings: list[str] = field(default_factory=list)
 
 
+@contextmanager
+def quiet_pydicom():
+    """Silence pydicom's value validation while reading: its warnings quote element values (``Invalid value for VR
+    DA: '<birth date>'``); whatever element a decoder touches, none may reach the console or the run's log."""
+    from pydicom import config
+
+    logger = logging.getLogger("pydicom")
+    mode, level = config.settings.reading_validation_mode, logger.level
+    config.settings.reading_validation_mode = config.IGNORE
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        config.settings.reading_validation_mode = mode
+        logger.setLevel(level)
+
+
 def has_dicom_preamble(path: str | Path) -> bool:
     """Whether the file holds 'DICM' after its 128-byte preamble (DICOM Part 10)."""
     try:
@@ -63,10 +85,10 @@ def looks_like_dicom(path: str | Path) -> bool:
         return False
 
     try:
-        dataset = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=[
-            "SOPClassUID", "Modality", "Rows", "Columns", "PhotometricInterpretation"])
-        present = [tag for tag in dataset.keys() if tag.group in (0x0008, 0x0028)]
-        return bool(present)
+        with quiet_pydicom():
+            dataset = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=[
+                "SOPClassUID", "Modality", "Rows", "Columns", "PhotometricInterpretation"])
+            return any(tag.group in (0x0008, 0x0028) for tag in dataset.keys())
     except Exception:  # anything pydicom cannot parse is not a DICOM data set
         return False
 
@@ -119,12 +141,17 @@ def _set_transfer_syntax(dataset) -> None:
 def read_dicom(path: str | Path) -> DicomImage:
     """Decode ``path`` into displayed 8-bit grey pixels; raise DicomReadError with the reason otherwise."""
     try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+        with quiet_pydicom():
+            return _read_dicom(path)
     except ImportError as error:
         raise DicomReadError(f"{path}: reading DICOM needs pydicom>=3 and the pylibjpeg plugins "
                              "(pip install -e '.[predict]')") from error
+
+
+def _read_dicom(path: str | Path) -> DicomImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     path = Path(path)
     if not path.is_file():
