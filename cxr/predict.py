@@ -73,9 +73,14 @@ def operating_points(ckpt_path: str | Path, names: list[str]) -> tuple[list[floa
     if not metrics_file.is_file():
         return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 (no {metrics_file})"
     try:
-        test = (json.loads(metrics_file.read_text()) or {}).get("test") or {}
+        metrics = json.loads(metrics_file.read_text()) or {}
     except (OSError, ValueError) as error:
         return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 ({metrics_file}: {error})"
+    evaluated = metrics.get("checkpoint")
+    if evaluated and (metrics_file.parent / evaluated).resolve() != Path(ckpt_path).resolve():
+        return [DEFAULT_THRESHOLD] * len(names), (f"default 0.5 (the run's operating point was chosen for "
+                                                  f"{evaluated}, not for {Path(ckpt_path).name})")
+    test = metrics.get("test") or {}
     points = [_finding_operating_point(test, n) for n in names]
     if len(names) == 1 and isinstance(test.get("operating_point"), dict):
         points = [test["operating_point"]]  # the binary task: metrics["test"]["operating_point"]
@@ -388,6 +393,8 @@ def predict(cfg) -> int:
     output_dir = Path(cfg.paths.output_dir)
     predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
                                cfg.get("device", "auto"))
+    if cfg.get("cam") and predictor.model is None:
+        raise PredictError("cam=true needs a checkpoint: Grad-CAM differentiates the PyTorch model, not an .onnx file")
     paths, skipped = collect_inputs(cfg.inputs)
     log.info("%d input(s); model outputs %s; preprocessing %s; backend %s", len(paths), predictor.names,
              predictor.preprocessing, predictor.backend)

@@ -59,6 +59,10 @@ def test_operating_point_comes_from_the_run_else_05(trained_run, tmp_path):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     thresholds, source = operating_points(checkpoint_of(trained_run), ["finding"])
     assert thresholds == [metrics["test"]["operating_point"]["threshold"]] and "run operating point" in source
+    last = trained_run / "checkpoints" / "last.ckpt"  # not the evaluated checkpoint: its threshold does not apply
+    assert last.is_file() and last != checkpoint_of(trained_run)
+    thresholds, source = operating_points(last, ["finding"])
+    assert thresholds == [0.5] and "not for last.ckpt" in source
     alone = tmp_path / "elsewhere.ckpt"
     shutil.copy(checkpoint_of(trained_run), alone)
     thresholds, source = operating_points(alone, ["finding"])
