@@ -332,8 +332,12 @@ class InputImages(torch.utils.data.Dataset):
             image, kind, warnings = prepare_input(path, self.preprocessing)
             return {"index": index, "image": image, "format": kind, "warning": "; ".join(warnings), "error": ""}
         except (ImageReadError, DicomReadError, OSError, ValueError) as error:
-            return {"index": index, "image": None, "format": sniff_format(path) if path.exists() else "",
-                    "warning": "", "error": str(error).splitlines()[0].removeprefix(f"{path}: ")}
+            message = str(error)
+        except Exception as error:  # a malformed file can make a decoder fail in any way: one row, not the run
+            message = f"cannot read {path}: {type(error).__name__}: {error}"
+        message = "".join(c if c.isprintable() else "?" for c in (message.splitlines() or [""])[0])
+        return {"index": index, "image": None, "format": sniff_format(path) if path.exists() else "",
+                "warning": "", "error": message.removeprefix(f"{path}: ")}
 
 
 # ---------------------------------------------------------------------------------------------------- the run

@@ -115,3 +115,31 @@ def test_monochrome1_without_window_is_inverted(tmp_path):
     stored = np.tile(np.linspace(100, 3000, 32).astype(np.uint16), (8, 1))
     shown = read_dicom(save(dataset(stored, 12, "MONOCHROME1"), tmp_path / "m1.dcm")).pixels
     assert shown[0, 0] == 255 and shown[0, -1] == 0 and np.all(np.diff(shown[0].astype(int)) <= 0)
+
+
+def test_corrupted_dicoms_never_stop_a_run(tmp_path):
+    """Random bytes changed in uncompressed, RLE and JPEG 2000 files (some also cut short): every file gives an
+    image or a one-line error; nothing escapes (pylibjpeg-rle even panics on some corrupt RLE segments)."""
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    from cxr.data.dataset import Preprocessing
+    from cxr.predict import InputImages
+    from tests.dicom_fixtures import _window, dataset, save
+
+    rng = np.random.default_rng(0)
+    stored = (rng.random((32, 32)) * 4080).astype(np.uint16)
+    originals = [save(dataset(stored, 12, window=_window(0, 4080)), tmp_path / f"{i}.dcm", syntax).read_bytes()
+                 for i, syntax in enumerate((None, RLELossless, JPEG2000Lossless))]
+    paths = []
+    for i in range(150):
+        data = bytearray(originals[i % 3])
+        for _ in range(int(rng.integers(1, 6))):
+            data[int(rng.integers(128, len(data)))] = int(rng.integers(0, 256))
+        if i % 7 == 0:
+            data = data[: int(rng.integers(132, len(data)))]
+        paths.append(tmp_path / f"corrupt{i}.dcm")
+        paths[-1].write_bytes(bytes(data))
+    items = [item for item in (InputImages(paths, Preprocessing(channels=1))[i] for i in range(len(paths)))]
+    failed = [item for item in items if item["image"] is None]
+    assert all(item["error"] and "\n" not in item["error"] and item["error"].isprintable() for item in failed)
+    assert 0 < len(failed) < len(items)

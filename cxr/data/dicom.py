@@ -150,7 +150,6 @@ def read_dicom(path: str | Path) -> DicomImage:
 
 def _read_dicom(path: str | Path) -> DicomImage:
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     path = Path(path)
@@ -160,7 +159,7 @@ def _read_dicom(path: str | Path) -> DicomImage:
         raise DicomReadError(f"{path}: zero-byte file")
     try:
         dataset = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
+    except Exception as error:  # InvalidDicomError, EOFError, struct.error, ... on a malformed header
         raise DicomReadError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})") from error
     _set_transfer_syntax(dataset)
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -179,8 +178,11 @@ def _read_dicom(path: str | Path) -> DicomImage:
     try:
         dataset.pixel_array_options(correct_unused_bits=True)  # keep only the Bits Stored bits
         pixels = dataset.pixel_array
-    except Exception as error:  # truncated pixel data, missing decoder plugin, corrupt codestream
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # truncated data, missing plugin, corrupt codestream; pylibjpeg-rle even
+        # panics (pyo3's PanicException, a BaseException) on a corrupt RLE segment
+        first = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise DicomReadError(f"{path}: cannot decode the pixel data "
                              f"({dataset.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')!s}: "
                              f"{first})") from error
