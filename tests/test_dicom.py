@@ -90,6 +90,7 @@ def test_pydicom_bundled_lossless_encodings_agree():
     ("693_J2KI.dcm", "modality CT"),                  # JPEG 2000 (lossy), 14 bits, window
     ("examples_palette.dcm", "PALETTE COLOR"),        # colour: converted to grey with a warning
     ("SC_rgb_jpeg_dcmtk.dcm", "YBR_FULL"),            # JPEG baseline, YBR colour
+    ("SC_rgb_jpeg_gdcm.dcm", "RGB"),                  # JPEG lossless (process 14), colour
 ])
 def test_pydicom_bundled_compressed_files_decode(name, expected):
     image = read_dicom(get_testdata_file(name))
