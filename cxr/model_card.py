@@ -196,10 +196,13 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
         if isinstance(metrics.get(name), dict):
             lines += _subgroups(name, metrics[name])
     lines += ["## Known limitations", ""] + [f"- {c}" for c in _data_caveats(cfg, metrics)] + [""]
-    lines += ["## Use", "", "```bash",
-              f"python predict.py ckpt_path={output_dir / (checkpoint or 'checkpoints/last.ckpt')} inputs=<folder>",
-              f"python export.py ckpt_path={output_dir / (checkpoint or 'checkpoints/last.ckpt')} format=onnx",
-              "```", "", f"Outputs: {', '.join(names)}. " + NOT_A_DEVICE, ""]
+    lines += ["## Use", ""]
+    if checkpoint:
+        lines += ["```bash", f"python predict.py ckpt_path={output_dir / checkpoint} inputs=<folder>",
+                  f"python export.py ckpt_path={output_dir / checkpoint} format=onnx", "```", ""]
+    else:
+        lines += ["No checkpoint was saved (fast_dev_run): there is no model to apply.", ""]
+    lines += [f"Outputs: {', '.join(names)}. " + NOT_A_DEVICE, ""]
     return "\n".join(lines)
 
 
