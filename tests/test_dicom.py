@@ -38,7 +38,8 @@ def test_every_lossless_encoding_shows_the_png_pixels_exactly(png, lossless):
     for name, path in lossless.items():
         image = read_dicom(path)
         assert image.pixels.dtype == np.uint8 and image.pixels.shape == png.shape, name
-        assert np.array_equal(image.pixels, png), f"{name}: max difference {np.abs(image.pixels.astype(int) - png).max()}"
+        difference = np.abs(image.pixels.astype(int) - png).max()
+        assert np.array_equal(image.pixels, png), f"{name}: max difference {difference}"
         assert image.warnings == [], name
 
 

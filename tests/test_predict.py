@@ -16,10 +16,11 @@ from PIL import Image
 
 pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
 
+from cxr.checkpoints import load_classifier
 from cxr.data.dataset import Preprocessing
 from cxr.export import export
 from cxr.predict import (PredictError, Predictor, collect_inputs, load_predictor, onnx_metadata, operating_points,
-                         output_names, predict, predict_rows)
+                         output_names, predict, predict_rows, prepare_input)
 from cxr.pipeline import train
 from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data
 from tests.dicom_fixtures import (PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, source_pixels,
@@ -212,6 +213,31 @@ def test_multilabel_outputs_and_grad_cam_per_finding(tmp_path):
     assert len(list((tmp_path / "out" / "cam").glob("*.png"))) == 9
 
 
+def test_multilabel_onnx_export_runs_alone_with_its_metadata(tmp_path):
+    """A K-output network through export_onnx (dynamo, dynamic batch) and back through predict's ONNX path."""
+    from cxr.export import Probabilities, export_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    preprocessing = {"channels": 1, "image_size": 32, "resample": "bilinear", "pixel_divisor": 255.0,
+                     "mean": 0.5, "std": 0.25}
+    meta = {"preprocessing": preprocessing, "output_names": ["Effusion", "Mass", "Nodule"],
+            "thresholds": [0.1, 0.5, 0.9], "threshold_source": "test"}
+    export_onnx(Probabilities(net, 3), torch.zeros(2, 1, 32, 32), tmp_path / "m.onnx", meta)
+    for i in range(5):
+        Image.fromarray((np.random.default_rng(i).random((40, 50)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    predictor = load_predictor(tmp_path / "m.onnx")
+    assert predictor.names == meta["output_names"] and predictor.thresholds == [0.1, 0.5, 0.9]
+    assert predictor.preprocessing == Preprocessing(**preprocessing)
+    frame = predict_rows(predictor, collect_inputs(str(tmp_path))[0], batch_size=5, progress=False)
+    images = torch.stack([prepare_input(p, predictor.preprocessing)[0] for p in frame["path"]])
+    with torch.no_grad():
+        expected = torch.sigmoid(net(images)).numpy()
+    got = frame[[f"probability_{n}" for n in predictor.names]].to_numpy(dtype=np.float32)
+    assert got.shape == (5, 3) and np.abs(got - expected).max() <= 1e-5
+
+
 def test_bad_model_argument_is_one_clear_error(tmp_path):
     with pytest.raises(PredictError, match="file not found"):
         load_predictor(tmp_path / "missing.ckpt")
@@ -233,7 +259,7 @@ def test_export_onnx_and_torchscript_reproduce_the_checkpoint(trained_run, mixed
     stored = json.loads(onnx_file.with_name("model.onnx.parity.json").read_text())
     assert stored["parity"]["n"] == 32 and stored["parity"]["max_abs_delta_p"] <= 1e-4 and stored["parity"]["passed"]
     meta = onnx_metadata(onnx_file)
-    model, _ = __import__("cxr.checkpoints", fromlist=["load_classifier"]).load_classifier(ckpt)
+    model, _ = load_classifier(ckpt)
     assert meta["preprocessing"] == dict(model.hparams.preprocessing) and meta["output_names"] == ["finding"]
     assert meta["thresholds"] == operating_points(ckpt, ["finding"])[0]
 
@@ -245,7 +271,8 @@ def test_export_onnx_and_torchscript_reproduce_the_checkpoint(trained_run, mixed
     b = pd.read_csv(Path(from_onnx.paths.output_dir) / "predictions.csv")
     assert list(a["path"]) == list(b["path"]) and len(a) == 3
     assert np.abs(a["probability_finding"] - b["probability_finding"]).max() <= 1e-5
-    assert (a["decision_finding"] == b["decision_finding"]).all() and (a["threshold_finding"] == b["threshold_finding"]).all()
+    assert (a["decision_finding"] == b["decision_finding"]).all()
+    assert (a["threshold_finding"] == b["threshold_finding"]).all()
 
     ts_cfg = compose_config("export", [f"ckpt_path={ckpt}", "format=torchscript"], tmp_path / "ts")
     report = export(ts_cfg)  # parity on the run's own test images (splits.csv)
