@@ -116,7 +116,9 @@ def export_torchscript(wrapper: torch.nn.Module, example: torch.Tensor, path: Pa
     finally:
         if scripting is not None:
             model._jit_is_scripting = scripting
-    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
     return path
 
 
@@ -154,14 +156,22 @@ def export(cfg) -> dict:
                                      if k in Preprocessing.__dataclass_fields__})
     images, described = parity_images(cfg.ckpt_path, preprocessing, cfg.get("parity_inputs"),
                                       int(cfg.get("parity_n", 64)))
-    wrapper = Probabilities(model, len(names)).eval()
+    # The graph is made from the network itself: the LightningModule's forward may hold Python-level shape logic
+    # (len(images)) that tracing and torch.export freeze to the example's batch size. The parity check below
+    # compares the export with the checkpoint's own forward, so any difference between the two is caught.
+    net = getattr(model, "net", None)
+    wrapper = Probabilities(net if isinstance(net, torch.nn.Module) else model, len(names)).eval()
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"model{FORMATS[fmt]}"
     output.parent.mkdir(parents=True, exist_ok=True)
     (export_onnx if fmt == "onnx" else export_torchscript)(wrapper, images[:2], output, meta)
 
     with torch.inference_mode():
-        reference = wrapper(images).numpy()
-    exported = run_export(output, fmt, images)
+        reference = Probabilities(model, len(names)).eval()(images).numpy()
+    try:
+        exported = run_export(output, fmt, images)
+    except Exception as error:  # e.g. a batch size frozen at export time
+        raise PredictError(f"{output}: the export does not run on {len(images)} images at once "
+                           f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
     delta = float(np.abs(exported - reference).max())
     tolerance = float(cfg.get("parity_tolerance", 1e-4))
     report = {"export": str(output.resolve()), "format": fmt, "checkpoint": str(Path(cfg.ckpt_path).resolve()),

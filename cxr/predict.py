@@ -377,10 +377,10 @@ def summary_lines(frame: pd.DataFrame, predictor: Predictor, skipped: int, outpu
     lines = [f"{len(frame)} input(s): {len(frame) - len(failed)} predicted, {len(failed)} failed, "
              f"{int((frame['warning'] != '').sum())} with warnings"
              + (f"; {skipped} other file(s) in the folders skipped (not PNG, JPEG or DICOM)" if skipped else "")]
+    lines.append(f"thresholds: {predictor.threshold_source}")
     for k, name in enumerate(predictor.names):
         decided = frame[f"decision_{name}"].dropna()
-        lines.append(f"{name}: {int(decided.sum())} of {len(decided)} above the threshold "
-                     f"{predictor.thresholds[k]:.4g} ({predictor.threshold_source})")
+        lines.append(f"  {name}: {int(decided.sum())} of {len(decided)} above {predictor.thresholds[k]:.4g}")
     lines.append(f"backend: {predictor.backend}")
     for _, row in failed.head(5).iterrows():
         lines.append(f"FAILED {row['path']}: {row['error']}")
