@@ -38,6 +38,17 @@ class Probabilities(torch.nn.Module):
         return torch.sigmoid(self.model(images).float()).reshape(images.shape[0], self.n_outputs)
 
 
+def graph_module(model: torch.nn.Module, n_outputs: int) -> Probabilities:
+    """What is exported: the model's network (``model.net``) with a sigmoid.
+
+    The LightningModule's forward may hold Python-level shape logic (``len(images)``) that tracing and torch.export
+    freeze to the example's batch size; the network alone keeps the batch dynamic. The parity check compares the
+    export with the checkpoint's own forward, so a difference between the two is caught.
+    """
+    net = getattr(model, "net", None)
+    return Probabilities(net if isinstance(net, torch.nn.Module) else model, n_outputs).eval()
+
+
 def parity_images(ckpt_path: str | Path, preprocessing, inputs=None, limit: int = 64) -> tuple[torch.Tensor, str]:
     """Real images for the parity check: ``inputs`` if given, else the run's own test images (splits.csv)."""
     if inputs:
@@ -156,11 +167,7 @@ def export(cfg) -> dict:
                                      if k in Preprocessing.__dataclass_fields__})
     images, described = parity_images(cfg.ckpt_path, preprocessing, cfg.get("parity_inputs"),
                                       int(cfg.get("parity_n", 64)))
-    # The graph is made from the network itself: the LightningModule's forward may hold Python-level shape logic
-    # (len(images)) that tracing and torch.export freeze to the example's batch size. The parity check below
-    # compares the export with the checkpoint's own forward, so any difference between the two is caught.
-    net = getattr(model, "net", None)
-    wrapper = Probabilities(net if isinstance(net, torch.nn.Module) else model, len(names)).eval()
+    wrapper = graph_module(model, len(names))
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"model{FORMATS[fmt]}"
     output.parent.mkdir(parents=True, exist_ok=True)
     (export_onnx if fmt == "onnx" else export_torchscript)(wrapper, images[:2], output, meta)

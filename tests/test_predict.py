@@ -215,16 +215,24 @@ def test_multilabel_outputs_and_grad_cam_per_finding(tmp_path):
 
 def test_multilabel_onnx_export_runs_alone_with_its_metadata(tmp_path):
     """A K-output network through export_onnx (dynamo, dynamic batch) and back through predict's ONNX path."""
-    from cxr.export import Probabilities, export_onnx
+    from cxr.export import export_onnx, graph_module
+
+    class Classifier(torch.nn.Module):  # a forward with len(images), as the multi-label LightningModule has
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                           torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+        def forward(self, images):
+            return self.net(images).reshape(len(images), -1)
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    net = Classifier().eval()
     preprocessing = {"channels": 1, "image_size": 32, "resample": "bilinear", "pixel_divisor": 255.0,
                      "mean": 0.5, "std": 0.25}
     meta = {"preprocessing": preprocessing, "output_names": ["Effusion", "Mass", "Nodule"],
             "thresholds": [0.1, 0.5, 0.9], "threshold_source": "test"}
-    export_onnx(Probabilities(net, 3), torch.zeros(2, 1, 32, 32), tmp_path / "m.onnx", meta)
+    export_onnx(graph_module(net, 3), torch.zeros(2, 1, 32, 32), tmp_path / "m.onnx", meta)  # batch 2, run on 5
     for i in range(5):
         Image.fromarray((np.random.default_rng(i).random((40, 50)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
     predictor = load_predictor(tmp_path / "m.onnx")
