@@ -15,7 +15,8 @@ from cxr.bench.core import Row, interleaved, table
 
 ROW_KEYS = {"measure", "unit", "baseline", "fast", "ratio", "target", "met", "note", "details"}
 MEASURES = ("train step", "inference", "loader only", "epoch from cache", "epoch streaming", "Lightning Trainer",
-            "NIH scale", "TensorFlow")
+            "NIH scale", "TensorFlow", "download + verify", "preparation", "epoch from shards vs PNGs",
+            "epoch from shards vs cache", "shard formats")
 
 
 @pytest.fixture(scope="module")

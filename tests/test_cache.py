@@ -47,15 +47,30 @@ def pngs(tmp_path) -> list[str]:
     return _write_images(tmp_path / "png")
 
 
+class _Decodes(dict):
+    """``counter["n"]``: distinct (image, size) decodes since the last ``counter["n"] = 0`` (a coloured image is
+    decoded as RGB and as L, which counts once); ``counter["paths"]``: which images."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if key == "n" and value == 0:
+            super().__setitem__("paths", set())
+            super().__setitem__("seen", set())
+
+
 @pytest.fixture
 def decode_counter(monkeypatch):
-    """Counts calls of load_image (the cache decodes through cxr.data.images.load_image)."""
-    calls = {"n": 0}
+    """Counts the images decoded through cxr.data.images.load_image (as the cache does)."""
+    calls = _Decodes()
+    calls["n"] = 0
     real = images_module.load_image
 
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
+    def counting(path, *args, **kwargs):
+        if (path, kwargs.get("size")) not in calls["seen"]:
+            calls["seen"].add((path, kwargs.get("size")))
+            calls["paths"].add(path)
+            dict.__setitem__(calls, "n", calls["n"] + 1)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(images_module, "load_image", counting)
     return calls
@@ -73,7 +88,8 @@ def _forbid_decoding(monkeypatch):
 def test_cached_pixels_are_identical_to_decoding_on_the_fly(tmp_path, pngs, channels, resample):
     preprocessing = Preprocessing(channels=channels, image_size=24, resample=resample)
     cached = open_or_build(pngs, preprocessing, tmp_path / "cache")
-    assert len(cached) == len(pngs) and cached.array.shape == (len(pngs), 24, 24, channels)
+    assert len(cached) == len(pngs) and cached.shape == (len(pngs), 24, 24, channels)
+    assert cached.array.shape == (len(pngs), 24, 24, 1)  # one grey plane stored, whatever the reader's channels
     for i, path in enumerate(pngs):
         expected = images_module.load_image(path, channels=channels, size=24, resample=resample)
         assert cached[i].dtype == np.uint8 and np.array_equal(cached[i], expected)
@@ -87,36 +103,55 @@ def test_built_once_then_reused_without_decoding(tmp_path, pngs, decode_counter,
     second = open_or_build(pngs, RGB, tmp_path / "cache")
     assert second.array_path == first.array_path
     assert np.array_equal(np.asarray(second.array), np.asarray(first.array))
-    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".lock", ".npy"]
+    assert sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache").iterdir()) == [
+        "colour.npy", "json", "lock", "npy"]  # _write_images makes coloured RGB and RGBA images
 
 
-def test_rebuilt_when_an_image_file_changes(tmp_path, pngs, decode_counter):
+def test_only_the_chunk_of_a_changed_image_is_decoded_again(tmp_path, pngs, decode_counter, monkeypatch):
+    monkeypatch.setattr(cache_module, "CHUNK", 2)
     open_or_build(pngs, RGB, tmp_path / "cache")
     Image.fromarray(np.full((60, 60), 200, dtype=np.uint8), mode="L").save(pngs[2])
     stat = os.stat(pngs[2])
     os.utime(pngs[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # also on coarse-mtime filesystems
     decode_counter["n"] = 0
     rebuilt = open_or_build(pngs, RGB, tmp_path / "cache")
-    assert decode_counter["n"] == len(pngs)
-    assert (rebuilt[2] == 200).all()
-    assert np.array_equal(rebuilt[0], images_module.load_image(pngs[0], channels=3, size=32))
+    assert decode_counter["paths"] == {pngs[2], pngs[3]}  # the chunk holding the changed image, nothing else
+    assert (rebuilt[2] == 200).all() and verify_cache(rebuilt)
+    for i, path in enumerate(pngs):
+        assert np.array_equal(rebuilt[i], images_module.load_image(path, channels=3, size=32))
 
 
-def test_rebuilt_when_the_image_list_size_or_channels_change(tmp_path, pngs, decode_counter):
+def test_rebuilt_when_the_image_list_or_size_change_and_shared_across_channels(tmp_path, pngs, decode_counter):
     cache_dir = tmp_path / "cache"
     base = open_or_build(pngs, RGB, cache_dir)
     decode_counter["n"] = 0
-    other_size = open_or_build(pngs, Preprocessing(channels=3, image_size=16), cache_dir)
     grey = open_or_build(pngs, Preprocessing(channels=1, image_size=32), cache_dir)
+    assert decode_counter["n"] == 0 and grey.array_path == base.array_path  # B reads A's and C's cache
+    other_size = open_or_build(pngs, Preprocessing(channels=3, image_size=16), cache_dir)
     fewer = open_or_build(pngs[:-1], RGB, cache_dir)
-    assert decode_counter["n"] == 3 * len(pngs) - 1
-    assert len({base.array_path, other_size.array_path, grey.array_path, fewer.array_path}) == 4
+    assert decode_counter["n"] == 2 * len(pngs) - 1
+    assert len({base.array_path, other_size.array_path, fewer.array_path}) == 3
     assert other_size.shape == (len(pngs), 16, 16, 3) and grey.shape == (len(pngs), 32, 32, 1)
+    for i, path in enumerate(pngs):
+        assert np.array_equal(grey[i], images_module.load_image(path, channels=1, size=32))
     # normalisation is not part of the key: another divisor reuses the same pixels
     decode_counter["n"] = 0
     assert open_or_build(pngs, Preprocessing(channels=3, image_size=32, pixel_divisor=1.0), cache_dir).array_path \
         == base.array_path
     assert decode_counter["n"] == 0
+
+
+def test_grey_images_take_one_plane_and_only_coloured_ones_keep_rgb(tmp_path, pngs):
+    cached = open_or_build(pngs, RGB, tmp_path / "cache")
+    modes = [Image.open(p).mode for p in pngs]
+    assert sorted(cached.colour_rows) == [i for i, m in enumerate(modes) if m in ("RGB", "RGBA")]
+    grey_rgb = tmp_path / "grey_rgb.png"  # an RGB file whose channels are equal is stored as one plane
+    Image.fromarray(np.repeat(np.arange(2500, dtype=np.uint8).reshape(50, 50, 1), 3, axis=2), "RGB").save(grey_rgb)
+    again = open_or_build([*pngs, str(grey_rgb)], RGB, tmp_path / "cache")
+    assert len(pngs) not in again.colour_rows
+    assert np.array_equal(again[len(pngs)], images_module.load_image(grey_rgb, channels=3, size=32))
+    size = again.array_path.stat().st_size
+    assert size < (len(pngs) + 1) * 32 * 32 * 3 // 2  # not three copies
 
 
 @pytest.mark.parametrize("damage", ["truncate", "rewrite", "stale_key", "no_metadata", "garbage_metadata"])
@@ -133,7 +168,7 @@ def test_a_damaged_or_stale_cache_is_never_read(tmp_path, pngs, decode_counter, 
         os.utime(cached.array_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     elif damage == "stale_key":
         meta = json.loads(meta_path.read_text())
-        meta_path.write_text(json.dumps({**meta, "key": "0" * 64}))
+        meta_path.write_text(json.dumps({**meta, "key": "0" * 64, "chunk_keys": ["0" * 64] * len(meta["chunk_keys"])}))
     elif damage == "no_metadata":
         meta_path.unlink()
     else:
@@ -147,25 +182,51 @@ def test_a_damaged_or_stale_cache_is_never_read(tmp_path, pngs, decode_counter, 
         assert np.array_equal(rebuilt[i], images_module.load_image(path, channels=3, size=32))
 
 
-def test_a_failed_build_leaves_nothing_that_looks_valid(tmp_path, pngs, monkeypatch):
+def test_a_failed_build_leaves_nothing_that_looks_valid_and_resumes(tmp_path, pngs, monkeypatch, decode_counter):
+    monkeypatch.setattr(cache_module, "CHUNK", 2)
     cache_dir = tmp_path / "cache"
     open_or_build(pngs, RGB, cache_dir)
-    Image.fromarray(np.zeros((50, 50), dtype=np.uint8), mode="L").save(pngs[0])  # key changes: a rebuild is due
-    os.utime(pngs[0], ns=(0, 10**18))
+    for path in pngs:  # every chunk is stale: a full rebuild is due
+        os.utime(path, ns=(0, 10**18))
     real = images_module.load_image
 
-    def fail_on_fourth(path, *args, **kwargs):
-        if path == pngs[3]:
+    def fail_on_fifth(path, *args, **kwargs):
+        if path == pngs[4]:
             raise images_module.ImageReadError(f"cannot read image {path}")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(images_module, "load_image", fail_on_fourth)
+    monkeypatch.setattr(images_module, "load_image", fail_on_fifth)
     with pytest.raises(images_module.ImageReadError):
         open_or_build(pngs, RGB, cache_dir)
-    assert not list(cache_dir.glob("*.json")) and not list(cache_dir.glob("*tmp*"))
     assert open_cache(pngs, CacheSpec.of(RGB), cache_dir) is None
+    assert not list(cache_dir.glob("*tmp*"))
+    progress = json.loads(next(cache_dir.glob("*.part-progress.json")).read_text())
+    assert sorted(progress["chunks"]) == ["0", "2"]  # chunks before the failure are kept for the next run
     monkeypatch.setattr(images_module, "load_image", real)
-    assert (open_or_build(pngs, RGB, cache_dir)[0] == 0).all()
+    decode_counter["n"] = 0
+    monkeypatch.setattr(images_module, "load_image", lambda path, *a, **k: (decode_counter["paths"].add(path),
+                                                                           real(path, *a, **k))[1])
+    resumed = open_or_build(pngs, RGB, cache_dir)
+    assert decode_counter["paths"] == {pngs[4], pngs[5]}  # only the chunk that had failed
+    for i, path in enumerate(pngs):
+        assert np.array_equal(resumed[i], real(path, channels=3, size=32))
+    assert verify_cache(resumed) and not list(cache_dir.glob("*.part*"))
+
+
+def test_list_and_prune(tmp_path, pngs):
+    from cxr.data.cache import list_caches, prune_caches
+
+    cache_dir = tmp_path / "cache"
+    kept = open_or_build(pngs, RGB, cache_dir)
+    open_or_build(pngs[:3], RGB, cache_dir)
+    listed = list_caches(cache_dir)
+    assert [(e["state"], e["images"]) for e in listed] == [("complete", 3), ("complete", 6)] or \
+        sorted((e["state"], e["images"]) for e in listed) == [("complete", 3), ("complete", 6)]
+    assert all(e["bytes"] > 0 for e in listed)
+    deleted = prune_caches(cache_dir, keep=[kept.array_path.stem])
+    assert [e["images"] for e in deleted] == [3]
+    assert [e["name"] for e in list_caches(cache_dir)] == [kept.array_path.stem]
+    assert np.array_equal(open_or_build(pngs, RGB, cache_dir)[0], kept[0])
 
 
 def test_parallel_build_matches_serial_decoding(tmp_path):

@@ -9,7 +9,10 @@ Measures, in one run, with every figure the median of several interleaved repeti
 4. a training epoch from disk, streaming and cached, as a fraction of compute-only;
 5. a plain PyTorch loop vs the Lightning Trainer (overhead %);
 6. NIH scale: index and split the official 112,120-row CSV (seconds, peak RSS of a subprocess);
-7. a TensorFlow peer row only when ``import tensorflow`` works.
+7. a TensorFlow peer row only when ``import tensorflow`` works;
+8. the dataset: download + verify + extract against a local HTTP server, preparation img/s (decode + resize into
+   the cache) with the projected time for the whole release, an epoch from LitData shards vs the cache vs PNGs,
+   and LitData vs WebDataset (write time, read img/s, size).
 
 Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
 settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
@@ -25,7 +28,7 @@ from pathlib import Path
 from cxr.bench.core import FULL, QUICK, TINY, Row, Sizes, machine_info, table
 
 log = logging.getLogger(__name__)
-SECTIONS = ("train", "inference", "loader", "epoch", "lightning", "nih", "tensorflow")
+SECTIONS = ("train", "inference", "loader", "epoch", "lightning", "nih", "tensorflow", "download", "prepare", "shards")
 
 
 def bench_tensorflow(sizes: Sizes) -> list[Row]:
@@ -58,7 +61,7 @@ def bench_tensorflow(sizes: Sizes) -> list[Row]:
 def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, image_dir=None,
         shared=None, echo=print) -> dict:
     """Run the selected measures; return (and write to ``out``) the result document."""
-    from cxr.bench import compute, loading, scale
+    from cxr.bench import compute, dataset, loading, scale
 
     functions = {
         "train": lambda: compute.bench_train_step(sizes),
@@ -68,6 +71,9 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
         "lightning": lambda: compute.bench_lightning_overhead(sizes),
         "nih": lambda: scale.bench_nih_scale(sizes, shared),
         "tensorflow": lambda: bench_tensorflow(sizes),
+        "download": lambda: dataset.bench_download(sizes, image_dir),
+        "prepare": lambda: dataset.bench_prepare(sizes, image_dir),
+        "shards": lambda: dataset.bench_shards(sizes, image_dir),
     }
     started = time.time()
     machine = machine_info()

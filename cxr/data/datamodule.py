@@ -7,7 +7,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
 from cxr.data.images import ImageIndexError, index_images
@@ -48,9 +49,13 @@ class ChestXrayDataModule(L.LightningDataModule):
     def __init__(self, labels: str, root: str, split: dict, preprocessing: dict, batch_size: int = 10,
                  num_workers: int = 0, missing: str = "error", external: dict | None = None,
                  demo: dict | None = None, pin_memory: bool = False, name: str = "data",
-                 augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None):
+                 augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None,
+                 format: str = "png", shards_dir: str | None = None):
         super().__init__()
         self.cache, self.cache_dir = bool(cache), cache_dir  # data.cache: see cxr.data.cache
+        if format not in ("png", "shards"):
+            raise ValueError(f"data.format={format!r}: choose png or shards")
+        self.format, self.shards_dir = format, shards_dir  # data.format=shards: see cxr.data.shards
         self.labels, self.root, self.name = labels, root, name
         self.split_settings = dict(split)
         self.preprocessing = Preprocessing(**preprocessing)
@@ -104,10 +109,30 @@ class ChestXrayDataModule(L.LightningDataModule):
             self.external_table = external
             self.datasets["external"] = ChestXrayDataset(external, self.preprocessing,
                                                          source=self._open_cache(external))
+        if self.format == "shards":
+            self._read_shards()
+
+    def _read_shards(self) -> None:
+        """data.format=shards: each split's images from LitData shards written once from the cache (the training
+        split streamed, shuffled per epoch and split across ranks and workers; the others in table order)."""
+        from cxr.data.cache import CacheSpec
+        from cxr.data.shards import ChestXrayShards, IndexedShards, open_or_write_shards
+
+        if not self.shards_dir:
+            raise ValueError("data.format=shards needs data.shards_dir")
+        spec = CacheSpec.of(self.preprocessing)
+        for name, dataset in list(self.datasets.items()):
+            folder = open_or_write_shards(self.shards_dir, name, self.rows(name), dataset.source,
+                                          dataset.source_rows, spec)
+            if name == "train":
+                seed = int(torch.initial_seed() % 2**31)  # the run's seed (seed_everything) drives the epoch order
+                self.datasets[name] = ChestXrayShards(folder, self.preprocessing, dataset.transform, seed=seed)
+            else:
+                self.datasets[name] = IndexedShards(folder, self.preprocessing, dataset.transform)
 
     def _open_cache(self, table: pd.DataFrame):
         """data.cache=true: the pre-decoded images of ``table``'s paths (built once, reused while valid)."""
-        if not self.cache:
+        if not self.cache and self.format != "shards":  # shards are written from the cache
             return None
         if not self.cache_dir:
             raise ValueError("data.cache=true needs data.cache_dir")
@@ -129,6 +154,10 @@ class ChestXrayDataModule(L.LightningDataModule):
         return [name for name in ("test", "external") if name in self.datasets and len(self.datasets[name])]
 
     def _loader(self, name: str, shuffle: bool = False) -> DataLoader:
+        if isinstance(self.datasets[name], IterableDataset):  # data.format=shards, training split
+            from cxr.data.shards import shard_loader
+
+            return shard_loader(self.datasets[name], self.batch_size, self.num_workers, collate_batch, self.pin_memory)
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_batch,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0 and name in ("train", "val"))

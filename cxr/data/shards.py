@@ -1,0 +1,193 @@
+"""Streaming shards (``data.format=shards``): each split's prepared images written once with LitData.
+
+Why LitData (measured on the NIH sample, ``python -m cxr.bench --only shards``; README "Getting the full
+dataset"): it is Lightning's own streaming format; its ``StreamingDataset`` splits the samples across DDP ranks
+and DataLoader workers itself, reshuffles every epoch (``StreamingDataLoader`` sets the epoch), resumes mid-epoch
+from ``StreamingDataLoader.state_dict()``, and reads from a local folder or object storage (``s3://``, ``gs://``)
+alike; it also offers random access by index, which keeps the evaluation sets in table order. WebDataset
+reads tar shards sequentially: splitting is per shard (ranks and workers need at least one shard each and get
+uneven counts), and it has no mid-epoch resume.
+
+Each sample is ``{"index": row in the split table, "image": file name, "target": 0/1, "pixels", "colour"}``, the
+pixels taken from the preprocessing cache (:mod:`cxr.data.cache`, so every image is decoded once): one grey plane
+``size x size x 1`` (RGB programs repeat it on reading; greyscale and RGB programs share the shards), and for the
+rare coloured image its RGB decode in ``colour`` (empty otherwise).
+A split's folder is named by the split, size, resize filter, count and a hash of the cache key, image names and
+targets; it is written to a temporary folder, then renamed and marked complete (``cxr-shards.json``), so a
+half-written set of shards is never read.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cxr.data.dataset import Preprocessing
+
+log = logging.getLogger(__name__)
+MARKER = "cxr-shards.json"
+FORMAT_VERSION = 1
+CHUNK_BYTES = "64MB"  # LitData's recommended chunk size for object storage
+
+
+def shard_name(split: str, table: pd.DataFrame, cache_key: str, spec) -> str:
+    """The folder of a split's shards: split, size, filter, count, and a hash of the cache key, names and targets."""
+    digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "cache": cache_key,
+                                        "images": table["image"].tolist(),
+                                        "targets": table["target"].astype(int).tolist()}).encode()).hexdigest()
+    return f"{split}-{spec.image_size}px-{spec.resample}-{len(table)}-{digest[:16]}"
+
+
+def _sample(i: int, cached, rows: np.ndarray, names: list[str], targets: np.ndarray) -> dict:
+    """litdata.optimize's function: one sample from the cache (grey plane; RGB too for a coloured image)."""
+    row = int(rows[i])
+    colour = np.array(cached.colour[cached.colour_rows[row]]) if row in cached.colour_rows else np.zeros(
+        (0, 0, 3), np.uint8)
+    return {"index": i, "image": names[i], "target": int(targets[i]), "pixels": np.array(cached.array[row]),
+            "colour": colour}
+
+
+def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, workers: int = 1,
+                 chunk_bytes: str | int = CHUNK_BYTES) -> Path:
+    """Write the images ``cached[rows]`` with the labels of ``table`` (same order) as LitData shards."""
+    from litdata import optimize
+
+    output_dir = Path(output_dir)
+    tmp = output_dir.with_name(f"{output_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.perf_counter()
+    fn = functools.partial(_sample, cached=cached, rows=np.asarray(rows, dtype=np.int64),
+                           names=table["image"].astype(str).tolist(), targets=table["target"].to_numpy())
+    optimize(fn=fn, inputs=list(range(len(table))), output_dir=str(tmp), chunk_bytes=chunk_bytes,
+             num_workers=max(1, workers), keep_data_ordered=True, verbose=False, start_method="fork")
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in tmp.iterdir())
+    (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "n_images": len(table), "bytes": size,
+                                          "write_seconds": round(seconds, 2),
+                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(tmp, output_dir)
+    log.info("shards: %d images -> %s (%.1f MB) in %.1f s", len(table), output_dir, size / 1e6, seconds)
+    return output_dir
+
+
+def open_or_write_shards(shards_dir: str | Path, split: str, table: pd.DataFrame, cached, rows, spec,
+                         workers: int = 1) -> Path:
+    """The shard folder of this split (written first when missing or incomplete)."""
+    folder = Path(shards_dir) / shard_name(split, table, cached.meta["key"], spec)
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        if marker.get("format") == FORMAT_VERSION and marker.get("n_images") == len(table):
+            return folder
+    except (OSError, ValueError):
+        pass
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return write_shards(folder, cached, rows, table, workers)
+
+
+def _to_item(sample: dict, preprocessing: Preprocessing, transform=None):
+    """A LitData sample -> ``(image tensor, target, index)``, as :class:`cxr.data.dataset.ChestXrayDataset`."""
+    pixels = sample["pixels"]  # the grey plane (= load_image(channels=1))
+    if preprocessing.channels == 3:
+        pixels = sample["colour"] if sample["colour"].size else np.repeat(pixels, 3, axis=2)
+    image = preprocessing.to_tensor(pixels)
+    if transform is not None:
+        image = transform(image)
+    return image, torch.tensor(float(sample["target"]), dtype=torch.float32), int(sample["index"])
+
+
+try:
+    from litdata import StreamingDataset as _StreamingDataset
+except ImportError:  # data.format=shards needs litdata (pip install -e ".[shards]"); everything else works without
+    _StreamingDataset = object
+
+
+class ChestXrayShards(_StreamingDataset):
+    """The training split: a LitData ``StreamingDataset`` yielding ``(image, target, index)``, shuffled per epoch
+    (with a ``StreamingDataLoader``) and split across DDP ranks and DataLoader workers by LitData.
+
+    ``drop_last=None`` keeps LitData's default: False on one process (every image once per epoch); True under DDP
+    (equal counts per rank, so no rank waits at the gradient all-reduce; the few images left over differ from
+    epoch to epoch as the order is reshuffled). ``False`` gives every image exactly once per epoch on several
+    ranks too, with counts per rank that may differ by up to a chunk.
+    """
+
+    def __init__(self, folder: str | Path, preprocessing: Preprocessing, transform=None, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool | None = None):
+        if _StreamingDataset is object:
+            raise ImportError("data.format=shards needs litdata: pip install litdata (or the cxr[shards] extra)")
+        self._drop_last_setting = drop_last
+        # LitData applies ``transform`` to every sample it reads: the dict becomes (image, target, index)
+        super().__init__(str(folder), shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         transform=functools.partial(_to_item, preprocessing=preprocessing, transform=transform))
+        self.preprocessing, self.augmentation = preprocessing, transform
+
+    def detect_ranks(self) -> None:
+        """Read the DDP world size and rank again. LitData reads them when the dataset is made, but the datamodule
+        makes it before Lightning starts the process group (each rank would then think it is rank 0); the loader
+        is made inside ``trainer.fit``, after that, and calls this (before any DataLoader worker starts)."""
+        from litdata.utilities.env import _DistributedEnv
+
+        self.distributed_env = _DistributedEnv.detect()
+        if self._drop_last_setting is None:
+            self.drop_last = self.distributed_env.world_size > 1
+
+
+class IndexedShards(Dataset):
+    """Map-style view of a split's shards in table order (evaluation sets: predictions follow ``rows(name)``)."""
+
+    def __init__(self, folder: str | Path, preprocessing: Preprocessing, transform=None):
+        self.folder, self.preprocessing, self.transform = str(folder), preprocessing, transform
+        self._dataset = None
+        self._length = json.loads((Path(folder) / MARKER).read_text())["n_images"]
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            from litdata import StreamingDataset
+
+            self._dataset = StreamingDataset(self.folder, shuffle=False)
+        return self._dataset
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int):
+        return _to_item(self.dataset[int(index)], self.preprocessing, self.transform)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None}
+
+
+def shard_loader(dataset, batch_size: int, num_workers: int = 0, collate_fn=None, pin_memory: bool = False):
+    """A ``StreamingDataLoader`` (sets the epoch for reshuffling; ``state_dict`` for mid-epoch resume)."""
+    from litdata import StreamingDataLoader
+
+    if isinstance(dataset, ChestXrayShards):
+        dataset.detect_ranks()
+    return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+                               pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+def list_shards(shards_dir: str | Path) -> list[dict]:
+    """Every shard folder under ``shards_dir``: name, images (None when incomplete), size on disk."""
+    shards_dir = Path(shards_dir)
+    found = []
+    for folder in sorted(p for p in shards_dir.iterdir() if p.is_dir()) if shards_dir.is_dir() else []:
+        try:
+            images = json.loads((folder / MARKER).read_text()).get("n_images")
+        except (OSError, ValueError):
+            images = None
+        found.append({"name": folder.name, "images": images, "folder": folder,
+                      "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())})
+    return found
