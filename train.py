@@ -1,22 +1,10 @@
-"""Train, evaluate and save one run: python train.py [program=A|B|C] [data=demo|nih] [key=value ...]
+"""Train, evaluate and save one run: python train.py [program=A|B|C|D] [data=demo|nih] [key=value ...]
 
 Multirun: python train.py -m program=A,B,C
 Resume a killed run in its own directory: python train.py resume=outputs/train/runs/<run>
+The same as the installed command ``cxr-train`` (cxr.cli.train_main).
 """
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from cxr.pipeline import resume_arguments, train
-
-
-@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return (metrics.get("test") or {}).get("auroc")  # the value an Optuna sweeper optimises
-
+from cxr.cli import train_main
 
 if __name__ == "__main__":
-    sys.argv[1:] = resume_arguments(sys.argv[1:])
-    main()
+    train_main()

@@ -10,6 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from cxr.cli import catch_user_errors
 from cxr.data.validation import ValidationReport, validate
 
 # Hydra would otherwise create outputs/<task>/runs/<time>/ with .hydra/ and a log file; the check writes nothing.
@@ -33,19 +34,30 @@ def run_check(cfg: DictConfig, workers: int | None = None) -> ValidationReport:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
-def _app(cfg: DictConfig) -> None:
+@catch_user_errors
+def app(cfg: DictConfig) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[%(asctime)s] %(message)s",
                         datefmt="%H:%M:%S", force=True)
     report = run_check(cfg)
-    print("\n".join(report.lines()), flush=True)
+    lines = report.lines()
+    print("\n".join(lines), flush=True)
+    if not report.ok:  # the first problem as the one error line on stderr (the full report is on stdout above)
+        first = next((line for line in lines if line.startswith("ERROR")), lines[-1])
+        print(f"error: {first.removeprefix('ERROR').strip()}", file=sys.stderr, flush=True)
     sys.exit(0 if report.ok else 1)
 
 
+def no_output_arguments(argv: list[str]) -> list[str]:
+    """The no-output overrides first (a user's own override of the same key wins), then ``argv``."""
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
+    return [o for o in NO_OUTPUT if o.split("=", 1)[0] not in given] + list(argv)
+
+
 def main() -> None:
-    """Run the Hydra app with the no-output overrides first (a user's own override of the same key wins)."""
-    given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:]}
-    sys.argv[1:1] = [o for o in NO_OUTPUT if o.split("=", 1)[0] not in given]
-    _app()
+    """Run the check (user errors end with one line, see cxr.cli)."""
+    from cxr.cli import check_main
+
+    check_main()
 
 
 if __name__ == "__main__":

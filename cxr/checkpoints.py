@@ -1,4 +1,5 @@
-"""Load classifier checkpoints without executing pickled code (``torch.load(weights_only=True)``)."""
+"""Load classifier checkpoints without executing code: ``torch.load(weights_only=True)``, and every ``_target_`` of
+the hyper-parameters checked against the allowlist of :mod:`cxr.safe_instantiate` before anything is built."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,15 @@ from pathlib import Path
 import torch
 
 from cxr.models.classifier import BinaryClassifier
+from cxr.safe_instantiate import UnsafeTargetError, check_targets
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely or does not hold a cxr classifier."""
+
+
+class UnsafeCheckpointError(CheckpointError, UnsafeTargetError):
+    """A checkpoint whose hyper-parameters name something outside the allowlist (cxr.safe_instantiate)."""
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -32,6 +38,10 @@ def load_classifier(path: str | Path) -> tuple[BinaryClassifier, dict]:
     hparams = checkpoint.get("hyper_parameters")
     if not hparams or "net" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a cxr classifier checkpoint (no network hyper-parameters)")
+    try:
+        check_targets(hparams, "hyper_parameters")
+    except UnsafeTargetError as error:
+        raise UnsafeCheckpointError(f"{path}: refused: {error}") from None
     model = BinaryClassifier(**{k: hparams.get(k) for k in ("net", "optimizer", "scheduler", "preprocessing",
                                                             "program", "class_weight")})
     model.load_state_dict(checkpoint["state_dict"])

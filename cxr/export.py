@@ -193,3 +193,11 @@ def export(cfg) -> dict:
     if not report["parity"]["passed"]:
         raise PredictError(f"{output}: the export differs from the checkpoint by {delta:.2e} > {tolerance:g}")
     return report
+
+
+def main() -> None:
+    """``cxr-export`` / ``python export.py ckpt_path=<.ckpt> format=onnx|torchscript`` (exit 2 on a user error)."""
+    from cxr.cli import run_app
+    from cxr.predict import hydra_app
+
+    run_app(hydra_app(lambda cfg: export(cfg) and 0, "export", "export.py"))

@@ -12,11 +12,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxr.artifacts import run_provenance, write_csv, write_json, write_text
 from cxr.callbacks import EpochHistory, tensorboard_writer
 from cxr.checkpoints import load_classifier
+from cxr.data.splits import file_sha256
+from cxr.errors import ConfigError
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
@@ -76,7 +78,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
     run_dir = Path(resume[-1].partition("=")[2]).resolve()
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
-        raise SystemExit(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
+        raise ConfigError(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
     previous = [o for o in OmegaConf.load(overrides_file)
                 if _override_key(o) not in ("hydra.run.dir", "ckpt_path", "resume")]
     others = [a for a in argv if not a.startswith("resume=")]
@@ -133,8 +135,53 @@ def _final_metrics(results: dict) -> dict:
             if (value := metrics.get(key)) is not None}
 
 
+CHECKPOINT_CHOICES = ("last", "best")
+
+
+def _checkpoint_choice(cfg: DictConfig) -> str:
+    """``evaluation.checkpoint``: ``last`` (the weights at the end of fit, as the thesis) or ``best`` (by the
+    checkpoint callback's monitor, validation AUROC)."""
+    choice = (cfg.get("evaluation") or {}).get("checkpoint", "best")
+    if choice not in CHECKPOINT_CHOICES:
+        raise ConfigError(f"evaluation.checkpoint={choice!r}: choose last (end of fit) or best (by validation AUROC)")
+    checkpointing = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    monitored = checkpointing and checkpointing.get("monitor")
+    if choice == "best" and not cfg.trainer.get("fast_dev_run") and not monitored:
+        raise ConfigError("evaluation.checkpoint=best needs callbacks.model_checkpoint with a monitor; "
+                          "use evaluation.checkpoint=last")
+    return choice
+
+
+def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: list, output_dir: Path):
+    """The model to score after fit, as ``evaluation.checkpoint`` says, and what was scored (for metrics.json):
+    ``checkpoint`` (file, relative to the run directory), ``checkpoint_epoch`` (1-based, as history.csv) and
+    ``checkpoint_choice``. Without a checkpoint (fast_dev_run) the weights in memory at the end of fit."""
+    choice = _checkpoint_choice(cfg)
+    savers = [] if trainer.fast_dev_run else [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if choice == "best":
+        saver = next((c for c in savers if c.monitor), None)
+        path = saver.best_model_path if saver else ""
+    else:  # the file saved after every epoch (monitor=None), else Lightning's save_last file
+        path = next((c.best_model_path for c in savers if not c.monitor and c.best_model_path), "") or next(
+            (c.last_model_path for c in savers if c.last_model_path), "")
+    in_memory = {"checkpoint": None, "checkpoint_epoch": None if trainer.fast_dev_run else trainer.current_epoch,
+                 "checkpoint_choice": "end of fit (weights in memory, no checkpoint file)"}
+    if not path or not Path(path).is_file():  # fast_dev_run or checkpointing switched off: nothing was written
+        log.info("evaluating the weights at the end of fit (no checkpoint file)")
+        return model, in_memory
+    loaded, checkpoint = load_classifier(path)
+    if choice == "last" and checkpoint.get("global_step") != trainer.global_step:
+        log.warning("%s is from step %s, not the end of fit (step %d): evaluating the weights in memory", path,
+                    checkpoint.get("global_step"), trainer.global_step)
+        return model, in_memory
+    log.info("evaluating the %s checkpoint: %s", choice, path)
+    return loaded, {"checkpoint": os.path.relpath(path, output_dir), "checkpoint_epoch": checkpoint.get("epoch", -1) + 1,
+                    "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)"}
+
+
 def train(cfg: DictConfig) -> dict:
-    """Fit the model on the train split, pick the best checkpoint by validation AUROC, evaluate and save."""
+    """Fit the model on the train split, evaluate the weights ``evaluation.checkpoint`` names, and save."""
+    _checkpoint_choice(cfg)  # a bad choice fails before anything runs
     output_dir = _prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
     ckpt_path = _resume_checkpoint(cfg, output_dir)
     if cfg.get("data_check", True) or cfg.get("check_only"):
@@ -145,7 +192,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule = _build_data(cfg, output_dir)
 
     model = instantiate(cfg.model)
-    model.run_metadata = {"overrides": command_line_overrides(), **run_provenance()}
+    model.run_metadata = {"overrides": command_line_overrides(), **run_provenance(),
+                          "labels_sha256": file_sha256(cfg.data.labels)}  # evaluate.py: has the label file changed?
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
@@ -156,11 +204,7 @@ def train(cfg: DictConfig) -> dict:
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
 
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    best_path = checkpoint.best_model_path if checkpoint else ""
-    if best_path:
-        log.info("evaluating the best checkpoint by %s: %s", checkpoint.monitor, best_path)
-        model, _ = load_classifier(best_path)
+    model, scored = _weights_to_evaluate(cfg, trainer, model, callbacks, output_dir)
     writer = tensorboard_writer(trainer)
     results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), writer=writer,
                             step=trainer.global_step)
@@ -177,8 +221,9 @@ def train(cfg: DictConfig) -> dict:
         "program": cfg.program.name,
         "data": cfg.data.name,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "checkpoint": os.path.relpath(best_path, output_dir) if best_path else None,
+        **scored,  # checkpoint (file), checkpoint_epoch, checkpoint_choice: which weights were scored
         "epochs_trained": trainer.current_epoch if not trainer.fast_dev_run else 1,
+        "precision": str(trainer.precision),  # what training ran in (trainer.precision=auto decides per CPU)
         "split": datamodule.summary,
         **results,
     }
@@ -195,24 +240,61 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+SPLIT_SOURCES = ("run", "config")
+
+
+def _run_split(cfg: DictConfig, checkpoint: dict) -> Path | None:
+    """``split_from=run`` (default): the ``splits.csv`` of the run the checkpoint belongs to
+    (``<run>/checkpoints/<file>.ckpt``), after checking that the label file is the one it was trained against;
+    ``split_from=config``: None (split the labels anew as the config says)."""
+    source = cfg.get("split_from", "run")
+    if source not in SPLIT_SOURCES:
+        raise ConfigError(f"split_from={source!r}: choose run (the run's splits.csv) or config (split anew)")
+    if source == "config":
+        return None
+    ckpt_path = Path(cfg.ckpt_path).resolve()
+    splits = ckpt_path.parent.parent / "splits.csv"
+    if not splits.is_file():
+        raise ConfigError(f"{splits} not found: {ckpt_path} is not inside a train.py run directory "
+                          "(<run>/checkpoints/*.ckpt), so the split it was trained against is unknown; "
+                          "split the labels from the config with split_from=config")
+    trained_on = (checkpoint.get("cxr") or {}).get("labels_sha256")
+    labels = cfg.data.get("labels")
+    if trained_on and labels and Path(labels).is_file() and file_sha256(labels) != trained_on:
+        raise ConfigError(f"data.labels={labels} changed since {ckpt_path.name} was trained (its SHA-256 differs), "
+                          f"so {splits} may not describe it; restore the label file, or split it anew with "
+                          "split_from=config")
+    return splits
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on the test split and the external set with the checkpoint's preprocessing."""
-    output_dir = _prepare_run_directory(cfg)
+    """Evaluate ``cfg.ckpt_path`` on the test split the run was trained against (its splits.csv; ``split_from=config``
+    splits anew) and on the external set, with the checkpoint's preprocessing."""
+    if cfg.preprocessing_from not in ("checkpoint", "config"):
+        raise ConfigError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
     model, checkpoint = load_classifier(cfg.ckpt_path)
+    splits = _run_split(cfg, checkpoint)
+    if splits is not None:
+        with open_dict(cfg):
+            cfg.data.split = {"method": "file", "path": str(splits)}
+        log.info("test split: %s (the run's own; split_from=config splits anew)", splits)
+    output_dir = _prepare_run_directory(cfg)
     preprocessing = model.hparams.preprocessing
     if cfg.preprocessing_from == "config" or not preprocessing:
         preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
-    elif cfg.preprocessing_from != "checkpoint":
-        raise ValueError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
     log.info("preprocessing (%s): %s", cfg.preprocessing_from, preprocessing)
     datamodule = _build_data(cfg, output_dir, preprocessing=preprocessing)
     results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg))
+    epoch = checkpoint.get("epoch")
     metrics = {
         "program": model.hparams.get("program"),
         "data": cfg.data.name,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "epochs_trained": checkpoint.get("epoch", -1) + 1,
+        "checkpoint_epoch": None if epoch is None else epoch + 1,
+        "checkpoint_choice": "ckpt_path",
+        "epochs_trained": (epoch if epoch is not None else -1) + 1,
+        "split_from": str(splits) if splits is not None else "config",
         "preprocessing": preprocessing,
         "split": datamodule.summary,
         **results,
@@ -234,12 +316,16 @@ def evaluation_config(cfg: DictConfig) -> DictConfig:
     from hydra import compose
 
     from cxr.checkpoints import read_checkpoint
+    from cxr.safe_instantiate import check_overrides
 
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path is required: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     stored = (read_checkpoint(cfg.ckpt_path).get("cxr") or {}).get("overrides", [])
     given = list(HydraConfig.get().overrides.task)
     given_keys = {_override_key(o) for o in given}
     inherited = [o for o in stored if _override_key(o) not in given_keys
                  and not _override_key(o).split(".")[0].split("/")[0] in _NOT_FOR_EVALUATION]
+    check_overrides(inherited, f"{cfg.ckpt_path}: training override")  # a crafted checkpoint must not build code
     if inherited:
         log.info("overrides from the checkpoint's training run: %s", " ".join(inherited))
     return compose(config_name="evaluate", overrides=inherited + given)

@@ -29,7 +29,8 @@ def test_programs_compose_to_the_thesis_settings(make_cfg, program):
     assert cfg.data.batch_size == 10 and cfg.trainer.max_epochs == 100
     stop = cfg.callbacks.early_stopping
     assert (stop.monitor, stop.min_delta, stop.patience, stop.mode) == ("train/acc", 0.0005, 2, "max")
-    assert cfg.callbacks.model_checkpoint.monitor == "val/auroc" and cfg.callbacks.model_checkpoint.save_last
+    assert cfg.callbacks.model_checkpoint.monitor == "val/auroc"
+    assert cfg.callbacks.last_checkpoint.monitor is None and cfg.callbacks.last_checkpoint.filename == "last"
 
 
 def test_demo_data_scales_split_sizes_and_nih_does_not(make_cfg):
@@ -47,17 +48,35 @@ def test_split_group_selects_method(make_cfg, split):
         assert cfg.data.split.test_list == f"{cfg.data.root}/test_list.txt"
 
 
-@pytest.mark.parametrize("overrides", [["trainer=gpu"], ["logger=csv"], ["~logger"], ["debug=fdr"],
-                                       ["debug=overfit"], ["debug=limit"], ["experiment=thesis_nih_sample"]])
-def test_other_groups_compose(make_cfg, overrides):
-    cfg = make_cfg(overrides)
-    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
-    if overrides == ["debug=fdr"]:
-        assert cfg.trainer.fast_dev_run is True
-    if overrides == ["logger=csv"]:
-        assert cfg.logger.csv._target_.endswith("CSVLogger")
-    if overrides == ["debug=overfit"]:
-        assert cfg.callbacks.early_stopping is None and cfg.trainer.overfit_batches == 3
+def test_other_groups_set_what_they_say(make_cfg):
+    base = make_cfg([])
+    assert (base.trainer.accelerator, base.trainer.precision) == ("cpu", "32-true")
+    assert list(base.logger) == ["tensorboard"] and base.trainer.get("fast_dev_run") is None
+    gpu = make_cfg(["trainer=gpu"])
+    assert (gpu.trainer.accelerator, gpu.trainer.precision, gpu.trainer.max_epochs) == ("gpu", "16-mixed", 100)
+    assert make_cfg(["trainer=cpu_fast"]).trainer.precision == "auto"
+    csv = make_cfg(["logger=csv"])
+    assert list(csv.logger) == ["csv"] and csv.logger.csv.save_dir == csv.paths.output_dir
+    assert make_cfg(["~logger"]).get("logger") is None
+    fdr = make_cfg(["debug=fdr"])
+    assert fdr.trainer.fast_dev_run is True and fdr.callbacks.early_stopping is not None
+    overfit = make_cfg(["debug=overfit"])
+    assert overfit.callbacks.early_stopping is None and overfit.trainer.overfit_batches == 3
+    assert overfit.trainer.max_epochs == 30
+    limit = make_cfg(["debug=limit"])
+    assert (limit.trainer.max_epochs, limit.trainer.limit_train_batches, limit.trainer.limit_val_batches) == (3, 0.2,
+                                                                                                            0.5)
+    sample = make_cfg(["experiment=thesis_nih_sample"])
+    assert sample.data.name == "nih" and sample.data.split.scale is True
+    assert sample.data.root.endswith("shared/data/nih") and sample.data.external.root.endswith("nih/full-res")
+    assert sample.evaluation.expert_labels.endswith("google2019_nih-chest-xray-labels.csv.gz")
+
+
+@pytest.mark.parametrize("program, checkpoint", [("A", "last"), ("B", "last"), ("C", "last"), ("D", "best")])
+def test_each_program_says_which_checkpoint_is_evaluated(make_cfg, program, checkpoint):
+    cfg = make_cfg([f"program={program}"])
+    assert cfg.evaluation.checkpoint == checkpoint
+    assert make_cfg([f"program={program}", "evaluation.checkpoint=best"]).evaluation.checkpoint == "best"
 
 
 def test_any_key_can_be_overridden(make_cfg):

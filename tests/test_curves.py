@@ -54,7 +54,8 @@ def test_roc_points_match_binary_metrics_at_each_threshold():
     labels, probabilities = _random_with_ties(7, n=120)
     fpr, tpr, thresholds = roc_curve(labels, probabilities)
     for f, t, threshold in zip(fpr[1:], tpr[1:], thresholds[1:]):
-        metrics = binary_metrics(labels, probabilities, threshold)
+        # point i counts p >= thresholds[i]: the decision rule p > t for t just below it
+        metrics = binary_metrics(labels, probabilities, np.nextafter(threshold, -np.inf))
         assert t == pytest.approx(metrics["accuracy_class1"])
         assert f == pytest.approx(1 - metrics["accuracy_class0"])
 

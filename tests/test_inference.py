@@ -201,13 +201,23 @@ def test_precision_auto_picks_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     assert inference.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
 
 
-def test_cpu_fast_trainer_config_trains(make_cfg):
+@pytest.mark.skipif(not inference.cpu_supports_bf16(),
+                    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX): trainer=cpu_fast trains in 32-true here")
+def test_cpu_fast_trainer_config_trains_in_bf16(make_cfg):
     from cxr.pipeline import train
 
     cfg = make_cfg(["trainer=cpu_fast", "debug=fdr"])
     assert cfg.trainer.precision == "auto" and cfg.model.channels_last == "auto" and cfg.model.fused_optimizer
     metrics = train(cfg)
-    assert metrics["test"]["n"] > 0
+    assert metrics["precision"] == "bf16-mixed" and metrics["test"]["n"] > 0
+
+
+def test_cpu_fast_says_it_ran_fp32_on_a_cpu_without_bf16(make_cfg, monkeypatch):
+    from cxr.pipeline import train
+
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+    metrics = train(make_cfg(["trainer=cpu_fast", "debug=fdr"]))
+    assert metrics["precision"] == "32-true"
 
 
 def test_without_onnxruntime_auto_is_torch(trained, demo_data, monkeypatch, caplog):

@@ -8,36 +8,36 @@ from torchmetrics.functional.classification import binary_auroc
 
 from cxr.evaluation.metrics import auroc, binary_metrics
 
-# labels 0: 0.1 0.5 0.3 0.2 0.6  -> at 0.5: tn=3 fp=2 (0.5 counts as class 1: >=)
-# labels 1: 0.5 0.9 0.4          -> at 0.5: tp=2 fn=1
+# labels 0: 0.1 0.5 0.3 0.2 0.6  -> at 0.5: tn=4 fp=1 (0.5 counts as class 0: p > 0.5 is class 1)
+# labels 1: 0.5 0.9 0.4          -> at 0.5: tp=1 fn=2
 LABELS = [0, 0, 0, 0, 0, 1, 1, 1]
 PROBABILITIES = [0.1, 0.5, 0.3, 0.2, 0.6, 0.5, 0.9, 0.4]
 
 
 def test_hand_computed_example():
     metrics = binary_metrics(LABELS, PROBABILITIES)
-    assert metrics["confusion_matrix"] == [[3, 2], [1, 2]]
+    assert metrics["confusion_matrix"] == [[4, 1], [2, 1]]
     assert metrics["n"] == 8 and metrics["n_class0"] == 5 and metrics["n_class1"] == 3
     assert metrics["threshold"] == 0.5
     assert metrics["accuracy"] == pytest.approx(5 / 8)
-    assert metrics["accuracy_class0"] == pytest.approx(3 / 5)
-    assert metrics["accuracy_class1"] == pytest.approx(2 / 3)
-    assert metrics["balanced_accuracy"] == pytest.approx((3 / 5 + 2 / 3) / 2)
-    assert metrics["predicted_class1_share"] == pytest.approx(4 / 8)
+    assert metrics["accuracy_class0"] == pytest.approx(4 / 5)
+    assert metrics["accuracy_class1"] == pytest.approx(1 / 3)
+    assert metrics["balanced_accuracy"] == pytest.approx((4 / 5 + 1 / 3) / 2)
+    assert metrics["predicted_class1_share"] == pytest.approx(2 / 8)
     # pairs (positive, negative) ranked right: 0.5 -> 3 + one tie; 0.9 -> 5; 0.4 -> 3  => 11.5 of 15
     assert metrics["auroc"] == pytest.approx(11.5 / 15)
 
 
-def test_threshold_is_honoured_with_greater_or_equal():
+def test_threshold_is_honoured_strictly_greater():
     at_06 = binary_metrics(LABELS, PROBABILITIES, threshold=0.6)
-    assert at_06["confusion_matrix"] == [[4, 1], [2, 1]]  # 0.6 itself predicts class 1
+    assert at_06["confusion_matrix"] == [[5, 0], [2, 1]]  # 0.6 itself predicts class 0
     assert at_06["threshold"] == 0.6
-    assert at_06["accuracy"] == pytest.approx(5 / 8)
-    assert at_06["balanced_accuracy"] == pytest.approx((4 / 5 + 1 / 3) / 2)
-    just_above = binary_metrics(LABELS, PROBABILITIES, threshold=0.6000001)
-    assert just_above["confusion_matrix"] == [[5, 0], [2, 1]]
+    assert at_06["accuracy"] == pytest.approx(6 / 8)
+    assert at_06["balanced_accuracy"] == pytest.approx((5 / 5 + 1 / 3) / 2)
+    just_below = binary_metrics(LABELS, PROBABILITIES, threshold=0.5999999)
+    assert just_below["confusion_matrix"] == [[4, 1], [2, 1]]
     # the threshold does not change the ranking metric
-    assert at_06["auroc"] == just_above["auroc"] == binary_metrics(LABELS, PROBABILITIES)["auroc"]
+    assert at_06["auroc"] == just_below["auroc"] == binary_metrics(LABELS, PROBABILITIES)["auroc"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

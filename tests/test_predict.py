@@ -303,7 +303,7 @@ def test_predict_command_line_exit_statuses_and_no_patient_data_in_logs(trained_
 
     result = run(f"ckpt_path={tmp_path / 'none.ckpt'}", "inputs=x")
     assert result.returncode == 2
-    assert "predict.py: ckpt_path: file not found" in result.stderr and "Traceback" not in result.stderr
+    assert "predict.py: error: ckpt_path: file not found" in result.stderr and "Traceback" not in result.stderr
 
     # end to end through the CLI (console and predict.log): identity fields, some with values invalid for their VR
     inputs = [mixed_folder / "broken" / "invalid_values.dcm", mixed_folder / "png" / SOURCE_PNG.name]

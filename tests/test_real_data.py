@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from cxr.pipeline import train
 from tests.conftest import NIH_SAMPLE, compose_config, require_real_data
@@ -35,6 +37,14 @@ def test_program_c_trains_on_the_real_nih_sample(tmp_path):
     assert saved["split"]["patients_in_several_splits"] > 0  # the thesis' image shuffle ignores patients
     assert saved["external"]["n"] == 48
     assert saved["epochs_trained"] == 3
-    for name in ("test", "external"):
-        assert 0.0 <= saved[name]["auroc"] <= 1.0
-    assert saved["checkpoint"] and (output_dir / saved["checkpoint"]).is_file()
+    # program C scores the weights at the end of fit (the thesis' choice), and says which file and epoch
+    assert saved["checkpoint"] == os.path.join("checkpoints", "last.ckpt") and saved["checkpoint_epoch"] == 3
+    assert (output_dir / saved["checkpoint"]).is_file()
+    for name in ("test", "external"):  # the saved numbers are those of the saved predictions (sklearn recomputes)
+        predictions = pd.read_csv(output_dir / f"predictions_{name}.csv")
+        assert saved[name]["auroc"] == pytest.approx(roc_auc_score(predictions["label"], predictions["probability"]),
+                                                     abs=1e-9)
+        predicted = (predictions["probability"] > 0.5).astype(int)  # the decision rule: a tie is class 0
+        assert saved[name]["confusion_matrix"] == confusion_matrix(predictions["label"], predicted,
+                                                                   labels=[0, 1]).tolist()
+        assert set(predictions["image"]) == set(splits.loc[splits["split"] == "test", "image"]) or name != "test"

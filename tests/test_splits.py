@@ -7,7 +7,8 @@ import pytest
 
 from cxr.data.labels import read_labels
 from cxr.data.splits import (
-    SplitError, make_split, official_split, patient_split, resolve_size, summarise_split, thesis_split,
+    SplitError, file_sha256, file_split, make_split, official_split, patient_split, resolve_size, summarise_split,
+    thesis_split,
 )
 from tests.conftest import NIH_META, NIH_SAMPLE, require_real_data
 
@@ -204,6 +205,90 @@ def test_official_split_real():
     assert summary["patients_in_several_splits"] == 0
     assert all(summary[name]["images"] > 0 for name in ("train", "val", "test"))
     assert split.notna().all()  # every sample image is in one of NIH's lists
+
+
+def thesis_preparation_code(labels_csv, alpha: int, beta: int) -> dict[str, dict[str, int]]:
+    """Section 3.2.1 of the thesis, literally (``as_matrix()`` is today's ``to_numpy()``; no images are loaded):
+    {"train" | "val" | "test": {image: label}}."""
+    metadata = pd.read_csv(labels_csv)
+    metadata = metadata.to_numpy()
+
+    paths, labels = [], []
+    for i, row in enumerate(metadata):
+        im_name = row[0]
+        label = row[1]
+        if label == 'No Finding':
+            label = 0
+        else:
+            label = 1
+        paths.append(im_name)
+        labels.append(label)
+
+    paths, labels = np.array(paths), np.array(labels)
+    args = np.arange(len(paths))
+    np.random.seed(100)
+    np.random.shuffle(args)
+    paths = paths[args]
+    labels = labels[args]
+
+    y_train, y_val, y_test = labels[:alpha], labels[alpha:beta], labels[beta:]
+    return {"train": dict(zip(paths[:alpha], y_train.tolist())), "val": dict(zip(paths[alpha:beta], y_val.tolist())),
+            "test": dict(zip(paths[beta:], y_test.tolist()))}
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("program, thesis_train", [("A", 3000), ("C", 4606)])
+def test_thesis_split_of_the_real_label_file_equals_the_thesis_code(make_cfg, restore_numpy_rng, program,
+                                                                    thesis_train):
+    """End to end: the label file through cxr's table, image index and split (the DataModule a run uses) gives
+    the images and labels of each split that the thesis' own preparation code gives."""
+    from hydra.utils import instantiate
+
+    require_real_data(NIH_SAMPLE)
+    datamodule = instantiate(make_cfg(["experiment=thesis_nih_sample", f"program={program}"]).data)
+    datamodule.setup("fit")
+    n = len(pd.read_csv(NIH_SAMPLE / "labels.csv"))
+    alpha = round(thesis_train / 5606 * n)  # the thesis' counts scaled to the sample (experiment preset)
+    beta = alpha + round(500 / 5606 * n)
+    expected = thesis_preparation_code(NIH_SAMPLE / "labels.csv", alpha, beta)
+    for name in ("train", "val", "test"):
+        rows = datamodule.rows(name)
+        assert dict(zip(rows["image"], rows["target"].astype(int))) == expected[name], name
+    assert len(datamodule.rows("train")) == alpha == len(expected["train"]) > 0
+
+
+# --- file_split (evaluate.py: the run's own splits.csv) -----------------------------------------------------------
+def test_file_split_reapplies_a_saved_split_and_leaves_unlisted_images_out(tmp_path):
+    table = make_table(n_patients=30)
+    split = thesis_split(table, train=0.6, val=0.2)
+    saved = table.assign(split=split)[["image", "patient_id", "split"]].rename(columns={"patient_id": "patient"})
+    saved.to_csv(tmp_path / "splits.csv", index=False)
+    assert make_split(table, "file", path=tmp_path / "splits.csv", train=0.9, seed=1).tolist() == split.tolist()
+    extra = pd.concat([table, pd.DataFrame({"image": ["unlisted.png"], "patient_id": [999], "target": [1]})],
+                      ignore_index=True)
+    applied = file_split(extra, tmp_path / "splits.csv")
+    assert applied.iloc[-1] is None and applied.iloc[:-1].tolist() == split.tolist()
+
+
+def test_file_split_refuses_images_that_are_gone(tmp_path):
+    table = make_table(n_patients=30)
+    table.assign(split=thesis_split(table, train=0.6, val=0.2))[["image", "split"]].to_csv(tmp_path / "splits.csv",
+                                                                                           index=False)
+    with pytest.raises(SplitError, match=r"splits\.csv: 3 of \d+ images of the saved split are not among the "
+                                         r"labelled images found on disk \(first: "):
+        file_split(table.iloc[3:], tmp_path / "splits.csv")
+    with pytest.raises(SplitError, match="saved split not found"):
+        file_split(table, tmp_path / "nothing.csv")
+    pd.DataFrame({"image": ["a.png"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(SplitError, match="not a splits.csv"):
+        file_split(table, tmp_path / "bad.csv")
+
+
+def test_file_sha256_changes_with_the_bytes(tmp_path):
+    (tmp_path / "labels.csv").write_text("Image Index,Finding Labels\na.png,No Finding\n")
+    before = file_sha256(tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("Image Index,Finding Labels\na.png,Mass\n")
+    assert file_sha256(tmp_path / "labels.csv") != before and len(before) == 64
 
 
 # --- make_split ---------------------------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ from torchmetrics.functional.classification import binary_auroc
 from cxr.evaluation.metrics import auroc, binary_metrics
 from cxr.evaluation.thresholds import choose_threshold, sensitivity_threshold, youden_threshold
 
-# sorted by probability; at each candidate threshold t (predict 1 when p >= t):
-#   t     0.10 0.20 0.30 0.35 0.40 0.60 0.70 0.80
-#   sens  4/4  4/4  4/4  4/4  3/4  3/4  2/4  1/4
-#   spec  0/4  1/4  2/4  3/4  3/4  4/4  4/4  4/4
-#   J     0    .25  .50  .75  .50  .75  .50  .25   -> tie 0.35 / 0.60, 0.60 is closer to 0.5
+# sorted by probability; at each candidate threshold t (predict 1 when p > t; 0.0 is the one below the lowest):
+#   t     0.0  0.10 0.20 0.30 0.35 0.40 0.60 0.70 0.80
+#   sens  4/4  4/4  4/4  4/4  3/4  3/4  2/4  1/4  0/4
+#   spec  0/4  1/4  2/4  3/4  3/4  4/4  4/4  4/4  4/4
+#   J     0    .25  .50  .75  .50  .75  .50  .25  0    -> tie 0.30 / 0.40, 0.40 is closer to 0.5
 VAL_LABELS = [0, 0, 0, 1, 0, 1, 1, 1]
 VAL_PROBABILITIES = [0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8]
 
@@ -25,21 +25,21 @@ def sensitivity(labels, probabilities, threshold) -> float:
 
 # ------------------------------------------------------------------------------------------------ youden
 def test_youden_unique_optimum():
-    # negatives 0.2 0.3 0.6, positives 0.5 0.7 0.8 0.9; J at each candidate:
-    #   0.2: 0 | 0.3: 1/3 | 0.5: 1 + 2/3 - 1 = 2/3 | 0.6: 3/4 + 2/3 - 1 | 0.7: 3/4 + 1 - 1 = 3/4 (best) | 0.8: 1/2
+    # negatives 0.2 0.3 0.6, positives 0.5 0.7 0.8 0.9; J of p > t at each candidate:
+    #   0.2: 1/3 | 0.3: 1 + 2/3 - 1 = 2/3 | 0.5: 3/4 + 2/3 - 1 | 0.6: 3/4 + 1 - 1 = 3/4 (best) | 0.7: 1/2 | 0.8: 1/4
     labels = [0, 0, 1, 0, 1, 1, 1]
     probabilities = [0.2, 0.3, 0.5, 0.6, 0.9, 0.7, 0.8]
-    assert youden_threshold(labels, probabilities) == 0.7
+    assert youden_threshold(labels, probabilities) == 0.6
     j = {t: sensitivity(labels, probabilities, t) + binary_metrics(labels, probabilities, t)["accuracy_class0"] - 1
          for t in probabilities}
-    assert max(j, key=j.get) == 0.7 and j[0.7] == pytest.approx(3 / 4)
+    assert max(j, key=j.get) == 0.6 and j[0.6] == pytest.approx(3 / 4)
 
 
 def test_youden_tie_goes_to_threshold_closest_to_half():
-    assert youden_threshold(VAL_LABELS, VAL_PROBABILITIES) == 0.6
-    # shift everything so the tie partner is the closer one: 0.35 -> 0.45, 0.60 -> 0.70
-    shifted = [p + 0.1 for p in VAL_PROBABILITIES]
-    assert youden_threshold(VAL_LABELS, shifted) == pytest.approx(0.45)
+    assert youden_threshold(VAL_LABELS, VAL_PROBABILITIES) == 0.4
+    # shift everything so the tie is 0.50 / 0.60: 0.50 is closer
+    shifted = [p + 0.2 for p in VAL_PROBABILITIES]
+    assert youden_threshold(VAL_LABELS, shifted) == pytest.approx(0.5)
 
 
 def test_youden_perfect_separation_and_order_invariance():
@@ -47,7 +47,7 @@ def test_youden_perfect_separation_and_order_invariance():
     labels = np.array([0] * 50 + [1] * 50)
     probabilities = np.concatenate([rng.uniform(0.0, 0.3, 50), rng.uniform(0.6, 1.0, 50)])
     threshold = youden_threshold(labels, probabilities)
-    assert threshold == probabilities[50:].min()  # the lowest positive score: J = 1, the only one with it
+    assert threshold == probabilities[:50].max()  # the highest negative score: J = 1, the only one with it
     metrics = binary_metrics(labels, probabilities, threshold)
     assert metrics["accuracy_class0"] == metrics["accuracy_class1"] == 1.0
     permutation = rng.permutation(100)
@@ -70,7 +70,7 @@ def test_youden_agrees_with_brute_force():
 
 
 # ----------------------------------------------------------------------------------------- sensitivity
-@pytest.mark.parametrize("target, expected", [(1.0, 0.35), (0.75, 0.6), (0.7, 0.6), (0.5, 0.7), (0.25, 0.8),
+@pytest.mark.parametrize("target, expected", [(1.0, 0.3), (0.75, 0.4), (0.7, 0.4), (0.5, 0.6), (0.25, 0.7),
                                               (0.0, 0.8)])
 def test_sensitivity_threshold_hand_made(target, expected):
     assert sensitivity_threshold(VAL_LABELS, VAL_PROBABILITIES, target) == expected
@@ -80,7 +80,7 @@ def test_sensitivity_target_met_and_not_at_the_next_higher_candidate():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 500)
     probabilities = np.round(np.clip(rng.normal(0.4 + 0.2 * labels, 0.2), 0, 1), 3)
-    candidates = np.unique(probabilities)
+    candidates = np.r_[0.0, np.unique(probabilities)]
     for target in (0.5, 0.8, 0.9, 0.95):
         threshold = sensitivity_threshold(labels, probabilities, target)
         assert threshold in candidates
@@ -93,15 +93,15 @@ def test_sensitivity_exact_fraction_is_met():
     # 5 positives: 0.8 = 4/5 exactly (floating 0.8 * 5 must not miss it)
     labels = [1, 1, 1, 1, 1, 0, 0]
     probabilities = [0.9, 0.8, 0.7, 0.6, 0.2, 0.1, 0.65]
-    assert sensitivity_threshold(labels, probabilities, 0.8) == 0.6
-    assert sensitivity(labels, probabilities, 0.6) == pytest.approx(0.8)
+    assert sensitivity_threshold(labels, probabilities, 0.8) == 0.2
+    assert sensitivity(labels, probabilities, 0.2) == pytest.approx(0.8)
 
 
 # ------------------------------------------------------------------------------------------ choose
 def test_choose_threshold_methods():
-    assert choose_threshold(VAL_LABELS, VAL_PROBABILITIES) == 0.6
-    assert choose_threshold(VAL_LABELS, VAL_PROBABILITIES, "youden") == 0.6
-    assert choose_threshold(VAL_LABELS, VAL_PROBABILITIES, "sensitivity", target_sensitivity=1.0) == 0.35
+    assert choose_threshold(VAL_LABELS, VAL_PROBABILITIES) == 0.4
+    assert choose_threshold(VAL_LABELS, VAL_PROBABILITIES, "youden") == 0.4
+    assert choose_threshold(VAL_LABELS, VAL_PROBABILITIES, "sensitivity", target_sensitivity=1.0) == 0.3
     assert choose_threshold(VAL_LABELS, VAL_PROBABILITIES, "fixed") == 0.5
     assert choose_threshold([1, 1], [0.2, 0.3], "fixed") == 0.5  # fixed needs no data
     assert isinstance(choose_threshold(np.array(VAL_LABELS), torch.tensor(VAL_PROBABILITIES)), float)
@@ -130,31 +130,32 @@ def test_single_class_set_raises(method, kwargs, label):
 # -------------------------------------------------------------------------------------- transfer
 def test_threshold_chosen_on_validation_applied_to_test():
     threshold = choose_threshold(VAL_LABELS, VAL_PROBABILITIES, "youden")
-    assert threshold == 0.6
-    # test set at 0.6:  0.55 (0) tn | 0.65 (0) fp | 0.60 (1) tp (>=) | 0.59 (1) fn | 0.10 (0) tn | 0.90 (1) tp
+    assert threshold == 0.4
+    # test set at 0.4:  0.35 (0) tn | 0.45 (0) fp | 0.41 (1) tp | 0.40 (1) fn (a tie is class 0) | 0.10 (0) tn |
+    # 0.90 (1) tp
     test_labels = [0, 0, 1, 1, 0, 1]
-    test_probabilities = [0.55, 0.65, 0.60, 0.59, 0.10, 0.90]
+    test_probabilities = [0.35, 0.45, 0.41, 0.40, 0.10, 0.90]
     metrics = binary_metrics(test_labels, test_probabilities, threshold=threshold)
-    assert metrics["threshold"] == 0.6
+    assert metrics["threshold"] == 0.4
     assert metrics["confusion_matrix"] == [[2, 1], [1, 2]]
     assert metrics["accuracy_class0"] == pytest.approx(2 / 3) and metrics["accuracy_class1"] == pytest.approx(2 / 3)
-    # the default 0.5 would have called 0.55 and 0.59 positive
-    assert binary_metrics(test_labels, test_probabilities)["confusion_matrix"] == [[1, 2], [0, 3]]
-    # sensitivity 1.0 chosen on validation (0.35) finds every positive of the test set too
+    # the default 0.5 would have called 0.41 and 0.45 negative
+    assert binary_metrics(test_labels, test_probabilities)["confusion_matrix"] == [[3, 0], [2, 1]]
+    # sensitivity 1.0 chosen on validation (0.3) finds every positive of the test set too
     high_sensitivity = choose_threshold(VAL_LABELS, VAL_PROBABILITIES, "sensitivity", target_sensitivity=1.0)
     assert binary_metrics(test_labels, test_probabilities, high_sensitivity)["confusion_matrix"] == [[1, 2], [0, 3]]
 
 
 # ------------------------------------------------------------------------- binary_metrics additions
 def test_f1_ppv_npv_hand_computed():
-    # at 0.5: tn=3 fp=2 fn=1 tp=2 (0.5 counts as class 1)
+    # at 0.5: tn=4 fp=1 fn=2 tp=1 (0.5 counts as class 0: p > 0.5 is class 1)
     labels = [0, 0, 0, 0, 0, 1, 1, 1]
     probabilities = [0.1, 0.5, 0.3, 0.2, 0.6, 0.5, 0.9, 0.4]
     metrics = binary_metrics(labels, probabilities)
-    assert metrics["confusion_matrix"] == [[3, 2], [1, 2]]
-    assert metrics["ppv"] == pytest.approx(2 / 4)
-    assert metrics["npv"] == pytest.approx(3 / 4)
-    assert metrics["f1"] == pytest.approx(2 * 2 / (2 * 2 + 2 + 1))
+    assert metrics["confusion_matrix"] == [[4, 1], [2, 1]]
+    assert metrics["ppv"] == pytest.approx(1 / 2)
+    assert metrics["npv"] == pytest.approx(4 / 6)
+    assert metrics["f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 2))
     precision, recall = metrics["ppv"], metrics["accuracy_class1"]
     assert metrics["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
 

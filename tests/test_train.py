@@ -64,8 +64,10 @@ def test_training_checkpoints_and_evaluate_round_trip(make_cfg, tmp_path):
     metrics = train(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_run_directory(output_dir)
-    assert metrics["epochs_trained"] == 2 and Path(metrics["checkpoint"]).name.startswith("best-epoch")
-    assert (output_dir / "checkpoints" / "last.ckpt").is_file()
+    # program B evaluates the weights at the end of fit (as the thesis), and says so
+    assert metrics["epochs_trained"] == 2 and metrics["checkpoint"] == os.path.join("checkpoints", "last.ckpt")
+    assert metrics["checkpoint_epoch"] == 2 and metrics["checkpoint_choice"].startswith("last")
+    assert list((output_dir / "checkpoints").glob("best-epoch*.ckpt"))
     history = pd.read_csv(output_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2] and history[["train/acc", "val/auroc"]].notna().all().all()
     assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -131,3 +133,86 @@ def test_training_fails_fast_on_a_broken_image_and_check_only_stops(make_cfg, tm
     cfg = make_cfg([*overrides, "data.missing=drop", "check_only=true"])
     assert train(cfg) == {"data_check": "ok"}
     assert "WARNING missing images" in (Path(cfg.paths.output_dir) / "data_check.txt").read_text()
+
+
+@pytest.mark.slow
+def test_program_d_evaluates_its_best_checkpoint_and_records_which(make_cfg):
+    cfg = make_cfg(["program=D", "trainer.max_epochs=2", "callbacks.early_stopping=null", "~logger"])
+    assert cfg.evaluation.checkpoint == "best" and make_cfg(["program=C"]).evaluation.checkpoint == "last"
+    metrics = train(cfg)
+    best = Path(metrics["checkpoint"]).name
+    assert best.startswith("best-epoch") and metrics["checkpoint_choice"] == "best by val/auroc"
+    assert metrics["checkpoint_epoch"] == int(best.removeprefix("best-epoch").removesuffix(".ckpt")) + 1
+    history = pd.read_csv(Path(cfg.paths.output_dir) / "history.csv")
+    assert history.loc[history["val/auroc"].idxmax(), "epoch"] == metrics["checkpoint_epoch"]
+
+
+def test_a_bad_checkpoint_choice_is_refused_before_anything_runs(make_cfg):
+    from cxr.errors import ConfigError
+
+    cfg = make_cfg(["evaluation.checkpoint=middle", "debug=fdr"])
+    with pytest.raises(ConfigError, match="evaluation.checkpoint='middle'"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "config.yaml").exists()
+    with pytest.raises(ConfigError, match="evaluation.checkpoint=best needs callbacks.model_checkpoint"):
+        train(make_cfg(["evaluation.checkpoint=best", "callbacks.model_checkpoint=null"]))
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_runs_own_test_split_and_refuses_a_changed_label_file(make_cfg, tmp_path, demo_root):
+    import shutil
+
+    from cxr.data.splits import SplitError
+    from cxr.errors import ConfigError
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    data = ["data=nih", f"data.root={root}", f"data.labels={root}/Data_Entry_demo.csv", "data.split.scale=true"]
+    cfg = make_cfg([*data, "program=B", "trainer.max_epochs=1", "~logger", "data_check=false"])
+    trained = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    ckpt = run / "checkpoints" / "last.ckpt"
+
+    # another split seed in the config does not move the test images: the run's splits.csv is read
+    evaluated = evaluate(make_cfg([*data, f"ckpt_path={ckpt}", "data.split.seed=7"], config_name="evaluate"))
+    assert evaluated["split"] == trained["split"] and evaluated["split_from"] == str(run / "splits.csv")
+    assert evaluated["test"]["confusion_matrix"] == trained["test"]["confusion_matrix"]
+    assert evaluated["checkpoint_epoch"] == trained["checkpoint_epoch"] == 1
+    # ... unless asked: split_from=config splits anew
+    anew = evaluate(make_cfg([*data, f"ckpt_path={ckpt}", "data.split.seed=7", "split_from=config"],
+                             config_name="evaluate"))
+    assert anew["split_from"] == "config" and anew["split"]["test"] != trained["split"]["test"]
+
+    # a changed label file is refused
+    labels = root / "Data_Entry_demo.csv"
+    original = labels.read_text()
+    labels.write_text(original.replace("No Finding", "Mass", 1))
+    with pytest.raises(ConfigError, match=rf"data\.labels={labels} changed since last\.ckpt was trained"):
+        evaluate(make_cfg([*data, f"ckpt_path={ckpt}"], config_name="evaluate"))
+    labels.write_text(original)
+    # test images that are gone are refused, also when missing images are otherwise dropped
+    test_images = pd.read_csv(run / "splits.csv").query("split == 'test'")["image"]
+    next(root.rglob(test_images.iloc[0])).unlink()
+    with pytest.raises(SplitError, match=rf"{run / 'splits.csv'}: 1 of \d+ images of the saved split are not "):
+        evaluate(make_cfg([*data, f"ckpt_path={ckpt}", "data.missing=drop"], config_name="evaluate"))
+    # a checkpoint outside a run directory has no split to reuse
+    shutil.copy(ckpt, tmp_path / "loose.ckpt")
+    with pytest.raises(ConfigError, match="split_from=config"):
+        evaluate(make_cfg([*data, f"ckpt_path={tmp_path / 'loose.ckpt'}"], config_name="evaluate"))
+
+
+@pytest.mark.slow
+def test_last_checkpoint_is_the_end_of_fit_even_when_the_best_is_older(make_cfg):
+    """Lightning >= 2.6 writes save_last's file only in epochs that save a top-k checkpoint; last.ckpt must still be
+    the end of fit (what evaluation.checkpoint=last scores and resume= continues from)."""
+    import torch
+
+    cfg = make_cfg(["program=B", "trainer.max_epochs=3", "+trainer.limit_train_batches=2",
+                    "+trainer.limit_val_batches=1", "callbacks.early_stopping=null", "~logger",
+                    "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"])  # best: epoch 1
+    metrics = train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch000.ckpt", "last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert metrics["checkpoint"] == os.path.join("checkpoints", "last.ckpt") and metrics["checkpoint_epoch"] == 3

@@ -130,13 +130,50 @@ def official_split(table: pd.DataFrame, train_val_list, test_list, val=0.1, seed
     return split
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (a label file's fingerprint, saved with each checkpoint)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_split(table: pd.DataFrame, path) -> pd.Series:
+    """The split saved by a run (its ``splits.csv``: image, patient, split), applied to ``table``.
+
+    Every image the file assigns must be in ``table`` (labelled and on disk); labelled images the file does not
+    list are left out (split ``None``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"saved split not found: {path}")
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"image", "split"} <= set(saved.columns):
+        raise SplitError(f"{path}: not a splits.csv (needs the columns image and split, found {list(saved.columns)})")
+    saved = saved[saved["split"] != ""]
+    unknown = sorted(set(saved["split"]) - set(SPLITS))
+    if unknown:
+        raise SplitError(f"{path}: unknown split name {unknown[0]!r} (expected {', '.join(SPLITS)})")
+    absent = ~saved["image"].isin(table["image"])
+    if absent.any():
+        first = ", ".join(saved.loc[absent, "image"].head(5))
+        raise SplitError(f"{path}: {int(absent.sum())} of {len(saved)} images of the saved split are not among the "
+                         f"labelled images found on disk (first: {first})")
+    split = table["image"].map(saved.set_index("image")["split"])
+    return split.astype(object).where(split.notna(), None).rename("split")
+
+
 def make_split(table: pd.DataFrame, method: str, **settings) -> pd.Series:
-    """Dispatch on ``method`` (thesis, patient, official) and check that no split is empty."""
-    methods = {"thesis": thesis_split, "patient": patient_split, "official": official_split}
+    """Dispatch on ``method`` (thesis, patient, official, file) and check that no split is empty."""
+    methods = {"thesis": thesis_split, "patient": patient_split, "official": official_split, "file": file_split}
     if method not in methods:
         raise SplitError(f"unknown split method {method!r}; choose one of {', '.join(methods)}")
     if method == "official":  # its sizes are read against train_val_list.txt; thesis count scaling does not apply
         settings = {key: value for key, value in settings.items() if key not in ("scale", "pool")}
+    if method == "file":  # a saved split (evaluate.py: the run's splits.csv); sizes and seed do not apply
+        settings = {"path": settings.get("path")}
     split = methods[method](table, **settings)
     counts = split.value_counts()
     for name in ("train", "val"):

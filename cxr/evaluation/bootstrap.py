@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr.evaluation.metrics import auroc, binary_metrics
+from cxr.evaluation.metrics import auroc, binary_metrics, predicted_class
 
 CI_METRICS = ("auroc", "accuracy", "accuracy_class0", "accuracy_class1", "balanced_accuracy", "f1", "ppv", "npv")
 
@@ -175,7 +175,7 @@ def patient_bootstrap(labels, probabilities, patients, threshold: float = 0.5, n
     rng = np.random.default_rng(seed)
 
     auroc_of = _AurocTable(labels, probabilities)
-    cell = labels * 2 + (probabilities >= threshold)  # 0 tn, 1 fp, 2 fn, 3 tp
+    cell = labels * 2 + predicted_class(probabilities, threshold)  # 0 tn, 1 fp, 2 fn, 3 tp
     counts = np.empty((n_resamples, 4), dtype=np.int64)
     aurocs = np.empty(n_resamples)
     for b in range(n_resamples):

@@ -1,10 +1,11 @@
 """ROC and precision-recall curves, average precision and calibration of a binary classifier (numpy only).
 
-Conventions shared with :mod:`cxr.evaluation.metrics`: label 1 is 'Finding', and a probability
-``>= threshold`` predicts class 1. Curves have one point per distinct probability (tied probabilities move
-together), ordered by decreasing threshold, after a first point at ``threshold = inf`` where nothing is
-predicted positive. Curves and average precision need both classes: with a single class (or no sample) they
-return ``None`` so that callers can skip the plot or the number.
+Label 1 is 'Finding'. Curves have one point per distinct probability (tied probabilities move together),
+ordered by decreasing threshold, after a first point at ``threshold = inf`` where nothing is predicted positive;
+point ``i`` counts the rows with probability ``>= thresholds[i]`` (sklearn's convention for curve points), which
+is the decision rule of :mod:`cxr.evaluation.metrics` (``p > t``) for any ``t`` just below ``thresholds[i]``.
+Curves and average precision need both classes: with a single class (or no sample) they return ``None`` so that
+callers can skip the plot or the number.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Draw the thesis' figures (Appendix A training curves, Appendix B confusion matrices) and diagnostic figures
 of a binary classifier: ROC / precision-recall with operating points, reliability diagram, probability histograms
 per true class, and a ROC overlay of several runs. Operating points and thresholds use the rule of
-:mod:`cxr.evaluation.metrics`: a probability ``>= threshold`` predicts 'Finding'.
+:mod:`cxr.evaluation.metrics`: a probability ``> threshold`` predicts 'Finding'.
 
 Everything works on ``matplotlib.figure.Figure`` objects with the Agg canvas and never touches
 pyplot's global state, so it is thread-safe and never opens a window.
@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cxr.evaluation.curves import (_validate, average_precision, calibration_bins, expected_calibration_error,
                                    precision_recall_curve, roc_curve)
-from cxr.evaluation.metrics import auroc
+from cxr.evaluation.metrics import auroc, predicted_class
 
 _PANELS = (("acc", "model accuracy", "accuracy"), ("loss", "model loss", "loss"))
 _SPLITS = (("train", "train"), ("val", "validation"))
@@ -125,8 +125,8 @@ def _unit_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def _operating_point(labels, probabilities, threshold) -> tuple[float, float, float]:
-    """(fpr, tpr = recall, precision) of ``probability >= threshold``; precision NaN when nothing is positive."""
-    predicted = probabilities >= threshold
+    """(fpr, tpr = recall, precision) of ``probability > threshold``; precision NaN when nothing is positive."""
+    predicted = predicted_class(probabilities, threshold).astype(bool)
     tp, fp = int((predicted & labels).sum()), int((predicted & ~labels).sum())
     precision = tp / (tp + fp) if tp + fp else float("nan")
     return fp / int((~labels).sum()), tp / int(labels.sum()), precision

@@ -1,7 +1,17 @@
-"""Threshold and ranking metrics of a binary classifier from labels and predicted probabilities."""
+"""Threshold and ranking metrics of a binary classifier from labels and predicted probabilities.
+
+The decision rule, used everywhere in cxr (training metrics via torchmetrics, evaluation, bootstrap, operating
+points, figures, reports): a probability **strictly above** the threshold is class 1, ``p > 0.5``, as torchmetrics
+and Keras' ``predict_classes``. A tie (``p == 0.5``, what an untrained or dead network outputs) is class 0.
+"""
 from __future__ import annotations
 
 import numpy as np
+
+
+def predicted_class(probabilities, threshold: float = 0.5) -> np.ndarray:
+    """0/1 predictions by the one decision rule of cxr: class 1 where ``probability > threshold``."""
+    return (np.asarray(probabilities, dtype=np.float64) > threshold).astype(np.int64)
 
 
 def auroc(labels, scores) -> float | None:
@@ -40,10 +50,10 @@ def _ratio(numerator: int, denominator: int) -> float | None:
 
 def binary_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     """Counts, accuracy, per-class accuracy (class 0 = specificity, class 1 = sensitivity), F1, positive and
-    negative predictive value, AUROC and the confusion matrix ``[[tn, fp], [fn, tp]]``; a probability >=
-    threshold predicts class 1. A ratio whose denominator is zero is None."""
+    negative predictive value, AUROC and the confusion matrix ``[[tn, fp], [fn, tp]]``; a probability >
+    threshold predicts class 1 (``predicted_class``). A ratio whose denominator is zero is None."""
     labels = np.asarray(labels).astype(int)
-    predicted = (np.asarray(probabilities, dtype=np.float64) >= threshold).astype(int)
+    predicted = predicted_class(probabilities, threshold)
     tn = int(((labels == 0) & (predicted == 0)).sum())
     fp = int(((labels == 0) & (predicted == 1)).sum())
     fn = int(((labels == 1) & (predicted == 0)).sum())

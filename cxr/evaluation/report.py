@@ -29,7 +29,8 @@ HOW_TO_READ = (
     "difference compares two runs on the very same images: when its interval contains 0, the data cannot tell the "
     "two runs apart. Accuracy alone misleads when the classes are imbalanced: predicting the majority class for "
     "every image reaches the majority-class rate shown beside it, so read the per-class accuracies (class 0 = no "
-    "finding = specificity, class 1 = finding = sensitivity), at 0.5 and at the validation-chosen operating point.")
+    "finding = specificity, class 1 = finding = sensitivity), at 0.5 and at the validation-chosen operating point; "
+    "a probability above the threshold is class 1 (exactly 0.5 is class 0).")
 
 
 class ReportError(ValueError):

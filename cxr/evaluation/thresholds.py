@@ -1,7 +1,8 @@
 """Choosing a decision threshold on one set (validation) to apply unchanged to another (test).
 
-A probability >= threshold predicts class 1, as in ``binary_metrics``. The candidate thresholds are the
-distinct predicted probabilities of the set the threshold is chosen on.
+A probability > threshold predicts class 1, as everywhere in cxr (``cxr.evaluation.metrics.predicted_class``).
+The candidate thresholds are the distinct predicted probabilities of the set the threshold is chosen on (each
+calls the rows strictly above it class 1), and one below the lowest (every row class 1).
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ FIXED_THRESHOLD = 0.5
 
 
 def _candidates(labels, probabilities) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """Distinct probabilities (ascending); at each as the threshold, the numbers of true positives and true
-    negatives (integers); the numbers of class-1 and class-0 rows."""
+    """Candidate thresholds (ascending: one below the lowest probability, then the distinct probabilities); at each,
+    the numbers of true positives and true negatives (integers) of the rule p > threshold; the numbers of class-1
+    and class-0 rows."""
     labels = np.asarray(labels).reshape(-1)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if labels.shape != probabilities.shape:
@@ -32,10 +34,11 @@ def _candidates(labels, probabilities) -> tuple[np.ndarray, np.ndarray, np.ndarr
     levels = levels.reshape(-1)
     positives = np.bincount(levels[positive], minlength=values.size)
     negatives = np.bincount(levels[~positive], minlength=values.size)
-    # threshold values[i]: rows at levels >= i are predicted positive
-    true_positives = n_pos - (np.cumsum(positives) - positives)
-    true_negatives = np.cumsum(negatives) - negatives
-    return values, true_positives, true_negatives, n_pos, n_neg
+    # threshold values[i]: rows at levels > i are predicted positive
+    true_positives = n_pos - np.cumsum(positives)
+    true_negatives = np.cumsum(negatives)
+    below = 0.0 if values[0] > 0 else float(np.nextafter(0.0, -1.0))  # every row above it: all predicted positive
+    return (np.r_[below, values], np.r_[n_pos, true_positives], np.r_[0, true_negatives], n_pos, n_neg)
 
 
 def youden_threshold(labels, probabilities) -> float:
@@ -50,7 +53,7 @@ def youden_threshold(labels, probabilities) -> float:
 
 
 def sensitivity_threshold(labels, probabilities, target: float) -> float:
-    """The highest candidate threshold whose sensitivity (class-1 accuracy, prediction = probability >=
+    """The highest candidate threshold whose sensitivity (class-1 accuracy, prediction = probability >
     threshold) is >= target."""
     if target is None or not 0.0 <= float(target) <= 1.0:
         raise ValueError(f"target (sensitivity) must lie in [0, 1], got {target!r}")

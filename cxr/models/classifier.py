@@ -9,6 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
+from cxr.safe_instantiate import check_targets, instantiate
+
 
 def _plain(value):
     """OmegaConf nodes -> plain dicts, so checkpoints hold only primitives (safe weights-only loading)."""
@@ -46,7 +48,7 @@ class BinaryClassifier(L.LightningModule):
             "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight,
         }, logger=False)  # the pipeline logs hyper-parameters once, with the final metrics
         self.run_metadata: dict = {}  # saved in checkpoints as "cxr" (training overrides, provenance)
-        self.net = hydra.utils.instantiate(self.hparams.net)
+        self.net = instantiate(self.hparams.net, "net")
         # weight of class-1 terms in the loss; "balanced" is set from the training split in setup()
         weight = class_weight if isinstance(class_weight, (int, float)) else 1.0
         self.register_buffer("pos_weight", torch.tensor(float(weight)))
@@ -89,12 +91,13 @@ class BinaryClassifier(L.LightningModule):
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer; with ``fused_optimizer``, its fused kernel where it has one (Adam, AdamW, SGD)."""
+        check_targets(self.hparams.optimizer, "optimizer")  # before the fallback below can swallow a refusal
         if self.fused_optimizer and "fused" not in self.hparams.optimizer:
             try:
                 return hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters(), fused=True)
             except (TypeError, RuntimeError, ValueError, hydra.errors.InstantiationException):
                 pass  # no fused kernel for this optimizer, torch version or device: the plain one below
-        return hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters())
+        return instantiate(self.hparams.optimizer, "optimizer", params=self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cxr"] = self.run_metadata
@@ -106,6 +109,6 @@ class BinaryClassifier(L.LightningModule):
         scheduler_cfg = dict(self.hparams.scheduler)
         interval = scheduler_cfg.pop("interval", "epoch")
         monitor = scheduler_cfg.pop("monitor", "val/auroc")
-        scheduler = hydra.utils.instantiate(scheduler_cfg, optimizer=optimizer)
+        scheduler = instantiate(scheduler_cfg, "scheduler", optimizer=optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}

@@ -1,0 +1,24 @@
+"""The errors a user can cause (bad input or settings), as opposed to bugs: the entry points print these as one
+``error: <message>`` line and exit non-zero, without a traceback (``cxr.cli``)."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the key and what would fix it."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Every exception type that means "your input or settings are wrong" (imported lazily: no cycles)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cxr.checkpoints import CheckpointError
+    from cxr.data.cache import CacheError
+    from cxr.data.images import ImageIndexError, ImageReadError
+    from cxr.data.labels import LabelFileError
+    from cxr.data.splits import SplitError
+    from cxr.evaluation.report import ReportError
+    from cxr.pipeline import DataCheckError, RunDirectoryError
+    from cxr.safe_instantiate import UnsafeTargetError
+
+    return (ConfigError, LabelFileError, ImageIndexError, ImageReadError, SplitError, DataCheckError,
+            RunDirectoryError, CheckpointError, UnsafeTargetError, ReportError, CacheError, OmegaConfBaseException)
