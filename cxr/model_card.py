@@ -141,6 +141,15 @@ def _data_caveats(cfg: DictConfig, metrics: dict) -> list[str]:
     return caveats
 
 
+def _which_checkpoint(cfg: DictConfig) -> str:
+    """``evaluation.checkpoint``: last (end of training, the thesis) or best (validation AUROC)."""
+    try:
+        which = (cfg.get("evaluation") or {}).get("checkpoint") or "best"
+    except Exception:  # an interpolation this config cannot resolve
+        which = "best"
+    return "the last epoch's weights" if which == "last" else "best by validation AUROC"
+
+
 def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     """The model card's Markdown text."""
     output_dir = Path(output_dir)
@@ -156,7 +165,7 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
              f"- Task: {task}.",
              f"- Network: `{cfg.model.net.get('_target_')}`, {metrics.get('params'):,} trainable parameters; "
              f"trained {metrics.get('epochs_trained')} epoch(s), seed {cfg.get('seed')}.",
-             f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` (best by validation AUROC).",
+             f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}).",
              f"- Training recipe: batch {training.get('batch_size')}, learning rate {training.get('lr')}, "
              f"class weight {training.get('class_weight')}, augmentation {training.get('augmentation') or 'none'}.",
              "",
