@@ -73,7 +73,8 @@ class InputImageGrid(L.Callback):
             low, high = images.amin(), images.amax()  # display range (program B: 0-255; D: standardised)
             images = (images - low) / (high - low).clamp(min=1e-8) if low < 0 or high > 1 else images
             grid = make_grid(images, nrow=8, padding=2, pad_value=1.0)
-            labels = " ".join(str(int(target)) for _, target, _ in items)
+            labels = " ".join(str(int(target)) if target.dim() == 0 else  # multi-label: the findings' indices
+                              "+".join(str(i) for i in target.nonzero().flatten().tolist()) or "-" for _, target, _ in items)
             writer.add_image(f"inputs/{name}", grid, global_step=0)
             writer.add_text(f"inputs/{name}_labels", f"labels (0 = No Finding, 1 = finding): {labels}", 0)
 

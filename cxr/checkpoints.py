@@ -42,7 +42,11 @@ def load_classifier(path: str | Path) -> tuple[BinaryClassifier, dict]:
         check_targets(hparams, "hyper_parameters")
     except UnsafeTargetError as error:
         raise UnsafeCheckpointError(f"{path}: refused: {error}") from None
-    model = BinaryClassifier(**{k: hparams.get(k) for k in ("net", "optimizer", "scheduler", "preprocessing",
-                                                            "program", "class_weight")})
+    arguments = {k: hparams.get(k) for k in ("net", "optimizer", "scheduler", "preprocessing", "program",
+                                             "class_weight", "task", "findings", "loss") if k in hparams or k == "net"}
+    if isinstance(arguments["net"], dict) and "weights" in arguments["net"]:
+        # the checkpoint holds the trained weights: never fetch or read the initial ones (ImageNet, a file) again
+        arguments["net"] = {**arguments["net"], "weights": None}
+    model = BinaryClassifier(**arguments)
     model.load_state_dict(checkpoint["state_dict"])
     return model, checkpoint

@@ -1,7 +1,8 @@
 """Inference backends for evaluation and prediction: the fastest one that gives the same probabilities.
 
 ``predict_probabilities(model, loader, backend)`` streams a DataLoader of ``(images, target, index)`` batches
-through the model and returns the class-1 probabilities in loader order. Batches are regrouped to
+through the model and returns the class-1 probabilities in loader order (shape (N,); (N, K) for a model with K
+outputs, one per finding). Batches are regrouped to
 ``batch_size`` images (64 by default; the training batch of 10 wastes time per call) and run under
 ``torch.inference_mode``. Backends:
 
@@ -165,6 +166,9 @@ def onnx_session(model: torch.nn.Module, example: torch.Tensor, threads: int | N
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # no spinning between operators, as OMP_WAIT_POLICY=PASSIVE for torch (cxr/__init__.py): on shared cores
+    # spinning threads take the time slices the computing ones need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(export_onnx(model, example), options, providers=["CPUExecutionProvider"])
     _SESSIONS[model] = (fingerprint, tuple(example.shape[1:]), session)
     return session
@@ -176,7 +180,8 @@ def _onnx_runner(model: torch.nn.Module, example: torch.Tensor):
 
     def run(images: torch.Tensor) -> np.ndarray:
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        logits = session.run(None, {name: array})[0].reshape(len(array))
+        logits = session.run(None, {name: array})[0].reshape(len(array), -1)
+        logits = logits[:, 0] if logits.shape[1] == 1 else logits  # as the torch runner: (N,) or (N, K)
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
     return run
@@ -200,10 +205,13 @@ def predict_probabilities(model: torch.nn.Module, loader: Iterable, backend: str
             for images in chunks:
                 if backend == "onnxruntime" and not outputs:
                     run = _checked_onnx_runner(model, images, run)
-                outputs.append(np.asarray(run(images), dtype=np.float32).reshape(-1))
+                outputs.append(np.asarray(run(images), dtype=np.float32).reshape(len(images), -1))
     finally:
         model.train(was_training)
-    return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
+    if not outputs:
+        return np.empty(0, dtype=np.float32)
+    probabilities = np.concatenate(outputs)
+    return probabilities[:, 0] if probabilities.shape[1] == 1 else probabilities  # (N,) binary, (N, K) multi-label
 
 
 def _checked_onnx_runner(model: torch.nn.Module, images: torch.Tensor, torch_run):

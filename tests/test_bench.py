@@ -15,8 +15,9 @@ from cxr.bench.core import Row, interleaved, table
 
 ROW_KEYS = {"measure", "unit", "baseline", "fast", "ratio", "target", "met", "note", "details"}
 MEASURES = ("train step", "inference", "loader only", "epoch from cache", "epoch streaming", "Lightning Trainer",
-            "NIH scale", "TensorFlow", "download + verify", "preparation", "epoch from shards vs PNGs",
-            "epoch from shards vs cache", "shard formats")
+            "NIH scale", "train step vs Keras", "matmul peak", "thesis net vs matmul peak", "DenseNet-121",
+            "download + verify", "preparation", "epoch from shards vs PNGs", "epoch from shards vs cache",
+            "shard formats")
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,29 @@ def test_table_and_timing_helpers():
 def test_command_line_rejects_unknown_sections():
     with pytest.raises(SystemExit):
         main(["--only", "train,warp"])
+
+
+def test_fast_training_paths_follow_the_baseline():
+    """The benchmark's default (channels_last + fused Adam) and fast (cpu_fast) steps train the same model as the
+    fp32 eager baseline: same losses to rounding (default) and to bf16 rounding (fast) over a few steps."""
+    from cxr.bench.compute import random_batch, stepper, train_paths
+
+    images, targets = random_batch(10, seed=3)
+    steps = {name: stepper(path, seed=0) for name, path in train_paths().items()}
+    losses = {name: [step(images, targets) for _ in range(3)] for name, step in steps.items()}
+    assert losses["baseline"][0] != losses["baseline"][-1]  # it trains
+    assert np.allclose(losses["default"], losses["baseline"], atol=1e-4)
+    assert np.allclose(losses["fast"], losses["baseline"], atol=5e-2)
+
+
+def test_densenet_rows_report_agreement(document):
+    rows = [row for row in document[0]["rows"] if row["measure"].startswith("DenseNet-121")]
+    assert len(rows) == 4
+    agreement = rows[0]["details"]["max_abs_probability_difference_vs_fp32"]
+    assert agreement["default"] < 1e-4 and agreement["fast"] < 0.05
+
+
+def test_limits_row_reports_flops_per_image(document):
+    row = next(row for row in document[0]["rows"] if row["measure"].startswith("matmul peak"))
+    flops = row["details"]["gflop_per_image"]
+    assert flops["forward"] == pytest.approx(0.54, rel=0.05) and 2.5 < flops["train"] / flops["forward"] < 3.5

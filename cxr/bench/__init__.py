@@ -9,10 +9,13 @@ Measures, in one run, with every figure the median of several interleaved repeti
 4. a training epoch from disk, streaming and cached, as a fraction of compute-only;
 5. a plain PyTorch loop vs the Lightning Trainer (overhead %);
 6. NIH scale: index and split the official 112,120-row CSV (seconds, peak RSS of a subprocess);
-7. a TensorFlow peer row only when ``import tensorflow`` works;
-8. the dataset: download + verify + extract against a local HTTP server, preparation img/s (decode + resize into
-   the cache) with the projected time for the whole release, an epoch from LitData shards vs the cache vs PNGs,
-   and LitData vs WebDataset (write time, read img/s, size).
+7. the thesis' own Keras model (``fit``, ``predict``) inside the rounds of 1. and 2. when TensorFlow is installed
+   (``pip install -e ".[parity]"``), so that the ratios to Keras come from one run;
+8. limits: the thesis net's FLOPs per image against the peak GFLOP/s of a large fp32 and bf16 matmul;
+9. DenseNet-121 (224 px, 14 outputs) training and inference, fp32 vs the default and fast settings;
+10. the dataset: download + verify + extract against a local HTTP server, preparation img/s (decode + resize into
+    the cache) with the projected time for the whole release, an epoch from LitData shards vs the cache vs PNGs,
+    and LitData vs WebDataset (write time, read img/s, size).
 
 Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
 settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
@@ -28,40 +31,14 @@ from pathlib import Path
 from cxr.bench.core import FULL, QUICK, TINY, Row, Sizes, machine_info, table
 
 log = logging.getLogger(__name__)
-SECTIONS = ("train", "inference", "loader", "epoch", "lightning", "nih", "tensorflow", "download", "prepare", "shards")
-
-
-def bench_tensorflow(sizes: Sizes) -> list[Row]:
-    """A Keras peer of the thesis net, only when TensorFlow is installed (it is not a dependency)."""
-    try:
-        import tensorflow as tf  # noqa: F401
-    except Exception as error:  # ImportError, or a broken install
-        return [Row("TensorFlow/Keras peer (train step)", "img/s", None, None,
-                    note=f"skipped: import tensorflow failed ({type(error).__name__})")]
-    import numpy as np
-    from tensorflow import keras
-
-    from cxr.bench.core import interleaved, median
-
-    layers = [keras.Input((150, 150, 3))]
-    for width in (32, 64, 128, 256):
-        layers += [keras.layers.Conv2D(width, 3, activation="relu"), keras.layers.MaxPooling2D(2)]
-    layers += [keras.layers.Flatten(), keras.layers.Dense(512, activation="relu"), keras.layers.Dense(1)]
-    model = keras.Sequential(layers)
-    model.compile(optimizer=keras.optimizers.Adam(3e-4, epsilon=1e-7),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    x = np.random.default_rng(0).random((10, 150, 150, 3), dtype=np.float32)
-    y = (np.arange(10) % 2).astype(np.float32)
-    times = interleaved({"keras": lambda: [model.train_on_batch(x, y) for _ in range(sizes.train_steps)]},
-                        sizes.reps, max(1, sizes.warmup))
-    rate = 10 * sizes.train_steps / median(times["keras"])
-    return [Row("TensorFlow/Keras peer (train step)", "img/s", None, rate, note=f"tensorflow {tf.__version__}")]
+SECTIONS = ("train", "inference", "limits", "densenet", "loader", "epoch", "lightning", "nih", "download", "prepare",
+            "shards")
 
 
 def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, image_dir=None,
         shared=None, echo=print) -> dict:
     """Run the selected measures; return (and write to ``out``) the result document."""
-    from cxr.bench import compute, dataset, loading, scale
+    from cxr.bench import compute, dataset, limits, loading, scale
 
     functions = {
         "train": lambda: compute.bench_train_step(sizes),
@@ -70,7 +47,8 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
         "epoch": lambda: loading.bench_epoch(sizes, image_dir),
         "lightning": lambda: compute.bench_lightning_overhead(sizes),
         "nih": lambda: scale.bench_nih_scale(sizes, shared),
-        "tensorflow": lambda: bench_tensorflow(sizes),
+        "limits": lambda: limits.bench_limits(sizes, rows),
+        "densenet": lambda: compute.bench_densenet(sizes),
         "download": lambda: dataset.bench_download(sizes, image_dir),
         "prepare": lambda: dataset.bench_prepare(sizes, image_dir),
         "shards": lambda: dataset.bench_shards(sizes, image_dir),

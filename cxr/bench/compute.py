@@ -85,23 +85,42 @@ def random_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bench_train_step(sizes: Sizes) -> list[Row]:
-    """(1) img/s of a training step, batch 10 of random RGB 150x150: baseline vs the default and fast paths."""
+    """(1) img/s of a training step, batch 10 of random RGB 150x150: baseline vs the default and fast paths, and
+    the thesis' Keras model (``fit``) in the same rounds when TensorFlow is installed."""
+    from cxr.bench import peer
+
     paths = train_paths()
     images, targets = random_batch(10)
     steps = {name: stepper(path) for name, path in paths.items()}
-    times = interleaved({name: (lambda s=s: [s(images, targets) for _ in range(sizes.train_steps)])
-                         for name, s in steps.items()}, sizes.reps, sizes.warmup)
+    candidates = {name: (lambda s=s: [s(images, targets) for _ in range(sizes.train_steps)])
+                  for name, s in steps.items()}
+    candidates.update(peer.keras_training(images, targets, sizes.train_steps))
+    times = interleaved(candidates, sizes.reps, sizes.warmup)
     rate = {name: 10 * sizes.train_steps / median(t) for name, t in times.items()}
     ratio = {name: speedup(times, name, "baseline") for name in times}
     details = {"img_per_s": rate, "speedup": ratio, "paths": {n: p.describe() for n, p in paths.items()}, "batch": 10,
                "steps_per_round": sizes.train_steps}
-    return [
+    rows = [
         Row("train step, default config (fp32)", "img/s", rate["baseline"], rate["default"], ratio=ratio["default"],
             details=details,
             note=f"default = {_describe(paths['default'])}"),
         Row("train step, fast path (trainer=cpu_fast)", "img/s", rate["baseline"], rate["fast"], ">= 1.5x",
             ratio["fast"] >= 1.5, ratio["fast"], details=details, note=f"fast = {_describe(paths['fast'])}"),
     ]
+    if "keras fit" in times:
+        # the faster of fit and train_on_batch (same compiled step), so that Keras' per-call set-up is not counted
+        keras = max(("keras fit", "keras train_on_batch"), key=rate.get)
+        details["keras"] = {"tensorflow": peer.tensorflow_version(), "timed": keras,
+                            "vs_keras": {n: speedup(times, n, keras) for n in paths}}
+        for name, label in (("default", "default config"), ("fast", "cpu_fast")):
+            vs = details["keras"]["vs_keras"][name]
+            rows.append(Row(f"train step vs Keras fit, {label}", "img/s", rate[keras], rate[name], ">= 2x", vs >= 2.0,
+                            vs, details=details, note=f"Keras {details['keras']['tensorflow']} thesis model, {keras} "
+                                                       f"(fit {rate['keras fit']:.1f} img/s), same rounds"))
+    else:
+        rows.append(Row("train step vs Keras fit", "img/s", None, None, ">= 2x",
+                        note='skipped: TensorFlow not installed (pip install -e ".[parity]")'))
+    return rows
 
 
 def _describe(path: TrainPath) -> str:
@@ -114,8 +133,10 @@ def _describe(path: TrainPath) -> str:
 
 
 def bench_inference(sizes: Sizes) -> list[Row]:
-    """(2) inference img/s: the reference (eager fp32 NCHW) vs each backend of cxr.inference, batch 64."""
+    """(2) inference img/s: the reference (eager fp32 NCHW) vs each backend of cxr.inference, batch 64, and the
+    thesis' Keras model (``predict``) in the same rounds when TensorFlow is installed."""
     from cxr import inference
+    from cxr.bench import peer
 
     model = classifier(train_paths()["baseline"]).eval()
     batch = sizes.infer_batch
@@ -125,7 +146,8 @@ def bench_inference(sizes: Sizes) -> list[Row]:
     runs = {b: (lambda b=b: inference.predict_probabilities(model, loader, b, batch)) for b in backends}
     reference = runs["eager"]()
     agreement = {b: float(np.abs(run() - reference).max()) for b, run in runs.items()}  # also warms up (ONNX export)
-    times = interleaved(runs, sizes.reps, max(sizes.warmup, 1))
+    keras_runs = peer.keras_inference(torch.cat([images for images, _, _ in loader]), batch)
+    times = interleaved({**runs, **keras_runs}, sizes.reps, max(sizes.warmup, 1))
     n = batch * sizes.infer_batches
     rate = {b: n / median(t) for b, t in times.items()}
     ratio = {b: speedup(times, b, "eager") for b in times}
@@ -136,6 +158,14 @@ def bench_inference(sizes: Sizes) -> list[Row]:
     rows.append(Row(f"inference default (auto -> {chosen})", "img/s", rate["eager"], rate["auto"], ">= 3.5x",
                     ratio["auto"] >= 3.5, ratio["auto"], details=details,
                     note=f"max |p - p_eager| = {agreement['auto']:.1e}; baseline = eager fp32 NCHW"))
+    if keras_runs:
+        keras = max(keras_runs, key=rate.get)  # the faster of predict and predict_on_batch
+        vs = speedup(times, "auto", keras)
+        details["keras"] = {"tensorflow": peer.tensorflow_version(), "timed": keras, "vs_keras_auto": vs}
+        rows.append(Row(f"inference default (auto -> {chosen}) vs Keras predict", "img/s", rate[keras], rate["auto"],
+                        ">= 2x", vs >= 2.0, vs, details=details,
+                        note=f"Keras {details['keras']['tensorflow']} thesis model, {keras} (batch {batch}; predict "
+                             f"{rate['keras predict']:.0f} img/s), same rounds"))
     return rows
 
 
@@ -224,3 +254,70 @@ def bench_lightning_overhead(sizes: Sizes) -> list[Row]:
             f"plain step, alternating); whole fit() incl. set-up {details['fit_overhead_percent']:+.1f}%")
     return [Row("Lightning Trainer vs plain loop (step)", "img/s", 1 / per_image["plain"], 1 / per_image["lightning"],
                 "overhead <= 5%", overhead <= 5.0, 1.0 / (1.0 + overhead / 100.0), note=note, details=details)]
+
+
+def bench_densenet(sizes: Sizes) -> list[Row]:
+    """DenseNet-121 (torchvision, 14 outputs, random init) at ``sizes.densenet_size`` px: training step and
+    inference img/s, fp32 eager NCHW vs the default and the fast (trainer=cpu_fast) settings, round-robin."""
+    from torchvision.models import densenet121
+
+    paths, batch, size = train_paths(), sizes.densenet_batch, sizes.densenet_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, size, size, generator=generator)
+    targets = (torch.rand(batch, 14, generator=generator) > 0.8).float()
+
+    def train_step(path: TrainPath):
+        torch.manual_seed(0)
+        net = densenet121(weights=None, num_classes=14)
+        memory_format = torch.channels_last if path.channels_last else torch.contiguous_format
+        net = net.to(memory_format=memory_format).train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, fused=path.fused_optimizer or None)
+        x = images.contiguous(memory_format=memory_format)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=path.bf16):
+                logits = net(x)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return step, net
+
+    built = {name: train_step(path) for name, path in paths.items()}
+    times = interleaved({name: step for name, (step, _) in built.items()}, sizes.densenet_reps, 1)
+    train_rate = {name: batch / median(t) for name, t in times.items()}
+    train_ratio = {name: speedup(times, name, "baseline") for name in times}
+
+    net = built["baseline"][1].eval()
+    infer = {}
+    for name, path in paths.items():
+        memory_format = torch.channels_last if path.channels_last else torch.contiguous_format
+        x = images.contiguous(memory_format=memory_format)
+        model = net.to(memory_format=memory_format)
+
+        def run(x=x, model=model, bf16=path.bf16):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return torch.sigmoid(model(x).float())
+        infer[name] = run
+    reference = infer["baseline"]()
+    agreement = {name: float((run() - reference).abs().max()) for name, run in infer.items()}
+    times_i = interleaved(infer, sizes.densenet_reps, 1)
+    infer_rate = {name: batch / median(t) for name, t in times_i.items()}
+    infer_ratio = {name: speedup(times_i, name, "baseline") for name in times_i}
+    details = {"batch": batch, "image_size": size, "train_img_per_s": train_rate, "train_speedup": train_ratio,
+               "inference_img_per_s": infer_rate, "inference_speedup": infer_ratio,
+               "max_abs_probability_difference_vs_fp32": agreement,
+               "paths": {n: p.describe() for n, p in paths.items()}}
+    label = f"DenseNet-121 {size} px"
+    return [
+        Row(f"{label} train, default (fp32)", "img/s", train_rate["baseline"], train_rate["default"],
+            ratio=train_ratio["default"], details=details, note=f"default = {_describe(paths['default'])}"),
+        Row(f"{label} train, cpu_fast", "img/s", train_rate["baseline"], train_rate["fast"],
+            ratio=train_ratio["fast"], details=details, note=f"fast = {_describe(paths['fast'])}"),
+        Row(f"{label} inference, default (fp32)", "img/s", infer_rate["baseline"], infer_rate["default"],
+            ratio=infer_ratio["default"], details=details,
+            note=f"channels_last; max |p - p_fp32| = {agreement['default']:.1e}"),
+        Row(f"{label} inference, cpu_fast", "img/s", infer_rate["baseline"], infer_rate["fast"],
+            ratio=infer_ratio["fast"], details=details,
+            note=f"{paths['fast'].precision}; max |p - p_fp32| = {agreement['fast']:.1e}"),
+    ]

@@ -30,6 +30,9 @@ class Sizes:
     lightning_epochs: int
     nih_rows: int | None  # rows of the official CSV indexed and split (None: all 112,120)
     worker_counts: tuple = (0, 1, 2)
+    densenet_batch: int = 8
+    densenet_size: int = 224
+    densenet_reps: int = 3
 
 
 FULL = Sizes("full", warmup=2, reps=7, train_steps=3, infer_batches=2, infer_batch=64, loader_loops=3,
@@ -38,7 +41,7 @@ QUICK = Sizes("quick", warmup=1, reps=3, train_steps=2, infer_batches=1, infer_b
               epoch_loops=1, epoch_reps=2, lightning_images=60, lightning_epochs=3, nih_rows=None)
 TINY = Sizes("tiny", warmup=0, reps=1, train_steps=1, infer_batches=1, infer_batch=8, loader_loops=1,
              epoch_loops=1, epoch_reps=1, lightning_images=20, lightning_epochs=2, nih_rows=300,
-             worker_counts=(0, 1))
+             worker_counts=(0, 1), densenet_batch=2, densenet_size=64, densenet_reps=1)
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:

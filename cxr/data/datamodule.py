@@ -50,8 +50,18 @@ class ChestXrayDataModule(L.LightningDataModule):
                  num_workers: int = 0, missing: str = "error", external: dict | None = None,
                  demo: dict | None = None, pin_memory: bool = False, name: str = "data",
                  augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None,
-                 format: str = "png", shards_dir: str | None = None):
+                 format: str = "png", shards_dir: str | None = None,
+                 task: str = "binary", findings: list[str] | None = None):
         super().__init__()
+        # task=multilabel: targets are the multi-hot columns of ``findings``; binary: the table's ``target``
+        self.target_columns = [str(f) for f in findings] if task == "multilabel" else None
+        if self.target_columns is not None:
+            from cxr.data.labels import FINDINGS
+
+            unknown = [f for f in self.target_columns if f not in FINDINGS]
+            if unknown or not self.target_columns:
+                raise ValueError(f"task.findings: unknown finding(s) {unknown or '(none given)'}; "
+                                 f"known: {', '.join(FINDINGS)}")
         self.cache, self.cache_dir = bool(cache), cache_dir  # data.cache: see cxr.data.cache
         if format not in ("png", "shards"):
             raise ValueError(f"data.format={format!r}: choose png or shards")
@@ -102,13 +112,15 @@ class ChestXrayDataModule(L.LightningDataModule):
             in_split = (table["split"] == name).to_numpy()
             rows = np.flatnonzero(in_split) if source is not None else None  # this split's rows of the cache
             self.datasets[name] = ChestXrayDataset(table[in_split].reset_index(drop=True), self.preprocessing,
-                                                   transform, source=source, source_rows=rows)
+                                                   transform, source=source, source_rows=rows,
+                                                   target_columns=self.target_columns)
         if self.external.get("labels") and self.external.get("root"):
             external, _ = attach_image_paths(read_labels(self.external["labels"]), self.external["root"],
                                              self.external.get("missing", self.missing), self.external["labels"])
             self.external_table = external
             self.datasets["external"] = ChestXrayDataset(external, self.preprocessing,
-                                                         source=self._open_cache(external))
+                                                         source=self._open_cache(external),
+                                                         target_columns=self.target_columns)
         if self.format == "shards":
             self._read_shards()
 

@@ -16,15 +16,25 @@ class Preprocessing:
     """How an image becomes network input: channels (1 = L, 3 = RGB), size, resampling, and pixel divisor.
 
     ``pixel_divisor=255`` gives inputs in [0, 1] (thesis programs A, C); ``1`` keeps raw 0-255 (program B).
-    ``mean`` and ``std`` then standardise: ``(pixels / pixel_divisor - mean) / std`` (0 and 1: unchanged).
+    ``mean`` and ``std`` then standardise: ``(pixels / pixel_divisor - mean) / std`` (0 and 1: unchanged); a
+    list gives one value per channel (ImageNet normalisation: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]).
     """
 
     channels: int = 3
     image_size: int = 150
     resample: str = "nearest"
     pixel_divisor: float = 255.0
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | tuple = 0.0
+    std: float | tuple = 1.0
+
+    def __post_init__(self):
+        for key in ("mean", "std"):  # per-channel lists as tuples (hashable, frozen)
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+                value = tuple(float(v) for v in value)
+                if len(value) not in (1, self.channels):
+                    raise ValueError(f"preprocessing.{key} has {len(value)} values for {self.channels} channel(s)")
+                object.__setattr__(self, key, value[0] if len(value) == 1 else value)
 
     def to_tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 HxWxC -> float32 CxHxW, scaled and standardised."""
@@ -33,20 +43,28 @@ class Preprocessing:
         array = np.array(pixels.transpose(2, 0, 1), dtype=np.float32, order="C")  # always a copy
         if self.pixel_divisor != 1:
             np.divide(array, np.float32(self.pixel_divisor), out=array)
-        if self.mean != 0 or self.std != 1:
+        if isinstance(self.mean, tuple) or isinstance(self.std, tuple):  # per channel
+            shape = (-1, 1, 1)
+            np.subtract(array, np.asarray(self.mean, dtype=np.float32).reshape(shape), out=array)
+            np.divide(array, np.asarray(self.std, dtype=np.float32).reshape(shape), out=array)
+        elif self.mean != 0 or self.std != 1:
             np.subtract(array, np.float32(self.mean), out=array)
             np.divide(array, np.float32(self.std), out=array)
         return torch.from_numpy(array)
 
 
 class ChestXrayDataset(Dataset):
-    """Rows of a label table with a ``path`` column; items are ``(image, target, row_index)``."""
+    """Rows of a label table with a ``path`` column; items are ``(image, target, row_index)``.
+
+    ``target_columns``: None for the binary ``target`` (a scalar per image), or the finding columns of a multi-label
+    task (a 0/1 vector per image, in that order)."""
 
     def __init__(self, table: pd.DataFrame, preprocessing: Preprocessing, transform=None,
-                 source=None, source_rows=None):
+                 source=None, source_rows=None, target_columns: list[str] | None = None):
         self.transform = transform  # applied to the float tensor (augmentation of the training split)
         self.paths = table["path"].astype(str).tolist()
-        self.targets = torch.tensor(table["target"].to_numpy(), dtype=torch.float32)
+        targets = table["target"] if target_columns is None else table[list(target_columns)]
+        self.targets = torch.tensor(targets.to_numpy(dtype=np.float32), dtype=torch.float32)
         self.preprocessing = preprocessing
         # data.cache: pre-decoded uint8 images (cxr.data.cache.CachedImages); item i is source[source_rows[i]]
         self.source = source
@@ -93,8 +111,9 @@ def augmentation_transform(degrees: float = 0.0, translate: float = 0.0, scale=(
     """Random affine (rotation in degrees, shift as a fraction of the size, zoom range) and optional flip."""
     from torchvision.transforms import v2
 
-    steps = [v2.RandomAffine(degrees=degrees, translate=(translate, translate) if translate else None,
-                             scale=tuple(scale) if scale else None)]
+    identity = not degrees and not translate and (not scale or tuple(scale) == (1.0, 1.0))
+    steps = [] if identity else [v2.RandomAffine(degrees=degrees, translate=(translate, translate) if translate
+                                                 else None, scale=tuple(scale) if scale else None)]
     if horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)

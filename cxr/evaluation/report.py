@@ -187,6 +187,58 @@ def paired_comparison(a: Run, b: Run, name: str, n_resamples: int = 1000, seed: 
         n_resamples=n_resamples, seed=seed)}
 
 
+def run_findings(run: Run, name: str) -> list[str]:
+    """The findings a multi-label run was scored on (empty for a binary run)."""
+    return list((run.metrics.get(name) or {}).get("findings") or {})
+
+
+def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed: int = 0) -> list[tuple]:
+    """Multi-label runs: mean AUROC and AUROC per finding with CIs, and paired differences (mean and per finding)
+    of multi-label runs scored on the same images."""
+    from cxr.evaluation.multilabel import paired_multilabel_difference
+
+    multi = [r for r in runs if run_findings(r, name)]
+    if not multi:
+        return []
+    findings = [f for f in run_findings(multi[0], name)
+                if any(_get(r.metrics[name], f"findings.{f}.auroc.value") is not None for r in multi)]
+    rows = [[r.name, r.metrics[name].get("any_finding"),
+             _with_ci({"auroc": _get(r.metrics[name], "mean_auroc.value"),
+                       "ci": {"auroc": r.metrics[name].get("mean_auroc") or {}}}, "auroc"),
+             *(_with_ci({"auroc": _get(r.metrics[name], f"findings.{f}.auroc.value"),
+                         "ci": {"auroc": _get(r.metrics[name], f"findings.{f}.auroc") or {}}}, "auroc")
+               for f in findings)] for r in multi]
+    blocks: list[tuple] = [
+        ("h", 2, "Multi-label runs: AUROC per finding"),
+        ("p", "Mean AUROC over the findings with both classes in the set, and AUROC per finding, with 95% patient-"
+              "bootstrap CIs. In the tables above, a multi-label run is scored by its 'any finding' score (the rule "
+              "in the second column: max = largest finding probability, noisy_or = 1 - prod(1 - p)), like a binary "
+              "model, so it is paired with binary runs (e.g. program D) on the same images."),
+        ("table", ["run", "any finding", "mean AUROC [95% CI]", *findings], rows)]
+    pairs, _ = candidate_pairs(multi, name)
+    rows = []
+    for a, b in pairs:
+        joined = a.predictions(name).merge(b.predictions(name), on="image", suffixes=("_a", "_b"))
+        common = [f for f in run_findings(a, name) if f in run_findings(b, name)]
+        columns = [f"label_{f}" for f in common]
+        if not common or not (joined[[c + "_a" for c in columns]].to_numpy()
+                              == joined[[c + "_b" for c in columns]].to_numpy()).all():
+            continue
+        result = paired_multilabel_difference(
+            joined[[c + "_a" for c in columns]].to_numpy(), joined[[f"probability_{f}_a" for f in common]].to_numpy(),
+            joined[[f"probability_{f}_b" for f in common]].to_numpy(), joined["patient_a"], common,
+            n_resamples=n_resamples, seed=seed)
+        for label, r in [("mean AUROC", result["mean_auroc"]), *result["findings"].items()]:
+            rows.append([a.name, b.name, label, _num(r["auroc_a"]), _num(r["auroc_b"]),
+                         f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _num(r["p_value"])])
+    if rows:
+        blocks += [("h", 2, "Paired multi-label differences (same images)"),
+                   ("p", f"AUROC A - AUROC B, mean over findings and per finding, {n_resamples} patient resamples "
+                         f"(seed {seed}) shared by both runs; p: two-sided bootstrap p-value of no difference."),
+                   ("table", ["run A", "run B", "finding", "AUROC A", "AUROC B", "difference [95% CI]", "p"], rows)]
+    return blocks
+
+
 def seed_groups(runs: list[Run], name: str) -> list[dict]:
     """Training runs whose configs differ only in seed (see config_key), two or more: mean and sd."""
     groups: dict[str, list[Run]] = {}
@@ -235,6 +287,7 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
     if left_out:
         blocks.append(("p", f"{left_out} further pairs were left out (at most {MAX_PAIRS}: seed-matched runs of "
                             "different programs come first, then seed-matched runs of different configs)."))
+    blocks += multilabel_blocks(scored, set_name, n_resamples, seed)
     groups = seed_groups(scored, set_name)
     rows = [[g["program"], g["n_runs"], ", ".join(map(str, g["seeds"])), ", ".join(g["runs"]), _mean_sd(g["auroc"]),
              *(_mean_sd(g[k], True) for k in ("balanced_accuracy", "accuracy_class0", "accuracy_class1"))]

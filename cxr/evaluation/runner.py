@@ -28,15 +28,55 @@ log = logging.getLogger(__name__)
 DEFAULTS = {"threshold": 0.5, "operating_point": {"method": "youden", "target_sensitivity": None},
             "bootstrap": {"n_resamples": 1000, "seed": 0, "level": 0.95}, "calibration_bins": 10,
             "expert_labels": None, "subgroups": {"side_tables": [], "min_size": 5},
-            "inference_backend": "auto", "inference_batch_size": 64}
+            "inference_backend": "auto", "inference_batch_size": 64, "any_finding": "max", "ten_crop": False}
+
+
+def model_findings(model: torch.nn.Module) -> list[str] | None:
+    """The output names of a multi-label model (``hparams.findings``), None for a binary one."""
+    hparams = getattr(model, "hparams", None) or {}
+    return list(hparams["findings"]) if hparams.get("task") == "multilabel" else None
 
 
 def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: dict | None = None) -> pd.DataFrame:
+    """image, patient, label (binary target), probability; a multi-label model's ``probability`` is its "any
+    finding" score (``settings.any_finding``), followed by ``label_<finding>`` and ``probability_<finding>``."""
     rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
-    probabilities = inference.predict_probabilities(model, datamodule.eval_dataloader(name),
+    findings = model_findings(model)
+    predictor = TenCrop(model) if findings and settings.get("ten_crop") else model
+    probabilities = inference.predict_probabilities(predictor, datamodule.eval_dataloader(name),
                                                     settings["inference_backend"], settings["inference_batch_size"])
-    return pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
-                         "probability": probabilities})
+    if not findings:
+        return pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
+                             "probability": probabilities})
+    from cxr.evaluation.multilabel import any_finding_score
+
+    probabilities = probabilities.reshape(len(rows), len(findings))
+    frame = pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
+                          "probability": any_finding_score(probabilities, settings["any_finding"])})
+    per_finding = {f"label_{f}": rows[f].astype(int).to_numpy() for f in findings}
+    per_finding.update({f"probability_{f}": probabilities[:, j] for j, f in enumerate(findings)})
+    return pd.concat([frame, pd.DataFrame(per_finding, index=frame.index)], axis=1)
+
+
+class TenCrop(torch.nn.Module):
+    """Ten-crop evaluation (CheXNet): the input resized by 256/224, its four corner and centre crops of the original
+    size and their mirror images, the probabilities averaged; returns the logit of the mean probability."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.hparams = getattr(model, "hparams", {})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        size = images.shape[-1]
+        larger = torch.nn.functional.interpolate(images, size=round(size * 256 / 224), mode="bilinear",
+                                                 align_corners=False, antialias=False)
+        crops = torch.cat(TF.ten_crop(larger, [size, size]))  # (10 N, C, size, size), crop-major
+        probabilities = torch.sigmoid(self.model(crops).float()).reshape(10, len(images), -1).mean(dim=0)
+        return torch.logit(probabilities, eps=1e-7).squeeze(1) if probabilities.shape[1] == 1 else \
+            torch.logit(probabilities, eps=1e-7)
 
 
 def operating_threshold(model, datamodule, settings: dict) -> tuple[float, str]:
@@ -68,6 +108,7 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
     output_dir = Path(output_dir)
     operating_point, chosen_on = operating_threshold(model, datamodule, settings)
     expert = read_google2019_labels(settings["expert_labels"]) if settings.get("expert_labels") else None
+    finding_thresholds = _finding_thresholds(model, datamodule, settings) if model_findings(model) else {}
     results: dict[str, dict] = {}
     for name in datamodule.eval_set_names():
         predictions = predictions_frame(model, datamodule, name, settings)
@@ -87,6 +128,9 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
         groups = subgroup_columns(datamodule.rows(name), settings["subgroups"].get("side_tables"))
         metrics["subgroups"] = subgroup_metrics(labels, probabilities, groups, settings["threshold"],
                                                 settings["subgroups"].get("min_size", 1))
+        if model_findings(model):
+            _add_finding_metrics(metrics, name, predictions, model_findings(model), finding_thresholds, settings,
+                                 output_dir, writer, step)
         results[name] = metrics
         log.info("%s: n=%d AUROC=%s [%s, %s] accuracy=%.3f class0=%s class1=%s | at %s=%.3f: class0=%s class1=%s",
                  name, metrics["n"], _fmt(metrics["auroc"]), _fmt(metrics["ci"]["auroc"]["ci_low"]),
@@ -96,6 +140,60 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
         _draw(name, metrics, labels, probabilities, {"0.5": settings["threshold"], chosen_on: operating_point},
               output_dir, writer, step)
     return results
+
+
+def _finding_thresholds(model, datamodule, settings: dict) -> dict[str, float | None]:
+    """Per-finding thresholds chosen on the validation split (``operating_point.method``; fixed: 0.5 each)."""
+    from cxr.evaluation.multilabel import finding_thresholds
+
+    findings = model_findings(model)
+    method = settings["operating_point"]["method"]
+    if method == "fixed" or not len(datamodule.rows("val")):
+        return {f: float(settings["threshold"]) for f in findings}
+    validation = predictions_frame(model, datamodule, "val", settings)
+    return finding_thresholds(validation[[f"label_{f}" for f in findings]].to_numpy(),
+                              validation[[f"probability_{f}" for f in findings]].to_numpy(), findings, method,
+                              settings["operating_point"].get("target_sensitivity"))
+
+
+def _add_finding_metrics(metrics: dict, name: str, predictions: pd.DataFrame, findings: list[str],
+                         thresholds: dict, settings: dict, output_dir: Path, writer, step: int) -> None:
+    """Per-finding AUROC/AP with patient-bootstrap CIs, mean AUROC, per-finding operating points; the table
+    ``findings_<set>.csv`` / ``.md`` beside published values, ``roc_findings_<set>.png``, TensorBoard scalars."""
+    from cxr.evaluation import multilabel
+
+    labels = predictions[[f"label_{f}" for f in findings]].to_numpy()
+    probabilities = predictions[[f"probability_{f}" for f in findings]].to_numpy()
+    scored = multilabel.multilabel_bootstrap(labels, probabilities, predictions["patient"], findings,
+                                             **settings["bootstrap"])
+    for j, finding in enumerate(findings):
+        scored["findings"][finding]["operating_point"] = {
+            "chosen_on": f"{settings['operating_point']['method']} on val",
+            **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding))}
+    metrics.update({"task": "multilabel", "any_finding": settings["any_finding"], "mean_auroc": scored["mean_auroc"],
+                    "findings": scored["findings"]})
+    table = multilabel.findings_table(scored["findings"], scored["mean_auroc"])
+    write_csv(output_dir / f"findings_{name}.csv", table)
+    from cxr.artifacts import write_text
+    from cxr.evaluation.report import markdown_table
+
+    write_text(output_dir / f"findings_{name}.md", f"# Per-finding results: {name}\n\n"
+               + markdown_table(list(table.columns), table.values.tolist()) + f"\n\n{multilabel.PUBLISHED_NOTE}\n")
+    figure = multilabel.roc_grid_figure(labels, probabilities, findings, thresholds, title=f"{name}: ROC per finding")
+    save_figure(figure, output_dir / f"roc_findings_{name}.png")
+    mean = scored["mean_auroc"]
+    log.info("%s: mean AUROC over %d findings = %s [%s, %s]; %s", name, mean["n_findings"], _fmt(mean["value"]),
+             _fmt(mean["ci_low"]), _fmt(mean["ci_high"]), ", ".join(
+                 f"{f} {_fmt(m['auroc']['value'])}" for f, m in scored["findings"].items()
+                 if m["auroc"]["value"] is not None))
+    if writer is not None:
+        writer.add_figure(f"{name}/roc_findings", figure, global_step=step)
+        if mean["value"] is not None:
+            writer.add_scalar(f"{name}/mean_auroc", mean["value"], global_step=step)
+        for finding, m in scored["findings"].items():
+            for key in ("auroc", "average_precision"):
+                if m[key]["value"] is not None:
+                    writer.add_scalar(f"{name}/{key}/{finding}", m[key]["value"], global_step=step)
 
 
 def _expert_scores(predictions: pd.DataFrame, expert: pd.DataFrame, settings: dict) -> dict:

@@ -1,5 +1,9 @@
-"""LightningModule for the binary No Finding (0) / finding (1) task: BCE on logits, Adam, torchmetrics."""
+"""LightningModule for the binary No Finding (0) / finding (1) task and the 14-finding multi-label task: BCE on
+logits, Adam, torchmetrics."""
 from __future__ import annotations
+
+import inspect
+import warnings
 
 import hydra
 import lightning as L
@@ -7,9 +11,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
+from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity,
+                                         MultilabelAccuracy, MultilabelAUROC, MultilabelStatScores)
 
+from cxr.errors import ConfigError
+from cxr.models.losses import binary_loss
 from cxr.safe_instantiate import check_targets, instantiate
+
+TASKS = ("binary", "multilabel")
 
 
 def _plain(value):
@@ -26,38 +35,123 @@ def binary_metrics(prefix: str) -> MetricCollection:
     )
 
 
-class BinaryClassifier(L.LightningModule):
-    """Wraps a network that returns one logit per image.
+def multilabel_metrics(prefix: str, num_labels: int) -> MetricCollection:
+    """Accuracy over all (image, finding) decisions; AUROC per finding is computed at epoch end (FindingAUROC)."""
+    return MetricCollection({"acc": MultilabelAccuracy(num_labels=num_labels)}, prefix=prefix)
+
+
+class FindingAUROC(torch.nn.Module):
+    """AUROC per finding over an epoch, and their mean over the findings that have both classes (``<stage>/auroc``:
+    the checkpoint and early-stopping monitor); a finding with one class only is not logged."""
+
+    def __init__(self, findings: list[str]):
+        super().__init__()
+        self.findings = list(findings)
+        self.auroc = MultilabelAUROC(num_labels=len(findings), average=None)
+        self.counts = MultilabelStatScores(num_labels=len(findings), average=None)
+
+    def update(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        self.auroc.update(probabilities, targets)
+        self.counts.update(probabilities, targets)
+
+    def compute_and_reset(self) -> tuple[float, dict[str, float]]:
+        """(mean AUROC over findings with both classes, or 0.0 as torchmetrics gives a single class; per finding)."""
+        try:
+            with warnings.catch_warnings():  # a finding absent this epoch: left out below, no need to warn
+                warnings.simplefilter("ignore", UserWarning)
+                tp, fp, tn, fn, _ = self.counts.compute().T
+                values = self.auroc.compute()
+        except (RuntimeError, ValueError):  # nothing seen this epoch (e.g. a sanity check without batches)
+            return 0.0, {}
+        finally:
+            self.auroc.reset()
+            self.counts.reset()
+        both = ((tp + fn) > 0) & ((tn + fp) > 0)
+        per_finding = {f: float(v) for f, v, ok in zip(self.findings, values, both) if ok}
+        return (float(values[both].mean()) if bool(both.any()) else 0.0), per_finding
+
+
+class Classifier(L.LightningModule):
+    """Wraps a network that returns one logit per image (``task=binary``) or one per finding (``multilabel``).
 
     ``net``, ``optimizer`` and ``scheduler`` are Hydra configs (``_target_``), kept as plain dicts in the
-    checkpoint's hyper-parameters so that ``BinaryClassifier.load_from_checkpoint(path)`` rebuilds everything.
+    checkpoint's hyper-parameters so that ``Classifier.load_from_checkpoint(path)`` rebuilds everything.
     ``preprocessing`` records how inputs were made (channels, size, divisor) for evaluation of the checkpoint.
+    ``task`` and ``findings`` (the output names, in order) size the head: the net is built with
+    ``num_outputs=len(findings)`` (1 for binary). ``freeze_backbone_epochs``: train only the head at first.
+    ``weights`` (``model.weights``): the network's initial weights, none, ``imagenet`` (torchvision backbones) or
+    the path of a state dict; kept in ``hparams.net.weights`` (a checkpoint is loaded without them).
     """
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None,
                  preprocessing: dict | None = None, program: str | None = None, class_weight=None,
-                 channels_last: bool | str = False, fused_optimizer: bool = False):
+                 channels_last: bool | str = False, fused_optimizer: bool = False, task: str = "binary",
+                 findings: list[str] | None = None, freeze_backbone_epochs: int = 0, weights: str | None = None,
+                 loss: str = "bce_with_logits"):
         super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task={task!r}: choose one of {', '.join(TASKS)}")
+        findings = list(findings) if findings else (["finding"] if task == "binary" else [])
+        if task == "binary" and len(findings) != 1:
+            raise ValueError(f"task=binary has one output, got findings={findings}")
+        if task == "multilabel" and not findings:
+            raise ValueError("task=multilabel needs task.findings, the list of findings to predict")
         # CPU fast path (cxr.bench): NHWC inputs ("auto": on the CPU only) and a fused optimizer step; both give the
         # fp32 results to rounding. Not hyper-parameters: they change speed, not the model.
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"channels_last={channels_last!r}: use true, false or auto")
         self.channels_last, self.fused_optimizer = channels_last, bool(fused_optimizer)
+        net = dict(_plain(net))
+        check_targets(net, "net")  # the allowlist, before the class is imported below
+        loads_weights = "weights" in inspect.signature(hydra.utils.get_class(net["_target_"])).parameters
+        if weights is not None and str(weights).lower() not in ("none", "null", ""):
+            if not loads_weights and str(weights) == "imagenet":
+                raise ConfigError(f"model.weights=imagenet: {net['_target_']} has no ImageNet weights (a torchvision "
+                                 "backbone has: model=densenet121); use none or the path of a state dict")
+            net["weights"] = str(weights)
         self.save_hyperparameters({
-            "net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
-            "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight,
+            "net": net, "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
+            "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight, "loss": loss,
+            "task": task, "findings": [str(f) for f in _plain(findings)],
+            "freeze_backbone_epochs": int(freeze_backbone_epochs or 0),
         }, logger=False)  # the pipeline logs hyper-parameters once, with the final metrics
         self.run_metadata: dict = {}  # saved in checkpoints as "cxr" (training overrides, provenance)
-        self.net = instantiate(self.hparams.net, "net")
-        # weight of class-1 terms in the loss; "balanced" is set from the training split in setup()
+        self.multilabel = task == "multilabel"
+        self.loss_fn = binary_loss(loss)  # cxr.models.losses: keras_bce (thesis programs) or bce_with_logits
+        net_cfg = dict(self.hparams.net)
+        net_cfg.setdefault("num_outputs", len(findings))  # the head sized to the task
+        path = None if loads_weights else net_cfg.pop("weights", None)
+        try:
+            self.net = instantiate(net_cfg, "net")
+        except hydra.errors.InstantiationException as error:  # e.g. ImageNet weights offline: its one-line message
+            if isinstance(error.__cause__, ConfigError):
+                raise error.__cause__ from None
+            raise
+        if path:  # a network that does not load weights itself (the thesis CNN): a state dict file
+            from cxr.models.backbones import load_state_dict_report
+
+            load_state_dict_report(self.net, path)
+        # weight of class-1 terms in the loss (per finding for multi-label); "balanced" is set from the training
+        # split in setup()
         weight = class_weight if isinstance(class_weight, (int, float)) else 1.0
-        self.register_buffer("pos_weight", torch.tensor(float(weight)))
-        self.train_metrics = binary_metrics("train/")
-        self.val_metrics = binary_metrics("val/")
+        self.register_buffer("pos_weight", torch.full((len(findings),), float(weight)) if self.multilabel
+                             else torch.tensor(float(weight)))
+        if self.multilabel:
+            self.train_metrics = multilabel_metrics("train/", len(findings))
+            self.val_metrics = multilabel_metrics("val/", len(findings))
+            self.train_finding_auroc, self.val_finding_auroc = FindingAUROC(findings), FindingAUROC(findings)
+        else:
+            self.train_metrics = binary_metrics("train/")
+            self.val_metrics = binary_metrics("val/")
 
     def setup(self, stage: str) -> None:
         if self.hparams.class_weight == "balanced" and stage == "fit" and self.trainer.datamodule is not None:
             targets = self.trainer.datamodule.datasets["train"].targets
+            if self.multilabel:  # weighted BCE per finding: n_negative / n_positive of the training split
+                positives = targets.sum(dim=0)
+                self.pos_weight.copy_(torch.where(positives > 0, (len(targets) - positives) / positives.clamp(min=1),
+                                                  torch.ones_like(positives)))
+                return
             n_class1 = float(targets.sum())
             if n_class1 == 0 or n_class1 == len(targets):
                 raise ValueError("class_weight=balanced: the training split holds a single class")
@@ -69,16 +163,49 @@ class BinaryClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.dim() == 4 and (self.channels_last is True or images.device.type == "cpu"):
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        logits = self.net(images)
+        return logits.reshape(len(images), -1) if self.multilabel else logits
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss, in one place: ``model.loss`` (BCE on the logits, or Keras 2's clipped BCE for the thesis
+        programs), class-1 terms weighted by ``pos_weight`` (one weight per finding for multi-label)."""
+        return self.loss_fn(logits.float(), targets, pos_weight=self.pos_weight)
 
     def _step(self, batch, metrics: MetricCollection, stage: str, on_step: bool):
         images, targets, _ = batch
         logits = self(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=self.pos_weight)
-        metrics.update(torch.sigmoid(logits.detach().float()), targets.long())
+        loss = self.loss(logits, targets)
+        probabilities = torch.sigmoid(logits.detach().float())
+        metrics.update(probabilities, targets.long())
+        if self.multilabel:
+            getattr(self, f"{stage}_finding_auroc").update(probabilities, targets.long())
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         return loss
+
+    def _log_finding_auroc(self, stage: str) -> None:
+        mean, per_finding = getattr(self, f"{stage}_finding_auroc").compute_and_reset()
+        self.log(f"{stage}/auroc", mean, prog_bar=stage == "val")
+        for finding, value in per_finding.items():
+            self.log(f"{stage}/auroc/{finding}", value)
+
+    def on_train_epoch_start(self) -> None:
+        epochs = self.hparams.get("freeze_backbone_epochs") or 0
+        if epochs:  # the head trains alone for the first N epochs (BatchNorm statistics still adapt)
+            frozen = self.current_epoch < epochs
+            is_head = getattr(self.net, "is_head_parameter", lambda name: name.startswith("classifier."))
+            for name, parameter in self.net.named_parameters():
+                parameter.requires_grad_(is_head(name) or not frozen)
+
+    def on_train_epoch_end(self) -> None:
+        if self.multilabel:
+            self._log_finding_auroc("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.multilabel and not self.trainer.sanity_checking:
+            self._log_finding_auroc("val")
+        elif self.multilabel:
+            self.val_finding_auroc.compute_and_reset()
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, self.train_metrics, "train", on_step=True)
@@ -87,6 +214,7 @@ class BinaryClassifier(L.LightningModule):
         self._step(batch, self.val_metrics, "val", on_step=False)
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Probabilities: shape (N,) for binary, (N, K) for multi-label (columns in ``hparams.findings`` order)."""
         return torch.sigmoid(self(batch[0]).float())
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -112,3 +240,6 @@ class BinaryClassifier(L.LightningModule):
         scheduler = instantiate(scheduler_cfg, "scheduler", optimizer=optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}
+
+
+BinaryClassifier = Classifier  # the name before multi-label; old configs and checkpoints use it

@@ -6,9 +6,11 @@ from torch import nn
 
 
 class ThesisCNN(nn.Module):
-    """Returns one logit per image; 6,811,393 parameters for 1 channel, 6,811,969 for 3 at 150x150 input."""
+    """Returns one logit per image (``num_outputs`` > 1: one per finding, shape (N, K)); 6,811,393 parameters for
+    1 channel, 6,811,969 for 3 at 150x150 input."""
 
-    def __init__(self, in_channels: int = 3, image_size: int = 150, filters=(32, 64, 128, 256), hidden: int = 512):
+    def __init__(self, in_channels: int = 3, image_size: int = 150, filters=(32, 64, 128, 256), hidden: int = 512,
+                 num_outputs: int = 1):
         super().__init__()
         layers, channels, size = [], in_channels, image_size
         for width in filters:
@@ -18,8 +20,9 @@ class ThesisCNN(nn.Module):
             raise ValueError(f"image_size={image_size} is too small for {len(filters)} conv/pool blocks")
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1)
+            nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_outputs)
         )
+        self.num_outputs = int(num_outputs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -30,4 +33,5 @@ class ThesisCNN(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(images)).squeeze(1)
+        logits = self.classifier(self.features(images))
+        return logits.squeeze(1) if self.num_outputs == 1 else logits

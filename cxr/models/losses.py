@@ -1,0 +1,38 @@
+"""Binary losses on the network's logit, selected by ``model.loss`` (``program.training.loss``).
+
+- ``bce_with_logits``: binary cross-entropy computed from the logit (numerically exact, never saturates).
+- ``keras_bce``: what the thesis' Keras 2 code computed with ``Dense(1, activation='sigmoid')`` and
+  ``loss='binary_crossentropy'``: the sigmoid probability clipped to [1e-7, 1 - 1e-7] before the logarithm, so a
+  saturated output (|logit| > ~16) gives a constant loss and a zero gradient. With program B's raw 0-255 input the
+  initial logits are in the hundreds, and this clipping decides how (and whether) the network learns
+  (tests/test_keras_parity.py, README "Keras parity").
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
+LOSSES = ("bce_with_logits", "keras_bce")
+
+
+def bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None):
+    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+
+
+def keras_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None):
+    """Keras' ``binary_crossentropy`` of ``sigmoid(logits)``: probabilities clipped to [eps, 1 - eps] (zero gradient
+    outside), then ``-(w y log p + (1 - y) log(1 - p))`` averaged; ``pos_weight`` weighs the class-1 terms as Keras'
+    ``class_weight={1: w}`` does."""
+    probabilities = torch.sigmoid(logits).clamp(KERAS_EPSILON, 1.0 - KERAS_EPSILON)
+    positive = targets * torch.log(probabilities)
+    if pos_weight is not None:
+        positive = positive * pos_weight
+    return -(positive + (1.0 - targets) * torch.log1p(-probabilities)).mean()
+
+
+def binary_loss(name: str):
+    """The loss function called ``name`` (one of :data:`LOSSES`)."""
+    if name not in LOSSES:
+        raise ValueError(f"model.loss={name!r}: use one of {', '.join(LOSSES)}")
+    return {"bce_with_logits": bce_with_logits, "keras_bce": keras_bce}[name]
