@@ -25,6 +25,7 @@ from cxr.errors import ConfigError
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
+from cxr.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def train(cfg: DictConfig) -> dict:
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
+    write_model_card(cfg, metrics, output_dir)  # model_card.md (cxr/model_card.py)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # HParams tab: settings beside final metrics
             logger.log_hyperparams(_hyperparameters(cfg), metrics=_final_metrics(results))
