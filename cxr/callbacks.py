@@ -52,7 +52,10 @@ class EpochHistory(L.Callback):
 
 
 class InputImageGrid(L.Callback):
-    """Logs a grid of the first images of each split to TensorBoard, as the network sees them."""
+    """Logs a grid of the first images of each split to TensorBoard, as the network sees them.
+
+    Drawing augmented training images uses the random generators: it runs on a saved copy of their state (restored
+    afterwards), so the grid changes nothing in training and a resumed run (which skips it) stays exact."""
 
     def __init__(self, n_images: int = 16):
         self.n_images = n_images
@@ -60,8 +63,15 @@ class InputImageGrid(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
         datamodule = trainer.datamodule
-        if writer is None or datamodule is None:
+        if writer is None or datamodule is None or trainer.ckpt_path:  # a resumed run logged them at its start
             return
+        state = RandomState.capture()
+        try:
+            self._log_grids(writer, datamodule)
+        finally:
+            RandomState.restore(state)
+
+    def _log_grids(self, writer, datamodule) -> None:
         from torchvision.utils import make_grid
 
         for name in ("train", "val", "test"):
@@ -80,15 +90,37 @@ class InputImageGrid(L.Callback):
 
 
 class RandomState(L.Callback):
-    """Saves the Python, NumPy and torch random states in checkpoints and restores them on resume, so a resumed
-    run shuffles its remaining epochs exactly as an uninterrupted one (Lightning does not save them).
+    """Saves the Python, NumPy, torch (CPU and, when present, every CUDA device's) random states in checkpoints
+    and restores them on resume, so a resumed run shuffles and augments its remaining epochs exactly as an
+    uninterrupted one (Lightning does not save them). Weights-only loadable: tensors and plain values.
     Under DDP every process's states are gathered into rank 0's checkpoint (``ranks``), and each process gets its
     own back on resume (augmentation draws differ per process)."""
 
-    def state_dict(self) -> dict:
+    @staticmethod
+    def capture() -> dict:
         kind, keys, position, has_gauss, gauss = np.random.get_state()
         state = {"python": random.getstate(), "torch": torch.get_rng_state(),
                  "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def restore(state: dict) -> None:
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        random.setstate(_as_tuples(state["python"]))
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda")
+        if cuda and torch.cuda.is_available():
+            if len(cuda) != torch.cuda.device_count():
+                log.warning("resuming with %d CUDA device(s), the checkpoint saved %d: CUDA random state not "
+                            "restored, the run is not bit-exact", torch.cuda.device_count(), len(cuda))
+            else:
+                torch.cuda.set_rng_state_all(cuda)
+
+    def state_dict(self) -> dict:
+        state = self.capture()
         if _world_size() > 1:  # every rank dumps the checkpoint (rank 0 writes it): gather all ranks' states
             states = [None] * _world_size()
             torch.distributed.all_gather_object(states, state)
@@ -103,10 +135,7 @@ class RandomState(L.Callback):
         elif ranks:
             log.warning("resuming with %d processes a checkpoint of %d: random states not restored per process",
                         _world_size(), len(ranks))
-        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-        random.setstate(_as_tuples(state_dict["python"]))
-        torch.set_rng_state(state_dict["torch"])
+        self.restore(state_dict)
 
 
 def _world_size() -> int:

@@ -15,10 +15,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from cxr.data.cache import CacheError
     from cxr.data.images import ImageIndexError, ImageReadError
     from cxr.data.labels import LabelFileError
+    from cxr.data.leakage import LeakageError
     from cxr.data.splits import SplitError
     from cxr.evaluation.report import ReportError
     from cxr.pipeline import DataCheckError, RunDirectoryError
     from cxr.safe_instantiate import UnsafeTargetError
 
     return (ConfigError, LabelFileError, ImageIndexError, ImageReadError, SplitError, DataCheckError,
-            RunDirectoryError, CheckpointError, UnsafeTargetError, ReportError, CacheError, OmegaConfBaseException)
+            RunDirectoryError, CheckpointError, UnsafeTargetError, ReportError, CacheError, LeakageError,
+            OmegaConfBaseException)

@@ -1,9 +1,12 @@
 """The two jobs behind ``train.py`` and ``evaluate.py``: each takes a composed Hydra config and returns metrics."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +26,7 @@ from cxr.errors import ConfigError
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
+from cxr.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +57,24 @@ def _prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
         raise RunDirectoryError(f"{output_dir} holds an unfinished run; resume it with: python train.py "
                                 f"resume={output_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    if resuming and (output_dir / "run.json").is_file():
+        _record_resume(cfg, output_dir)
+        return output_dir
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(output_dir / "run.json", run_provenance())
     return output_dir
+
+
+def _record_resume(cfg: DictConfig, output_dir: Path) -> None:
+    """Keep the first start's run.json and config.yaml; append this start to run.json's ``resumes`` list and save
+    its resolved config as ``config.resume<N>.yaml``."""
+    provenance = json.loads((output_dir / "run.json").read_text())
+    resumes = provenance.setdefault("resumes", [])
+    config_name = f"config.resume{len(resumes) + 1}.yaml"
+    write_text(output_dir / config_name, OmegaConf.to_yaml(cfg, resolve=True))
+    resumes.append({**run_provenance(), "config": config_name, "ckpt_path": cfg.get("ckpt_path"),
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json(output_dir / "run.json", provenance)
 
 
 def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -89,11 +108,27 @@ class DataCheckError(ValueError):
     """The dataset would make training fail; the message holds the first problem line."""
 
 
-def _check_data(cfg: DictConfig, output_dir: Path) -> None:
-    """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt)."""
+def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
+    """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt), on the
+    labelled tables the DataModule will train on. A resume does not repeat a check its first start passed."""
     from cxr.check import run_check
+    from cxr.data.images import ImageIndexError
+    from cxr.data.labels import LabelFileError
 
-    report = run_check(cfg)
+    previous = output_dir / "data_check.txt"
+    passed = previous.read_text().splitlines()[-1:] if cfg.get("ckpt_path") and previous.is_file() else []
+    if passed and passed[0].startswith("OK"):
+        log.info("data check: passed at this run's first start (%s); not repeated on resume", previous)
+        return
+    sets = None
+    if datamodule is not None:
+        try:
+            sets = datamodule.labelled_sets()
+        except (LabelFileError, ImageIndexError, ValueError):
+            sets = None  # the check reads the files itself and names the problem
+    started = time.monotonic()
+    report = run_check(cfg, sets=sets)
+    log.info("data check took %.1f s", time.monotonic() - started)
     lines = report.lines()
     write_text(output_dir / "data_check.txt", "\n".join(lines) + "\n")
     for line in lines:
@@ -103,8 +138,9 @@ def _check_data(cfg: DictConfig, output_dir: Path) -> None:
         raise DataCheckError(f"{first} (all problems: {output_dir / 'data_check.txt'})")
 
 
-def _build_data(cfg: DictConfig, output_dir: Path, write: bool = True, **overrides):
-    datamodule = instantiate(cfg.data, **overrides)
+def _build_data(cfg: DictConfig, output_dir: Path, datamodule=None, write: bool = True, **overrides):
+    if datamodule is None:
+        datamodule = instantiate(cfg.data, **overrides)
     datamodule.prepare_data()
     datamodule.setup("fit")
     if not write:  # DDP ranks > 0
@@ -230,12 +266,14 @@ def train(cfg: DictConfig) -> dict:
     else:
         output_dir = Path(cfg.paths.output_dir)
     ckpt_path = _resume_checkpoint(cfg, output_dir)
+    datamodule = instantiate(cfg.data)  # its labelled tables are read once, for the data check and for training
     if rank_zero and (cfg.get("data_check", True) or cfg.get("check_only")):
-        _check_data(cfg, output_dir)
+        datamodule.prepare_data()
+        _check_data(cfg, output_dir, datamodule)
     if cfg.get("check_only"):
         return {"data_check": "ok"}
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = _build_data(cfg, output_dir, write=rank_zero)
+    datamodule = _build_data(cfg, output_dir, datamodule, write=rank_zero)
 
     model = instantiate(cfg.model)
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance(),
@@ -276,9 +314,11 @@ def train(cfg: DictConfig) -> dict:
         "precision": str(trainer.precision),  # what training ran in (trainer.precision=auto decides per CPU)
         "split": datamodule.summary,
         "validation": _validation_summary(history, trainer),
+        "leakage": datamodule.leakage,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
+    write_model_card(cfg, metrics, output_dir)  # model_card.md (cxr/model_card.py)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # HParams tab: settings beside final metrics
             logger.log_hyperparams(_hyperparameters(cfg), metrics=_final_metrics(results))
@@ -347,6 +387,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "split_from": str(splits) if splits is not None else "config",
         "preprocessing": preprocessing,
         "split": datamodule.summary,
+        "leakage": datamodule.leakage,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)

@@ -1,4 +1,4 @@
-"""Tests for cxr.data.images (decoding, indexing) and cxr.data.datamodule.attach_image_paths."""
+"""Tests for cxr.data.images (decoding, indexing) and cxr.data.table.attach_image_paths."""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr.data.datamodule import attach_image_paths
+from cxr.data.table import attach_image_paths
 from cxr.data.images import ImageIndexError, ImageReadError, index_images, load_image
 from cxr.data.labels import read_labels
 from tests.conftest import NIH_SAMPLE, require_real_data

@@ -30,10 +30,13 @@ def test_program_c_trains_on_the_real_nih_sample(tmp_path):
     assert saved == json.loads(json.dumps(metrics))  # what was returned is what was written
 
     labelled = pd.read_csv(NIH_SAMPLE / "labels.csv")
+    external = pd.read_csv(NIH_SAMPLE / "full-res" / "labels.csv")
     splits = pd.read_csv(output_dir / "splits.csv")
-    assert len(splits) == len(labelled) == 963
+    assert len(labelled) == 963 and len(splits) == 963 - 48  # data.exclude=external_patients (one image each)
+    assert not set(splits["patient"]) & set(external["Patient ID"])
+    assert saved["leakage"]["external_images"]["count"] == saved["leakage"]["external_patients"]["count"] == 0
     sizes = splits["split"].value_counts()
-    assert sizes["train"] == round(4606 / 5606 * 963) and sizes["val"] == round(500 / 5606 * 963)
+    assert sizes["train"] == round(4606 / 5606 * 915) and sizes["val"] == round(500 / 5606 * 915)
     assert saved["split"]["patients_in_several_splits"] > 0  # the thesis' image shuffle ignores patients
     assert saved["external"]["n"] == 48
     assert saved["epochs_trained"] == 3

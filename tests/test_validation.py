@@ -82,7 +82,7 @@ def test_missing_image_is_an_error(tmp_path):
     report = check(labels, root)
     assert not report.ok
     assert str(report.get("missing")) == (
-        f"ERROR missing images: 1 of 8 listed in labels.csv are not under {root} (first: {names[3]}); "
+        f"ERROR missing images: 1 of 8 images listed in labels.csv are not under {root} (first: {names[3]}); "
         "fix data.root, or skip them with data.missing=drop")
     assert report.lines()[-1].startswith("FAILED")
 
@@ -268,7 +268,8 @@ def test_run_check_validates_the_external_set(tmp_path, demo_root):
     GlobalHydra.instance().clear()
     report = run_check(cfg, workers=2)
     assert not report.ok and levels(report) == {"external.missing": "ERROR"}
-    assert report.get("external.missing").message.startswith("external: missing images: 1 of 8 listed in labels.csv")
+    assert report.get("external.missing").message.startswith(
+        "external: missing images: 1 of 8 images listed in labels.csv")
     assert report.get("external.split") is None  # the external set is not split
 
 
@@ -288,7 +289,7 @@ def test_command_line_fails_on_a_bad_dataset_and_passes_a_clean_one(tmp_path):
     bad = run_cli(tmp_path, f"data.root={root}", f"data.labels={labels}", "data.split.train=0.5",
                   "data.split.val=0.25")
     assert bad.returncode == 1
-    assert (f"ERROR missing images: 1 of 8 listed in labels.csv are not under {root} (first: {names[5]})"
+    assert (f"ERROR missing images: 1 of 8 images listed in labels.csv are not under {root} (first: {names[5]})"
             in bad.stdout)
     assert bad.stdout.strip().splitlines()[-1].startswith("FAILED")
 
@@ -314,3 +315,57 @@ def test_real_nih_sample_validates(tmp_path):
 
     external = validate(NIH_SAMPLE / "full-res" / "labels.csv", NIH_SAMPLE / "full-res")
     assert external.ok and external.facts["modes_sizes"] == {"L 1024x1024": 48}
+
+
+# --- remembering a passed check (data_check_cache) ------------------------------------------------------------------
+def cached_check(labels, root, cache_dir) -> ValidationReport:
+    return validate(labels, root, SPLIT, workers=1, cache_dir=cache_dir)
+
+
+def test_an_unchanged_dataset_is_not_decoded_again(tmp_path):
+    labels, root, names = dataset(tmp_path)
+    cache = tmp_path / "check-cache"
+    first = cached_check(labels, root, cache)
+    assert first.ok and first.facts["images_decoded"] == 8 and first.facts["images_remembered"] == 0
+    second = cached_check(labels, root, cache)
+    assert second.ok and second.facts["images_decoded"] == 0 and second.facts["images_remembered"] == 8
+    assert second.facts["modes_sizes"] == first.facts["modes_sizes"] == {"L 16x16": 8}  # remembered, not lost
+    assert validate(labels, root, SPLIT, workers=1).facts["images_decoded"] == 8  # no cache_dir: decode all
+
+
+def test_a_changed_or_added_image_is_decoded_again(tmp_path):
+    labels, root, names = dataset(tmp_path)
+    cache = tmp_path / "check-cache"
+    cached_check(labels, root, cache)
+    info = (root / names[2]).stat()
+    os.utime(root / names[2], ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))  # touched
+    write_png(root / names[5], size=(20, 20), seed=99)                                    # replaced
+    report = cached_check(labels, root, cache)
+    assert report.facts["images_decoded"] == 2 and report.facts["modes_sizes"] == {"L 16x16": 7, "L 20x20": 1}
+
+    write_png(root / "00000009_000.png", seed=9)  # added, and labelled
+    write_labels(labels, names + ["00000009_000.png"])
+    report = cached_check(labels, root, cache)
+    assert report.facts["images_decoded"] == 1 and report.facts["images_remembered"] == 8
+
+
+def test_a_broken_image_is_never_remembered(tmp_path):
+    labels, root, names = dataset(tmp_path)
+    cache = tmp_path / "check-cache"
+    victim = root / names[1]
+    victim.write_bytes(victim.read_bytes()[:40])
+    for _ in range(2):
+        report = cached_check(labels, root, cache)
+        errors = [f.message for f in report.findings if f.level == "ERROR"]
+        assert len(errors) == 1 and names[1] in errors[0]
+    assert report.facts["images_decoded"] == 1  # the 7 good ones are remembered, the broken one is re-read
+
+
+def test_a_damaged_cache_file_means_decoding_everything(tmp_path):
+    labels, root, _ = dataset(tmp_path)
+    cache = tmp_path / "check-cache"
+    cached_check(labels, root, cache)
+    (saved,) = cache.glob("decoded-*.csv")
+    saved.write_text("garbage,\n\x00\x01")
+    report = cached_check(labels, root, cache)
+    assert report.ok and report.facts["images_decoded"] == 8

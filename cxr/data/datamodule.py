@@ -1,8 +1,7 @@
-"""LightningDataModule: label file -> normalised table -> images on disk -> split -> streaming DataLoaders."""
+"""LightningDataModule: labelled table (cxr.data.table) -> split -> leakage check -> streaming DataLoaders."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -12,36 +11,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
-from cxr.data.images import ImageIndexError, index_images
-from cxr.data.labels import read_labels
-from cxr.data.splits import SPLITS, make_split, summarise_split
+from cxr.data.leakage import check as check_leakage
+from cxr.data.splits import SPLITS, summarise_split
+# attach_image_paths is re-exported for cxr.bench and cxr.prepare
+from cxr.data.table import LabelledSet, attach_image_paths, build_sets  # noqa: F401
 
 log = logging.getLogger(__name__)
-MISSING_POLICIES = ("error", "drop")
-
-
-def attach_image_paths(table: pd.DataFrame, root: str | Path, missing: str = "error",
-                       labels: str | Path = "") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Add a ``path`` column; return (rows with an image, rows whose image is missing).
-
-    With ``missing='error'`` a missing image raises an error listing how many and the first few.
-    """
-    if missing not in MISSING_POLICIES:
-        raise ValueError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
-    found = index_images(root)
-    paths = table["image"].map(found)
-    absent = paths.isna()
-    if absent.any() and missing == "error":
-        first = ", ".join(table.loc[absent, "image"].head(5))
-        raise ImageIndexError(
-            f"{int(absent.sum())} of {len(table)} images listed in {labels or 'the label file'} are not under "
-            f"{root} (first: {first}); fix data.root, or skip them with data.missing=drop"
-        )
-    present = table.loc[~absent].assign(path=paths[~absent].astype(str)).reset_index(drop=True)
-    if absent.any():
-        log.warning("data.missing=drop: dropped %d of %d labelled images not found under %s",
-                    int(absent.sum()), len(table), root)
-    return present, table.loc[absent, ["image", "patient_id", "finding_labels"]].reset_index(drop=True)
 
 
 class ChestXrayDataModule(L.LightningDataModule):
@@ -52,9 +27,12 @@ class ChestXrayDataModule(L.LightningDataModule):
                  demo: dict | None = None, pin_memory: bool = False, name: str = "data",
                  augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None,
                  format: str = "png", shards_dir: str | None = None,
-                 task: str = "binary", findings: list[str] | None = None, persistent_workers: bool = True):
+                 task: str = "binary", findings: list[str] | None = None,
+                 exclude: str | None = None, allow_overlap: dict | None = None, persistent_workers: bool = True):
         super().__init__()
         self.persistent_workers = bool(persistent_workers)  # train/val workers kept between epochs
+        self.exclude = exclude  # data.exclude: hold the external set (images or patients) out of the labelled table
+        self.allow_overlap = dict(allow_overlap or {})  # data.allow_overlap: see cxr.data.leakage
         # task=multilabel: targets are the multi-hot columns of ``findings``; binary: the table's ``target``
         self.target_columns = [str(f) for f in findings] if task == "multilabel" else None
         if self.target_columns is not None:
@@ -80,6 +58,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.table: pd.DataFrame | None = None
         self.dropped = pd.DataFrame()
         self.external_table: pd.DataFrame | None = None
+        self.leakage: dict = {}
+        self._sets: dict[str, LabelledSet] | None = None
         self.datasets: dict[str, ChestXrayDataset] = {}
 
     def prepare_data(self) -> None:
@@ -91,18 +71,30 @@ class ChestXrayDataModule(L.LightningDataModule):
             log.warning("data=demo: SYNTHETIC images, not X-rays. Use real data with data=nih data.root=... "
                         "data.labels=... (see README)")
 
+    def labelled_sets(self) -> dict[str, LabelledSet]:
+        """The labelled tables (``main``, ``external``), built once and shared with the data check."""
+        if self._sets is None:
+            self._sets = build_sets(self.labels, self.root, self.external, self.exclude)
+        return self._sets
+
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        if not self.labels or not self.root:
-            raise ValueError("data.labels and data.root must be set (e.g. data.root=/data/nih "
-                             "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
-        table, self.dropped = attach_image_paths(read_labels(self.labels), self.root, self.missing, self.labels)
+        sets = self.labelled_sets()
+        main = sets["main"]
+        table, self.dropped = main.usable(self.missing), main.missing
         if table.empty:
             raise ValueError(f"no labelled image of {self.labels} was found under {self.root}")
-        settings = dict(self.split_settings)
-        method = settings.pop("method")
-        table["split"] = make_split(table, method, **settings)
+        method = self.split_settings.get("method")
+        table["split"] = main.split(self.split_settings)
+        external = None
+        if "external" in sets:
+            external = sets["external"].usable(self.external.get("missing", self.missing))
+        excluded = main.excluded
+        self.leakage = {"exclude": self.exclude,
+                        "excluded_images": None if excluded is None else len(excluded),
+                        "excluded_patients": None if excluded is None else int(excluded["patient_id"].nunique()),
+                        **check_leakage(table, table["split"], external, self.allow_overlap, method)}
         self.table = table
         self.summary = summarise_split(table, table["split"])
         log.info("split=%s: %s", method, ", ".join(
@@ -116,9 +108,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             self.datasets[name] = ChestXrayDataset(table[in_split].reset_index(drop=True), self.preprocessing,
                                                    transform, source=source, source_rows=rows,
                                                    target_columns=self.target_columns)
-        if self.external.get("labels") and self.external.get("root"):
-            external, _ = attach_image_paths(read_labels(self.external["labels"]), self.external["root"],
-                                             self.external.get("missing", self.missing), self.external["labels"])
+        if external is not None:
             self.external_table = external
             self.datasets["external"] = ChestXrayDataset(external, self.preprocessing,
                                                          source=self._open_cache(external),

@@ -81,13 +81,22 @@ def load_image(path: str | Path, channels: int = 3, size: int = 150, resample: s
     try:
         with Image.open(path) as image:
             image.load()
-            image = _to_8bit(image)
-            image = image.resize((size, size), RESAMPLING[resample])
-            image = image.convert(COLOR_MODES[channels])
-            array = np.array(image, dtype=np.uint8)  # a writable copy (torch.from_numpy wants one)
+            array = prepare_image(image, channels, size, resample)
     except FileNotFoundError as error:
         raise ImageReadError(f"image file not found: {path}") from error
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         size_note = " (zero-byte file)" if os.path.exists(path) and os.path.getsize(path) == 0 else ""
         raise ImageReadError(f"cannot read image {path}{size_note}: {error}") from error
+    return array
+
+
+def prepare_image(image: Image.Image, channels: int = 3, size: int = 150, resample: str = "nearest") -> np.ndarray:
+    """A decoded image as the network's ``size x size x channels`` uint8 input (resize first, then convert).
+
+    Shared by ``load_image`` (PNG/JPEG) and prediction from DICOM (cxr.data.dicom), so both prepare alike.
+    """
+    image = _to_8bit(image)
+    image = image.resize((size, size), RESAMPLING[resample])
+    image = image.convert(COLOR_MODES[channels])
+    array = np.array(image, dtype=np.uint8)  # a writable copy (torch.from_numpy wants one)
     return array if channels == 3 else array[:, :, None]

@@ -1,9 +1,13 @@
 """Check a labelled image set before training: label file, images on disk, full decoding, split settings.
 
 ``validate`` does not stop at the first problem: it collects one finding per problem class into a report.
+It reads the labelled table of ``cxr.data.table`` (the one the DataModule trains on). Images that passed a
+decode are remembered in a small CSV (``DecodeCache``: path, size, mtime), so an unchanged image is not decoded
+again by a later check; a changed or added one is.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -14,14 +18,15 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import pandas as pd
+import PIL
 from PIL import Image
 
-from cxr.data.images import ImageIndexError, ImageReadError, index_images, load_image
+from cxr.data.images import ImageIndexError, ImageReadError, load_image
 from cxr.data.labels import LabelFileError, read_labels
-from cxr.data.splits import SPLITS, SplitError, make_split, summarise_split
+from cxr.data.splits import SPLITS, SplitError, summarise_split
+from cxr.data.table import MISSING_POLICIES, LabelledSet, with_image_paths
 
 log = logging.getLogger(__name__)
-MISSING_POLICIES = ("error", "drop")  # as cxr.data.datamodule (not imported: it pulls in Lightning)
 FIRST = 5                 # offenders named per problem line
 MAX_SHAPES = 10           # mode/size combinations named in the facts line
 PROGRESS_SECONDS = 10.0   # interval between progress log lines while decoding
@@ -106,25 +111,93 @@ def decode_all(paths: list[str], workers: int | None = None) -> list[tuple[str, 
     return results
 
 
-def validate(labels, root, split: dict | None = None, missing: str = "error",
-             workers: int | None = None) -> ValidationReport:
-    """Check one labelled set; ``split`` (the data.split settings) is also checked unless None."""
+class DecodeCache:
+    """Images that decoded without a problem, remembered by path, size and modification time (one CSV per image
+    folder and Pillow version under ``folder``): an unchanged image is not decoded again, a changed or new one is."""
+
+    COLUMNS = ["path", "size", "mtime_ns", "detail"]
+
+    def __init__(self, folder: str | Path, root: str | Path):
+        key = hashlib.sha1(f"{Path(root).resolve()}|Pillow {PIL.__version__}|v1".encode()).hexdigest()[:16]
+        self.path = Path(folder) / f"decoded-{key}.csv"
+        self.known = pd.DataFrame(columns=self.COLUMNS).set_index("path")
+        if self.path.is_file():
+            try:
+                known = pd.read_csv(self.path, dtype={"path": str, "size": "int64", "mtime_ns": "int64",
+                                                      "detail": str}, keep_default_na=False)
+                if list(known.columns) == self.COLUMNS:
+                    self.known = known.drop_duplicates("path", keep="last").set_index("path")
+            except (ValueError, OSError, pd.errors.ParserError) as error:  # damaged: decode everything again
+                log.warning("data check cache %s unreadable (%s); decoding every image", self.path, error)
+
+    @staticmethod
+    def stat(paths: list[str]) -> pd.DataFrame:
+        sizes, times = [], []
+        for path in paths:
+            try:
+                info = os.stat(path)
+                sizes.append(info.st_size), times.append(info.st_mtime_ns)
+            except OSError:
+                sizes.append(-1), times.append(-1)
+        return pd.DataFrame({"size": sizes, "mtime_ns": times}, index=pd.Index(paths, name="path"))
+
+    def unchanged(self, stats: pd.DataFrame) -> pd.Series:
+        """Per path: the remembered ``detail`` ('L 1024x1024') if size and mtime are as when it passed, else None."""
+        known = self.known.reindex(stats.index)
+        same = (known["size"] == stats["size"]) & (known["mtime_ns"] == stats["mtime_ns"]) & (stats["size"] > 0)
+        return known["detail"].where(same, None)
+
+    def remember(self, stats: pd.DataFrame, details: pd.Series) -> None:
+        """Add the images that passed (``details`` indexed by path) and save atomically."""
+        from cxr.artifacts import write_csv
+
+        rows = stats.loc[details.index].assign(detail=details)
+        merged = pd.concat([self.known.drop(index=rows.index, errors="ignore"), rows])
+        self.known = merged
+        try:
+            write_csv(self.path, merged.reset_index()[self.COLUMNS])
+        except OSError as error:  # a read-only cache folder only costs the next check its time
+            log.warning("could not save the data check cache %s: %s", self.path, error)
+
+
+def validate(labels, root, split: dict | None = None, missing: str = "error", workers: int | None = None,
+             labelled: LabelledSet | None = None, cache_dir: str | Path | None = None) -> ValidationReport:
+    """Check one labelled set; ``split`` (the data.split settings) is also checked unless None.
+
+    ``labelled``: the labelled table already built for training (else read from ``labels`` and ``root``);
+    ``cache_dir``: remember images that passed the decode there (see ``DecodeCache``).
+    """
     report = ValidationReport()
     if missing not in MISSING_POLICIES:
         report.add("ERROR", "settings", f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
-    if not labels or not root:
-        report.add("ERROR", "settings", "data.labels and data.root must be set "
-                   "(e.g. data.root=/data/nih data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
-        return report
-    try:
-        table = read_labels(labels)
-    except LabelFileError as error:
-        report.add("ERROR", "label_file", f"label file: {error}")
-        return report
-    _check_labels(report, table, Path(labels).name)
-    present = _check_images(report, table, root, Path(labels).name, missing, workers)
+    if labelled is None:
+        if not labels or not root:
+            report.add("ERROR", "settings", "data.labels and data.root must be set "
+                       "(e.g. data.root=/data/nih data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
+            return report
+        try:
+            table = read_labels(labels)
+        except LabelFileError as error:
+            report.add("ERROR", "label_file", f"label file: {error}")
+            return report
+        _check_labels(report, table, Path(labels).name)
+        try:
+            labelled = with_image_paths(table, labels, root)
+        except ImageIndexError as error:
+            report.add("ERROR", "image_index", f"image folder: {error}")
+            if split is not None:  # the split settings are still checked, on the label rows
+                rows = LabelledSet(str(labels), str(root), table.assign(path=table["image"]), 0)
+                _check_split(report, rows, rows.present, dict(split))
+            return report
+    else:
+        _check_labels(report, labelled.table, Path(labelled.labels).name)
+    if labelled.excluded is not None:
+        excluded = labelled.excluded
+        report.add("INFO", "excluded", f"held out of {Path(labelled.labels).name} (data.exclude): {len(excluded)} "
+                   f"images of {excluded['patient_id'].nunique()} patients (first: {_first(excluded['image'])})")
+    present = _check_images(report, labelled, missing, workers, cache_dir)
     if split is not None:
-        _check_split(report, table if present is None else present, dict(split), root)
+        _check_split(report, labelled, present, dict(split))
     return report
 
 
@@ -149,31 +222,40 @@ def _check_labels(report: ValidationReport, table: pd.DataFrame, name: str) -> N
                    f"(first: {_first(offenders)})")
 
 
-def _check_images(report: ValidationReport, table: pd.DataFrame, root, name: str, missing: str,
-                  workers: int | None) -> pd.DataFrame | None:
-    """Missing files, then every found file decoded; return the rows with an image (None if root is unusable)."""
-    try:
-        found = index_images(root)
-    except ImageIndexError as error:
-        report.add("ERROR", "image_index", f"image folder: {error}")
-        return None
-    paths = table["image"].map(found)
-    absent = paths.isna()
-    n, n_absent = len(table), int(absent.sum())
-    report.facts.update(images_found=n - n_absent, images_missing=n_absent, unlabelled_files=len(found) - n + n_absent)
-    report.add("INFO", "images", f"images: {n - n_absent} of {n} listed in {name} found under {root}"
-               + (f" ({len(found) - n + n_absent} other image files there are not labelled)"
-                  if len(found) > n - n_absent else ""))
+def _check_images(report: ValidationReport, labelled: LabelledSet, missing: str, workers: int | None,
+                  cache_dir: str | Path | None) -> pd.DataFrame:
+    """Missing files, then every found file decoded (or remembered as unchanged); return the rows with an image."""
+    table, root, name = labelled.table, labelled.root, Path(labelled.labels).name
+    n, n_found = len(table), len(labelled.present)
+    held_out = 0 if labelled.excluded is None else int(labelled.excluded["path"].notna().sum())  # data.exclude
+    n_absent, unlabelled = n - n_found, labelled.n_files - n_found - held_out
+    report.facts.update(images_found=n_found, images_missing=n_absent, unlabelled_files=unlabelled)
+    report.add("INFO", "images", f"images: {n_found} of {n} listed in {name} found under {root}"
+               + (f" ({unlabelled} other image files there are not labelled)" if unlabelled > 0 else ""))
     if n_absent:
         hint = ("fix data.root, or skip them with data.missing=drop" if missing != "drop"
                 else "data.missing=drop: training skips them")
         report.add("ERROR" if missing != "drop" else "WARNING", "missing",
-                   f"missing images: {n_absent} of {n} listed in {name} are not under {root} "
-                   f"(first: {_first(table.loc[absent, 'image'])}); {hint}")
-    present = table.loc[~absent].assign(path=paths[~absent].astype(str)).reset_index(drop=True)
+                   f"missing images: {labelled.missing_message(name)}; {hint}")
+    present = labelled.present
     if present.empty:
         return present
-    results = pd.DataFrame(decode_all(present["path"].tolist(), workers), columns=["status", "detail"])
+    paths = present["path"].tolist()
+    cache = DecodeCache(cache_dir, root) if cache_dir else None
+    stats = DecodeCache.stat(paths) if cache else None
+    remembered = cache.unchanged(stats) if cache else pd.Series(None, index=paths, dtype=object)
+    todo = remembered.isna().to_numpy()
+    decoded = decode_all(present.loc[todo, "path"].tolist(), workers) if todo.any() else []
+    results = pd.DataFrame({"status": "ok", "detail": remembered.to_numpy()})
+    if decoded:
+        results.loc[todo, ["status", "detail"]] = pd.DataFrame(decoded, columns=["status", "detail"]).to_numpy()
+    report.facts.update(images_decoded=int(todo.sum()), images_remembered=int((~todo).sum()))
+    if cache:
+        passed = todo & (results["status"] == "ok").to_numpy()
+        if passed.any():
+            cache.remember(stats, pd.Series(results.loc[passed, "detail"].to_numpy(), index=stats.index[passed]))
+        report.add("INFO", "decoded", f"decoded: {int(todo.sum())} images; {int((~todo).sum())} unchanged since they "
+                   f"passed an earlier check, not decoded again (remembered in {cache.path})")
     images = present["image"]
     problems = {
         "zero_byte": "zero-byte images: {k} of {n} found are empty files (first: {first})",
@@ -196,13 +278,14 @@ def _check_images(report: ValidationReport, table: pd.DataFrame, root, name: str
     return present
 
 
-def _check_split(report: ValidationReport, table: pd.DataFrame, settings: dict, root) -> None:
-    method = settings.pop("method", None)
+def _check_split(report: ValidationReport, labelled: LabelledSet, table: pd.DataFrame, settings: dict) -> None:
+    method = settings.get("method")
     if table.empty:
-        report.add("ERROR", "split", f"split: no labelled image is left to split (none was found under {root})")
+        report.add("ERROR", "split", f"split: no labelled image is left to split (none was found under "
+                   f"{labelled.root})")
         return
     try:
-        split = make_split(table, method, **settings)
+        split = labelled.split(settings)
     except (SplitError, TypeError) as error:
         message = str(error) if str(error).startswith("split") else f"split={method}: {error}"
         if isinstance(error, TypeError):

@@ -1,0 +1,131 @@
+"""The labelled table: label file -> normalised rows -> image paths on disk, built once per run.
+
+The data check (``cxr.data.validation``) and the DataModule both read this one table (and its split), so the
+labels are read, the image folder indexed and "which labelled images are missing" decided in one place.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.data.images import ImageIndexError, index_images
+from cxr.errors import ConfigError
+from cxr.data.labels import read_labels
+from cxr.data.splits import make_split
+
+log = logging.getLogger(__name__)
+MISSING_POLICIES = ("error", "drop")
+FIRST = 5  # image names quoted in a message
+
+
+@dataclass
+class LabelledSet:
+    """One label file and its image folder: every labelled row, with ``path`` (None when the image is missing)."""
+
+    labels: str
+    root: str
+    table: pd.DataFrame
+    n_files: int                   # image files found under root (labelled or not)
+    excluded: pd.DataFrame | None = None   # rows held out by data.exclude (image, patient_id, finding_labels, path)
+    _splits: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def missing(self) -> pd.DataFrame:
+        """The labelled rows whose image is not under root (saved as dropped_images.csv with data.missing=drop)."""
+        rows = self.table[self.table["path"].isna()]
+        return rows[["image", "patient_id", "finding_labels"]].reset_index(drop=True)
+
+    @property
+    def present(self) -> pd.DataFrame:
+        """The labelled rows whose image was found, with their path."""
+        return self.table[self.table["path"].notna()].reset_index(drop=True)
+
+    def missing_message(self, name: str | None = None) -> str:
+        missing = self.missing
+        return (f"{len(missing)} of {len(self.table)} images listed in {name or self.labels} are not under "
+                f"{self.root} (first: {', '.join(missing['image'].head(FIRST))})")
+
+    def usable(self, missing: str = "error") -> pd.DataFrame:
+        """The rows to train or evaluate on under the ``data.missing`` policy (``error`` raises, ``drop`` skips)."""
+        if missing not in MISSING_POLICIES:
+            raise ConfigError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
+        n_missing = int(self.table["path"].isna().sum())
+        if n_missing and missing == "error":
+            raise ImageIndexError(f"{self.missing_message()}; fix data.root, or skip them with data.missing=drop")
+        if n_missing:
+            log.warning("data.missing=drop: dropped %d of %d labelled images not found under %s",
+                        n_missing, len(self.table), self.root)
+        return self.present
+
+    def split(self, settings: dict) -> pd.Series:
+        """``make_split`` of the found rows (index aligned with ``present``), computed once per settings."""
+        key = repr(sorted(settings.items()))
+        if key not in self._splits:
+            settings = dict(settings)
+            self._splits[key] = make_split(self.present, settings.pop("method", None), **settings)
+        return self._splits[key]
+
+
+EXCLUDE = ("external_images", "external_patients")
+
+
+def labelled_set(labels: str | Path, root: str | Path) -> LabelledSet:
+    """Read ``labels`` and look up each image under ``root`` (raises LabelFileError / ImageIndexError)."""
+    return with_image_paths(read_labels(labels), labels, root)
+
+
+def with_image_paths(table: pd.DataFrame, labels: str | Path, root: str | Path) -> LabelledSet:
+    """Index ``root`` once and give every labelled row its image path (None when the file is missing)."""
+    found = index_images(root)
+    paths = table["image"].map(found).map(lambda p: None if pd.isna(p) else str(p)).astype(object)
+    return LabelledSet(str(labels), str(root), table.assign(path=paths), len(found))
+
+
+def attach_image_paths(table: pd.DataFrame, root: str | Path, missing: str = "error",
+                       labels: str | Path = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add a ``path`` column to an already read table; return (rows with an image, rows whose image is missing)."""
+    if missing not in MISSING_POLICIES:
+        raise ConfigError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
+    labelled = with_image_paths(table, labels or "the label file", root)
+    return labelled.usable(missing), labelled.missing
+
+
+def exclude_external(main: LabelledSet, external: LabelledSet, how: str) -> LabelledSet:
+    """Hold the external set's images (``external_images``) or all images of its patients (``external_patients``)
+    out of the main table, so that no split of it can hold them; the held-out rows are kept as ``excluded``."""
+    if how not in EXCLUDE:
+        raise ConfigError(f"data.exclude={how!r}: choose one of {', '.join(EXCLUDE)} (or null)")
+    table = main.table
+    if how == "external_images":
+        hit = table["image"].isin(external.table["image"])
+    else:
+        patients = external.table["patient_id"].dropna()
+        if len(patients) < len(external.table) or table["patient_id"].isna().any():
+            raise ConfigError(f"data.exclude=external_patients needs patient ids in {main.labels} and "
+                             f"{external.labels}; use data.exclude=external_images")
+        hit = table["patient_id"].isin(patients)
+    excluded = table.loc[hit, ["image", "patient_id", "finding_labels", "path"]].reset_index(drop=True)
+    log.info("data.exclude=%s: held %d images of %d patients out of %s", how, len(excluded),
+             excluded["patient_id"].nunique(), main.labels)
+    return LabelledSet(main.labels, main.root, table.loc[~hit].reset_index(drop=True), main.n_files, excluded)
+
+
+def build_sets(labels, root, external: dict | None = None, exclude: str | None = None) -> dict[str, LabelledSet]:
+    """The labelled sets of a run: ``main`` and, when ``external.labels`` and ``external.root`` are set,
+    ``external``; ``exclude`` (data.exclude) holds the external set out of the main table."""
+    if not labels or not root:
+        raise ConfigError("data.labels and data.root must be set (e.g. data.root=/data/nih "
+                         "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
+    sets = {"main": labelled_set(labels, root)}
+    external = external or {}
+    if external.get("labels") and external.get("root"):
+        sets["external"] = labelled_set(external["labels"], external["root"])
+    if exclude:
+        if "external" not in sets:
+            raise ConfigError(f"data.exclude={exclude} needs an external set (data.external.labels, "
+                             "data.external.root)")
+        sets["main"] = exclude_external(sets["main"], sets["external"], exclude)
+    return sets

@@ -1,0 +1,464 @@
+"""Apply a trained model to new X-rays: ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<file|folder|glob|list>``.
+
+Inputs (PNG, JPEG, DICOM; DICOM recognised by content) are prepared exactly as the model was trained (the
+checkpoint's or the ONNX file's ``preprocessing``), predicted in batches, and written to ``predictions.csv`` (and
+``predictions.json``) in the run directory: path, format, probability and decision per output at the run's
+operating point, that threshold and where it came from, warnings and errors. An unreadable input gets a row with
+its error and the run goes on; the exit status is 1 when any input failed. Nothing is written beside the inputs.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from cxr.data.dataset import Preprocessing
+from cxr.data.dicom import DicomReadError, has_dicom_preamble, is_dicom_name, looks_like_dicom, read_dicom
+from cxr.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, prepare_image
+
+log = logging.getLogger(__name__)
+PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+LIST_EXTENSIONS = (".txt", ".csv")
+DEFAULT_THRESHOLD = 0.5
+ONNX_METADATA_PREFIX = "cxr."
+
+
+class PredictError(ValueError):
+    """A problem with the command itself (model file, input list): one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------------- the model
+def output_names(hparams) -> list[str]:
+    """Names of the model's outputs: the findings of a multi-label model, else one output, ``finding``."""
+    hparams = dict(hparams or {})
+    findings = list(hparams.get("findings") or [])
+    if hparams.get("task", "binary") == "multilabel":
+        if not findings:
+            raise PredictError("a multi-label checkpoint without 'findings' in its hyper-parameters")
+        return findings
+    return findings if len(findings) == 1 else ["finding"]
+
+
+def run_directory(ckpt_path: str | Path) -> Path:
+    """The training run a checkpoint belongs to (checkpoints live in ``<run>/checkpoints/``)."""
+    path = Path(ckpt_path).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def _finding_operating_point(test: dict, name: str):
+    """A multi-label run's per-finding operating point, wherever the evaluation keeps it."""
+    for key in ("findings", "per_finding", "per_finding_metrics"):
+        entry = (test.get(key) or {}).get(name) if isinstance(test.get(key), dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("operating_point"), dict):
+            return entry["operating_point"]
+    entry = test.get(name)
+    return entry.get("operating_point") if isinstance(entry, dict) else None
+
+
+def operating_points(ckpt_path: str | Path, names: list[str]) -> tuple[list[float], str]:
+    """Thresholds per output from the run's ``metrics.json`` (chosen on validation), else 0.5 and why."""
+    metrics_file = run_directory(ckpt_path) / "metrics.json"
+    if not metrics_file.is_file():
+        return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 (no {metrics_file})"
+    try:
+        metrics = json.loads(metrics_file.read_text()) or {}
+    except (OSError, ValueError) as error:
+        return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 ({metrics_file}: {error})"
+    evaluated = metrics.get("checkpoint")
+    if evaluated and (metrics_file.parent / evaluated).resolve() != Path(ckpt_path).resolve():
+        return [DEFAULT_THRESHOLD] * len(names), (f"default 0.5 (the run's operating point was chosen for "
+                                                  f"{evaluated}, not for {Path(ckpt_path).name})")
+    test = metrics.get("test") or {}
+    points = [_finding_operating_point(test, n) for n in names]
+    if len(names) == 1 and isinstance(test.get("operating_point"), dict):
+        points = [test["operating_point"]]  # the binary task: metrics["test"]["operating_point"]
+    found = [isinstance(p, dict) and p.get("threshold") is not None for p in points]
+    if not any(found):
+        return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 (no operating point in {metrics_file})"
+    thresholds = [float(p["threshold"]) if ok else DEFAULT_THRESHOLD for p, ok in zip(points, found)]
+    chosen_on = sorted({str(p.get("chosen_on", "validation")) for p, ok in zip(points, found) if ok})
+    source = f"run operating point ({', '.join(chosen_on)})"
+    missing = [n for n, ok in zip(names, found) if not ok]
+    if missing:
+        source += f"; 0.5 for {', '.join(missing)} (none chosen)"
+    return thresholds, source
+
+
+@dataclass
+class Predictor:
+    """A model ready to apply: preprocessing, output names, thresholds, and a batch -> (N, K) probabilities."""
+
+    preprocessing: Preprocessing
+    names: list[str]
+    thresholds: list[float]
+    threshold_source: str
+    backend: str
+    model: torch.nn.Module | None = None     # the LightningModule (checkpoints only; Grad-CAM needs it)
+    session: object = None                   # ONNX Runtime session (exported .onnx files)
+    details: dict = field(default_factory=dict)
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        if self.session is not None:
+            array = np.ascontiguousarray(images.numpy(), dtype=np.float32)
+            output = self.session.run(None, {self.session.get_inputs()[0].name: array})[0]
+            return np.asarray(output, dtype=np.float32).reshape(len(array), len(self.names))
+        from cxr import inference
+
+        flat = inference.predict_probabilities(self.model, [images], self.backend, batch_size=len(images))
+        return flat.reshape(len(images), len(self.names))
+
+
+def _preprocessing(settings: dict | None, source: str) -> Preprocessing:
+    if not settings:
+        raise PredictError(f"{source}: no preprocessing recorded (channels, image_size, ...); cannot prepare inputs")
+    known = Preprocessing.__dataclass_fields__
+    return Preprocessing(**{k: v for k, v in dict(settings).items() if k in known})
+
+
+def load_predictor(path: str | Path, backend: str = "auto", threshold=None, device: str = "auto") -> Predictor:
+    """A checkpoint (weights-only, via cxr.checkpoints) or an exported ``.onnx`` file with cxr metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"ckpt_path: file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        predictor = _onnx_predictor(path)
+    else:
+        from cxr import inference
+        from cxr.checkpoints import load_classifier
+
+        model, _ = load_classifier(path)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device).eval()
+        names = output_names(model.hparams)
+        thresholds, source = operating_points(path, names)
+        chosen = inference.choose_backend(model, backend)
+        predictor = Predictor(_preprocessing(model.hparams.get("preprocessing"), str(path)), names, thresholds,
+                              source, chosen, model=model)
+    if threshold is not None:
+        from omegaconf import ListConfig
+
+        values = list(threshold) if isinstance(threshold, (list, tuple, ListConfig)) \
+            else [threshold] * len(predictor.names)
+        if len(values) != len(predictor.names):
+            raise PredictError(f"threshold: {len(values)} values for {len(predictor.names)} outputs "
+                               f"({', '.join(predictor.names)})")
+        predictor.thresholds, predictor.threshold_source = [float(v) for v in values], "threshold= given"
+    return predictor
+
+
+def onnx_metadata(path: str | Path) -> dict:
+    """The ``cxr.*`` metadata_props of an exported ONNX model, JSON-decoded."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key[len(ONNX_METADATA_PREFIX):]: json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith(ONNX_METADATA_PREFIX)}
+
+
+def _onnx_predictor(path: Path) -> Predictor:
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        raise PredictError(f"{path}: running an .onnx model needs onnxruntime (pip install -e '.[fast]')") from error
+    try:
+        metadata = onnx_metadata(path)
+    except Exception as error:  # not an ONNX protobuf, or metadata that is not JSON
+        raise PredictError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from error
+    if "preprocessing" not in metadata or "output_names" not in metadata:
+        raise PredictError(f"{path}: no cxr metadata (preprocessing, output_names): export it with export.py")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = list(metadata["output_names"])
+    thresholds = metadata.get("thresholds") or [DEFAULT_THRESHOLD] * len(names)
+    return Predictor(_preprocessing(metadata["preprocessing"], str(path)), names, [float(t) for t in thresholds],
+                     f"{metadata.get('threshold_source', 'export')} (from the ONNX metadata)", "onnxruntime (file)",
+                     session=session, details=metadata)
+
+
+# -------------------------------------------------------------------------------------------------- the inputs
+def sniff_format(path: str | Path) -> str | None:
+    """``png``, ``jpeg`` or ``dicom`` by the file's first bytes, else by its extension; None if neither fits."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(132)
+    except OSError:
+        head = b""
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png":
+        return "png"
+    if suffix in (".jpg", ".jpeg"):
+        return "jpeg"
+    if is_dicom_name(path):
+        return "dicom"
+    if head and looks_like_dicom(path):
+        return "dicom"  # DICOM without the 128-byte preamble (read with pydicom's force=True)
+    return None
+
+
+def _walk(folder: Path) -> tuple[list[Path], int]:
+    found, skipped = [], 0
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            if name.startswith("."):
+                continue
+            suffix = path.suffix.lower()
+            if (suffix in IMAGE_EXTENSIONS or is_dicom_name(path) or has_dicom_preamble(path)
+                    or (not suffix and looks_like_dicom(path))):  # other files only when their content is DICOM
+                found.append(path)
+                continue
+            skipped += 1
+    return found, skipped
+
+
+def _read_list(path: Path) -> list[Path]:
+    """Paths from a text file (one per line) or a CSV (column ``path``, else the first); relative to the list."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows:
+            return []
+        header = [h.strip().lower() for h in rows[0]]
+        column = header.index("path") if "path" in header else 0
+        looks_like_header = "path" in header or not Path(rows[0][0]).suffix
+        entries = [r[column] for r in rows[1 if looks_like_header else 0:] if len(r) > column]
+    else:
+        entries = text.splitlines()
+    entries = [e.strip() for e in entries if e.strip() and not e.strip().startswith("#")]
+    return [Path(e) if os.path.isabs(e) else path.parent / e for e in entries]
+
+
+def collect_inputs(spec) -> tuple[list[Path], int]:
+    """Expand ``inputs`` (one or several files, folders, globs, .txt/.csv lists) into files; and the skipped count."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec or [])
+    if not items:
+        raise PredictError("inputs: give a file, folder, glob or .txt/.csv list of images")
+    paths: list[Path] = []
+    skipped = 0
+    for item in items:
+        item = str(item)
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found, n_skipped = _walk(path)
+            paths += found
+            skipped += n_skipped
+        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS and sniff_format(path) is None:
+            paths += _read_list(path)
+        elif any(c in item for c in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise PredictError(f"inputs: the pattern {item!r} matches no file")
+            for match in map(Path, matches):
+                if match.is_dir():
+                    found, n_skipped = _walk(match)
+                    paths += found
+                    skipped += n_skipped
+                else:
+                    paths.append(match)
+        else:
+            paths.append(path)  # a missing file gets its row with the error
+    unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
+    if not unique:
+        raise PredictError(f"inputs: no PNG, JPEG or DICOM file found in {', '.join(map(str, items))}")
+    return unique, skipped
+
+
+def read_grey(path: str | Path) -> tuple[Image.Image, str, list[str]]:
+    """The decoded image (PIL), its format, and warnings. Raises ImageReadError/DicomReadError."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"file not found: {path}")
+    kind = sniff_format(path)
+    if kind == "dicom":
+        dicom = read_dicom(path)
+        return Image.fromarray(dicom.pixels, mode="L"), kind, dicom.warnings
+    if kind is None:
+        raise ImageReadError(f"{path}: not a PNG, JPEG or DICOM file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy(), kind, []
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        size_note = " (zero-byte file)" if path.stat().st_size == 0 else ""
+        raise ImageReadError(f"cannot read image {path}{size_note}: {error}") from error
+
+
+def prepare_input(path: str | Path, preprocessing: Preprocessing) -> tuple[torch.Tensor, str, list[str]]:
+    """One input as the network's tensor, exactly as training prepared its images (cxr.data.images)."""
+    p = preprocessing
+    kind = sniff_format(path)
+    if kind in ("png", "jpeg"):  # the training reader itself
+        pixels = load_image(path, channels=p.channels, size=p.image_size, resample=p.resample)
+        return p.to_tensor(pixels), kind, []
+    image, kind, warnings = read_grey(path)
+    pixels = prepare_image(image, channels=p.channels, size=p.image_size, resample=p.resample)
+    return p.to_tensor(pixels), kind, warnings
+
+
+class InputImages(torch.utils.data.Dataset):
+    """Items ``{"index", "image" (or None), "format", "warning", "error"}``: a broken file never stops a batch."""
+
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing):
+        self.paths, self.preprocessing = paths, preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        try:
+            image, kind, warnings = prepare_input(path, self.preprocessing)
+            return {"index": index, "image": image, "format": kind, "warning": "; ".join(warnings), "error": ""}
+        except (ImageReadError, DicomReadError, OSError, ValueError) as error:
+            message = str(error)
+        except Exception as error:  # a malformed file can make a decoder fail in any way: one row, not the run
+            message = f"cannot read {path}: {type(error).__name__}: {error}"
+        message = "".join(c if c.isprintable() else "?" for c in (message.splitlines() or [""])[0])
+        return {"index": index, "image": None, "format": sniff_format(path) if path.exists() else "",
+                "warning": "", "error": message.removeprefix(f"{path}: ")}
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def predict_rows(predictor: Predictor, paths: list[Path], batch_size: int = 64, num_workers: int = 0,
+                 progress: bool = True) -> pd.DataFrame:
+    """One row per input: path, format, probability/decision/threshold per output, threshold source, warning, error."""
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(InputImages(paths, predictor.preprocessing), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=list)
+    rows: list[dict] = []
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for items in loader:
+            good = [item for item in items if item["image"] is not None]
+            probabilities = predictor.probabilities(torch.stack([item["image"] for item in good])) if good else []
+            by_index = {item["index"]: p for item, p in zip(good, probabilities)}
+            for item in items:
+                row = {"path": str(paths[item["index"]]), "format": item["format"]}
+                p = by_index.get(item["index"])
+                for k, name in enumerate(predictor.names):
+                    row[f"probability_{name}"] = float(p[k]) if p is not None else None
+                    # class 1 strictly above the operating point
+                    row[f"decision_{name}"] = int(p[k] > predictor.thresholds[k]) if p is not None else None
+                    row[f"threshold_{name}"] = predictor.thresholds[k]
+                row.update(threshold_source=predictor.threshold_source, warning=item["warning"],
+                           error=item["error"])
+                rows.append(row)
+            bar.update(len(items))
+    frame = pd.DataFrame(rows)
+    for name in predictor.names:
+        frame[f"decision_{name}"] = frame[f"decision_{name}"].astype("Int64")
+    return frame
+
+
+def summary_lines(frame: pd.DataFrame, predictor: Predictor, skipped: int, output: Path) -> list[str]:
+    failed = frame[frame["error"] != ""]
+    lines = [f"{len(frame)} input(s): {len(frame) - len(failed)} predicted, {len(failed)} failed, "
+             f"{int((frame['warning'] != '').sum())} with warnings"
+             + (f"; {skipped} other file(s) in the folders skipped (not PNG, JPEG or DICOM)" if skipped else "")]
+    lines.append(f"thresholds: {predictor.threshold_source}")
+    for k, name in enumerate(predictor.names):
+        decided = frame[f"decision_{name}"].dropna()
+        lines.append(f"  {name}: {int(decided.sum())} of {len(decided)} above {predictor.thresholds[k]:.4g}")
+    lines.append(f"backend: {predictor.backend}")
+    for _, row in failed.head(5).iterrows():
+        lines.append(f"FAILED {row['path']}: {row['error']}")
+    if len(failed) > 5:
+        lines.append(f"... and {len(failed) - 5} more failures (column 'error' of {output})")
+    lines.append(f"predictions: {output}")
+    return lines
+
+
+def predict(cfg) -> int:
+    """The job behind predict.py: returns the exit status (0 all predicted, 1 some inputs failed)."""
+    from cxr.artifacts import write_csv, write_json
+
+    output_dir = Path(cfg.paths.output_dir)
+    predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
+                               cfg.get("device", "auto"))
+    if cfg.get("cam") and predictor.model is None:
+        raise PredictError("cam=true needs a checkpoint: Grad-CAM differentiates the PyTorch model, not an .onnx file")
+    paths, skipped = collect_inputs(cfg.inputs)
+    log.info("%d input(s); model outputs %s; preprocessing %s; backend %s", len(paths), predictor.names,
+             predictor.preprocessing, predictor.backend)
+    started = time.perf_counter()
+    frame = predict_rows(predictor, paths, int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 0)),
+                         progress=bool(cfg.get("progress", True)))
+    seconds = time.perf_counter() - started
+    output = write_csv(output_dir / "predictions.csv", frame)
+    if cfg.get("json"):
+        records = json.loads(frame.to_json(orient="records"))
+        write_json(output_dir / "predictions.json", {
+            "model": str(Path(cfg.ckpt_path).resolve()), "outputs": predictor.names,
+            "thresholds": dict(zip(predictor.names, predictor.thresholds)),
+            "threshold_source": predictor.threshold_source, "preprocessing": predictor.preprocessing.__dict__,
+            "predictions": records})
+    if cfg.get("cam"):
+        from cxr.gradcam import write_cam_report
+
+        cam_started = time.perf_counter()
+        page = write_cam_report(predictor, frame, output_dir, size=int(cfg.get("cam_size", 320)))
+        log.info("Grad-CAM: %d input(s) in %.1f s; page %s", int((frame["error"] == "").sum()),
+                 time.perf_counter() - cam_started, page)
+    for line in summary_lines(frame, predictor, skipped, output):
+        print(line)
+    print(f"read and predicted in {seconds:.1f} s ({len(frame) / max(seconds, 1e-9):.0f} inputs/s)")
+    return 1 if (frame["error"] != "").any() else 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from cxr.errors import user_error_types
+
+    return (PredictError, *user_error_types())
+
+
+def hydra_app(job, config_name: str, prog: str):
+    """A Hydra app around ``job(cfg) -> exit status``: a user error is one ``<prog>: error: …`` line, status 2."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name=config_name)
+    def app(cfg) -> None:
+        try:
+            status = job(cfg)
+        except _user_errors() as error:
+            from cxr import cli
+
+            if cli._show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
+                raise
+            from cxr.cli import _one_line
+
+            sys.stdout.flush()
+            print(f"{prog}: error: {_one_line(error)}", file=sys.stderr, flush=True)
+            status = 2
+        if status:
+            sys.exit(status)
+
+    return app
+
+
+def main() -> None:
+    """``cxr-predict`` / ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<...>`` (exit 0, 1 inputs failed, 2)."""
+    from cxr.cli import run_app
+
+    run_app(hydra_app(predict, "predict", "predict.py"))
