@@ -245,7 +245,9 @@ def test_thesis_split_of_the_real_label_file_equals_the_thesis_code(make_cfg, re
     from hydra.utils import instantiate
 
     require_real_data(NIH_SAMPLE)
-    datamodule = instantiate(make_cfg(["experiment=thesis_nih_sample", f"program={program}"]).data)
+    # the whole label file, as the thesis split it (the preset's held-out external patients and set removed)
+    datamodule = instantiate(make_cfg(["experiment=thesis_nih_sample", f"program={program}", "data.exclude=null",
+                                       "data.external.root=null", "data.external.labels=null"]).data)
     datamodule.setup("fit")
     n = len(pd.read_csv(NIH_SAMPLE / "labels.csv"))
     alpha = round(thesis_train / 5606 * n)  # the thesis' counts scaled to the sample (experiment preset)
