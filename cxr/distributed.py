@@ -4,8 +4,8 @@ Lightning's ``ddp`` starts ranks 1..N-1 by re-running ``sys.argv``. Under ``pyth
 that re-runs the whole sweep in every process: each rank makes its own run directories and, under Optuna, trains
 other hyper-parameters (lightning-hydra-template's most reported problem); under submitit ``sys.argv`` is not even
 ``train.py``. :class:`JobDDPStrategy` is Lightning's ``DDPStrategy`` whose launcher starts the other ranks with
-this job's own resolved config instead (``python -m cxr.distributed <run dir>/config.yaml``, written by rank 0
-before training), whoever launched the job: a plain run, a multirun, a sweeper, submitit. Where the cluster
+this job's own resolved config instead (``python -m cxr.distributed <run dir>/.hydra/resolved.yaml``, written by
+rank 0 before training: this start's config, also on a resume), whoever launched the job: a plain run, a multirun, a sweeper, submitit. Where the cluster
 starts the processes itself (SLURM tasks, torchrun) Lightning starts none and this class changes nothing.
 """
 from __future__ import annotations
@@ -106,14 +106,14 @@ class JobDDPStrategy(DDPStrategy):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rank >= 1 of a DDP job: ``python -m cxr.distributed <run dir>/config.yaml`` (started by the launcher)."""
+    """Rank >= 1 of a DDP job: ``python -m cxr.distributed <run dir>/.hydra/resolved.yaml`` (started by the launcher)."""
     from omegaconf import OmegaConf
 
     from cxr.pipeline import train
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise SystemExit("usage: python -m cxr.distributed <run dir>/config.yaml (started by trainer=ddp)")
+        raise SystemExit("usage: python -m cxr.distributed <run dir>/.hydra/resolved.yaml (started by trainer=ddp)")
     logging.basicConfig(level=logging.WARNING, format=f"[rank {global_rank()}] %(levelname)s %(name)s: %(message)s")
     train(OmegaConf.load(argv[0]))
     return 0

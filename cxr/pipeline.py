@@ -57,6 +57,8 @@ def _prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
         raise RunDirectoryError(f"{output_dir} holds an unfinished run; resume it with: python train.py "
                                 f"resume={output_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    # this start's resolved config (a resume's differs from config.yaml, the first start's): what DDP ranks 1..N-1 run
+    write_text(output_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if resuming and (output_dir / "run.json").is_file():
         _record_resume(cfg, output_dir)
         return output_dir

@@ -37,7 +37,7 @@ def test_trainer_configs_for_gpu_and_ddp(make_cfg):
     assert gpu.trainer.max_epochs == gpu.program.training.max_epochs  # the rest of trainer=cpu is kept
     ddp = make_cfg(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
     assert ddp.trainer.strategy._target_ == "cxr.distributed.JobDDPStrategy" and ddp.trainer.sync_batchnorm
-    assert ddp.trainer.strategy.run_config == f"{ddp.paths.output_dir}/config.yaml"
+    assert ddp.trainer.strategy.run_config == f"{ddp.paths.output_dir}/.hydra/resolved.yaml"
     assert ddp.data.pin_memory and ddp.trainer.precision == "auto"
     cpu = make_cfg(["trainer=ddp_cpu"])
     assert (cpu.trainer.accelerator, cpu.trainer.devices, cpu.trainer.strategy.process_group_backend) == \
@@ -45,7 +45,7 @@ def test_trainer_configs_for_gpu_and_ddp(make_cfg):
     strategy = instantiate(cpu.trainer.strategy)
     from cxr.distributed import JobDDPStrategy
 
-    assert isinstance(strategy, JobDDPStrategy) and strategy.run_config.endswith("config.yaml")
+    assert isinstance(strategy, JobDDPStrategy) and strategy.run_config.endswith(".hydra/resolved.yaml")
 
 
 @pytest.mark.parametrize("cuda, bf16, expected", [(True, True, "bf16-mixed"), (True, False, "16-mixed"),
@@ -62,7 +62,7 @@ def test_gpu_precision_auto_prefers_bf16_where_supported(monkeypatch, cuda, bf16
 
 
 def test_ddp_ranks_rerun_the_jobs_own_config_not_sys_argv(tmp_path, monkeypatch):
-    """The launcher starts rank 1 with `python -m cxr.distributed <run dir>/config.yaml`, whatever sys.argv says
+    """The launcher starts rank 1 with `python -m cxr.distributed <run dir>/.hydra/resolved.yaml`, whatever sys.argv says
     (under -m or a sweeper sys.argv would rerun the whole sweep); this breaks loudly if Lightning changes."""
     from lightning.fabric.plugins.environments import LightningEnvironment
     from lightning.pytorch.strategies.launchers import subprocess_script
@@ -351,4 +351,6 @@ def test_ddp_run_resumes_exactly_across_processes(tmp_path, demo_root):
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("history.csv", "predictions_test.csv", "metrics.json"):
         assert (resumed / name).read_bytes() == (reference / name).read_bytes(), name
-    assert OmegaConf.load(resumed / "config.yaml").ckpt_path == "last"
+    # the ranks ran this start's config (a resume), while config.yaml keeps the first start's
+    assert OmegaConf.load(resumed / ".hydra" / "resolved.yaml").ckpt_path == "last"
+    assert OmegaConf.load(resumed / "config.yaml").ckpt_path is None

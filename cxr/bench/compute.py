@@ -59,6 +59,18 @@ def classifier(path: TrainPath, seed: int = 0):
                             fused_optimizer=path.fused_optimizer)
 
 
+def bce_step(net, optimizer: torch.optim.Optimizer, bf16: bool, images: torch.Tensor,
+             targets: torch.Tensor) -> torch.Tensor:
+    """One training step: forward (under bf16 autocast if asked), BCE on the logits, backward, optimizer step."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = net(images)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def stepper(path: TrainPath, seed: int = 0):
     """A training step of ``path`` (forward under its autocast, BCE, backward, optimizer step), as Lightning runs it
     minus logging; returns ``step(images, targets)``."""
@@ -66,13 +78,7 @@ def stepper(path: TrainPath, seed: int = 0):
     optimizer = model._optimizer()
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=path.bf16):
-            logits = model(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        return float(bce_step(model, optimizer, path.bf16, images, targets).detach())
 
     step.model = model
     return step
@@ -275,12 +281,7 @@ def bench_densenet(sizes: Sizes) -> list[Row]:
         x = images.contiguous(memory_format=memory_format)
 
         def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=path.bf16):
-                logits = net(x)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            bce_step(net, optimizer, path.bf16, x, targets)
         return step, net
 
     built = {name: train_step(path) for name, path in paths.items()}
