@@ -42,8 +42,8 @@ def test_per_layer_output_shapes_150_to_7():
         hook.remove()
     expected = []  # Keras model.summary() of the thesis network
     for filters, size in ((32, 148), (64, 72), (128, 34), (256, 15)):
-        expected += [("Conv2d", (filters, size, size)), ("ReLU", (filters, size, size)),
-                     ("MaxPool2d", (filters, size // 2, size // 2))]
+        expected += [("Conv2d", (filters, size, size)), ("MaxPool2d", (filters, size // 2, size // 2)),
+                     ("ReLU", (filters, size // 2, size // 2))]  # pool then ReLU: they commute
     expected += [("Flatten", (256 * 7 * 7,)), ("Linear", (512,)), ("ReLU", (512,)), ("Linear", (1,))]
     assert shapes == expected
 

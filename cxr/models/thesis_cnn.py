@@ -14,7 +14,10 @@ class ThesisCNN(nn.Module):
         super().__init__()
         layers, channels, size = [], in_channels, image_size
         for width in filters:
-            layers += [nn.Conv2d(channels, width, kernel_size=3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            # Keras' Conv2D(activation="relu") + MaxPooling2D, with the pooling first: max and ReLU commute (ReLU
+            # is monotonic), so outputs and gradients are the same, and the ReLU and its backward touch a quarter
+            # of the elements (python -m cxr.bench: +15% fp32, +6% bf16 training img/s on a 2-core CPU).
+            layers += [nn.Conv2d(channels, width, kernel_size=3), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
             channels, size = width, (size - 2) // 2
         if size < 1:
             raise ValueError(f"image_size={image_size} is too small for {len(filters)} conv/pool blocks")
