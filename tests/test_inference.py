@@ -1,8 +1,8 @@
 """The fast paths agree with the baseline: inference backends (ONNX Runtime, channels_last, bf16) and the training
 fast path (channels_last + fused Adam; bf16 autocast), on a briefly trained thesis network and demo / real images.
 
-Tolerances (probabilities of class 1): fp32 backends max |diff| < 1e-5 (ONNX Runtime < 1e-4), bf16 < 0.02;
-AUROC differences < 1e-6 for fp32 backends, < 0.02 for bf16.
+Tolerances (probabilities of class 1): fp32 backends max |diff| < 1e-5 (ONNX Runtime < 1e-4), bf16 < 0.02, int8
+< 0.05; AUROC differences < 1e-6 for fp32 backends, < 0.02 for bf16, < 0.05 for int8.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from cxr.evaluation.metrics import auroc
 from tests.conftest import NIH_SAMPLE, require_real_data
 
 PREPROCESSING = {"channels": 3, "image_size": 150, "resample": "nearest", "pixel_divisor": 255.0}
-TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "torch_bf16": 0.02, "auto": 1e-4}
-AUROC_TOLERANCE = {"torch": 1e-6, "onnxruntime": 1e-6, "torch_bf16": 0.02, "auto": 1e-6}
+TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "torch_bf16": 0.02, "onnxruntime_int8": 0.05, "auto": 1e-4}
+AUROC_TOLERANCE = {"torch": 1e-6, "onnxruntime": 1e-6, "torch_bf16": 0.02, "onnxruntime_int8": 0.05, "auto": 1e-6}
 BASELINE = TrainPath("baseline", False, False, "32-true")
 DEFAULT = TrainPath("default", "auto", True, "32-true")
 BF16 = TrainPath("bf16", "auto", True, "bf16-mixed")
@@ -72,14 +72,15 @@ def _check_agreement(model, loader, backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "torch_bf16", pytest.param("onnxruntime", marks=needs_onnxruntime),
-                                     "auto"])
+                                     pytest.param("onnxruntime_int8", marks=needs_onnxruntime), "auto"])
 def test_inference_backends_agree_with_the_eager_baseline(trained, demo_data, backend):
     reference, _ = _check_agreement(trained, demo_data[1], backend)
     assert reference.max() - reference.min() > 1e-3  # a model whose outputs differ between images
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("backend", ["torch", "torch_bf16", pytest.param("onnxruntime", marks=needs_onnxruntime)])
+@pytest.mark.parametrize("backend", ["torch", "torch_bf16", pytest.param("onnxruntime", marks=needs_onnxruntime),
+                                     pytest.param("onnxruntime_int8", marks=needs_onnxruntime)])
 def test_inference_backends_agree_on_real_nih_images(trained, backend):
     require_real_data(NIH_SAMPLE)
     labels = pd.read_csv(NIH_SAMPLE / "labels.csv").head(48)
@@ -144,25 +145,33 @@ def test_a_failed_onnx_export_falls_back_to_torch(trained, demo_data, monkeypatc
 def test_evaluation_runner_uses_the_configured_backend(trained, demo_data, monkeypatch):
     from cxr.evaluation import runner
 
-    seen = []
+    seen, calibrations = [], []
     real = inference.predict_probabilities
-    monkeypatch.setattr(inference, "predict_probabilities",
-                        lambda model, loader, backend="auto", batch_size=64: seen.append((backend, batch_size))
-                        or real(model, loader, backend, batch_size))
+
+    def spy(model, loader, backend="auto", batch_size=64, calibration=None):
+        seen.append((backend, batch_size))
+        calibrations.append(calibration)
+        return real(model, loader, backend, batch_size, calibration)
+
+    monkeypatch.setattr(inference, "predict_probabilities", spy)
+    loaders = {"test": demo_data[1][:2], "val": demo_data[1][2:]}
 
     class Data:
         def rows(self, name):
-            return pd.DataFrame({"image": range(len(_labels(demo_data[1]))), "patient_id": 0,
-                                 "target": _labels(demo_data[1])})
+            return pd.DataFrame({"image": range(len(_labels(loaders[name]))), "patient_id": 0,
+                                 "target": _labels(loaders[name])})
 
         def eval_dataloader(self, name):
-            return demo_data[1]
+            return loaders[name]
 
     frame = runner.predictions_frame(trained, Data(), "test", {"inference_backend": "torch",
                                                                 "inference_batch_size": 32})
-    assert seen == [("torch", 32)] and len(frame) == len(_labels(demo_data[1]))
+    assert seen == [("torch", 32)] and len(frame) == len(_labels(loaders["test"]))
     runner.predictions_frame(trained, Data(), "test")
-    assert seen[-1] == ("auto", 64)
+    assert seen[-1] == ("auto", 64) and calibrations == [None, None]
+    if inference.onnxruntime_available():  # int8 ranges from the validation split, not the set being scored
+        runner.predictions_frame(trained, Data(), "test", {"inference_backend": "onnxruntime_int8"})
+        assert seen[-1] == ("onnxruntime_int8", 64) and calibrations[-1] is loaders["val"]
 
 
 def test_training_fast_path_agrees_with_the_fp32_baseline(demo_data):
@@ -230,3 +239,27 @@ def test_without_onnxruntime_auto_is_torch(trained, demo_data, monkeypatch, capl
     assert "not installed" in caplog.text
     reference = inference.predict_probabilities(trained, demo_data[1], "eager")
     assert np.abs(inference.predict_probabilities(trained, demo_data[1], "auto") - reference).max() < 1e-5
+
+
+@needs_onnxruntime
+def test_int8_ranges_come_from_the_calibration_images(demo_data):
+    model = _train(BASELINE, demo_data[0][:2], epochs=1)
+    loader = demo_data[1]
+    own = inference.predict_probabilities(model, loader, "onnxruntime_int8")  # calibrated on the first batch
+    images = torch.cat([batch[0] for batch in loader])
+    inference._INT8_SESSIONS.pop(model, None)
+    dark = inference.predict_probabilities(model, loader, "onnxruntime_int8", calibration=[(0.1 * images, None)])
+    inference._INT8_SESSIONS.pop(model, None)
+    again = inference.predict_probabilities(model, loader, "onnxruntime_int8")
+    assert np.array_equal(own, again)  # deterministic for the same calibration images
+    assert np.abs(dark - own).max() > 1e-4  # ranges measured on dimmed images quantize differently
+
+
+@needs_onnxruntime
+def test_an_int8_model_too_far_from_fp32_falls_back_to_torch(demo_data, monkeypatch, caplog):
+    model = _train(BASELINE, demo_data[0][:1], epochs=1)
+    monkeypatch.setattr(inference, "INT8_CHECK_TOLERANCE", 0.0)
+    with caplog.at_level(logging.WARNING, logger="cxr.inference"):
+        got = inference.predict_probabilities(model, demo_data[1], "onnxruntime_int8")
+    assert "int8 ONNX Runtime differs from torch" in caplog.text
+    assert np.abs(got - inference.predict_probabilities(model, demo_data[1], "torch")).max() == 0

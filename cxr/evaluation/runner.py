@@ -43,8 +43,12 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
     findings = model_findings(model)
     predictor = TenCrop(model) if findings and settings.get("ten_crop") else model
+    # int8 ranges come from validation images (as the operating point does), never from the set being scored
+    calibration = datamodule.eval_dataloader("val") if settings["inference_backend"] == "onnxruntime_int8" \
+        and len(datamodule.rows("val")) else None
     probabilities = inference.predict_probabilities(predictor, datamodule.eval_dataloader(name),
-                                                    settings["inference_backend"], settings["inference_batch_size"])
+                                                    settings["inference_backend"], settings["inference_batch_size"],
+                                                    calibration=calibration)
     if not findings:
         return pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
                              "probability": probabilities})
