@@ -194,7 +194,7 @@ def _session(graph: bytes, threads: int | None = None):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    # no spinning between operators, as OMP_WAIT_POLICY=PASSIVE for torch (cxr/__init__.py): on shared cores
+    # no spinning between operators (torch's threads spin briefly, cxr/__init__.py): on shared cores
     # spinning threads take the time slices the computing ones need
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
@@ -317,14 +317,14 @@ def _checked_onnx_runner(model: torch.nn.Module, images: torch.Tensor, torch_run
 def _checked_int8_runner(model: torch.nn.Module, images: torch.Tensor, torch_run, calibration: Iterable | None):
     """The int8 runner, calibrated on ``calibration`` (else ``images``), if it stays within
     ``INT8_CHECK_TOLERANCE`` of torch on ``images``; else ``torch_run``."""
+    cached = _INT8_SESSIONS.get(model)
+    if cached is not None and cached[0] == _fingerprint(model) and cached[1] == tuple(images.shape[1:]):
+        return _onnx_runner(model, images, cached[2])  # checked when it was made
     try:
-        cached = _INT8_SESSIONS.get(model)
-        if cached is None or cached[0] != _fingerprint(model) or cached[1] != tuple(images.shape[1:]):
-            chosen = images if calibration is None else next(_regroup(calibration, CALIBRATION_IMAGES), images)
-            log.info("onnxruntime_int8: calibrating the int8 ranges on %d images", len(chosen))
-            array = np.ascontiguousarray(chosen[:CALIBRATION_IMAGES].detach().cpu().numpy(), dtype=np.float32)
-            int8_session(model, images, array)
-        run = _onnx_runner(model, images, _INT8_SESSIONS[model][2])
+        chosen = images if calibration is None else next(_regroup(calibration, CALIBRATION_IMAGES), images)
+        log.info("onnxruntime_int8: calibrating the int8 ranges on %d images", len(chosen))
+        array = np.ascontiguousarray(chosen[:CALIBRATION_IMAGES].detach().cpu().numpy(), dtype=np.float32)
+        run = _onnx_runner(model, images, int8_session(model, images, array))
         difference = float(np.abs(run(images) - torch_run(images)).max())
     except Exception as error:  # quantization or session failure: keep going with torch
         log.warning("inference backend onnxruntime_int8 unavailable for this model (%s); using torch", error)

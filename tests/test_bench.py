@@ -57,7 +57,8 @@ def test_json_structure(document):
             assert row["ratio"] > 0  # the median of per-round ratios, close to fast / baseline
     targets = {row["measure"]: row["target"] for row in saved["rows"] if row["target"]}
     assert ">= 1.5x" in targets.values() and ">= 3.5x" in targets.values() and ">= 0.9x" in targets.values()
-    assert ">= 0.6x" in targets.values() and "overhead <= 5%" in targets.values()
+    assert ">= 0.8x" in targets.values() and "overhead <= 5%" in targets.values()
+    assert ">= 2x" in targets.values()  # the fast paths against the thesis' Keras stack
 
 
 def test_inference_rows_report_agreement(document):

@@ -20,7 +20,7 @@ class Sizes:
     name: str
     warmup: int          # untimed rounds before the timed ones
     reps: int            # timed rounds; every figure is the median over them
-    train_steps: int     # training steps per round (batch 10)
+    train_steps: int     # training steps per round (batch 10; several, so that switching candidates is rare)
     infer_batches: int   # inference batches per round
     infer_batch: int     # images per inference batch
     loader_loops: int    # passes over the full-resolution PNGs per loader round
@@ -35,9 +35,9 @@ class Sizes:
     densenet_reps: int = 3
 
 
-FULL = Sizes("full", warmup=2, reps=7, train_steps=3, infer_batches=2, infer_batch=64, loader_loops=3,
+FULL = Sizes("full", warmup=2, reps=7, train_steps=6, infer_batches=2, infer_batch=64, loader_loops=3,
              epoch_loops=2, epoch_reps=3, lightning_images=120, lightning_epochs=3, nih_rows=None)
-QUICK = Sizes("quick", warmup=1, reps=3, train_steps=2, infer_batches=1, infer_batch=64, loader_loops=2,
+QUICK = Sizes("quick", warmup=1, reps=3, train_steps=4, infer_batches=1, infer_batch=64, loader_loops=2,
               epoch_loops=1, epoch_reps=2, lightning_images=60, lightning_epochs=3, nih_rows=None)
 TINY = Sizes("tiny", warmup=0, reps=1, train_steps=1, infer_batches=1, infer_batch=8, loader_loops=1,
              epoch_loops=1, epoch_reps=1, lightning_images=20, lightning_epochs=2, nih_rows=300,

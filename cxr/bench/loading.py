@@ -116,11 +116,20 @@ def bench_epoch(sizes: Sizes, image_dir=None, scratch: Path | None = None) -> li
     n = len(streaming)
     details = {"fraction_of_compute_only": fraction, "epoch_s": {k: median(t) for k, t in times.items()},
                "images_per_epoch": n, "path": path.describe()}
+    bound = ""
+    if "streaming, 0 worker(s)" in times:
+        # decoding and training share the cores: with the decode time d (one core, from the 0-worker epoch) and
+        # the step time c (all cores), no worker count beats c / (c + d / cores)
+        cores = torch.get_num_threads()
+        decode = max(median(times["streaming, 0 worker(s)"]) - compute, 0.0)
+        details["bound_on_these_cores"] = compute / (compute + decode / cores)
+        bound = (f"; bound on {cores} cores {details['bound_on_these_cores']:.2f} (decoding {1e3 * decode / n:.1f} "
+                 f"ms of one core per image)")
     return [
         Row("epoch from cache / compute-only", "img/s", n / compute, n / median(times["cached, 0 workers"]),
             ">= 0.9x", fraction["cached, 0 workers"] >= 0.9, fraction["cached, 0 workers"], details=details),
-        Row("epoch streaming / compute-only", "img/s", n / compute, n / median(times[best]), ">= 0.6x",
-            fraction[best] >= 0.6, fraction[best], details=details,
+        Row("epoch streaming / compute-only", "img/s", n / compute, n / median(times[best]), ">= 0.8x",
+            fraction[best] >= 0.8, fraction[best], details=details,
             note="fraction by workers: " + ", ".join(f"{k.split(', ')[1]} {v:.2f}" for k, v in fraction.items()
-                                                      if k.startswith("stream")) + " (1024 px PNGs decoded)"),
+                                                      if k.startswith("stream")) + " (1024 px PNGs decoded)" + bound),
     ]
