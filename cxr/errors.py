@@ -7,6 +7,10 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names the key and what would fix it."""
 
 
+class PredictError(ValueError):
+    """A problem with the command itself (model file, input list): one line, exit status 2."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Every exception type that means "your input or settings are wrong" (imported lazily: no cycles)."""
     from omegaconf.errors import OmegaConfBaseException
