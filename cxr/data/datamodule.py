@@ -140,7 +140,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             return None
         if not self.cache_dir:
             raise ValueError("data.cache=true needs data.cache_dir")
-        from cxr.data.cache import open_or_build
+        from cxr.data.cache_build import open_or_build
 
         return open_or_build(table["path"].tolist(), self.preprocessing, self.cache_dir)
 
