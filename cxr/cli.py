@@ -107,7 +107,7 @@ def _train_app(cfg: DictConfig) -> float:
 
 def train_main() -> None:
     """``cxr-train`` / ``python train.py [overrides]``; ``resume=<run dir>`` resumes a killed run."""
-    from cxr.pipeline import resume_arguments
+    from cxr.run_dir import resume_arguments
 
     run_app(_train_app, resume_arguments)
 

@@ -22,7 +22,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from cxr.data.leakage import LeakageError
     from cxr.data.splits import SplitError
     from cxr.evaluation.report import ReportError
-    from cxr.pipeline import DataCheckError, RunDirectoryError
+    from cxr.pipeline import DataCheckError
+    from cxr.run_dir import RunDirectoryError
     from cxr.safe_instantiate import UnsafeTargetError
 
     return (ConfigError, LabelFileError, ImageIndexError, ImageReadError, SplitError, DataCheckError,
