@@ -11,6 +11,10 @@ class PredictError(ValueError):
     """A problem with the command itself (model file, input list): one line, exit status 2."""
 
 
+class DownloadError(RuntimeError):
+    """A failure the user can act on; the message names the archive, URL or file."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Every exception type that means "your input or settings are wrong" (imported lazily: no cycles)."""
     from omegaconf.errors import OmegaConfBaseException
