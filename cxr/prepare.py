@@ -30,7 +30,7 @@ log = logging.getLogger("cxr.prepare")
 
 def labelled_paths(cfg: DictConfig) -> dict[str, list[str]]:
     """The image paths the datamodule caches: all labelled images found under data.root (and the external set)."""
-    from cxr.data.datamodule import attach_image_paths
+    from cxr.data.table import attach_image_paths
     from cxr.data.labels import read_labels
 
     data = cfg.data

@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
 from cxr.data.leakage import check as check_leakage
 from cxr.data.splits import SPLITS, summarise_split
-# attach_image_paths is re-exported for cxr.bench and cxr.prepare
-from cxr.data.table import LabelledSet, attach_image_paths, build_sets  # noqa: F401
+from cxr.data.table import LabelledSet, build_sets
 
 log = logging.getLogger(__name__)
 
