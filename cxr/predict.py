@@ -283,12 +283,10 @@ def hydra_app(job, config_name: str, prog: str):
         except _user_errors() as error:
             from cxr import cli
 
-            if cli._show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
+            if cli.show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
                 raise
-            from cxr.cli import _one_line
-
             sys.stdout.flush()
-            print(f"{prog}: error: {_one_line(error)}", file=sys.stderr, flush=True)
+            print(f"{prog}: error: {cli.one_line(error)}", file=sys.stderr, flush=True)
             status = 2
         if status:
             sys.exit(status)
