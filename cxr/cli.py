@@ -15,7 +15,7 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-_show_tracebacks = False  # HYDRA_FULL_ERROR=1 as the user set it (we set it ourselves to receive Hydra's errors)
+show_tracebacks = False  # HYDRA_FULL_ERROR=1 as the user set it (we set it ourselves to receive Hydra's errors)
 
 
 class _UserExit(SystemExit):
@@ -26,7 +26,8 @@ class _UserExit(SystemExit):
         self.message = message
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """A user error as one line: a failed constructor's own message, its OmegaConf cause, no search path."""
     from hydra.errors import InstantiationException
 
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
@@ -59,9 +60,9 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
         try:
             return task(cfg)
         except _user_errors() as error:
-            if _show_tracebacks:
+            if show_tracebacks:
                 raise
-            raise _UserExit(_one_line(error)) from None
+            raise _UserExit(one_line(error)) from None
 
     return wrapper
 
@@ -69,8 +70,8 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
 def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], list[str]] | None = None) -> None:
     """Run a ``@hydra.main`` app (``argv_transform`` rewrites ``sys.argv[1:]`` first), printing user errors and
     Hydra's own config errors as one line on stderr."""
-    global _show_tracebacks
-    _show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    global show_tracebacks
+    show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a trimmed stack: we print one line
     try:
         if argv_transform is not None:
@@ -79,13 +80,13 @@ def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], lis
     except _UserExit as stop:
         _fail(stop.message, stop.code)
     except _user_errors() as error:  # config composition, overrides, missing config: before the job ran
-        if _show_tracebacks:
+        if show_tracebacks:
             raise
         from hydra.errors import HydraException
 
-        _fail(_one_line(error), 2 if isinstance(error, HydraException) else 1)
+        _fail(one_line(error), 2 if isinstance(error, HydraException) else 1)
     finally:
-        if not _show_tracebacks:
+        if not show_tracebacks:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
@@ -107,7 +108,7 @@ def _train_app(cfg: DictConfig) -> float:
 
 def train_main() -> None:
     """``cxr-train`` / ``python train.py [overrides]``; ``resume=<run dir>`` resumes a killed run."""
-    from cxr.pipeline import resume_arguments
+    from cxr.run_dir import resume_arguments
 
     run_app(_train_app, resume_arguments)
 
@@ -161,7 +162,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     except (*_user_errors(), OSError, json.JSONDecodeError) as error:  # unreadable run files included
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"compare.py: error: {_one_line(error)}", file=sys.stderr)
+        print(f"compare.py: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(report.table)
     print(f"\nreport: {report.directory / 'report.md'} (and report.html)")

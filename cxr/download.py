@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mirror and args.source_dir:
         parser.error("--mirror and --from exclude each other")
-    from cxr.data.download import DownloadError, download_release
+    from cxr.data.download import download_release
+    from cxr.errors import DownloadError
 
     try:
         download_release(args.to, args.manifest, args.mirror, args.source_dir, args.jobs, args.keep_archives,

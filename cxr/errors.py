@@ -7,6 +7,14 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names the key and what would fix it."""
 
 
+class PredictError(ValueError):
+    """A problem with the command itself (model file, input list): one line, exit status 2."""
+
+
+class DownloadError(RuntimeError):
+    """A failure the user can act on; the message names the archive, URL or file."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Every exception type that means "your input or settings are wrong" (imported lazily: no cycles)."""
     from omegaconf.errors import OmegaConfBaseException
@@ -18,7 +26,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from cxr.data.leakage import LeakageError
     from cxr.data.splits import SplitError
     from cxr.evaluation.report import ReportError
-    from cxr.pipeline import DataCheckError, RunDirectoryError
+    from cxr.pipeline import DataCheckError
+    from cxr.run_dir import RunDirectoryError
     from cxr.safe_instantiate import UnsafeTargetError
 
     return (ConfigError, LabelFileError, ImageIndexError, ImageReadError, SplitError, DataCheckError,

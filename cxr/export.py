@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr.predict import (ONNX_METADATA_PREFIX, PredictError, collect_inputs, operating_points, output_names,
-                         prepare_input, run_directory)
+from cxr.data.inputs import collect_inputs, prepare_input
+from cxr.errors import PredictError
+from cxr.predict import ONNX_METADATA_PREFIX, operating_points, output_names, run_directory
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

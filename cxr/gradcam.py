@@ -67,7 +67,7 @@ def _slug(text: str) -> str:
 def write_cam_report(predictor, frame: pd.DataFrame, output_dir: str | Path, size: int = 320,
                      batch_size: int = 16) -> Path:
     """Overlay PNGs under ``<output_dir>/cam/`` for every predicted row, and ``cam.html``; returns the page."""
-    from cxr.predict import prepare_input, read_grey
+    from cxr.data.inputs import prepare_input, read_grey
 
     if predictor.model is None:
         raise ValueError("cam=true needs a checkpoint (Grad-CAM differentiates the PyTorch model, not an .onnx file)")

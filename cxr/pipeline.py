@@ -1,12 +1,10 @@
 """The two jobs behind ``train.py`` and ``evaluate.py``: each takes a composed Hydra config and returns metrics."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -27,83 +25,10 @@ from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
 from cxr.model_card import write_model_card
+from cxr.run_dir import (command_line_overrides, override_key, prepare_run_directory, requeued_job,
+                         resume_checkpoint)
 
 log = logging.getLogger(__name__)
-
-
-class RunDirectoryError(RuntimeError):
-    """The run directory already holds a finished run."""
-
-
-def command_line_overrides() -> list[str]:
-    """This job's command-line overrides, with relative paths that exist made absolute (for checkpoints)."""
-    if not HydraConfig.initialized():
-        return []
-    overrides = []
-    for override in HydraConfig.get().overrides.task:
-        key, sep, value = override.partition("=")
-        if sep and value and not os.path.isabs(value) and ("/" in value or os.sep in value) and os.path.exists(value):
-            value = os.path.abspath(value)
-        overrides.append(f"{key}{sep}{value}")
-    return overrides
-
-
-def _prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
-    output_dir = Path(cfg.paths.output_dir)
-    if (output_dir / "metrics.json").exists():
-        raise RunDirectoryError(f"{output_dir} already holds a finished run (metrics.json); a new run never "
-                                "overwrites one: choose another hydra.run.dir")
-    if not resuming and any((output_dir / "checkpoints").glob("*.ckpt")):
-        raise RunDirectoryError(f"{output_dir} holds an unfinished run; resume it with: python train.py "
-                                f"resume={output_dir}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # this start's resolved config (a resume's differs from config.yaml, the first start's): what DDP ranks 1..N-1 run
-    write_text(output_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    if resuming and (output_dir / "run.json").is_file():
-        _record_resume(cfg, output_dir)
-        return output_dir
-    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(output_dir / "run.json", run_provenance())
-    return output_dir
-
-
-def _record_resume(cfg: DictConfig, output_dir: Path) -> None:
-    """Keep the first start's run.json and config.yaml; append this start to run.json's ``resumes`` list and save
-    its resolved config as ``config.resume<N>.yaml``."""
-    provenance = json.loads((output_dir / "run.json").read_text())
-    resumes = provenance.setdefault("resumes", [])
-    config_name = f"config.resume{len(resumes) + 1}.yaml"
-    write_text(output_dir / config_name, OmegaConf.to_yaml(cfg, resolve=True))
-    resumes.append({**run_provenance(), "config": config_name, "ckpt_path": cfg.get("ckpt_path"),
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    write_json(output_dir / "run.json", provenance)
-
-
-def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path != "last":
-        return ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise RunDirectoryError(f"nothing to resume: {last} does not exist (no epoch finished before the crash?)")
-    log.info("resuming from %s", last)
-    return str(last)
-
-
-def resume_arguments(argv: list[str]) -> list[str]:
-    """Expand ``resume=<run dir>`` into that run's own overrides + ``hydra.run.dir=<run dir> ckpt_path=last``."""
-    resume = [a for a in argv if a.startswith("resume=")]
-    if not resume:
-        return argv
-    run_dir = Path(resume[-1].partition("=")[2]).resolve()
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.is_file():
-        raise ConfigError(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
-    previous = [o for o in OmegaConf.load(overrides_file)
-                if _override_key(o) not in ("hydra.run.dir", "ckpt_path", "resume")]
-    others = [a for a in argv if not a.startswith("resume=")]
-    return [*previous, *others, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 
 
 class DataCheckError(ValueError):
@@ -219,25 +144,6 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
                     "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)"}
 
 
-def _requeued_job(cfg: DictConfig) -> dict | None:
-    """A cluster job restarted by its launcher (submitit: preempted or out of time, ``max_num_timeout``) finds its
-    own ``checkpoints/last.ckpt`` in its run directory: it resumes from it (``ckpt_path=last``), recorded in
-    config.yaml so that every rank does the same. Requeued after it had finished (the signal came during its
-    last seconds): its metrics, nothing is rerun."""
-    output_dir = Path(cfg.paths.output_dir)
-    if os.environ.get("SUBMITIT_EXECUTOR") and (output_dir / "metrics.json").is_file():
-        log.warning("requeued %s job had already finished: %s", os.environ["SUBMITIT_EXECUTOR"], output_dir)
-        import json
-
-        return json.loads((output_dir / "metrics.json").read_text())
-    if (cfg.get("ckpt_path") is None and os.environ.get("SUBMITIT_EXECUTOR")
-            and (output_dir / "checkpoints" / "last.ckpt").is_file() and not (output_dir / "metrics.json").exists()):
-        log.warning("requeued %s job: resuming %s from checkpoints/last.ckpt", os.environ["SUBMITIT_EXECUTOR"],
-                    output_dir)
-        with open_dict(cfg):
-            cfg.ckpt_path = "last"
-
-
 def _validation_summary(history: EpochHistory | None, trainer: L.Trainer) -> dict:
     """Validation AUROC of the best and of the last epoch: what a hyper-parameter search maximises (never test)."""
     values = history.frame()["val/auroc"].dropna().tolist() if history is not None else []
@@ -260,14 +166,14 @@ def train(cfg: DictConfig) -> dict:
     ``{}`` after fitting)."""
     _checkpoint_choice(cfg)  # a bad choice fails before anything runs
     rank_zero = global_rank() == 0
-    finished = _requeued_job(cfg)
+    finished = requeued_job(cfg)
     if finished is not None:
         return finished
     if rank_zero:
-        output_dir = _prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
+        output_dir = prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
     else:
         output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = _resume_checkpoint(cfg, output_dir)
+    ckpt_path = resume_checkpoint(cfg, output_dir)
     datamodule = instantiate(cfg.data)  # its labelled tables are read once, for the data check and for training
     if rank_zero and (cfg.get("data_check", True) or cfg.get("check_only")):
         datamodule.prepare_data()
@@ -370,7 +276,7 @@ def evaluate(cfg: DictConfig) -> dict:
         with open_dict(cfg):
             cfg.data.split = {"method": "file", "path": str(splits)}
         log.info("test split: %s (the run's own; split_from=config splits anew)", splits)
-    output_dir = _prepare_run_directory(cfg)
+    output_dir = prepare_run_directory(cfg)
     preprocessing = model.hparams.preprocessing
     if cfg.preprocessing_from == "config" or not preprocessing:
         preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
@@ -401,10 +307,6 @@ _NOT_FOR_EVALUATION = ("hydra", "ckpt_path", "debug", "trainer", "callbacks", "l
                         "hparams_search")  # a search preset would make evaluate.py launch a sweep
 
 
-def _override_key(override: str) -> str:
-    return override.partition("=")[0].lstrip("+~")
-
-
 def evaluation_config(cfg: DictConfig) -> DictConfig:
     """Recompose ``evaluate`` with the checkpoint's training overrides first, then this command line's."""
     from hydra import compose
@@ -416,9 +318,9 @@ def evaluation_config(cfg: DictConfig) -> DictConfig:
         raise ConfigError("ckpt_path is required: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     stored = (read_checkpoint(cfg.ckpt_path).get("cxr") or {}).get("overrides", [])
     given = list(HydraConfig.get().overrides.task)
-    given_keys = {_override_key(o) for o in given}
-    inherited = [o for o in stored if _override_key(o) not in given_keys
-                 and not _override_key(o).split(".")[0].split("/")[0] in _NOT_FOR_EVALUATION]
+    given_keys = {override_key(o) for o in given}
+    inherited = [o for o in stored if override_key(o) not in given_keys
+                 and not override_key(o).split(".")[0].split("/")[0] in _NOT_FOR_EVALUATION]
     check_overrides(inherited, f"{cfg.ckpt_path}: training override")  # a crafted checkpoint must not build code
     if inherited:
         log.info("overrides from the checkpoint's training run: %s", " ".join(inherited))

@@ -30,7 +30,7 @@ log = logging.getLogger("cxr.prepare")
 
 def labelled_paths(cfg: DictConfig) -> dict[str, list[str]]:
     """The image paths the datamodule caches: all labelled images found under data.root (and the external set)."""
-    from cxr.data.datamodule import attach_image_paths
+    from cxr.data.table import attach_image_paths
     from cxr.data.labels import read_labels
 
     data = cfg.data
@@ -59,7 +59,8 @@ def _folder_bytes(folder: Path) -> int:
 def prepare(cfg: DictConfig, workers: int | None = None, shards: bool = False, progress: bool = True,
             echo=print) -> dict:
     """Build (or finish, or refresh) the cache of every image list of ``cfg.data``; optionally the shards."""
-    from cxr.data.cache import CacheSpec, open_cache, open_or_build
+    from cxr.data.cache import CacheSpec, open_cache
+    from cxr.data.cache_build import open_or_build
 
     preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
     spec = CacheSpec.of(preprocessing)
@@ -110,7 +111,8 @@ def shards_in_use(cfg: DictConfig, lists: dict[str, list[str]]) -> set[str]:
 
 def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
     """Print the caches and shard folders; with ``prune`` delete the ones this config does not use."""
-    from cxr.data.cache import CacheSpec, cache_name, list_caches, prune_caches
+    from cxr.data.cache import CacheSpec, cache_name
+    from cxr.data.cache_admin import list_caches, prune_caches
     from cxr.data.shards import list_shards
 
     spec = CacheSpec.of(OmegaConf.to_container(cfg.program.preprocessing, resolve=True))

@@ -14,8 +14,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from cxr.data import cache as cache_module
+from cxr.data import cache_build
 from cxr.data import images as images_module
-from cxr.data.cache import CacheSpec, open_cache, open_or_build, verify_cache
+from cxr.data.cache import CacheSpec, open_cache, verify_cache
+from cxr.data.cache_build import open_or_build
 from cxr.data.dataset import ChestXrayDataset, Preprocessing
 
 RGB = Preprocessing(channels=3, image_size=32, resample="nearest")
@@ -214,7 +216,7 @@ def test_a_failed_build_leaves_nothing_that_looks_valid_and_resumes(tmp_path, pn
 
 
 def test_list_and_prune(tmp_path, pngs):
-    from cxr.data.cache import list_caches, prune_caches
+    from cxr.data.cache_admin import list_caches, prune_caches
 
     cache_dir = tmp_path / "cache"
     kept = open_or_build(pngs, RGB, cache_dir)
@@ -230,7 +232,7 @@ def test_list_and_prune(tmp_path, pngs):
 
 
 def test_parallel_build_matches_serial_decoding(tmp_path):
-    paths = _write_images(tmp_path / "many", n=cache_module.POOL_MIN_IMAGES + 6, seed=1)
+    paths = _write_images(tmp_path / "many", n=cache_build.POOL_MIN_IMAGES + 6, seed=1)
     cached = open_or_build(paths, RGB, tmp_path / "cache", workers=2)
     for i in (0, 1, 2, 3, 37, len(paths) - 1):
         assert np.array_equal(cached[i], images_module.load_image(paths[i], channels=3, size=32))

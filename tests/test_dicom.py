@@ -9,7 +9,7 @@ pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
 from pydicom.data import get_testdata_file  # noqa: E402
 
 from cxr.data.dicom import DicomReadError, has_dicom_preamble, looks_like_dicom, read_dicom
-from cxr.predict import sniff_format
+from cxr.data.inputs import sniff_format
 from tests.conftest import require_real_data
 from tests.dicom_fixtures import source_pixels, write_broken_set, write_lossless_set
 
@@ -125,7 +125,7 @@ def test_corrupted_dicoms_never_stop_a_run(tmp_path):
     from pydicom.uid import JPEG2000Lossless, RLELossless
 
     from cxr.data.dataset import Preprocessing
-    from cxr.predict import InputImages
+    from cxr.data.inputs import InputImages
     from tests.dicom_fixtures import _window, dataset, save
 
     rng = np.random.default_rng(0)

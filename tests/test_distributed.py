@@ -194,23 +194,23 @@ def test_slurm_launcher_config_gives_one_task_per_gpu_and_a_requeue_signal(tmp_p
 
 
 def test_a_requeued_submitit_job_resumes_from_its_last_checkpoint(make_cfg, monkeypatch):
-    from cxr.pipeline import _requeued_job
+    from cxr.run_dir import requeued_job
 
     cfg = make_cfg(["debug=fdr"])
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     checkpoints.mkdir(parents=True)
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     (checkpoints / "last.ckpt").write_bytes(b"x")
-    _requeued_job(cfg)
+    requeued_job(cfg)
     assert cfg.ckpt_path is None  # not a cluster job: a run directory with checkpoints is refused as before
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
-    _requeued_job(cfg)
+    requeued_job(cfg)
     assert cfg.ckpt_path == "last"
     fresh = make_cfg(["debug=fdr"])
-    assert _requeued_job(fresh) is None and fresh.ckpt_path is None  # first attempt: nothing to resume
+    assert requeued_job(fresh) is None and fresh.ckpt_path is None  # first attempt: nothing to resume
     Path(fresh.paths.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(fresh.paths.output_dir) / "metrics.json").write_text('{"program": "A"}')
-    assert _requeued_job(fresh) == {"program": "A"}  # requeued after it had finished: nothing is rerun
+    assert requeued_job(fresh) == {"program": "A"}  # requeued after it had finished: nothing is rerun
 
 
 def _submitit_tasks(sweep_dir: Path) -> list[int]:

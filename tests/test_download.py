@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr.data.download import (METADATA_FILES, DownloadError, download_release, read_manifest, safe_extract,
-                               shipped, write_metadata)
+from cxr.data.download import METADATA_FILES, download_release, read_manifest, shipped, write_metadata
+from cxr.data.extract import safe_extract
+from cxr.errors import DownloadError
 from tests.conftest import NIH_META, REPO, require_real_data
 from cxr.bench.range_server import RangeServer
 

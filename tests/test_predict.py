@@ -19,8 +19,10 @@ pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
 from cxr.checkpoints import load_classifier
 from cxr.data.dataset import Preprocessing
 from cxr.export import export
-from cxr.predict import (PredictError, Predictor, collect_inputs, load_predictor, onnx_metadata, operating_points,
-                         output_names, predict, predict_rows, prepare_input)
+from cxr.data.inputs import collect_inputs, prepare_input
+from cxr.errors import PredictError
+from cxr.predict import (Predictor, load_predictor, onnx_metadata, operating_points, output_names, predict,
+                         predict_rows)
 from cxr.pipeline import train
 from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data
 from tests.dicom_fixtures import (PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, source_pixels,

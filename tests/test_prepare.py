@@ -16,6 +16,7 @@ from tests.conftest import NIH_SAMPLE, REPO, require_real_data
 def test_prepare_builds_once_then_training_reads_it(make_cfg, tmp_path, monkeypatch):
     from hydra.utils import instantiate
 
+    from cxr.data import dataset as dataset_module  # imported before the patch: undo restores its own load_image
     from cxr.data import images as images_module
 
     cfg = make_cfg([f"data.cache_dir={tmp_path / 'cache'}"])
@@ -30,7 +31,7 @@ def test_prepare_builds_once_then_training_reads_it(make_cfg, tmp_path, monkeypa
         raise AssertionError("decoded although prepared")
 
     monkeypatch.setattr(images_module, "load_image", fail)
-    monkeypatch.setattr("cxr.data.dataset.load_image", fail)
+    monkeypatch.setattr(dataset_module, "load_image", fail)
     datamodule = instantiate(make_cfg(["data.cache=true", f"data.cache_dir={tmp_path / 'cache'}",
                                        "program=B"]).data)  # another program with the same size and filter
     datamodule.setup("fit")

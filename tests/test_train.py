@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr.pipeline import RunDirectoryError, evaluate, train
+from cxr.pipeline import evaluate, train
+from cxr.run_dir import RunDirectoryError
 from tests.conftest import DEMO_OVERRIDES, REPO
 
 EVAL_SET_KEYS = {"n", "n_class0", "n_class1", "threshold", "accuracy", "accuracy_class0", "accuracy_class1",

@@ -76,7 +76,7 @@ def bench_download(sizes: Sizes, image_dir=None) -> list[Row]:
 
 def bench_prepare(sizes: Sizes, image_dir=None) -> list[Row]:
     """python -m cxr.prepare's work: the 1024 px PNGs decoded + resized into a new cache, per worker count."""
-    from cxr.data.cache import open_or_build
+    from cxr.data.cache_build import open_or_build
 
     loops = max(1, sizes.loader_loops)
     rates, seconds = {}, {}
@@ -117,7 +117,7 @@ def bench_shards(sizes: Sizes, image_dir=None) -> list[Row]:
     import torch
     from torch.utils.data import DataLoader
 
-    from cxr.data.cache import open_or_build
+    from cxr.data.cache_build import open_or_build
     from cxr.data.dataset import ChestXrayDataset, Preprocessing, collate_batch
     from cxr.data.shards import ChestXrayShards, shard_loader, write_shards
 

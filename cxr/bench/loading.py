@@ -36,7 +36,7 @@ def full_resolution_images(image_dir: str | Path | None, scratch: Path, n_synthe
 
 def _datasets(paths: list[str], loops: int, cache_dir: Path):
     """(streaming dataset, cached dataset, cache build seconds) over ``paths`` repeated ``loops`` times."""
-    from cxr.data.cache import open_or_build
+    from cxr.data.cache_build import open_or_build
     from cxr.data.dataset import ChestXrayDataset, Preprocessing
 
     preprocessing = Preprocessing(**PREPROCESSING)

@@ -85,7 +85,8 @@ print(json.dumps(result))
 
 def run_child(labels: Path, root: Path, split: dict, datamodule: bool = False) -> dict:
     """Index and split in a fresh subprocess; its timings, peak RSS (RUSAGE_CHILDREN) and wall time."""
-    code = CHILD.format(extra_import="from cxr.data.datamodule import attach_image_paths" if datamodule else "",
+    with_datamodule = "import cxr.data.datamodule  # torch + Lightning\nfrom cxr.data.table import attach_image_paths"
+    code = CHILD.format(extra_import=with_datamodule if datamodule else "",
                         attach=ATTACH_DATAMODULE if datamodule else ATTACH_DATA_ONLY)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", LAUNCHER, code, str(labels), str(root), json.dumps(split)],

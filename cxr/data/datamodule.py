@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
 from cxr.data.leakage import check as check_leakage
 from cxr.data.splits import SPLITS, summarise_split
-# attach_image_paths is re-exported for cxr.bench and cxr.prepare
-from cxr.data.table import LabelledSet, attach_image_paths, build_sets  # noqa: F401
+from cxr.data.table import LabelledSet, build_sets
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +139,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             return None
         if not self.cache_dir:
             raise ValueError("data.cache=true needs data.cache_dir")
-        from cxr.data.cache import open_or_build
+        from cxr.data.cache_build import open_or_build
 
         return open_or_build(table["path"].tolist(), self.preprocessing, self.cache_dir)
 

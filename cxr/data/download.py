@@ -6,9 +6,10 @@
 1. downloaded to ``DIR/.download/<archive>.part`` with HTTP Range requests, so an interrupted transfer continues
    where it stopped (a server that ignores Range restarts it from zero);
 2. checked against its MD5 before use; a mismatch is deleted and fetched once more, then reported;
-3. extracted with :mod:`tarfile`'s ``data`` filter (no absolute paths, no ``..``, no links leaving the folder,
-   no device files) after an explicit check that every member path stays inside its folder, into
-   ``DIR/images_001/`` ... (each archive holds ``images/*.png``: the release layout ``images_001/images/...``);
+3. extracted (:mod:`cxr.data.extract`) with :mod:`tarfile`'s ``data`` filter (no absolute paths, no ``..``, no
+   links leaving the folder, no device files) after an explicit check that every member path stays inside its
+   folder, into ``DIR/images_001/`` ... (each archive holds ``images/*.png``: the release layout
+   ``images_001/images/...``);
 4. counted: the archive is complete when its folder holds the number of PNGs the manifest gives; then
    ``DIR/.download/<archive>.done`` is written and the archive is skipped on the next run.
 
@@ -24,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,6 +37,9 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
+from cxr.data.extract import count_pngs, safe_extract
+from cxr.errors import DownloadError
+
 MANIFEST_COLUMNS = ("archive", "url", "md5", "images")
 METADATA_FILES = ("Data_Entry_2017_v2020.csv", "train_val_list.txt", "test_list.txt")
 STATE_DIR = ".download"
@@ -45,10 +48,6 @@ CONNECT_RETRIES = 3   # a dropped connection is resumed (Range) up to this many 
 TIMEOUT_S = 60
 BYTES_PER_IMAGE = 405_000  # mean size of a 1024 px release PNG (the 48 originals of the NIH sample); tar.gz barely shrinks it
 _STOP = threading.Event()  # set on Ctrl-C: every transfer stops after its current block, keeping its .part file
-
-
-class DownloadError(RuntimeError):
-    """A failure the user can act on; the message names the archive, URL or file."""
 
 
 @dataclass(frozen=True)
@@ -203,31 +202,6 @@ def short(error: Exception) -> str:
     """The last, most specific line of a requests/urllib3 error (they nest the cause in the message)."""
     text = str(error) or type(error).__name__
     return text.rsplit("(Caused by ", 1)[-1].rstrip(")") if "Caused by" in text else text
-
-
-def safe_extract(archive: Path, destination: Path) -> int:
-    """Extract a tar(.gz) into ``destination``; refuse any member whose path would leave it. Returns PNG count."""
-    destination = destination.resolve()
-    destination.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for member in members:
-                where = (destination / member.name).resolve()
-                if member.name.startswith(("/", "\\")) or not where.is_relative_to(destination):
-                    raise DownloadError(f"{archive.name}: member {member.name!r} would be written outside "
-                                        f"{destination}; nothing extracted")
-                if member.issym() or member.islnk() or member.isdev():
-                    raise DownloadError(f"{archive.name}: member {member.name!r} is a link or device file; "
-                                        "an image archive holds only files and folders")
-            tar.extractall(destination, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise DownloadError(f"{archive}: not a readable tar archive ({error})") from None
-    return sum(1 for m in members if m.isfile() and m.name.lower().endswith(".png"))
-
-
-def count_pngs(folder: Path) -> int:
-    return sum(1 for _, _, files in os.walk(folder) for name in files if name.lower().endswith(".png"))
 
 
 @dataclass
