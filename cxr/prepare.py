@@ -105,7 +105,8 @@ def shards_in_use(cfg: DictConfig, lists: dict[str, list[str]]) -> set[str]:
     datamodule = instantiate(cfg.data, format="png", cache=False)
     datamodule.setup("fit")
     keys = {name: content_key(paths, spec) for name, paths in lists.items()}
-    return {shard_name(name, datamodule.rows(name), keys["external" if name == "external" else "labelled"], spec)
+    return {shard_name(name, datamodule.rows(name), keys["external" if name == "external" else "labelled"], spec,
+                       datamodule.target_columns)
             for name in datamodule.datasets}
 
 

@@ -125,6 +125,26 @@ def test_resumes_mid_epoch_from_the_loader_state(both):
 
 
 @pytest.mark.slow
+def test_multilabel_shards_carry_the_multi_hot_targets(make_cfg, tmp_path):
+    png = _datamodule(make_cfg, tmp_path, "program=B", "task=multilabel")
+    shards = _datamodule(make_cfg, tmp_path, "program=B", "task=multilabel", "data.format=shards")
+    findings = png.target_columns
+    assert len(findings) == 14
+    for name in ("val", "test"):
+        for (x, t, i), (y, u, j) in zip(png.eval_dataloader(name), shards.eval_dataloader(name)):
+            assert torch.equal(x, y) and torch.equal(i, j)
+            assert t.shape == u.shape == (len(i), len(findings)) and torch.equal(t, u)
+    expected = png.datasets["train"].targets
+    assert expected.sum() > 0  # some findings present
+    seen = 0
+    for _, targets, indices in shards.train_dataloader():
+        assert torch.equal(targets, expected[indices])
+        seen += len(indices)
+    assert seen == len(expected)
+    binary = _datamodule(make_cfg, tmp_path, "program=B", "data.format=shards")  # same images, binary targets
+    assert binary.datasets["train"].input_dir.path != shards.datasets["train"].input_dir.path
+
+
 def test_train_runs_on_shards(make_cfg, tmp_path):
     from cxr.pipeline import train
 

@@ -126,7 +126,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         spec = CacheSpec.of(self.preprocessing)
         for name, dataset in list(self.datasets.items()):
             folder = open_or_write_shards(self.shards_dir, name, self.rows(name), dataset.source,
-                                          dataset.source_rows, spec)
+                                          dataset.source_rows, spec, target_columns=self.target_columns)
             if name == "train":
                 seed = int(torch.initial_seed() % 2**31)  # the run's seed (seed_everything) drives the epoch order
                 self.datasets[name] = ChestXrayShards(folder, self.preprocessing, dataset.transform, seed=seed)

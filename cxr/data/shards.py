@@ -8,13 +8,13 @@ alike; it also offers random access by index, which keeps the evaluation sets in
 reads tar shards sequentially: splitting is per shard (ranks and workers need at least one shard each and get
 uneven counts), and it has no mid-epoch resume.
 
-Each sample is ``{"index": row in the split table, "image": file name, "target": 0/1, "pixels", "colour"}``, the
-pixels taken from the preprocessing cache (:mod:`cxr.data.cache`, so every image is decoded once): one grey plane
+Each sample is ``{"index": row in the split table, "image": file name, "target", "pixels", "colour"}`` (``target``:
+0/1 for the binary task, the float32 multi-hot vector of the findings for ``task=multilabel``), the pixels taken from the preprocessing cache (:mod:`cxr.data.cache`, so every image is decoded once): one grey plane
 ``size x size x 1`` (RGB programs repeat it on reading; greyscale and RGB programs share the shards), and for the
 rare coloured image its RGB decode in ``colour`` (empty otherwise).
 A split's folder is named by the split, size, resize filter, count and a hash of the cache key, image names and
-targets; it is written to a temporary folder, then renamed and marked complete (``cxr-shards.json``), so a
-half-written set of shards is never read.
+targets (and target columns); it is written to a temporary folder, then renamed and marked complete
+(``cxr-shards.json``), so a half-written set of shards is never read.
 """
 from __future__ import annotations
 
@@ -36,15 +36,24 @@ from cxr.data.dataset import Preprocessing
 
 log = logging.getLogger(__name__)
 MARKER = "cxr-shards.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: multi-hot targets for task=multilabel
 CHUNK_BYTES = "64MB"  # LitData's recommended chunk size for object storage
 
 
-def shard_name(split: str, table: pd.DataFrame, cache_key: str, spec) -> str:
+def shard_targets(table: pd.DataFrame, target_columns: list[str] | None = None) -> np.ndarray:
+    """The targets stored with the images: ``target`` (N,) or the ``target_columns`` (N, K) multi-hot."""
+    if target_columns is None:
+        return table["target"].to_numpy().astype(int)
+    return table[list(target_columns)].to_numpy(dtype=np.float32)
+
+
+def shard_name(split: str, table: pd.DataFrame, cache_key: str, spec,
+               target_columns: list[str] | None = None) -> str:
     """The folder of a split's shards: split, size, filter, count, and a hash of the cache key, names and targets."""
     digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "cache": cache_key,
-                                        "images": table["image"].tolist(),
-                                        "targets": table["target"].astype(int).tolist()}).encode()).hexdigest()
+                                        "images": table["image"].tolist(), "columns": target_columns,
+                                        "targets": shard_targets(table, target_columns).tolist()}).encode()
+                            ).hexdigest()
     return f"{split}-{spec.image_size}px-{spec.resample}-{len(table)}-{digest[:16]}"
 
 
@@ -53,12 +62,12 @@ def _sample(i: int, cached, rows: np.ndarray, names: list[str], targets: np.ndar
     row = int(rows[i])
     colour = np.array(cached.colour[cached.colour_rows[row]]) if row in cached.colour_rows else np.zeros(
         (0, 0, 3), np.uint8)
-    return {"index": i, "image": names[i], "target": int(targets[i]), "pixels": np.array(cached.array[row]),
-            "colour": colour}
+    target = np.asarray(targets[i], dtype=np.float32) if targets.ndim == 2 else int(targets[i])
+    return {"index": i, "image": names[i], "target": target, "pixels": np.array(cached.array[row]), "colour": colour}
 
 
 def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, workers: int = 1,
-                 chunk_bytes: str | int = CHUNK_BYTES) -> Path:
+                 chunk_bytes: str | int = CHUNK_BYTES, target_columns: list[str] | None = None) -> Path:
     """Write the images ``cached[rows]`` with the labels of ``table`` (same order) as LitData shards."""
     from litdata import optimize
 
@@ -67,7 +76,7 @@ def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, work
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
     fn = functools.partial(_sample, cached=cached, rows=np.asarray(rows, dtype=np.int64),
-                           names=table["image"].astype(str).tolist(), targets=table["target"].to_numpy())
+                           names=table["image"].astype(str).tolist(), targets=shard_targets(table, target_columns))
     optimize(fn=fn, inputs=list(range(len(table))), output_dir=str(tmp), chunk_bytes=chunk_bytes,
              num_workers=max(1, workers), keep_data_ordered=True, verbose=False, start_method="fork")
     seconds = time.perf_counter() - started
@@ -82,9 +91,9 @@ def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, work
 
 
 def open_or_write_shards(shards_dir: str | Path, split: str, table: pd.DataFrame, cached, rows, spec,
-                         workers: int = 1) -> Path:
+                         workers: int = 1, target_columns: list[str] | None = None) -> Path:
     """The shard folder of this split (written first when missing or incomplete)."""
-    folder = Path(shards_dir) / shard_name(split, table, cached.meta["key"], spec)
+    folder = Path(shards_dir) / shard_name(split, table, cached.meta["key"], spec, target_columns)
     try:
         marker = json.loads((folder / MARKER).read_text())
         if marker.get("format") == FORMAT_VERSION and marker.get("n_images") == len(table):
@@ -92,7 +101,7 @@ def open_or_write_shards(shards_dir: str | Path, split: str, table: pd.DataFrame
     except (OSError, ValueError):
         pass
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return write_shards(folder, cached, rows, table, workers)
+    return write_shards(folder, cached, rows, table, workers, target_columns=target_columns)
 
 
 def _to_item(sample: dict, preprocessing: Preprocessing, transform=None):
@@ -103,7 +112,8 @@ def _to_item(sample: dict, preprocessing: Preprocessing, transform=None):
     image = preprocessing.to_tensor(pixels)
     if transform is not None:
         image = transform(image)
-    return image, torch.tensor(float(sample["target"]), dtype=torch.float32), int(sample["index"])
+    target = torch.as_tensor(np.asarray(sample["target"], dtype=np.float32))  # () binary, (K,) multi-label
+    return image, target, int(sample["index"])
 
 
 try:
