@@ -33,6 +33,7 @@ class EpochHistory(L.Callback):
         self.rows: list[dict] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        getattr(pl_module, "log_training_epoch_metrics", lambda: None)()  # the module's epoch-end metrics, first
         metrics = trainer.callback_metrics
         row = {"epoch": trainer.current_epoch + 1}
         for key in self.KEYS:

@@ -94,6 +94,22 @@ def test_multilabel_task_runs_end_to_end_on_the_marked_demo(make_cfg, marked_dem
     assert set(metrics["test"]["mean_auroc"]["findings"]) <= set(MARKED_FINDINGS)
 
 
+def test_history_has_each_epochs_own_multilabel_training_auroc(make_cfg, marked_demo):
+    from cxr.pipeline import train
+
+    cfg = make_cfg(marked_demo_overrides(marked_demo) + ["task=multilabel", "trainer.max_epochs=3", "logger=csv",
+                                                         "+trainer.limit_train_batches=4",
+                                                         "evaluation.bootstrap.n_resamples=10"])
+    train(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    history = pd.read_csv(output_dir / "history.csv")
+    logged = pd.concat([pd.read_csv(f) for f in output_dir.rglob("metrics.csv")])
+    per_epoch = logged.dropna(subset=["train/auroc"]).groupby("epoch")["train/auroc"].last()
+    assert len(history) == len(per_epoch) >= 2
+    assert history["train/auroc"].notna().all()  # epoch 1 too (it used to be empty, then one epoch late)
+    assert history["train/auroc"].tolist() == pytest.approx(per_epoch.tolist())
+
+
 @pytest.mark.slow
 def test_chexnet_preset_runs_on_the_demo_without_weights(make_cfg, marked_demo):
     from cxr.pipeline import train

@@ -144,6 +144,7 @@ class Classifier(L.LightningModule):
             self.train_metrics = binary_metrics("train/")
             self.val_metrics = binary_metrics("val/")
         self.val_loss = MeanMetric()
+        self._train_auroc_logged_epoch = -1
 
     def setup(self, stage: str) -> None:
         if self.hparams.class_weight == "balanced" and stage == "fit" and self.trainer.datamodule is not None:
@@ -204,7 +205,14 @@ class Classifier(L.LightningModule):
                 parameter.requires_grad_(is_head(name) or not frozen)
 
     def on_train_epoch_end(self) -> None:
-        if self.multilabel:
+        self.log_training_epoch_metrics()
+
+    def log_training_epoch_metrics(self) -> None:
+        """Multi-label: log this epoch's training AUROC (mean and per finding), once per epoch. Lightning runs the
+        callbacks' ``on_train_epoch_end`` before the module's, so a callback that reads the epoch's metrics calls this
+        first (cxr.callbacks.EpochHistory); otherwise it would read the previous epoch's value."""
+        if self.multilabel and self._train_auroc_logged_epoch != self.current_epoch:
+            self._train_auroc_logged_epoch = self.current_epoch
             self._log_finding_auroc("train")
 
     def on_validation_epoch_end(self) -> None:
