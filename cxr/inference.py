@@ -16,7 +16,7 @@ outputs, one per finding). Batches are regrouped to
 - ``onnxruntime_int8``: the ONNX export with its convolutions quantized to int8 after training (static:
   per-channel int8 weights, uint8 activations whose ranges are measured on ``calibration`` images, by default the
   first batch predicted), run by ONNX Runtime's integer kernels (VNNI where the CPU has it); the dense layers stay
-  fp32. About 2.5x ``onnxruntime`` on this project's CPU; probabilities move by up to about 5e-2, so it is opt-in
+  fp32. 2.2-2.6x ``onnxruntime`` on this project's CPU; probabilities move by up to about 5e-2, so it is opt-in
   like ``torch_bf16``, and checked on the first batch (more than ``INT8_CHECK_TOLERANCE`` from torch: it falls
   back to ``torch`` with a warning).
 - ``auto``: ``onnxruntime`` for a model on the CPU when it is installed, else ``torch``; both keep the
@@ -177,12 +177,24 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
 
 def onnx_session(model: torch.nn.Module, example: torch.Tensor, threads: int | None = None):
     """An ONNX Runtime session for ``model`` (cached while its weights are unchanged)."""
-    fingerprint = _fingerprint(model)
-    cached = _SESSIONS.get(model)
-    if cached is not None and cached[0] == fingerprint and cached[1] == tuple(example.shape[1:]):
+    return _cached(_SESSIONS, model, example, lambda: _session(export_onnx(model, example), threads))
+
+
+def _valid(sessions: weakref.WeakKeyDictionary, model: torch.nn.Module, example: torch.Tensor):
+    """``sessions[model]`` if the model's weights and the input shape are those it was made for, else None."""
+    cached = sessions.get(model)
+    if cached is not None and cached[:2] == (_fingerprint(model), tuple(example.shape[1:])):
         return cached[2]
-    session = _session(export_onnx(model, example), threads)
-    _SESSIONS[model] = (fingerprint, tuple(example.shape[1:]), session)
+    return None
+
+
+def _cached(sessions: weakref.WeakKeyDictionary, model: torch.nn.Module, example: torch.Tensor, make):
+    """The valid session of ``sessions`` for ``model``, else a new ``make()`` (kept there)."""
+    session = _valid(sessions, model, example)
+    if session is None:
+        key = (_fingerprint(model), tuple(example.shape[1:]))  # the weights the session is made from
+        session = make()
+        sessions[model] = (*key, session)
     return session
 
 
@@ -212,6 +224,7 @@ def quantize_int8(graph: bytes, calibration: np.ndarray) -> bytes:
     import tempfile
     from pathlib import Path
 
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -220,8 +233,6 @@ def quantize_int8(graph: bytes, calibration: np.ndarray) -> bytes:
 
         def get_next(self):
             return next(self.batches, None)
-
-    import onnx
 
     name = onnx.load_from_string(graph).graph.input[0].name
     with tempfile.TemporaryDirectory() as folder:
@@ -238,13 +249,8 @@ def quantize_int8(graph: bytes, calibration: np.ndarray) -> bytes:
 def int8_session(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray):
     """An int8 ONNX Runtime session for ``model`` (cached while its weights are unchanged: the first calibration
     sticks)."""
-    fingerprint = _fingerprint(model)
-    cached = _INT8_SESSIONS.get(model)
-    if cached is not None and cached[0] == fingerprint and cached[1] == tuple(example.shape[1:]):
-        return cached[2]
-    session = _session(quantize_int8(export_onnx(model, example), calibration))
-    _INT8_SESSIONS[model] = (fingerprint, tuple(example.shape[1:]), session)
-    return session
+    return _cached(_INT8_SESSIONS, model, example,
+                   lambda: _session(quantize_int8(export_onnx(model, example), calibration)))
 
 
 def _onnx_runner(model: torch.nn.Module, example: torch.Tensor, session=None):
@@ -297,8 +303,7 @@ def _checked_onnx_runner(model: torch.nn.Module, images: torch.Tensor, torch_run
 
     The check runs once per exported model: a cached session (same weights, same input shape) is trusted.
     """
-    cached = _SESSIONS.get(model)
-    if cached is not None and cached[0] == _fingerprint(model) and cached[1] == tuple(images.shape[1:]):
+    if _valid(_SESSIONS, model, images) is not None:
         return _onnx_runner(model, images)
     try:
         run = _onnx_runner(model, images)
@@ -317,9 +322,9 @@ def _checked_onnx_runner(model: torch.nn.Module, images: torch.Tensor, torch_run
 def _checked_int8_runner(model: torch.nn.Module, images: torch.Tensor, torch_run, calibration: Iterable | None):
     """The int8 runner, calibrated on ``calibration`` (else ``images``), if it stays within
     ``INT8_CHECK_TOLERANCE`` of torch on ``images``; else ``torch_run``."""
-    cached = _INT8_SESSIONS.get(model)
-    if cached is not None and cached[0] == _fingerprint(model) and cached[1] == tuple(images.shape[1:]):
-        return _onnx_runner(model, images, cached[2])  # checked when it was made
+    session = _valid(_INT8_SESSIONS, model, images)
+    if session is not None:
+        return _onnx_runner(model, images, session)  # checked when it was made
     try:
         chosen = images if calibration is None else next(_regroup(calibration, CALIBRATION_IMAGES), images)
         log.info("onnxruntime_int8: calibrating the int8 ranges on %d images", len(chosen))

@@ -1,4 +1,5 @@
-"""The thesis' Keras network in PyTorch: 4 x [Conv3x3 valid + ReLU + MaxPool2] (32/64/128/256), Dense 512, Dense 1."""
+"""The thesis' Keras network in PyTorch: 4 x [Conv3x3 valid + ReLU + MaxPool2] (32/64/128/256), Dense 512, Dense 1
+(each block pools before its ReLU: the same function, less work)."""
 from __future__ import annotations
 
 import torch
