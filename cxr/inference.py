@@ -299,45 +299,43 @@ def predict_probabilities(model: torch.nn.Module, loader: Iterable, backend: str
 
 
 def _checked_onnx_runner(model: torch.nn.Module, images: torch.Tensor, torch_run):
-    """The ONNX Runtime runner if it reproduces torch on ``images`` (first batch), else ``torch_run``.
-
-    The check runs once per exported model: a cached session (same weights, same input shape) is trusted.
-    """
-    if _valid(_SESSIONS, model, images) is not None:
-        return _onnx_runner(model, images)
-    try:
-        run = _onnx_runner(model, images)
-        difference = float(np.abs(run(images) - torch_run(images)).max())
-    except Exception as error:  # export or session failure: keep going with torch
-        log.warning("inference backend onnxruntime unavailable for this model (%s); using torch", error)
-        return torch_run
-    if not difference <= ONNX_CHECK_TOLERANCE:
-        log.warning("ONNX Runtime differs from torch by %.2g (> %g) on the first batch; using torch", difference,
-                    ONNX_CHECK_TOLERANCE)
-        _SESSIONS.pop(model, None)
-        return torch_run
-    return run
+    """The ONNX Runtime runner if it reproduces torch on ``images`` (first batch), else ``torch_run``."""
+    return _checked(model, images, torch_run, "onnxruntime", "ONNX Runtime", _SESSIONS, ONNX_CHECK_TOLERANCE,
+                    lambda: onnx_session(model, images))
 
 
 def _checked_int8_runner(model: torch.nn.Module, images: torch.Tensor, torch_run, calibration: Iterable | None):
     """The int8 runner, calibrated on ``calibration`` (else ``images``), if it stays within
     ``INT8_CHECK_TOLERANCE`` of torch on ``images``; else ``torch_run``."""
-    session = _valid(_INT8_SESSIONS, model, images)
-    if session is not None:
-        return _onnx_runner(model, images, session)  # checked when it was made
-    try:
+
+    def make():
         chosen = images if calibration is None else next(_regroup(calibration, CALIBRATION_IMAGES), images)
         log.info("onnxruntime_int8: calibrating the int8 ranges on %d images", len(chosen))
         array = np.ascontiguousarray(chosen[:CALIBRATION_IMAGES].detach().cpu().numpy(), dtype=np.float32)
-        run = _onnx_runner(model, images, int8_session(model, images, array))
+        return int8_session(model, images, array)
+
+    return _checked(model, images, torch_run, "onnxruntime_int8", "int8 ONNX Runtime", _INT8_SESSIONS,
+                    INT8_CHECK_TOLERANCE, make)
+
+
+def _checked(model: torch.nn.Module, images: torch.Tensor, torch_run, backend: str, label: str,
+             sessions: weakref.WeakKeyDictionary, tolerance: float, make_session):
+    """The runner of the session ``make_session()`` makes (and caches in ``sessions``) if its probabilities stay
+    within ``tolerance`` of torch's on ``images`` (the first batch), else ``torch_run`` with a warning. The check
+    runs once per session: a cached one (same weights, same input shape) is trusted."""
+    session = _valid(sessions, model, images)
+    if session is not None:
+        return _onnx_runner(model, images, session)
+    try:
+        run = _onnx_runner(model, images, make_session())
         difference = float(np.abs(run(images) - torch_run(images)).max())
-    except Exception as error:  # quantization or session failure: keep going with torch
-        log.warning("inference backend onnxruntime_int8 unavailable for this model (%s); using torch", error)
+    except Exception as error:  # export, quantization or session failure: keep going with torch
+        log.warning("inference backend %s unavailable for this model (%s); using torch", backend, error)
         return torch_run
-    if not difference <= INT8_CHECK_TOLERANCE:
-        log.warning("int8 ONNX Runtime differs from torch by %.2g (> %g) on the first batch; using torch",
-                    difference, INT8_CHECK_TOLERANCE)
-        _INT8_SESSIONS.pop(model, None)
+    if not difference <= tolerance:
+        log.warning("%s differs from torch by %.2g (> %g) on the first batch; using torch", label, difference,
+                    tolerance)
+        sessions.pop(model, None)
         return torch_run
-    log.info("onnxruntime_int8: largest probability difference from fp32 on the first batch %.2g", difference)
+    log.info("%s: largest probability difference from torch on the first batch %.2g", backend, difference)
     return run
