@@ -22,33 +22,32 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.check import NO_OUTPUT
+from cxr.check import no_output_arguments
 
 FLAGS = {"--list": "list", "--prune": "prune", "--shards": "shards"}
 log = logging.getLogger("cxr.prepare")
 
 
-def labelled_paths(cfg: DictConfig) -> dict[str, list[str]]:
-    """The image paths the datamodule caches: all labelled images found under data.root (and the external set)."""
-    from cxr.data.table import attach_image_paths
-    from cxr.data.labels import read_labels
+def split_datamodule(cfg: DictConfig):
+    """The configured datamodule with its split made and nothing decoded (the demo set generated first): its tables
+    are the images training reads, after ``data.exclude`` and the missing-image policy."""
+    from hydra.utils import instantiate
 
     data = cfg.data
-    if data.get("demo") is not None and data.get("root"):
-        from cxr.data.demo import ensure_demo_dataset
-
-        ensure_demo_dataset(data.root, **OmegaConf.to_container(data.demo, resolve=True))
     if not data.get("labels") or not data.get("root"):
         raise ValueError("data.labels and data.root must be set (e.g. data=nih data.root=/data/nih "
                          "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
-    lists = {}
-    table, _ = attach_image_paths(read_labels(data.labels), data.root, data.get("missing", "error"), data.labels)
-    lists["labelled"] = table["path"].tolist()
-    external = data.get("external") or {}
-    if external.get("root") and external.get("labels"):
-        table, _ = attach_image_paths(read_labels(external.labels), external.root,
-                                      external.get("missing", data.get("missing", "error")), external.labels)
-        lists["external"] = table["path"].tolist()
+    datamodule = instantiate(data, format="png", cache=False)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def labelled_paths(datamodule) -> dict[str, list[str]]:
+    """The image lists the datamodule caches, in its order: the labelled table and the external set."""
+    lists = {"labelled": datamodule.table["path"].tolist()}
+    if datamodule.external_table is not None:
+        lists["external"] = datamodule.external_table["path"].tolist()
     return lists
 
 
@@ -65,7 +64,7 @@ def prepare(cfg: DictConfig, workers: int | None = None, shards: bool = False, p
     preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
     spec = CacheSpec.of(preprocessing)
     summary = {}
-    for name, paths in labelled_paths(cfg).items():
+    for name, paths in labelled_paths(split_datamodule(cfg)).items():
         started = time.perf_counter()
         built = open_cache(paths, spec, cfg.data.cache_dir) is None
         cached = open_or_build(paths, preprocessing, cfg.data.cache_dir, workers, progress=progress)
@@ -94,16 +93,12 @@ def prepare(cfg: DictConfig, workers: int | None = None, shards: bool = False, p
     return summary
 
 
-def shards_in_use(cfg: DictConfig, lists: dict[str, list[str]]) -> set[str]:
-    """The shard folder names this config reads with data.format=shards (the split is made, nothing decoded)."""
-    from hydra.utils import instantiate
-
+def shards_in_use(cfg: DictConfig, datamodule, lists: dict[str, list[str]]) -> set[str]:
+    """The shard folder names this config reads with data.format=shards (``datamodule``: :func:`split_datamodule`)."""
     from cxr.data.cache import CacheSpec, content_key
     from cxr.data.shards import shard_name
 
     spec = CacheSpec.of(OmegaConf.to_container(cfg.program.preprocessing, resolve=True))
-    datamodule = instantiate(cfg.data, format="png", cache=False)
-    datamodule.setup("fit")
     keys = {name: content_key(paths, spec) for name, paths in lists.items()}
     return {shard_name(name, datamodule.rows(name), keys["external" if name == "external" else "labelled"], spec,
                        datamodule.target_columns)
@@ -118,9 +113,10 @@ def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
 
     spec = CacheSpec.of(OmegaConf.to_container(cfg.program.preprocessing, resolve=True))
     try:
-        lists = labelled_paths(cfg)
+        datamodule = split_datamodule(cfg)
+        lists = labelled_paths(datamodule)
         in_use = {cache_name(paths, spec) for paths in lists.values()}
-        shards_used = shards_in_use(cfg, lists)
+        shards_used = shards_in_use(cfg, datamodule, lists)
     except (ValueError, OSError) as error:
         if prune:
             raise
@@ -190,8 +186,7 @@ def main() -> None:
             return
         else:
             args.append(arg)
-    given = {arg.split("=", 1)[0].lstrip("+~") for arg in args}
-    sys.argv[1:] = [o for o in NO_OUTPUT if o.split("=", 1)[0] not in given] + args
+    sys.argv[1:] = no_output_arguments(args)
     _app()
 
 
