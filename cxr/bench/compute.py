@@ -1,6 +1,7 @@
 """Compute measures: a training step, inference per backend, and Lightning's overhead over a plain loop."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -305,7 +306,7 @@ def bench_densenet(sizes: Sizes) -> list[Row]:
     for name, path in paths.items():
         memory_format = torch.channels_last if path.channels_last else torch.contiguous_format
         x = images.contiguous(memory_format=memory_format)
-        model = net.to(memory_format=memory_format)
+        model = copy.deepcopy(net).to(memory_format=memory_format)  # .to() converts in place: one copy per path
 
         def run(x=x, model=model, bf16=path.bf16):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
