@@ -315,7 +315,6 @@ def test_bench_ddp_rows_measure_one_and_two_processes():
     one, two = total.details["1"], total.details["2"]
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["images_per_process_per_epoch"] * 2 == one["images_per_process_per_epoch"] == 40
-    assert total.fast == pytest.approx(2 * per_process.fast) and total.baseline == pytest.approx(per_process.baseline)
 
 
 @pytest.mark.slow

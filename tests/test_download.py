@@ -263,5 +263,4 @@ def test_shipped_metadata_is_the_official_release(tmp_path):
             assert (tmp_path / name).read_bytes() == (NIH_META / name).read_bytes()
         with gzip.open(NIH_META / "Data_Entry_2017_v2020.csv.gz") as official:
             assert (tmp_path / "Data_Entry_2017_v2020.csv").read_bytes() == official.read()
-    assert shipped("release_archives.csv").read_text() == (
-        (NIH_META / "release_archives.csv").read_text() if NIH_META.exists() else shipped("release_archives.csv").read_text())
+        assert shipped("release_archives.csv").read_text() == (NIH_META / "release_archives.csv").read_text()

@@ -2,6 +2,8 @@
 evaluate.py replays) must lie in the allowlist of cxr.safe_instantiate; crafted files are refused, naming the key."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,13 +75,18 @@ def test_a_crafted_checkpoint_creates_no_file_and_names_the_key(tmp_path, key, c
     assert not list(tmp_path.glob("created_by_the_checkpoint*"))  # numpy.save appends .npy
 
 
+def touch(path, **_):
+    """An "optimizer" Hydra's own blocklist lets through and that takes ``params=`` and ``fused=``: it writes a file."""
+    Path(path).touch()
+
+
 def test_the_classifier_refuses_an_unsafe_optimizer_even_with_the_fused_fallback(tmp_path):
     from cxr.models.classifier import BinaryClassifier
 
     victim = tmp_path / "created"
-    model = BinaryClassifier(net=THESIS_CNN, optimizer={"_target_": "os.system", "_args_": [f"touch {victim}"]},
+    model = BinaryClassifier(net=THESIS_CNN, optimizer={"_target_": f"{__name__}.touch", "path": str(victim)},
                              fused_optimizer=True)
-    with pytest.raises(UnsafeTargetError, match=r"optimizer\._target_='os\.system'"):
+    with pytest.raises(UnsafeTargetError, match=r"optimizer\._target_='tests\.test_safe_instantiate\.touch'"):
         model.configure_optimizers()
     assert not victim.exists()
 

@@ -127,9 +127,9 @@ def bench_train_step(sizes: Sizes) -> list[Row]:
                             vs >= 2.0 if name == "fast" else None, vs, details=details,
                             note=f"Keras {details['keras']['tensorflow']} thesis model, {keras} "
                                  f"(fit {rate['keras fit']:.1f} img/s), same rounds" + (
-                                     "; below 2x: the convolutions already run near the bf16 peak, the rest is "
-                                     "the fp32 master weights' memory traffic (README 'Fast on a CPU')"
-                                     if name == "fast" and vs < 2.0 else "")))
+                                     "; below 2x: on the project's CPU the convolutions run near the bf16 peak, "
+                                     "the rest is the fp32 master weights' memory traffic (README 'Fast on a CPU')"
+                                     if name == "fast" and vs < 2.0 and paths["fast"].bf16 else "")))
     else:
         rows.append(Row("train step vs Keras fit", "img/s", None, None, ">= 2x",
                         note='skipped: TensorFlow not installed (pip install -e ".[parity]")'))
