@@ -1,6 +1,7 @@
 """Run-directory files: atomic writes (a crash never leaves a half-written file) and run provenance."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -12,6 +13,15 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 4 MB blocks (``hashlib.file_digest`` needs Python 3.11)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -15,10 +15,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cxr.artifacts import run_provenance, write_csv, write_json, write_text
+from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, write_text
 from cxr.callbacks import EpochHistory, tensorboard_writer
 from cxr.checkpoints import load_classifier
-from cxr.data.splits import file_sha256
 from cxr.distributed import global_rank
 from cxr.errors import ConfigError
 from cxr.evaluation.figures import save_figure, training_curves_figure
@@ -185,7 +184,7 @@ def train(cfg: DictConfig) -> dict:
 
     model = instantiate(cfg.model)
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance(),
-                          "labels_sha256": file_sha256(cfg.data.labels)}  # evaluate.py: has the label file changed?
+                          "labels_sha256": file_digest(cfg.data.labels)}  # evaluate.py: has the label file changed?
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
@@ -258,7 +257,7 @@ def _run_split(cfg: DictConfig, checkpoint: dict) -> Path | None:
                           "split the labels from the config with split_from=config")
     trained_on = (checkpoint.get("cxr") or {}).get("labels_sha256")
     labels = cfg.data.get("labels")
-    if trained_on and labels and Path(labels).is_file() and file_sha256(labels) != trained_on:
+    if trained_on and labels and Path(labels).is_file() and file_digest(labels) != trained_on:
         raise ConfigError(f"data.labels={labels} changed since {ckpt_path.name} was trained (its SHA-256 differs), "
                           f"so {splits} may not describe it; restore the label file, or split it anew with "
                           "split_from=config")

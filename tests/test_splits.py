@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr.artifacts import file_digest
 from cxr.data.labels import read_labels
 from cxr.data.splits import (
-    SplitError, file_sha256, file_split, make_split, official_split, patient_split, resolve_size, summarise_split,
+    SplitError, file_split, make_split, official_split, patient_split, resolve_size, summarise_split,
     thesis_split,
 )
 from tests.conftest import NIH_META, NIH_SAMPLE, require_real_data
@@ -288,9 +289,9 @@ def test_file_split_refuses_images_that_are_gone(tmp_path):
 
 def test_file_sha256_changes_with_the_bytes(tmp_path):
     (tmp_path / "labels.csv").write_text("Image Index,Finding Labels\na.png,No Finding\n")
-    before = file_sha256(tmp_path / "labels.csv")
+    before = file_digest(tmp_path / "labels.csv")
     (tmp_path / "labels.csv").write_text("Image Index,Finding Labels\na.png,Mass\n")
-    assert file_sha256(tmp_path / "labels.csv") != before and len(before) == 64
+    assert file_digest(tmp_path / "labels.csv") != before and len(before) == 64
 
 
 # --- make_split ---------------------------------------------------------------------------------------------------

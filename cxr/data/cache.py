@@ -34,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cxr.artifacts import file_digest
+
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2        # 2: one grey plane + coloured exceptions, chunk keys (resume, incremental rebuild)
 CHUNK = 256               # images per chunk: the unit of parallel work, of resuming and of incremental rebuilds
@@ -194,14 +196,6 @@ def open_cache(paths: Sequence[str | os.PathLike], spec: CacheSpec, cache_dir: s
     return cached
 
 
-def array_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_cache(cached: CachedImages) -> bool:
     """Full check of the array bytes against the SHA-256 recorded at build time (reads the whole file)."""
-    return array_sha256(cached.array_path) == cached.meta.get("sha256")
+    return file_digest(cached.array_path) == cached.meta.get("sha256")

@@ -15,9 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from cxr.artifacts import file_digest
 from cxr.data import cache  # cache.CHUNK is read where it is used: tests make the chunks smaller
 from cxr.data import images as _images
-from cxr.data.cache import (FORMAT_VERSION, CachedImages, CacheError, CacheSpec, array_sha256, cache_files,
+from cxr.data.cache import (FORMAT_VERSION, CachedImages, CacheError, CacheSpec, cache_files,
                             cache_name, chunk_keys, content_key, open_cache, read_valid)
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _finish(files: dict[str, Path], paths: Sequence[str], spec: CacheSpec, key: 
     stat = files["array"].stat()
     meta = {"key": key, "format": FORMAT_VERSION, "shape": [n, *spec.stored_shape], "dtype": "uint8",
             "image_size": spec.image_size, "resample": spec.resample, "n_images": n,
-            "file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns, "sha256": array_sha256(files["array"]),
+            "file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns, "sha256": file_digest(files["array"]),
             "colour_rows": rows, "colour_file_size": colour_size, "chunk_keys": chunks,
             "first_image": paths[0] if paths else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "build_seconds": seconds, "images_decoded": decoded}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
+from cxr.artifacts import file_digest
 from cxr.data.extract import count_pngs, safe_extract
 from cxr.errors import DownloadError
 
@@ -97,14 +97,6 @@ def read_manifest(path: str | Path | None = None) -> list[Archive]:
     if not archives:
         raise DownloadError(f"{path}: lists no archive")
     return archives
-
-
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Progress:
@@ -249,7 +241,7 @@ def get_archive(archive: Archive, root: Path, mirror: str | None = None, source_
             local = source_dir / archive.name
             if not local.is_file():
                 raise DownloadError(f"{archive.name}: not found in {source_dir}")
-            if (digest := md5_of(local)) != archive.md5:
+            if (digest := file_digest(local, "md5")) != archive.md5:
                 raise DownloadError(f"{local}: MD5 {digest} does not match the manifest's {archive.md5} "
                                     "(a damaged or different file)")
             tarball, status = local, "copied"
@@ -258,10 +250,11 @@ def get_archive(archive: Archive, root: Path, mirror: str | None = None, source_
             url = archive_url(archive, mirror)
             with requests.Session() as session:
                 for attempt in (1, 2):
-                    if not (tarball.exists() and md5_of(tarball) == archive.md5):
+                    digest = file_digest(tarball, "md5") if tarball.exists() else None  # kept from a run before
+                    if digest != archive.md5:
                         tarball.unlink(missing_ok=True)
                         fetch(url, tarball, progress, bar, session)
-                    digest = md5_of(tarball)
+                        digest = file_digest(tarball, "md5")
                     if digest == archive.md5:
                         break
                     tarball.unlink()

@@ -130,17 +130,6 @@ def official_split(table: pd.DataFrame, train_val_list, test_list, val=0.1, seed
     return split
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (a label file's fingerprint, saved with each checkpoint)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_split(table: pd.DataFrame, path) -> pd.Series:
     """The split saved by a run (its ``splits.csv``: image, patient, split), applied to ``table``.
 
