@@ -13,7 +13,7 @@ import pandas as pd
 
 from cxr.evaluation.bootstrap import PatientResampler, _AurocTable, _check_options, _interval, patient_codes
 from cxr.evaluation.curves import average_precision, roc_curve
-from cxr.evaluation.metrics import auroc
+from cxr.evaluation.metrics import auroc, binary_metrics
 from cxr.evaluation.thresholds import choose_threshold
 
 ANY_FINDING_RULES = ("max", "noisy_or")
@@ -184,13 +184,9 @@ def at_threshold(labels, probabilities, threshold: float | None) -> dict:
     """Sensitivity, specificity and PPV when a probability strictly above ``threshold`` means the finding."""
     if threshold is None:
         return {"threshold": None, "sensitivity": None, "specificity": None, "ppv": None}
-    labels = np.asarray(labels).astype(bool)
-    predicted = np.asarray(probabilities, dtype=np.float64) > threshold
-    ratio = lambda a, b: float(a / b) if b else None  # noqa: E731
-    return {"threshold": float(threshold),
-            "sensitivity": ratio((predicted & labels).sum(), labels.sum()),
-            "specificity": ratio((~predicted & ~labels).sum(), (~labels).sum()),
-            "ppv": ratio((predicted & labels).sum(), predicted.sum())}
+    metrics = binary_metrics(labels, probabilities, threshold)  # the project's one decision rule
+    return {"threshold": float(threshold), "sensitivity": metrics["accuracy_class1"],
+            "specificity": metrics["accuracy_class0"], "ppv": metrics["ppv"]}
 
 
 def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.DataFrame:

@@ -42,13 +42,17 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     finding" score (``settings.any_finding``), followed by ``label_<finding>`` and ``probability_<finding>``."""
     rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
     findings = model_findings(model)
-    predictor = TenCrop(model) if findings and settings.get("ten_crop") else model
+    backend, predictor = settings["inference_backend"], model
+    if findings and settings.get("ten_crop"):
+        # the ten-crop wrapper (resize + crops) fails in ONNX Runtime after export: torch directly, rather than an
+        # export, a failed check and a warning per set
+        predictor = TenCrop(model)
+        backend = backend if backend in ("eager", "torch", "torch_bf16") else "torch"
     # int8 ranges come from validation images (as the operating point does), never from the set being scored
-    calibration = datamodule.eval_dataloader("val") if settings["inference_backend"] == "onnxruntime_int8" \
+    calibration = datamodule.eval_dataloader("val") if backend == "onnxruntime_int8" \
         and len(datamodule.rows("val")) else None
-    probabilities = inference.predict_probabilities(predictor, datamodule.eval_dataloader(name),
-                                                    settings["inference_backend"], settings["inference_batch_size"],
-                                                    calibration=calibration)
+    probabilities = inference.predict_probabilities(predictor, datamodule.eval_dataloader(name), backend,
+                                                    settings["inference_batch_size"], calibration=calibration)
     if not findings:
         return pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
                              "probability": probabilities})
@@ -69,7 +73,6 @@ class TenCrop(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        self.hparams = getattr(model, "hparams", {})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
@@ -83,12 +86,19 @@ class TenCrop(torch.nn.Module):
             torch.logit(probabilities, eps=1e-7)
 
 
-def operating_threshold(model, datamodule, settings: dict) -> tuple[float, str]:
-    """The threshold of ``settings.operating_point``, chosen on the validation split."""
+def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
+    """The validation split's predictions when an operating point is chosen on them (else None): made once, for
+    the binary threshold and the per-finding ones."""
+    if settings["operating_point"]["method"] == "fixed" or not len(datamodule.rows("val")):
+        return None
+    return predictions_frame(model, datamodule, "val", settings)
+
+
+def operating_threshold(validation: pd.DataFrame | None, settings: dict) -> tuple[float, str]:
+    """The threshold of ``settings.operating_point``, chosen on the validation predictions."""
     method = settings["operating_point"]["method"]
-    if method == "fixed":
+    if validation is None:
         return float(settings["threshold"]), "fixed"
-    validation = predictions_frame(model, datamodule, "val", settings)
     try:
         threshold = choose_threshold(validation["label"], validation["probability"], method,
                                      settings["operating_point"].get("target_sensitivity"))
@@ -110,9 +120,10 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
     """Predict, score and draw every evaluation set of ``datamodule``; return ``{set: metrics}``."""
     settings = {**DEFAULTS, **(settings or {})}
     output_dir = Path(output_dir)
-    operating_point, chosen_on = operating_threshold(model, datamodule, settings)
+    validation = validation_frame(model, datamodule, settings)
+    operating_point, chosen_on = operating_threshold(validation, settings)
     expert = read_google2019_labels(settings["expert_labels"]) if settings.get("expert_labels") else None
-    finding_thresholds = _finding_thresholds(model, datamodule, settings) if model_findings(model) else {}
+    finding_thresholds, findings_chosen_on = _finding_thresholds(model_findings(model), validation, settings)
     results: dict[str, dict] = {}
     for name in datamodule.eval_set_names():
         predictions = predictions_frame(model, datamodule, name, settings)
@@ -133,8 +144,8 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
         metrics["subgroups"] = subgroup_metrics(labels, probabilities, groups, settings["threshold"],
                                                 settings["subgroups"].get("min_size", 1))
         if model_findings(model):
-            _add_finding_metrics(metrics, name, predictions, model_findings(model), finding_thresholds, settings,
-                                 output_dir, writer, step)
+            _add_finding_metrics(metrics, name, predictions, model_findings(model), finding_thresholds,
+                                 findings_chosen_on, settings, output_dir, writer, step)
         results[name] = metrics
         log.info("%s: n=%d AUROC=%s [%s, %s] accuracy=%.3f class0=%s class1=%s | at %s=%.3f: class0=%s class1=%s",
                  name, metrics["n"], _fmt(metrics["auroc"]), _fmt(metrics["ci"]["auroc"]["ci_low"]),
@@ -146,22 +157,25 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
     return results
 
 
-def _finding_thresholds(model, datamodule, settings: dict) -> dict[str, float | None]:
-    """Per-finding thresholds chosen on the validation split (``operating_point.method``; fixed: 0.5 each)."""
+def _finding_thresholds(findings: list[str] | None, validation: pd.DataFrame | None,
+                        settings: dict) -> tuple[dict[str, float | None], str]:
+    """Per-finding thresholds chosen on the validation predictions (``operating_point.method``; without them 0.5
+    each), and what they were chosen by."""
     from cxr.evaluation.multilabel import finding_thresholds
 
-    findings = model_findings(model)
+    if not findings:
+        return {}, "fixed"
+    if validation is None:
+        return {f: float(settings["threshold"]) for f in findings}, "fixed"
     method = settings["operating_point"]["method"]
-    if method == "fixed" or not len(datamodule.rows("val")):
-        return {f: float(settings["threshold"]) for f in findings}
-    validation = predictions_frame(model, datamodule, "val", settings)
     return finding_thresholds(validation[[f"label_{f}" for f in findings]].to_numpy(),
                               validation[[f"probability_{f}" for f in findings]].to_numpy(), findings, method,
-                              settings["operating_point"].get("target_sensitivity"))
+                              settings["operating_point"].get("target_sensitivity")), f"{method} on val"
 
 
 def _add_finding_metrics(metrics: dict, name: str, predictions: pd.DataFrame, findings: list[str],
-                         thresholds: dict, settings: dict, output_dir: Path, writer, step: int) -> None:
+                         thresholds: dict, chosen_on: str, settings: dict, output_dir: Path, writer,
+                         step: int) -> None:
     """Per-finding AUROC/AP with patient-bootstrap CIs, mean AUROC, per-finding operating points; the table
     ``findings_<set>.csv`` / ``.md`` beside published values, ``roc_findings_<set>.png``, TensorBoard scalars."""
     from cxr.evaluation import multilabel
@@ -172,7 +186,7 @@ def _add_finding_metrics(metrics: dict, name: str, predictions: pd.DataFrame, fi
                                              **settings["bootstrap"])
     for j, finding in enumerate(findings):
         scored["findings"][finding]["operating_point"] = {
-            "chosen_on": f"{settings['operating_point']['method']} on val",
+            "chosen_on": chosen_on,
             **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding))}
     metrics.update({"task": "multilabel", "any_finding": settings["any_finding"], "mean_auroc": scored["mean_auroc"],
                     "findings": scored["findings"]})
