@@ -67,6 +67,27 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
     return wrapper
 
 
+def job_app(job: Callable[[DictConfig], int], config_name: str, prog: str) -> Callable[[], None]:
+    """A Hydra app around ``job(cfg) -> exit status`` (predict.py, export.py): a user error is one
+    ``<prog>: error: …`` line and exit status 2 (the command itself is wrong)."""
+    from cxr.errors import user_error_types
+
+    @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name=config_name)
+    def app(cfg: DictConfig) -> None:
+        try:
+            status = job(cfg)
+        except user_error_types() as error:
+            if show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
+                raise
+            sys.stdout.flush()
+            print(f"{prog}: error: {one_line(error)}", file=sys.stderr, flush=True)
+            status = 2
+        if status:
+            sys.exit(status)
+
+    return app
+
+
 def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], list[str]] | None = None) -> None:
     """Run a ``@hydra.main`` app (``argv_transform`` rewrites ``sys.argv[1:]`` first), printing user errors and
     Hydra's own config errors as one line on stderr."""

@@ -30,6 +30,6 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from cxr.run_dir import RunDirectoryError
     from cxr.safe_instantiate import UnsafeTargetError
 
-    return (ConfigError, LabelFileError, ImageIndexError, ImageReadError, SplitError, DataCheckError,
+    return (ConfigError, PredictError, LabelFileError, ImageIndexError, ImageReadError, SplitError, DataCheckError,
             RunDirectoryError, CheckpointError, UnsafeTargetError, ReportError, CacheError, LeakageError,
             OmegaConfBaseException)

@@ -198,7 +198,6 @@ def export(cfg) -> dict:
 
 def main() -> None:
     """``cxr-export`` / ``python export.py ckpt_path=<.ckpt> format=onnx|torchscript`` (exit 2 on a user error)."""
-    from cxr.cli import run_app
-    from cxr.predict import hydra_app
+    from cxr.cli import job_app, run_app
 
-    run_app(hydra_app(lambda cfg: export(cfg) and 0, "export", "export.py"))
+    run_app(job_app(lambda cfg: export(cfg) and 0, "export", "export.py"))

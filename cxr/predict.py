@@ -266,36 +266,8 @@ def predict(cfg) -> int:
     return 1 if (frame["error"] != "").any() else 0
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from cxr.errors import user_error_types
-
-    return (PredictError, *user_error_types())
-
-
-def hydra_app(job, config_name: str, prog: str):
-    """A Hydra app around ``job(cfg) -> exit status``: a user error is one ``<prog>: error: …`` line, status 2."""
-    import hydra
-
-    @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name=config_name)
-    def app(cfg) -> None:
-        try:
-            status = job(cfg)
-        except _user_errors() as error:
-            from cxr import cli
-
-            if cli.show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
-                raise
-            sys.stdout.flush()
-            print(f"{prog}: error: {cli.one_line(error)}", file=sys.stderr, flush=True)
-            status = 2
-        if status:
-            sys.exit(status)
-
-    return app
-
-
 def main() -> None:
     """``cxr-predict`` / ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<...>`` (exit 0, 1 inputs failed, 2)."""
-    from cxr.cli import run_app
+    from cxr.cli import job_app, run_app
 
-    run_app(hydra_app(predict, "predict", "predict.py"))
+    run_app(job_app(predict, "predict", "predict.py"))
