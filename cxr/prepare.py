@@ -1,4 +1,4 @@
-"""One-pass preparation: ``python -m cxr.prepare [--workers N] [--shards] [--list | --prune] [train.py overrides]``
+"""One-pass preparation: ``python -m cxr.prepare [--workers=N] [--shards] [--list | --prune] [train.py overrides]``
 
 Decodes and resizes every labelled image of the configured dataset once, in parallel with a progress bar and an
 ETA, into the preprocessing cache that ``data.cache=true`` and ``data.format=shards`` read (:mod:`cxr.data.cache`:
