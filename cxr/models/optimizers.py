@@ -24,7 +24,14 @@ class KerasAdam(torch.optim.Adam):
 
     def step(self, closure=None):
         for group in self.param_groups:
-            # the step about to be taken: the parameters' own counters (restored with the optimizer state on resume)
-            t = next((float(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})), 0.0)
+            # the steps taken so far, as Keras' optimizer.iterations: a plain number kept in the param group (saved
+            # and restored with the optimizer state), not read from the parameters' step tensors, which the fused
+            # kernel keeps on the GPU (a device-to-host sync every step); a checkpoint from before the counter
+            # starts from the parameters' own counters
+            t = group.get("keras_steps")
+            if t is None:
+                t = next((float(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})),
+                         0.0)
             group["eps"] = group["keras_epsilon"] / math.sqrt(1.0 - group["betas"][1] ** (t + 1.0))
+            group["keras_steps"] = t + 1.0
         return super().step(closure)
