@@ -28,7 +28,8 @@ class WeightsError(ConfigError):
     """Weights that cannot be found or loaded; the message names the file and what to do."""
 
 
-def _no_weights(weights) -> bool:
+def no_weights(weights) -> bool:
+    """Whether ``model.weights`` asks for none (random initialisation)."""
     return weights is None or str(weights).lower() in ("none", "null", "")
 
 
@@ -55,7 +56,7 @@ def build_torchvision_model(name: str, weights=None) -> nn.Module:
     if name not in list_models():
         raise ValueError(f"model.net.name={name!r} is not a torchvision model (e.g. densenet121, resnet50, "
                          "efficientnet_b0; torchvision.models.list_models() lists them)")
-    if _no_weights(weights) or str(weights) != "imagenet":
+    if str(weights) != "imagenet":
         return get_model(name, weights=None)
     enum = imagenet_weights(name)
     cached = imagenet_cache_file(name)
@@ -145,7 +146,7 @@ class TorchvisionNet(nn.Module):
         if grey_input not in GREY_INPUTS:
             raise ValueError(f"model.net.grey_input={grey_input!r}: choose one of {', '.join(GREY_INPUTS)}")
         self.name, self.num_outputs = name, int(num_outputs)
-        pretrained = not _no_weights(weights) and str(weights) == "imagenet"
+        pretrained = str(weights) == "imagenet"
         self.model = build_torchvision_model(name, "imagenet" if pretrained else None)
         self.head_name = _last_linear(self.model)
         parent, leaf = _parent(self.model, self.head_name)
@@ -163,7 +164,7 @@ class TorchvisionNet(nn.Module):
                     if conv.bias is not None:
                         single.bias.copy_(conv.bias)
             setattr(parent, leaf, single)
-        if not _no_weights(weights) and not pretrained:
+        if not no_weights(weights) and not pretrained:
             self.weights_report = load_state_dict_report(self.model, weights, name)
 
     def is_head_parameter(self, name: str) -> bool:

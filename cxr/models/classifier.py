@@ -8,13 +8,13 @@ import warnings
 import hydra
 import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity,
                                          MultilabelAccuracy, MultilabelAUROC, MultilabelStatScores)
 
 from cxr.errors import ConfigError
+from cxr.models.backbones import no_weights
 from cxr.models.losses import binary_loss
 from cxr.safe_instantiate import check_targets, instantiate
 
@@ -104,7 +104,7 @@ class Classifier(L.LightningModule):
         net = dict(_plain(net))
         check_targets(net, "net")  # the allowlist, before the class is imported below
         loads_weights = "weights" in inspect.signature(hydra.utils.get_class(net["_target_"])).parameters
-        if weights is not None and str(weights).lower() not in ("none", "null", ""):
+        if not no_weights(weights):
             if not loads_weights and str(weights) == "imagenet":
                 raise ConfigError(f"model.weights=imagenet: {net['_target_']} has no ImageNet weights (a torchvision "
                                  "backbone has: model=densenet121); use none or the path of a state dict")
