@@ -22,13 +22,8 @@ def _f(value, digits: int = 3) -> str:
 
 
 def _ci(metrics: dict, key: str) -> str:
-    ci = (metrics.get("ci") or {}).get(key) or {}
-    value = metrics.get(key)
-    if value is None:
-        return "n/a"
-    if ci.get("ci_low") is None:
-        return _f(value)
-    return f"{_f(value)} [{_f(ci['ci_low'])}, {_f(ci['ci_high'])}]"
+    """``metrics[key]`` with its interval from ``metrics["ci"][key]``, as ``v [lo, hi]``."""
+    return _with_ci({**((metrics.get("ci") or {}).get(key) or {}), "value": metrics.get(key)})
 
 
 def _task(cfg: DictConfig, metrics: dict) -> tuple[str, list[str]]:

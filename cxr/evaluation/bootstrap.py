@@ -194,6 +194,17 @@ def patient_bootstrap(labels, probabilities, patients, threshold: float = 0.5, n
     return result
 
 
+def bootstrap_p_value(differences: np.ndarray) -> float | None:
+    """Two-sided bootstrap p of "no difference" from resampled differences (NaN ones left out), with the +1
+    correction: 2 x the smaller share of resamples on either side of 0; None without any."""
+    defined = differences[~np.isnan(differences)]
+    if not defined.size:
+        return None
+    below = (int((defined <= 0).sum()) + 1) / (defined.size + 1)
+    above = (int((defined >= 0).sum()) + 1) / (defined.size + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
 def paired_auroc_difference(labels, probabilities_a, probabilities_b, patients, n_resamples: int = 1000,
                             seed: int = 0, level: float = 0.95) -> dict:
     """AUROC(a) - AUROC(b) on the same images: {"difference", "ci_low", "ci_high", "p_value", "auroc_a",
@@ -217,12 +228,7 @@ def paired_auroc_difference(labels, probabilities_a, probabilities_b, patients, 
     auroc_a = auroc(labels, arrays["probabilities_a"])
     auroc_b = auroc(labels, arrays["probabilities_b"])
     low, high = _interval(differences, level)
-    defined = differences[~np.isnan(differences)]
-    p_value = None
-    if defined.size:
-        below = (int((defined <= 0).sum()) + 1) / (defined.size + 1)
-        above = (int((defined >= 0).sum()) + 1) / (defined.size + 1)
-        p_value = float(min(1.0, 2 * min(below, above)))
+    p_value = bootstrap_p_value(differences)
     return {
         "difference": None if auroc_a is None or auroc_b is None else float(auroc_a - auroc_b),
         "ci_low": low,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr.evaluation.bootstrap import PatientResampler, _AurocTable, _check_options, _interval, patient_codes
+from cxr.evaluation.bootstrap import (PatientResampler, _AurocTable, _check_options, _interval, bootstrap_p_value,
+                                      patient_codes)
 from cxr.evaluation.curves import average_precision, roc_curve
 from cxr.evaluation.metrics import auroc, binary_metrics
 from cxr.evaluation.thresholds import choose_threshold
@@ -143,13 +144,8 @@ def paired_multilabel_difference(labels, probabilities_a, probabilities_b, patie
 
     def summary(point_a, point_b, differences):
         low, high = _interval(differences, level)
-        kept = differences[~np.isnan(differences)]
-        p_value = None
-        if kept.size:
-            p_value = float(min(1.0, 2 * min((int((kept <= 0).sum()) + 1) / (kept.size + 1),
-                                              (int((kept >= 0).sum()) + 1) / (kept.size + 1))))
         return {"difference": None if point_a is None or point_b is None else float(point_a - point_b),
-                "ci_low": low, "ci_high": high, "p_value": p_value, "auroc_a": point_a, "auroc_b": point_b}
+                "ci_low": low, "ci_high": high, "p_value": bootstrap_p_value(differences), "auroc_a": point_a, "auroc_b": point_b}
 
     result = {"findings": {}, "n": int(len(labels)), "n_patients": resampler.n_patients,
               "n_resamples": int(n_resamples)}
