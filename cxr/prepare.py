@@ -2,9 +2,8 @@
 
 Decodes and resizes every image the configured datamodule reads (after ``data.exclude``) once, in parallel with a
 progress bar and an ETA, into the preprocessing cache that ``data.cache=true`` and ``data.format=shards`` read
-(:mod:`cxr.data.cache`:
-one grey plane per image shared by greyscale and RGB programs, resumable after an interruption, only stale chunks
-rebuilt). ``--shards`` (or ``data.format=shards``) then writes each split as LitData shards (:mod:`cxr.data.shards`).
+(:mod:`cxr.data.cache`: one grey plane per image shared by greyscale and RGB programs, resumable after an
+interruption, only stale chunks rebuilt). ``--shards`` (or ``data.format=shards``) then writes each split as LitData shards (:mod:`cxr.data.shards`).
 ``--list`` shows the caches and shards under ``data.cache_dir`` / ``data.shards_dir`` (the ones this config uses
 are marked); ``--prune`` deletes every cache this config does not use. Writes no run directory.
 
