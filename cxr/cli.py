@@ -121,7 +121,7 @@ def _fail(message: str, status: int) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
 @catch_user_errors
 def _train_app(cfg: DictConfig) -> float:
-    from cxr.pipeline import objective, train
+    from cxr.jobs.train import objective, train
 
     metrics = train(cfg)
     return objective(metrics)  # what an Optuna sweeper (hparams_search=...) maximises: validation AUROC, never test
@@ -138,7 +138,7 @@ def train_main() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="evaluate")
 @catch_user_errors
 def _evaluate_app(cfg: DictConfig) -> float | None:
-    from cxr.pipeline import evaluate, evaluation_config
+    from cxr.jobs.train import evaluate, evaluation_config
 
     metrics = evaluate(evaluation_config(cfg))
     return (metrics.get("test") or {}).get("auroc")
@@ -152,7 +152,7 @@ def evaluate_main() -> None:
 # ------------------------------------------------------------------------------------------------ check
 def check_main() -> None:
     """``cxr-check`` / ``python -m cxr.check [the overrides train.py takes]``."""
-    from cxr import check
+    from cxr.jobs import check
 
     run_app(check.app, check.no_output_arguments)
 

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     """Rank >= 1 of a DDP job: ``python -m cxr.distributed <run dir>/.hydra/resolved.yaml`` (started by the launcher)."""
     from omegaconf import OmegaConf
 
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

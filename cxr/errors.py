@@ -19,14 +19,14 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Every exception type that means "your input or settings are wrong" (imported lazily: no cycles)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from cxr.checkpoints import CheckpointError
+    from cxr.models.checkpoints import CheckpointError
     from cxr.data.cache import CacheError
     from cxr.data.images import ImageIndexError, ImageReadError
     from cxr.data.labels import LabelFileError
     from cxr.data.leakage import LeakageError
     from cxr.data.splits import SplitError
     from cxr.evaluation.report import ReportError
-    from cxr.pipeline import DataCheckError
+    from cxr.jobs.train import DataCheckError
     from cxr.run_dir import RunDirectoryError
     from cxr.safe_instantiate import UnsafeTargetError
 

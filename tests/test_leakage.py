@@ -117,7 +117,7 @@ def test_the_check_and_the_datamodule_read_index_and_split_once(make_cfg, monkey
     import cxr.data.splits as splits_module
     import cxr.data.table as table_module
     import cxr.data.validation as validation_module
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     calls = {"read_labels": 0, "index_images": 0, "make_split": 0}
 
@@ -156,7 +156,7 @@ def test_nih_sample_preset_external_set_is_unseen(make_cfg):
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert len(dm.table) == 963 - 48 and dm.leakage["excluded_patients"] == 48
-    from cxr.check import run_check
+    from cxr.jobs.check import run_check
 
     report = run_check(cfg, sets=dm.labelled_sets())
     assert report.facts["unlabelled_files"] == 0 and report.get("excluded").message.startswith(

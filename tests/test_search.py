@@ -26,7 +26,7 @@ def test_search_preset_maximises_validation_auroc_of_program_d(make_cfg, tmp_pat
 
 
 def test_the_search_objective_is_validation_auroc_not_test():
-    from cxr.pipeline import objective
+    from cxr.jobs.train import objective
 
     metrics = {"validation": {"auroc_best": 0.7, "auroc_last": 0.6}, "test": {"auroc": 0.9}}
     assert objective(metrics) == 0.7

@@ -125,7 +125,7 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
         predictor = _onnx_predictor(path)
     else:
         from cxr import inference
-        from cxr.checkpoints import load_classifier
+        from cxr.models.checkpoints import load_classifier
 
         model, _ = load_classifier(path)
         if device == "auto":
@@ -254,7 +254,7 @@ def predict(cfg) -> int:
             "threshold_source": predictor.threshold_source, "preprocessing": predictor.preprocessing.__dict__,
             "predictions": records})
     if cfg.get("cam"):
-        from cxr.gradcam import write_cam_report
+        from cxr.evaluation.gradcam import write_cam_report
 
         cam_started = time.perf_counter()
         page = write_cam_report(predictor, frame, output_dir, size=int(cfg.get("cam_size", 320)))

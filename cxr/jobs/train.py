@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, write_text
 from cxr.callbacks import EpochHistory, tensorboard_writer
-from cxr.checkpoints import load_classifier
+from cxr.models.checkpoints import load_classifier
 from cxr.distributed import global_rank
 from cxr.errors import ConfigError
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
-from cxr.model_card import write_model_card
+from cxr.evaluation.model_card import write_model_card
 from cxr.run_dir import (command_line_overrides, override_key, prepare_run_directory, requeued_job,
                          resume_checkpoint)
 
@@ -37,7 +37,7 @@ class DataCheckError(ValueError):
 def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
     """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt), on the
     labelled tables the DataModule will train on. A resume does not repeat a check its first start passed."""
-    from cxr.check import run_check
+    from cxr.jobs.check import run_check
     from cxr.data.images import ImageIndexError
     from cxr.data.labels import LabelFileError
 
@@ -310,7 +310,7 @@ def evaluation_config(cfg: DictConfig) -> DictConfig:
     """Recompose ``evaluate`` with the checkpoint's training overrides first, then this command line's."""
     from hydra import compose
 
-    from cxr.checkpoints import read_checkpoint
+    from cxr.models.checkpoints import read_checkpoint
     from cxr.safe_instantiate import check_overrides
 
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
