@@ -13,8 +13,16 @@ import sys
 from typing import Callable
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
+from cxr.errors import UserError
+
+# what a user's input or settings cause: cxr's own errors and OmegaConf's (a missing or mistyped value)
+USER_ERRORS = (UserError, OmegaConfBaseException)
+# ... and, around a Hydra app, Hydra's (a config that does not compose, an unknown override key)
+USER_OR_CONFIG_ERRORS = (*USER_ERRORS, HydraException)
 show_tracebacks = False  # HYDRA_FULL_ERROR=1 as the user set it (we set it ourselves to receive Hydra's errors)
 
 
@@ -32,25 +40,15 @@ def one_line(error: BaseException) -> str:
 
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         cause = error.__cause__
-        if isinstance(cause, _user_errors()):  # raised inside a constructor: the cause is the message
+        if isinstance(cause, USER_OR_CONFIG_ERRORS):  # raised inside a constructor: the cause is the message
             error = cause
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     cause = error.__cause__
-    from omegaconf.errors import OmegaConfBaseException
-
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
         text += f" ({str(cause).strip().splitlines()[0]})"
     text = text.split(" Config search path:")[0]  # Hydra's missing-config message lists its search path
     text = text.removeprefix("ERROR ")  # a data-check line ("ERROR truncated: …") after "error: "
     return text or type(error).__name__
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import HydraException
-
-    from cxr.errors import user_error_types
-
-    return (*user_error_types(), HydraException)
 
 
 def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
@@ -59,7 +57,7 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
     def wrapper(cfg: DictConfig):
         try:
             return task(cfg)
-        except _user_errors() as error:
+        except USER_OR_CONFIG_ERRORS as error:
             if show_tracebacks:
                 raise
             raise _UserExit(one_line(error)) from None
@@ -70,13 +68,12 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
 def job_app(job: Callable[[DictConfig], int], config_name: str, prog: str) -> Callable[[], None]:
     """A Hydra app around ``job(cfg) -> exit status`` (predict.py, export.py): a user error is one
     ``<prog>: error: …`` line and exit status 2 (the command itself is wrong)."""
-    from cxr.errors import user_error_types
 
     @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name=config_name)
     def app(cfg: DictConfig) -> None:
         try:
             status = job(cfg)
-        except user_error_types() as error:
+        except USER_ERRORS as error:
             if show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
                 raise
             sys.stdout.flush()
@@ -100,11 +97,9 @@ def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], lis
         app()
     except _UserExit as stop:
         _fail(stop.message, stop.code)
-    except _user_errors() as error:  # config composition, overrides, missing config: before the job ran
+    except USER_OR_CONFIG_ERRORS as error:  # config composition, overrides, missing config: before the job ran
         if show_tracebacks:
             raise
-        from hydra.errors import HydraException
-
         _fail(one_line(error), 2 if isinstance(error, HydraException) else 1)
     finally:
         if not show_tracebacks:
@@ -180,7 +175,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     try:
         report = compare(args.paths, out=args.out, set_name=args.set_name, n_resamples=args.n_resamples,
                          seed=args.seed)
-    except (*_user_errors(), OSError, json.JSONDecodeError) as error:  # unreadable run files included
+    except (*USER_OR_CONFIG_ERRORS, OSError, json.JSONDecodeError) as error:  # unreadable run files included
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"compare.py: error: {one_line(error)}", file=sys.stderr)

@@ -13,12 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxr.artifacts import run_provenance, write_json, write_text
-from cxr.errors import ConfigError
+from cxr.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(UserError, RuntimeError):
     """The run directory already holds a finished run."""
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.errors import UserError
+
 PREAMBLE_LENGTH = 128
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 TRAINED_MODALITIES = ("CR", "DX")  # computed and digital radiography: what NIH ChestX-ray14 holds
@@ -34,7 +36,7 @@ GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
 
 
-class DicomReadError(OSError):
+class DicomReadError(UserError, OSError):
     """A DICOM file that cannot be turned into an X-ray image; the message names the file and the reason."""
 
 

@@ -19,7 +19,7 @@ from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, wr
 from cxr.callbacks import EpochHistory, tensorboard_writer
 from cxr.models.checkpoints import load_classifier
 from cxr.distributed import global_rank
-from cxr.errors import ConfigError
+from cxr.errors import ConfigError, UserError
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
@@ -30,7 +30,7 @@ from cxr.run_dir import (command_line_overrides, override_key, prepare_run_direc
 log = logging.getLogger(__name__)
 
 
-class DataCheckError(ValueError):
+class DataCheckError(UserError, ValueError):
     """The dataset would make training fail; the message holds the first problem line."""
 
 

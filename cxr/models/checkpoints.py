@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
+from cxr.errors import UserError
 from cxr.models.classifier import BinaryClassifier
 from cxr.safe_instantiate import UnsafeTargetError, check_targets
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded safely or does not hold a cxr classifier."""
 
 
