@@ -1,7 +1,7 @@
 """``python -m cxr.download nih [--to DIR] ...`` (:func:`cxr.cli.download_main`; the job: :mod:`cxr.jobs.download`)."""
 import sys
 
-from cxr.jobs.download import main as download_main
+from cxr.cli import download_main
 
 if __name__ == "__main__":
     sys.exit(download_main())

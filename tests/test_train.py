@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr.jobs.train import evaluate, train
+from cxr.jobs.evaluate import evaluate
+from cxr.jobs.train import train
 from cxr.run_dir import RunDirectoryError
 from tests.conftest import DEMO_OVERRIDES, REPO
 

@@ -1,24 +1,16 @@
-"""Validate the data before training: ``python -m cxr.check [the overrides train.py takes]``.
+"""The data check: validate the data before training (``python -m cxr.check``, and every train.py run before it fits).
 
-Prints one line per problem class and fact; exits 1 when training would fail. Writes no run directory.
+One line per problem class and fact; ``report.ok`` is False when training would fail.
 """
 from __future__ import annotations
 
-import logging
-import sys
-
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.cli import catch_user_errors
 from cxr.data.images import ImageIndexError
 from cxr.data.labels import LabelFileError
 from cxr.data.leakage import find_overlaps, judge
 from cxr.data.table import build_sets
 from cxr.data.validation import ValidationReport, validate
-
-# Hydra would otherwise create outputs/<task>/runs/<time>/ with .hydra/ and a log file; the check writes nothing.
-NO_OUTPUT = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
 
 
 def run_check(cfg: DictConfig, workers: int | None = None, sets: dict | None = None) -> ValidationReport:
@@ -74,34 +66,3 @@ def _check_leakage(report: ValidationReport, sets: dict, split: dict, external_m
     else:
         report.add("WARNING" if any(e["count"] for e in record.values()) else "INFO", "leakage",
                    f"overlap between sets: {counts or 'not measurable (no patient ids, no external set)'}")
-
-
-@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
-@catch_user_errors
-def app(cfg: DictConfig) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[%(asctime)s] %(message)s",
-                        datefmt="%H:%M:%S", force=True)
-    report = run_check(cfg)
-    lines = report.lines()
-    print("\n".join(lines), flush=True)
-    if not report.ok:  # the first problem as the one error line on stderr (the full report is on stdout above)
-        first = next((line for line in lines if line.startswith("ERROR")), lines[-1])
-        print(f"error: {first.removeprefix('ERROR').strip()}", file=sys.stderr, flush=True)
-    sys.exit(0 if report.ok else 1)
-
-
-def no_output_arguments(argv: list[str]) -> list[str]:
-    """The no-output overrides first (a user's own override of the same key wins), then ``argv``."""
-    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
-    return [o for o in NO_OUTPUT if o.split("=", 1)[0] not in given] + list(argv)
-
-
-def main() -> None:
-    """Run the check (user errors end with one line, see cxr.cli)."""
-    from cxr.cli import check_main
-
-    check_main()
-
-
-if __name__ == "__main__":
-    main()

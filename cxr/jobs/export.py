@@ -195,9 +195,3 @@ def export(cfg) -> dict:
         raise PredictError(f"{output}: the export differs from the checkpoint by {delta:.2e} > {tolerance:g}")
     return report
 
-
-def main() -> None:
-    """``cxr-export`` / ``python export.py ckpt_path=<.ckpt> format=onnx|torchscript`` (exit 2 on a user error)."""
-    from cxr.cli import job_app, run_app
-
-    run_app(job_app(lambda cfg: export(cfg) and 0, "export", "export.py"))

@@ -265,9 +265,3 @@ def predict(cfg) -> int:
     print(f"read and predicted in {seconds:.1f} s ({len(frame) / max(seconds, 1e-9):.0f} inputs/s)")
     return 1 if (frame["error"] != "").any() else 0
 
-
-def main() -> None:
-    """``cxr-predict`` / ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<...>`` (exit 0, 1 inputs failed, 2)."""
-    from cxr.cli import job_app, run_app
-
-    run_app(job_app(predict, "predict", "predict.py"))

@@ -11,20 +11,14 @@ are marked); ``--prune`` deletes every cache this config does not use. Writes no
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.jobs.check import no_output_arguments
-
-FLAGS = {"--list": "list", "--prune": "prune", "--shards": "shards"}
 log = logging.getLogger("cxr.prepare")
 
 
@@ -144,51 +138,3 @@ def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
              "freed")
         return deleted
     return caches + shards
-
-
-_OPTIONS: dict = {}
-
-
-@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
-def _app(cfg: DictConfig) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[%(asctime)s] %(message)s",
-                        datefmt="%H:%M:%S", force=True)
-    for noisy in ("litdata", "lightning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        if _OPTIONS.get("list") or _OPTIONS.get("prune"):
-            list_or_prune(cfg, bool(_OPTIONS.get("prune")))
-            return
-        summary = prepare(cfg, _OPTIONS.get("workers"), bool(_OPTIONS.get("shards")))
-    except (ValueError, OSError) as error:  # bad labels, missing images, unwritable cache dir: one line
-        print(f"cxr.prepare: {error}", file=sys.stderr)
-        sys.exit(1)
-    if _OPTIONS.get("json"):
-        Path(_OPTIONS["json"]).write_text(json.dumps(summary, indent=1))
-
-
-def main() -> None:
-    """Take cxr.prepare's own flags out of argv, then run the Hydra app with the no-output overrides."""
-    args = []
-    for arg in sys.argv[1:]:
-        if arg in FLAGS:
-            _OPTIONS[FLAGS[arg]] = True
-        elif arg.startswith("--workers="):
-            value = arg.split("=", 1)[1]
-            if not value.isdigit() or int(value) < 1:
-                print(f"cxr.prepare: --workers={value}: give a positive number of processes", file=sys.stderr)
-                sys.exit(2)
-            _OPTIONS["workers"] = int(value)
-        elif arg.startswith("--json="):
-            _OPTIONS["json"] = arg.split("=", 1)[1]
-        elif arg in ("-h", "--help") and not args:
-            print(__doc__)
-            return
-        else:
-            args.append(arg)
-    sys.argv[1:] = no_output_arguments(args)
-    _app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,5 @@
-"""The two jobs behind ``train.py`` and ``evaluate.py``: each takes a composed Hydra config and returns metrics."""
+"""The training job behind ``train.py``: takes a composed Hydra config, checks the data, fits, evaluates, saves; returns
+the metrics."""
 from __future__ import annotations
 
 import logging
@@ -8,26 +9,30 @@ import time
 from pathlib import Path
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, write_text
 from cxr.callbacks import EpochHistory, tensorboard_writer
 from cxr.models.checkpoints import load_classifier
-from cxr.distributed import global_rank
 from cxr.errors import ConfigError, UserError
 from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
 from cxr.evaluation.model_card import write_model_card
-from cxr.run_dir import (command_line_overrides, override_key, prepare_run_directory, requeued_job,
-                         resume_checkpoint)
+from cxr.run_dir import command_line_overrides, prepare_run_directory, requeued_job, resume_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+def global_rank() -> int:
+    """This process's rank before the Trainer exists (from RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads
+    them); 0 in a single-process run."""
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 class DataCheckError(UserError, ValueError):
@@ -235,92 +240,3 @@ def train(cfg: DictConfig) -> dict:
         logger.finalize("success")
     log.info("run directory: %s", output_dir)
     return metrics
-
-
-SPLIT_SOURCES = ("run", "config")
-
-
-def _run_split(cfg: DictConfig, checkpoint: dict) -> Path | None:
-    """``split_from=run`` (default): the ``splits.csv`` of the run the checkpoint belongs to
-    (``<run>/checkpoints/<file>.ckpt``), after checking that the label file is the one it was trained against;
-    ``split_from=config``: None (split the labels anew as the config says)."""
-    source = cfg.get("split_from", "run")
-    if source not in SPLIT_SOURCES:
-        raise ConfigError(f"split_from={source!r}: choose run (the run's splits.csv) or config (split anew)")
-    if source == "config":
-        return None
-    ckpt_path = Path(cfg.ckpt_path).resolve()
-    splits = ckpt_path.parent.parent / "splits.csv"
-    if not splits.is_file():
-        raise ConfigError(f"{splits} not found: {ckpt_path} is not inside a train.py run directory "
-                          "(<run>/checkpoints/*.ckpt), so the split it was trained against is unknown; "
-                          "split the labels from the config with split_from=config")
-    trained_on = (checkpoint.get("cxr") or {}).get("labels_sha256")
-    labels = cfg.data.get("labels")
-    if trained_on and labels and Path(labels).is_file() and file_digest(labels) != trained_on:
-        raise ConfigError(f"data.labels={labels} changed since {ckpt_path.name} was trained (its SHA-256 differs), "
-                          f"so {splits} may not describe it; restore the label file, or split it anew with "
-                          "split_from=config")
-    return splits
-
-
-def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on the test split the run was trained against (its splits.csv; ``split_from=config``
-    splits anew) and on the external set, with the checkpoint's preprocessing."""
-    if cfg.preprocessing_from not in ("checkpoint", "config"):
-        raise ConfigError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
-    model, checkpoint = load_classifier(cfg.ckpt_path)
-    splits = _run_split(cfg, checkpoint)
-    if splits is not None:
-        with open_dict(cfg):
-            cfg.data.split = {"method": "file", "path": str(splits)}
-        log.info("test split: %s (the run's own; split_from=config splits anew)", splits)
-    output_dir = prepare_run_directory(cfg)
-    preprocessing = model.hparams.preprocessing
-    if cfg.preprocessing_from == "config" or not preprocessing:
-        preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
-    log.info("preprocessing (%s): %s", cfg.preprocessing_from, preprocessing)
-    datamodule = _build_data(cfg, output_dir, preprocessing=preprocessing)
-    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg))
-    epoch = checkpoint.get("epoch")
-    metrics = {
-        "program": model.hparams.get("program"),
-        "data": cfg.data.name,
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "checkpoint_epoch": None if epoch is None else epoch + 1,
-        "checkpoint_choice": "ckpt_path",
-        "epochs_trained": (epoch if epoch is not None else -1) + 1,
-        "split_from": str(splits) if splits is not None else "config",
-        "preprocessing": preprocessing,
-        "split": datamodule.summary,
-        "leakage": datamodule.leakage,
-        **results,
-    }
-    write_json(output_dir / "metrics.json", metrics)
-    log.info("run directory: %s", output_dir)
-    return metrics
-
-
-_NOT_FOR_EVALUATION = ("hydra", "ckpt_path", "debug", "trainer", "callbacks", "logger", "seed",
-                        "hparams_search")  # a search preset would make evaluate.py launch a sweep
-
-
-def evaluation_config(cfg: DictConfig) -> DictConfig:
-    """Recompose ``evaluate`` with the checkpoint's training overrides first, then this command line's."""
-    from hydra import compose
-
-    from cxr.models.checkpoints import read_checkpoint
-    from cxr.safe_instantiate import check_overrides
-
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is required: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
-    stored = (read_checkpoint(cfg.ckpt_path).get("cxr") or {}).get("overrides", [])
-    given = list(HydraConfig.get().overrides.task)
-    given_keys = {override_key(o) for o in given}
-    inherited = [o for o in stored if override_key(o) not in given_keys
-                 and not override_key(o).split(".")[0].split("/")[0] in _NOT_FOR_EVALUATION]
-    check_overrides(inherited, f"{cfg.ckpt_path}: training override")  # a crafted checkpoint must not build code
-    if inherited:
-        log.info("overrides from the checkpoint's training run: %s", " ".join(inherited))
-    return compose(config_name="evaluate", overrides=inherited + given)
