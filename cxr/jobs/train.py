@@ -51,14 +51,14 @@ def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
     if passed and passed[0].startswith("OK"):
         log.info("data check: passed at this run's first start (%s); not repeated on resume", previous)
         return
-    sets = None
+    data = None
     if datamodule is not None:
         try:
-            sets = datamodule.labelled_sets()
+            data = datamodule.labelled_data()
         except (LabelFileError, ImageIndexError, ValueError):
-            sets = None  # the check reads the files itself and names the problem
+            data = None  # the check reads the files itself and names the problem
     started = time.monotonic()
-    report = run_check(cfg, sets=sets)
+    report = run_check(cfg, data=data)
     log.info("data check took %.1f s", time.monotonic() - started)
     lines = report.lines()
     write_text(output_dir / "data_check.txt", "\n".join(lines) + "\n")
@@ -178,7 +178,7 @@ def train(cfg: DictConfig) -> dict:
     else:
         output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg, output_dir)
-    datamodule = instantiate(cfg.data)  # its labelled tables are read once, for the data check and for training
+    datamodule = instantiate(cfg.data)  # its data step runs once, for the data check and for training
     if rank_zero and (cfg.get("data_check", True) or cfg.get("check_only")):
         datamodule.prepare_data()
         _check_data(cfg, output_dir, datamodule)
