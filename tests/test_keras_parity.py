@@ -127,7 +127,7 @@ def real_batches(program: str, n: int):
     return torch.stack([dataset[i][0] for i in range(n)]), dataset.targets
 
 
-# Tolerances over 20 steps (measured: README "Keras parity"). A: float rounding of two convolution libraries,
+# Tolerances over 20 steps (measured: docs/programs.md "Keras parity"). A: float rounding of two convolution libraries,
 # amplified by Adam on weights whose gradient is near zero, stays at the size of the difference between two
 # PyTorch kernels of the same step; B: the raw 0-255 input saturates the sigmoid and both stay almost identical.
 TOLERANCE = {"A": {"loss": 2e-3, "relative_weights": 0.2}, "B": {"loss": 1e-4, "relative_weights": 1e-3}}

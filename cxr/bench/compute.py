@@ -128,7 +128,7 @@ def bench_train_step(sizes: Sizes) -> list[Row]:
                             note=f"Keras {details['keras']['tensorflow']} thesis model, {keras} "
                                  f"(fit {rate['keras fit']:.1f} img/s), same rounds" + (
                                      "; below 2x: on the project's CPU the convolutions run near the bf16 peak, "
-                                     "the rest is the fp32 master weights' memory traffic (README 'Fast on a CPU')"
+                                     "the rest is the fp32 master weights' memory traffic (docs/performance.md)"
                                      if name == "fast" and vs < 2.0 and paths["fast"].bf16 else "")))
     else:
         rows.append(Row("train step vs Keras fit", "img/s", None, None, ">= 2x",

@@ -1,7 +1,7 @@
 """Streaming shards (``data.format=shards``): each split's prepared images written once with LitData.
 
-Why LitData (measured on the NIH sample, ``python -m cxr.bench --only shards``; README "Getting the full
-dataset"): it is Lightning's own streaming format; its ``StreamingDataset`` splits the samples across DDP ranks
+Why LitData (measured on the NIH sample, ``python -m cxr.bench --only shards``; docs/data.md "Streaming
+shards"): it is Lightning's own streaming format; its ``StreamingDataset`` splits the samples across DDP ranks
 and DataLoader workers itself, reshuffles every epoch (``StreamingDataLoader`` sets the epoch), resumes mid-epoch
 from ``StreamingDataLoader.state_dict()``, and reads from a local folder or object storage (``s3://``, ``gs://``)
 alike; it also offers random access by index, which keeps the evaluation sets in table order. WebDataset

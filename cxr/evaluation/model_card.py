@@ -180,7 +180,7 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
               f"(`{preprocessing.get('resample')}`), then converted to {preprocessing.get('channels')} channel(s), "
               f"divided by {preprocessing.get('pixel_divisor')}, minus {preprocessing.get('mean')}, divided by "
               f"{preprocessing.get('std')}. `predict.py` applies exactly this (read from the checkpoint); DICOM is "
-              "windowed to 8-bit grey first (README, 'Using a trained model').", "",
+              "windowed to 8-bit grey first (docs/using-a-model.md, 'DICOM').", "",
               "## Operating point", ""]
     if op:
         lines += [f"Threshold **{_f(op.get('threshold'), 4)}**, chosen {op.get('chosen_on')}; an image is called "

@@ -5,7 +5,7 @@
   ``loss='binary_crossentropy'``: the sigmoid probability clipped to [1e-7, 1 - 1e-7] before the logarithm, so a
   saturated output (|logit| > ~16) gives a constant loss and a zero gradient. With program B's raw 0-255 input the
   initial logits are in the hundreds, and this clipping decides how (and whether) the network learns
-  (tests/test_keras_parity.py, README "Keras parity").
+  (tests/test_keras_parity.py, docs/programs.md "Keras parity").
 """
 from __future__ import annotations
 
