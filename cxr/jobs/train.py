@@ -230,7 +230,7 @@ def train(cfg: DictConfig) -> dict:
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
-    write_model_card(cfg, metrics, output_dir)  # model_card.md (cxr/model_card.py)
+    write_model_card(cfg, metrics, output_dir)  # model_card.md (cxr/evaluation/model_card.py)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # HParams tab: settings beside final metrics
             logger.log_hyperparams(_hyperparameters(cfg), metrics=_final_metrics(results))
