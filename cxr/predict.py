@@ -183,14 +183,15 @@ def _onnx_predictor(path: Path) -> Predictor:
 
 # ---------------------------------------------------------------------------------------------------- the run
 def predict_rows(predictor: Predictor, paths: list[Path], batch_size: int = 64, num_workers: int = 0,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool | None = None) -> pd.DataFrame:
     """One row per input: path, format, probability/decision/threshold per output, threshold source, warning, error."""
     from tqdm.auto import tqdm
 
-    loader = torch.utils.data.DataLoader(InputImages(paths, predictor.preprocessing, predictor.dicom_window), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=list)
+    loader = torch.utils.data.DataLoader(InputImages(paths, predictor.preprocessing, predictor.dicom_window),
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     rows: list[dict] = []
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr,
+              disable=None if progress is None else not progress) as bar:  # None: a bar only on a terminal
         for items in loader:
             good = [item for item in items if item["image"] is not None]
             probabilities = predictor.probabilities(torch.stack([item["image"] for item in good])) if good else []
@@ -250,7 +251,7 @@ def predict(cfg) -> int:
              predictor.names, predictor.preprocessing, predictor.backend, predictor.dicom_window)
     started = time.perf_counter()
     frame = predict_rows(predictor, paths, int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 0)),
-                         progress=bool(cfg.get("progress", True)))
+                         progress=cfg.get("progress"))
     seconds = time.perf_counter() - started
     output = write_csv(output_dir / "predictions.csv", frame)
     if cfg.get("json"):
