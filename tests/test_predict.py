@@ -220,6 +220,12 @@ def test_lossless_dicoms_of_a_png_predict_the_png_probability(trained_run, tmp_p
     assert all(abs(stretched[str(d)] - p[str(png)]) > PROBABILITY_TOLERANCE for d in dicoms.values())
 
 
+def test_unknown_dicom_window_is_refused_before_anything_loads(tmp_path):
+    cfg = predict_cfg(tmp_path, [f"ckpt_path={tmp_path / 'none.ckpt'}", "inputs=x", "dicom.window=auto"])
+    with pytest.raises(PredictError, match="dicom.window='auto': choose voi .*, stored .* or minmax"):
+        predict(cfg)
+
+
 def test_multilabel_outputs_and_grad_cam_per_finding(tmp_path):
     """K outputs: one probability/decision/threshold column each, and one overlay per input and finding."""
     from cxr.gradcam import write_cam_report
