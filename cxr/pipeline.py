@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, write_text
-from cxr.callbacks import EpochHistory, tensorboard_writer
+from cxr.callbacks import EpochHistory, progress_bar_enabled, tensorboard_writer
 from cxr.checkpoints import load_classifier
 from cxr.distributed import global_rank
 from cxr.errors import ConfigError
@@ -188,7 +188,8 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
+                                     enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")))
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
