@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,20 @@ def sqlite_storage(path: str) -> str:
     return f"sqlite:///{path}"
 
 
-def storage_url(spec: str) -> str:
+def default_storage(config) -> str:
+    """``<paths.log_dir>/search/<study name>.db``: a study beside its sweeps (resolved once HydraConfig is set,
+    as paths.* may read ``${hydra:runtime.cwd}``)."""
+    log_dir = config.get("paths", {}).get("log_dir") or "outputs"
+    return str(Path(log_dir) / "search" / f"{config.hydra.sweeper.study_name}.db")
+
+
+def storage_url(spec: str) -> str | None:
     """The study's storage as a URL that every worker can open: an Optuna RDB URL as given (``sqlite:///…``,
     ``postgresql://…``), ``journal:///<abs path>`` for a journal file (``*.log``: NFS clusters without a
-    database), and a plain path as SQLite at that path, relative to the working directory."""
+    database), a plain path as SQLite at that path (relative to the working directory); ``:memory:``: None."""
     spec = str(spec)
+    if spec == ":memory:":
+        return None
     if "://" in spec:
         return spec
     path = Path(spec).expanduser().resolve()
@@ -45,11 +55,19 @@ def open_storage(url: str):
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     if url.startswith("journal://"):
         return JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
     # a worker's SQLite write may wait for another worker's: the default 5 s timeout fails trials under load
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except SQLAlchemyError:  # two workers creating a new database's tables at once: the second finds them
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
 
 
 def build_optuna_object(spec: Any, kind: str):
@@ -58,8 +76,8 @@ def build_optuna_object(spec: Any, kind: str):
     from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
 
-    if spec is None:
-        return None
+    if spec is None or not isinstance(spec, (dict, DictConfig)):
+        return spec  # None, or already built (Hydra instantiates a sweeper's nested _target_ nodes with it)
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     target = str(spec.get("_target_", ""))
     if not target.startswith(f"optuna.{kind}s."):
@@ -200,7 +218,6 @@ def write_results(study, sweep_dir: Path) -> dict:
     from omegaconf import OmegaConf
 
     from cxr.artifacts import write_csv, write_text
-    from cxr.evaluation.figures import save_figure
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
@@ -220,14 +237,12 @@ def write_results(study, sweep_dir: Path) -> dict:
         best = study.best_trial
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
                        best_run_dir=best.user_attrs.get(RUN_DIR_ATTR))
-        save_figure(optuna.visualization.matplotlib.plot_optimization_history(study).figure,
-                    sweep_dir / "history.png")
+        _plot(optuna.visualization.matplotlib.plot_optimization_history, study, sweep_dir / "history.png")
     else:
         notes.append("no complete trial yet: no best trial and no history plot")
     varied = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
     if len(complete) >= 2 and varied:
-        save_figure(optuna.visualization.matplotlib.plot_param_importances(study).figure,
-                    sweep_dir / "importance.png")
+        _plot(optuna.visualization.matplotlib.plot_param_importances, study, sweep_dir / "importance.png")
     else:
         notes.append(f"importance.png needs 2 complete trials that differ in a parameter ({len(complete)} complete)")
     if notes:
@@ -236,6 +251,22 @@ def write_results(study, sweep_dir: Path) -> dict:
     write_text(sweep_dir / "best.yaml", text)
     write_text(sweep_dir / "optimization_results.yaml", text)
     return summary
+
+
+def _plot(plot, study, path: Path) -> None:
+    """One of Optuna's matplotlib plots as a PNG (they are 'experimental' since 2.2: the warning says nothing here)."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+
+    from cxr.evaluation.figures import save_figure
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        figure = plot(study).figure
+    save_figure(figure, path)
+    plt.close(figure)
 
 
 def _markdown(table) -> str:

@@ -25,8 +25,8 @@ class OptunaSweeperConf:
     _target_: str = "hydra_plugins.cxr_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     direction: str = "maximize"
     study_name: str = "cxr"
-    # a path (SQLite; *.log: Optuna's journal file, for NFS clusters) or an Optuna RDB URL; null: in memory, one
-    # process, no pruning
+    # a path (SQLite; *.log: Optuna's journal file, for NFS clusters) or an Optuna RDB URL; null:
+    # <paths.log_dir>/search/<study_name>.db; :memory: in this process only (no pruning, nothing kept)
     storage: Optional[str] = None
     n_trials: int = 20  # trials this process runs (the study keeps every worker's)
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
@@ -66,7 +66,7 @@ class OptunaSweeper(Sweeper):
         # paths.* may read ${hydra:runtime.cwd}: resolvable before the first job only once HydraConfig is set
         HydraConfig.instance().set_config(self.config)
         distributions, fixed = search.search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        url = search.storage_url(self.storage) if self.storage else None
+        url = search.storage_url(self.storage or search.default_storage(self.config))
         storage = search.open_storage(url) if url else optuna.storages.InMemoryStorage()
         study = optuna.create_study(study_name=self.study_name, storage=storage, direction=self.direction,
                                     sampler=search.build_optuna_object(self.sampler, "sampler"),
@@ -108,7 +108,7 @@ class OptunaSweeper(Sweeper):
         if "best_trial" in summary:
             log.info("best trial %d: %s %.4f, %s (run directory %s)", summary["best_trial"], self.monitor,
                      summary["best_value"], summary["best_params"], summary["best_run_dir"])
-        log.info("results: %s (trials.csv, trials.md, best.yaml, history.png, importance.png)", sweep_dir)
+        log.info("results in %s: %s", sweep_dir, ", ".join(sorted(p.name for p in sweep_dir.iterdir() if p.is_file())))
         if failures and len(failures) == self.n_trials:
             raise failures[0]  # every trial failed: the same bug each time, not a bad corner of the search space
         return summary
