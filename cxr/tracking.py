@@ -79,9 +79,10 @@ def log_run_files(loggers: list, cfg: DictConfig, output_dir: Path, results: dic
             run.config.update(config, allow_val_change=True)
             run.summary.update(final)
             files = run_files(output_dir)
-            for path in (p for p in files if p.suffix == ".png"):  # figures in the run's media panel
-                run.log({f"figures/{path.relative_to(output_dir).with_suffix('').as_posix()}": wandb.Image(str(path))},
-                        commit=False)
+            figures = {f"figures/{path.relative_to(output_dir).with_suffix('').as_posix()}": wandb.Image(str(path))
+                       for path in files if path.suffix == ".png"}  # in the run's media panel
+            if figures:
+                run.log(figures)
             artifact = wandb.Artifact(f"run-{run.id}", type="run-files")
             for path in files:
                 artifact.add_file(str(path), name=path.relative_to(output_dir).as_posix())
