@@ -29,7 +29,8 @@ def test_each_layer_imports_only_the_layers_below_it():
 
 def test_the_wheel_lists_every_package_and_ships_conf_as_cxr_conf():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "cxr").rglob("__init__.py")}
+    packages = {".".join(init.parent.relative_to(REPO).parts) for top in ("cxr", "hydra_plugins")
+                for init in (REPO / top).rglob("__init__.py")}
     assert packages - set(setuptools["packages"]) == set(), "add these packages to [tool.setuptools] packages"
     assert setuptools["package-dir"] == {"cxr.conf": "conf"} and (REPO / "conf" / "train.yaml").is_file()
     assert not (REPO / "cxr" / "conf").exists()
