@@ -1,4 +1,5 @@
-"""Apply a trained model to new X-rays: ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<file|folder|glob|list>``.
+"""Apply a trained model to new X-rays:
+``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<file|folder|glob|@list.txt>``.
 
 Inputs (PNG, JPEG, DICOM; DICOM recognised by content) are prepared exactly as the model was trained (the
 checkpoint's or the ONNX file's ``preprocessing``), predicted in batches, and written to ``predictions.csv`` (and
