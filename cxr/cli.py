@@ -228,8 +228,10 @@ def _fail(message: str, status: int) -> None:
 @catch_user_errors
 def _train_app(cfg: DictConfig) -> float:
     from cxr.pipeline import objective, train
+    from cxr.run_dir import failure_recorded
 
-    metrics = train(cfg)
+    with failure_recorded(cfg, one_line):
+        metrics = train(cfg)
     return objective(metrics)  # what an Optuna sweeper (hparams_search=...) maximises: validation AUROC, never test
 
 
@@ -245,8 +247,10 @@ def train_main() -> None:
 @catch_user_errors
 def _evaluate_app(cfg: DictConfig) -> float | None:
     from cxr.pipeline import evaluate, evaluation_config
+    from cxr.run_dir import failure_recorded
 
-    metrics = evaluate(evaluation_config(cfg))
+    with failure_recorded(cfg, one_line):
+        metrics = evaluate(evaluation_config(cfg))
     return (metrics.get("test") or {}).get("auroc")
 
 
@@ -292,6 +296,11 @@ def compare_main(argv: list[str] | None = None) -> int:
         print(f"compare.py: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(report.table)
+    if report.skipped:
+        print(f"\nskipped {len(report.skipped)} director{'y' if len(report.skipped) == 1 else 'ies'} without a "
+              "finished run:")
+        for directory, reason in report.skipped.items():
+            print(f"  {directory}: {reason}")
     print(f"\nreport: {report.directory / 'report.md'} (and report.html)")
     return 0
 
