@@ -13,6 +13,7 @@ import sys
 from typing import Callable
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 show_tracebacks = False  # HYDRA_FULL_ERROR=1 as the user set it (we set it ourselves to receive Hydra's errors)
@@ -46,8 +47,6 @@ def one_line(error: BaseException) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import HydraException
-
     from cxr.errors import user_error_types
 
     return (*user_error_types(), HydraException)
@@ -118,13 +117,15 @@ def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], lis
         app()
     except _UserExit as stop:
         _fail(stop.message, stop.code)
-    except _user_errors() as error:  # config composition, overrides, missing config: before the job ran
+    except HydraException as error:  # config composition, overrides, missing config: before the job ran
         if show_tracebacks:
             raise
-        from hydra.errors import HydraException
-
         message = composition_error_line(error, config_name or getattr(app, "config_name", None), sys.argv[1:])
-        _fail(message or one_line(error), 2 if isinstance(error, HydraException) else 1)
+        _fail(message or one_line(error), 2)
+    except _user_errors() as error:  # raised before the job (resume=): imports every module with error types
+        if show_tracebacks:
+            raise
+        _fail(one_line(error), 1)
     finally:
         if not show_tracebacks:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -235,11 +235,11 @@ def predict(cfg) -> int:
     from cxr.artifacts import write_csv, write_json
 
     output_dir = Path(cfg.paths.output_dir)
+    paths, skipped = collect_inputs(cfg.inputs)  # a wrong inputs= fails before the model is loaded
     predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
                                cfg.get("device", "auto"))
     if cfg.get("cam") and predictor.model is None:
         raise PredictError("cam=true needs a checkpoint: Grad-CAM differentiates the PyTorch model, not an .onnx file")
-    paths, skipped = collect_inputs(cfg.inputs)
     log.info("%d input(s); model outputs %s; preprocessing %s; backend %s", len(paths), predictor.names,
              predictor.preprocessing, predictor.backend)
     started = time.perf_counter()

@@ -193,7 +193,7 @@ def test_a_report_is_never_overwritten(fake_runs, tmp_path):
     with pytest.raises(ReportError, match="already holds a report"):
         compare([fake_runs], out=tmp_path / "report", n_resamples=20)
     assert (tmp_path / "report" / "report.md").read_bytes() == before
-    with pytest.raises(ReportError, match="holds no run"):
+    with pytest.raises(ReportError, match="holds no finished run"):
         compare([tmp_path / "report"], out=tmp_path / "other")
     with pytest.raises(ReportError, match="evaluated on the set 'external'"):
         compare([fake_runs], out=tmp_path / "other", set_name="external")
@@ -218,7 +218,7 @@ def test_compare_script(fake_runs, tmp_path):
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip() == f"compare.py: error: {tmp_path / 'nowhere'}: no such file or directory"
     empty = run_compare(tmp_path / "report", "--out", tmp_path / "report2")
-    assert empty.returncode == 2 and "holds no run" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+    assert empty.returncode == 2 and "holds no finished run" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
     again = run_compare(fake_runs, "--out", tmp_path / "report", "--n-resamples", 20)
     assert again.returncode == 2 and "already holds a report" in again.stderr
 
