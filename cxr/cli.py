@@ -52,6 +52,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*user_error_types(), HydraException)
 
 
+MANDATORY_EXAMPLES = {"ckpt_path": "<run>/checkpoints/<file>.ckpt", "inputs": "<image, folder, glob or @list.txt>"}
+
+
 def require_set(cfg: DictConfig) -> None:
     """Refuse a config with mandatory keys (``???``) left unset, naming each of them (not only the first)."""
     from omegaconf import OmegaConf
@@ -60,7 +63,7 @@ def require_set(cfg: DictConfig) -> None:
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        example = " ".join(f"{key}=<...>" for key in missing)
+        example = " ".join(f"{key}={MANDATORY_EXAMPLES.get(key, '<...>')}" for key in missing)
         raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required but not set: "
                           f"give {example}")
 

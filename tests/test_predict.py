@@ -313,7 +313,8 @@ def test_predict_command_line_exit_statuses_and_no_patient_data_in_logs(trained_
 
     # end to end through the CLI (console and predict.log): identity fields, some with values invalid for their VR
     inputs = [mixed_folder / "broken" / "invalid_values.dcm", mixed_folder / "png" / SOURCE_PNG.name]
-    result = run(f"ckpt_path={checkpoint_of(trained_run)}", f"inputs=[{','.join(map(str, inputs))}]")
+    (tmp_path / "list.txt").write_text("".join(f"{path}\n" for path in inputs))
+    result = run(f"ckpt_path={checkpoint_of(trained_run)}", f"inputs=@{tmp_path / 'list.txt'}")  # as documented
     assert result.returncode == 0, result.stderr
     assert "2 input(s): 2 predicted, 0 failed" in result.stdout
     logged = [result.stdout, result.stderr] + [f.read_text(errors="replace") for f in (tmp_path / "run").rglob("*")
