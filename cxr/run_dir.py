@@ -65,7 +65,10 @@ def _record_resume(cfg: DictConfig, output_dir: Path) -> None:
     resumes = provenance.setdefault("resumes", [])
     config_name = f"config.resume{len(resumes) + 1}.yaml"
     write_text(output_dir / config_name, OmegaConf.to_yaml(cfg, resolve=True))
-    previous = {"after_failure": provenance.pop("failure")} if provenance.pop("status", None) == "failed" else {}
+    previous = {}
+    if provenance.get("status") == "failed":  # this start may finish it: the failure moves to its resume entry
+        provenance.pop("status")
+        previous = {"after_failure": provenance.pop("failure", None)}
     resumes.append({**run_provenance(), "config": config_name, "ckpt_path": cfg.get("ckpt_path"),
                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **previous})
     write_json(output_dir / "run.json", provenance)
