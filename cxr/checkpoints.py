@@ -39,7 +39,8 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # the weights-only unpickler met a global outside its allowlist
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(error), re.DOTALL)
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(error),
+                          re.DOTALL)
         raise CheckpointError(
             f"{path}: cannot be loaded weights-only ({found.group(1).strip() if found else type(error).__name__}); "
             "refusing to unpickle arbitrary objects from a checkpoint"
