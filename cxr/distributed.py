@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     """Rank >= 1 of a DDP job: ``python -m cxr.distributed <run dir>/.hydra/resolved.yaml`` (started by the launcher)."""
     from omegaconf import OmegaConf
 
-    from cxr.jobs.train import global_rank, train
+    from cxr.jobs.train import train
+    from cxr.run_dir import global_rank
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +22,14 @@ log = logging.getLogger(__name__)
 
 class RunDirectoryError(UserError, RuntimeError):
     """The run directory already holds a finished run."""
+
+
+def global_rank() -> int:
+    """This process's rank before the Trainer exists (from RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads
+    them); 0 in a single-process run: only rank 0 writes the run directory's files."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def command_line_overrides() -> list[str]:
@@ -63,9 +73,42 @@ def _record_resume(cfg: DictConfig, output_dir: Path) -> None:
     resumes = provenance.setdefault("resumes", [])
     config_name = f"config.resume{len(resumes) + 1}.yaml"
     write_text(output_dir / config_name, OmegaConf.to_yaml(cfg, resolve=True))
+    previous = {}
+    if provenance.get("status") == "failed":  # this start may finish it: the failure moves to its resume entry
+        provenance.pop("status")
+        previous = {"after_failure": provenance.pop("failure", None)}
     resumes.append({**run_provenance(), "config": config_name, "ckpt_path": cfg.get("ckpt_path"),
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **previous})
     write_json(output_dir / "run.json", provenance)
+
+
+@contextmanager
+def failure_recorded(cfg: DictConfig, describe: Callable[[BaseException], str] = str) -> Iterator[None]:
+    """A run that fails (a user error such as its data check, or a bug) keeps its directory and files
+    (data_check.txt, train.log), marked ``"status": "failed"`` in run.json with the reason (``describe(error)``,
+    one line), so that compare.py can say why it has no results. A finished run, or another run's directory
+    (RunDirectoryError), is never marked."""
+    try:
+        yield
+    except RunDirectoryError:
+        raise
+    except Exception as error:
+        mark_failed(Path(cfg.paths.output_dir), describe(error))
+        raise
+
+
+def mark_failed(output_dir: Path, reason: str) -> None:
+    """Write ``status: failed`` and ``failure`` (reason, time) into ``output_dir/run.json`` (rank 0 only)."""
+    if global_rank() != 0 or not output_dir.is_dir() or (output_dir / "metrics.json").exists():
+        return
+    run_json = output_dir / "run.json"
+    try:
+        provenance = json.loads(run_json.read_text()) if run_json.is_file() else run_provenance()
+        provenance.update(status="failed", failure={
+            "reason": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        write_json(run_json, provenance)
+    except (OSError, ValueError) as error:  # the run's own error matters more than this record
+        log.warning("could not mark %s failed: %s", run_json, error)
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:

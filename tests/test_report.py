@@ -193,11 +193,37 @@ def test_a_report_is_never_overwritten(fake_runs, tmp_path):
     with pytest.raises(ReportError, match="already holds a report"):
         compare([fake_runs], out=tmp_path / "report", n_resamples=20)
     assert (tmp_path / "report" / "report.md").read_bytes() == before
-    with pytest.raises(ReportError, match="holds no run"):
+    with pytest.raises(ReportError, match="holds no finished run"):
         compare([tmp_path / "report"], out=tmp_path / "other")
     with pytest.raises(ReportError, match="evaluated on the set 'external'"):
         compare([fake_runs], out=tmp_path / "other", set_name="external")
     assert not (tmp_path / "other").exists()
+
+
+def test_compare_lists_the_directories_it_skipped_and_why(fake_runs, tmp_path, capsys):
+    from cxr.cli import compare_main
+
+    failed = fake_runs / "multirun" / MULTIRUN / "3"  # a sweep job that failed its data check (train.py marks it)
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "run.json").write_text(json.dumps({"status": "failed", "failure": {"reason": "data.root is not set"}}))
+    killed = fake_runs / "multirun" / MULTIRUN / "4"
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / ".hydra").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"")
+    predicted = fake_runs / "predict_run"
+    (predicted / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"task_name": "predict"}), predicted / ".hydra" / "config.yaml")
+    assert compare_main([str(fake_runs), "--out", str(tmp_path / "report"), "--n-resamples", "20"]) == 0
+    printed = capsys.readouterr().out
+    written = (tmp_path / "report" / "report.md").read_text()
+    assert "skipped 3 directories without a finished run:" in printed and "## Skipped directories" in written
+    for directory, reason in ((failed, "failed: data.root is not set"),
+                              (killed, "unfinished: no metrics.json (killed or still running?); resume: python "
+                                       f"train.py resume={killed}"),
+                              (predicted, "a predict run, not a training or evaluation run")):
+        assert f"  {directory}: {reason}" in printed.splitlines()
+        assert f"| {os.path.relpath(directory, tmp_path / 'report')} | {reason} |" in written
+    assert "Comparison of 4 runs" in written  # the skipped directories are not runs
 
 
 def run_compare(*args) -> subprocess.CompletedProcess:
@@ -218,7 +244,8 @@ def test_compare_script(fake_runs, tmp_path):
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip() == f"compare.py: error: {tmp_path / 'nowhere'}: no such file or directory"
     empty = run_compare(tmp_path / "report", "--out", tmp_path / "report2")
-    assert empty.returncode == 2 and "holds no run" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+    assert empty.returncode == 2 and "holds no finished run" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1
     again = run_compare(fake_runs, "--out", tmp_path / "report", "--n-resamples", 20)
     assert again.returncode == 2 and "already holds a report" in again.stderr
 

@@ -12,7 +12,7 @@ import pytest
 
 from cxr.jobs.evaluate import evaluate
 from cxr.jobs.train import train
-from cxr.run_dir import RunDirectoryError
+from cxr.run_dir import RunDirectoryError, failure_recorded, prepare_run_directory
 from tests.conftest import DEMO_OVERRIDES, REPO
 
 EVAL_SET_KEYS = {"n", "n_class0", "n_class1", "threshold", "accuracy", "accuracy_class0", "accuracy_class1",
@@ -57,6 +57,26 @@ def test_a_finished_run_directory_is_never_reused(make_cfg):
     with pytest.raises(RunDirectoryError, match="already holds a finished run"):
         train(cfg)
     assert (Path(cfg.paths.output_dir) / "metrics.json").read_bytes() == before
+
+
+def test_a_failed_run_is_marked_in_run_json_until_a_resume(make_cfg):
+    """failure_recorded (train.py and evaluate.py's jobs run inside it) marks the run's own directory, never a
+    finished run nor another run's directory, and a resume moves the mark into its resumes entry."""
+    cfg = make_cfg(["debug=fdr"])
+    output_dir = prepare_run_directory(cfg)
+    with pytest.raises(ValueError), failure_recorded(cfg, lambda error: f"one line: {error}"):
+        raise ValueError("data.root is not set")
+    provenance = json.loads((output_dir / "run.json").read_text())
+    assert provenance["status"] == "failed" and provenance["failure"]["reason"] == "one line: data.root is not set"
+    prepare_run_directory(cfg, resuming=True)
+    provenance = json.loads((output_dir / "run.json").read_text())
+    assert "status" not in provenance and "failure" not in provenance
+    assert provenance["resumes"][0]["after_failure"]["reason"] == "one line: data.root is not set"
+    (output_dir / "checkpoints").mkdir()
+    (output_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(RunDirectoryError), failure_recorded(cfg):  # hydra.run.dir=<an unfinished run>
+        prepare_run_directory(cfg)
+    assert "status" not in json.loads((output_dir / "run.json").read_text())
 
 
 @pytest.mark.slow

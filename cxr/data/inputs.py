@@ -1,5 +1,6 @@
-"""The inputs of ``predict.py``: the files a user names (files, folders, globs, .txt/.csv lists) expanded into
-images, each recognised as PNG, JPEG or DICOM by its content and prepared exactly as training prepared its images."""
+"""The inputs of ``predict.py``: the files a user names (files, folders, globs, ``@list.txt`` / ``@list.csv`` lists)
+expanded into images, each recognised as PNG, JPEG or DICOM by its content and prepared exactly as training prepared
+its images."""
 from __future__ import annotations
 
 import csv
@@ -18,6 +19,7 @@ from cxr.errors import PredictError
 
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 LIST_EXTENSIONS = (".txt", ".csv")
+LIST_PREFIX = "@"  # inputs=@list.txt: a file of image paths; a list is never guessed from its name
 
 
 def sniff_format(path: str | Path) -> str | None:
@@ -80,21 +82,31 @@ def _read_list(path: Path) -> list[Path]:
 
 
 def collect_inputs(spec) -> tuple[list[Path], int]:
-    """Expand ``inputs`` (one or several files, folders, globs, .txt/.csv lists) into files; and the skipped count."""
+    """Expand ``inputs`` (one or several files, folders, globs, ``@`` lists) into files; and the skipped count."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec or [])
     if not items:
-        raise PredictError("inputs: give a file, folder, glob or .txt/.csv list of images")
+        raise PredictError("inputs: give a file, folder, glob or @list.txt of images")
     paths: list[Path] = []
     skipped = 0
     for item in items:
         item = str(item)
         path = Path(item).expanduser()
-        if path.is_dir():
+        if item.startswith(LIST_PREFIX):
+            listed = Path(item[len(LIST_PREFIX):]).expanduser()
+            if not listed.is_file():
+                raise PredictError(f"inputs={item}: list file not found: {listed}")
+            try:
+                paths += _read_list(listed)
+            except UnicodeDecodeError:
+                raise PredictError(f"inputs={item}: not a text file of image paths (one per line, or a CSV with "
+                                   "a column 'path')") from None
+        elif path.is_dir():
             found, n_skipped = _walk(path)
             paths += found
             skipped += n_skipped
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS and sniff_format(path) is None:
-            paths += _read_list(path)
+            raise PredictError(f"inputs={item}: not an image (PNG, JPEG or DICOM); to read it as a list of image "
+                               f"paths, give inputs={LIST_PREFIX}{item}")
         elif any(c in item for c in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:

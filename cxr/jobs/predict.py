@@ -1,4 +1,5 @@
-"""Apply a trained model to new X-rays: ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<file|folder|glob|list>``.
+"""Apply a trained model to new X-rays:
+``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<file|folder|glob|@list.txt>``.
 
 Inputs (PNG, JPEG, DICOM; DICOM recognised by content) are prepared exactly as the model was trained (the
 checkpoint's or the ONNX file's ``preprocessing``), predicted in batches, and written to ``predictions.csv`` (and
@@ -241,12 +242,12 @@ def predict(cfg) -> int:
         dicom_window = check_window(str((cfg.get("dicom") or {}).get("window", "voi")))
     except ValueError as error:
         raise PredictError(str(error)) from None
+    paths, skipped = collect_inputs(cfg.inputs)  # a wrong inputs= fails before the model is loaded
     predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
                                cfg.get("device", "auto"))
     predictor.dicom_window = dicom_window
     if cfg.get("cam") and predictor.model is None:
         raise PredictError("cam=true needs a checkpoint: Grad-CAM differentiates the PyTorch model, not an .onnx file")
-    paths, skipped = collect_inputs(cfg.inputs)
     log.info("%d input(s); model outputs %s; preprocessing %s; backend %s; DICOM window %s", len(paths),
              predictor.names, predictor.preprocessing, predictor.backend, predictor.dicom_window)
     started = time.perf_counter()

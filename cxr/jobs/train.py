@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.jobs import search
@@ -25,16 +24,11 @@ from cxr.evaluation.model_card import write_model_card
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
 from cxr.models.checkpoints import load_classifier
-from cxr.run_dir import command_line_overrides, prepare_run_directory, requeued_job, resume_checkpoint
+from cxr.run_dir import (command_line_overrides, global_rank, prepare_run_directory, requeued_job,
+                         resume_checkpoint)
 from cxr.tracking import log_run_files
 
 log = logging.getLogger(__name__)
-
-
-def global_rank() -> int:
-    """This process's rank before the Trainer exists (from RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads
-    them); 0 in a single-process run."""
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 class DataCheckError(UserError, ValueError):
