@@ -93,8 +93,8 @@ def test_multirun_over_programs_in_a_subprocess(tmp_path, demo_root):
         "train.py", "-m", "program=A,B,C", "debug=fdr", *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}",
     ])
     assert result.returncode == 0, result.stderr[-3000:]
-    programs = {json.loads((sweep_dir / str(n) / "metrics.json").read_text())["program"] for n in range(3)}
-    assert programs == {"A", "B", "C"}
+    runs = {d.name: json.loads((d / "metrics.json").read_text()) for d in sweep_dir.iterdir() if d.is_dir()}
+    assert {name: m["program"] for name, m in runs.items()} == {"0_A": "A", "1_B": "B", "2_C": "C"}  # job_name
 
 
 @pytest.mark.slow
@@ -143,7 +143,7 @@ def test_program_d_evaluates_its_best_checkpoint_and_records_which(make_cfg):
     metrics = train(cfg)
     best = Path(metrics["checkpoint"]).name
     assert best.startswith("best-epoch") and metrics["checkpoint_choice"] == "best by val/auroc"
-    assert metrics["checkpoint_epoch"] == int(best.removeprefix("best-epoch").removesuffix(".ckpt")) + 1
+    assert metrics["checkpoint_epoch"] == int(best.removeprefix("best-epoch").removesuffix(".ckpt"))  # from 1
     history = pd.read_csv(Path(cfg.paths.output_dir) / "history.csv")
     assert history.loc[history["val/auroc"].idxmax(), "epoch"] == metrics["checkpoint_epoch"]
 
@@ -213,7 +213,7 @@ def test_last_checkpoint_is_the_end_of_fit_even_when_the_best_is_older(make_cfg)
                     "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"])  # best: epoch 1
     metrics = train(cfg)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch001.ckpt", "last.ckpt"]
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)
     assert metrics["checkpoint"] == os.path.join("checkpoints", "last.ckpt") and metrics["checkpoint_epoch"] == 3
