@@ -27,7 +27,7 @@ class RunDirectoryError(RuntimeError):
 
 
 SWEPT_KEYS_ENV = "CXR_SWEPT_KEYS"
-MAX_NAME_LENGTH = 60
+MAX_NAME_LENGTH = 80
 _BARE = ("program", "model", "task", "experiment", "data")  # group choices named by their option alone
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(-\d+)?|\d+)(_|$)")
 
@@ -61,6 +61,10 @@ def _name_part(override: str) -> str:
     if key in _BARE:
         return value
     short = re.split(r"[./]", key)[-1]
+    try:  # a search's sampled float, 0.002008037330173894, as 0.00201
+        value = value if float(value).is_integer() else f"{float(value):.3g}"
+    except ValueError:
+        pass
     return f"{short}{value}" if re.match(r"[-+.\d]", value) else f"{short}_{value}"
 
 
@@ -91,7 +95,7 @@ def run_name(cfg: DictConfig) -> str:
     for override in overrides:
         key = override.partition("=")[0].lstrip("+~")
         if key == "seed" or key in swept:
-            parts.append(f"seed{override.partition('=')[2]}" if key == "seed" else _name_part(override))
+            parts.append(_name_part(override))
     return safe_name("-".join(dict.fromkeys(p for p in parts if p)))  # each part once, in order
 
 
