@@ -185,7 +185,8 @@ def _read_dicom(path: str | Path | bytes, name: str) -> DicomImage:
                              "export the frame you want as its own file")
     rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
     if rows * columns > MAX_INPUT_PIXELS:
-        raise DicomReadError(f"{path}: {columns} x {rows} pixels, more than the limit of {MAX_INPUT_PIXELS:,}")
+        raise DicomReadError(f"{path}: the image has {columns} x {rows} pixels, more than the limit of "
+                             f"{MAX_INPUT_PIXELS:,}")
     photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
     warnings: list[str] = []
     if photometric not in GREY + COLOUR:

@@ -128,7 +128,8 @@ def collect_inputs(spec) -> tuple[list[Path], int]:
 
 def _check_pixels(size: tuple[int, int], label) -> None:
     if size[0] * size[1] > MAX_INPUT_PIXELS:
-        raise ImageReadError(f"{label}: {size[0]} x {size[1]} pixels, more than the limit of {MAX_INPUT_PIXELS:,}")
+        raise ImageReadError(f"{label}: the image has {size[0]} x {size[1]} pixels, more than the limit of "
+                             f"{MAX_INPUT_PIXELS:,}")
 
 
 def read_grey(path: Source, name: str = "upload") -> tuple[Image.Image, str, list[str]]:
