@@ -11,7 +11,8 @@ same loading, decoding, limits and preprocessing (cxr.predict, cxr.data.inputs).
 Built on LitServe (Lightning's serving library: the batching loop, worker processes, /ready). Measured on the
 project's shared 2-core machine with a no-op model: LitServe answered 70-111 requests/s at concurrency 1-8 and a
 hand-written FastAPI + uvicorn batcher 48-92, within the noise of a shared machine, so no reason to write our own;
-LitServe's batching worker polls its request queue every millisecond, about 13% of one core while idle (docs/serving.md).
+LitServe's batching worker polls its request queue every millisecond: about 13% of one core while idle
+(docs/serving.md).
 
 Uploads are read into memory and never written to disk (multipart bodies are parsed in memory, not by Starlette's
 form parser, which spools parts above 1 MiB to a temporary file). No DICOM patient field is read into a response or
@@ -304,7 +305,8 @@ def model_card(ckpt_path: str | Path, predictor) -> dict:
     program, task = details.get("program"), details.get("task", "binary")
     name = f"{run_directory(path).name}/{path.name}"
     if path.suffix.lower() == ".onnx":
-        version = f"ONNX export of {details.get('checkpoint', '?')} (cxr metadata format {details.get('format_version')})"
+        version = (f"ONNX export of {details.get('checkpoint', '?')} "
+                   f"(cxr metadata format {details.get('format_version')})")
     else:
         version = f"cxr {cxr.__version__} checkpoint" + (f", epoch {details['epoch']}" if "epoch" in details else "")
     return {"name": name, "version": version, "sha256": digest.hexdigest(), "file": path.name, "program": program,
@@ -517,8 +519,8 @@ def serve(cfg) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         server.uvicorn_graceful_timeout = int(cfg.graceful_timeout)
-        print(f"serving {model['name']} ({', '.join(model['outputs'])}; backend {cfg.backend}) on http://{host}:{port}/ "
-              f"- Ctrl-C stops", flush=True)
+        print(f"serving {model['name']} ({', '.join(model['outputs'])}; backend {cfg.backend}) on "
+              f"http://{host}:{port}/ - Ctrl-C stops", flush=True)
         server.run(host=host, port=port, num_api_servers=1, generate_client_file=False,
                    log_level=str(cfg.log_level))
     print("stopped", flush=True)

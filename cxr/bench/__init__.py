@@ -58,7 +58,8 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
         "shards": lambda: dataset.bench_shards(sizes, image_dir),
         "ddp": lambda: distributed.bench_ddp(sizes),
         "gpu": lambda: distributed.bench_gpu(sizes),
-        "serve": lambda: serving.bench_serve(sizes, serve_requests, Path(shared) / "nih" / "images" if shared else None),
+        "serve": lambda: serving.bench_serve(sizes, serve_requests,
+                                             Path(shared) / "nih" / "images" if shared else None),
     }
     started = time.time()
     machine = machine_info()

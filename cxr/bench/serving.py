@@ -26,7 +26,7 @@ from cxr.bench.core import SHARED_DATA, Row, Sizes
 
 CONCURRENCY = (1, 8, 32)
 DEFAULT_REQUESTS = 2000
-WARMUP_REQUESTS = 200
+WARMUP_REQUESTS = 500
 
 
 def _checkpoint(path: Path) -> Path:
@@ -204,7 +204,8 @@ def bench_serve(sizes: Sizes, requests: int | None = None, image_dir=None) -> li
             started_mb = memory_mb(process.pid)
             sampler = MemorySampler(process.pid)
             sampler.start()
-            warmup = asyncio.run(_load(url + "/predict", uploads, min(WARMUP_REQUESTS, n), 8))
+            # at the highest concurrency: the batch sizes (and ONNX Runtime's memory arena for them) it reaches
+            warmup = asyncio.run(_load(url + "/predict", uploads, min(WARMUP_REQUESTS, n), max(CONCURRENCY)))
             warm_mb = memory_mb(process.pid)
             results = {c: asyncio.run(_load(url + "/predict", uploads, n, c)) for c in CONCURRENCY}
             end_mb = memory_mb(process.pid)
