@@ -275,9 +275,9 @@ def _train_app(cfg: DictConfig) -> float:
 
 def train_main() -> None:
     """``cxr-train`` / ``python train.py [overrides]``; ``resume=<run dir>`` resumes a killed run."""
-    from cxr.run_dir import resume_arguments
+    from cxr.run_dir import note_swept_keys, resume_arguments
 
-    run_app(_train_app, resume_arguments, config_name="train")
+    run_app(_train_app, lambda argv: note_swept_keys(resume_arguments(argv)), config_name="train")
 
 
 # --------------------------------------------------------------------------------------------- evaluate

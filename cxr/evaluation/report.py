@@ -23,7 +23,7 @@ from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
 
 MAX_PAIRS = 30
-NOT_COMPARED = ("seed", "paths", "hydra", "ckpt_path", "task_name")  # besides *output_dir* keys and the run's path
+NOT_COMPARED = ("seed", "paths", "hydra", "ckpt_path", "task_name", "run_name")  # besides *output_dir* keys and the run's path
 HOW_TO_READ = (
     "How to read this report. AUROC 0.5 is chance, 1.0 is perfect ranking. Intervals are 95% confidence intervals "
     "from a bootstrap that resamples patients (all images of a drawn patient together), not images. A paired "
@@ -128,15 +128,20 @@ def find_runs(paths, skipped: dict[Path, str] | None = None) -> list[Run]:
             why = "; ".join(f"{d.name}: {reason}" for d, reason in list(passed.items())[:3])
             raise ReportError(f"{given}: holds no finished run (no directory with both metrics.json and config.yaml)"
                               + (f"; skipped {len(passed)}: {why}" if passed else ""))
-    names = [f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name for d in found]  # multirun: parent/num
-    names = [n if names.count(n) == 1 else f"{n}~{i + 1}" for i, n in enumerate(names)]
-    runs = []
-    for directory, name in zip(found, names):
+    loaded = []
+    for directory in found:
         try:
             metrics = json.loads((directory / "metrics.json").read_text())
             config = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"), resolve=False) or {}
         except Exception as error:  # a half-copied or foreign file: say which
             raise ReportError(f"{directory}: unreadable metrics.json or config.yaml ({error})") from error
+        loaded.append((directory, metrics, config))
+    # the run's own name (metrics.json run_name); older runs: the directory (a multirun's parent/num)
+    names = [str(m.get("run_name") or (f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name))
+             for d, m, _ in loaded]
+    names = [n if names.count(n) == 1 else f"{n}~{i + 1}" for i, n in enumerate(names)]
+    runs = []
+    for (directory, metrics, config), name in zip(loaded, names):
         kind = "evaluate" if "preprocessing" in metrics or config.get("task_name") == "evaluate" else "train"
         runs.append(Run(directory, name, config, metrics, kind, metrics.get("program") or _get(config, "program.name"),
                         config.get("seed") if kind == "train" else None))

@@ -13,7 +13,7 @@ from cxr.errors import ConfigError
 from cxr.evaluation.runner import evaluate_sets
 from cxr.jobs.train import _build_data, _evaluation_settings
 from cxr.models.checkpoints import load_classifier
-from cxr.run_dir import override_key, prepare_run_directory
+from cxr.run_dir import override_key, prepare_run_directory, run_name
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,17 @@ def evaluate(cfg: DictConfig) -> dict:
         with open_dict(cfg):
             cfg.data.split = {"method": "file", "path": str(splits)}
         log.info("test split: %s (the run's own; split_from=config splits anew)", splits)
+    cfg.run_name = run_name(cfg)
     output_dir = prepare_run_directory(cfg)
     preprocessing = model.hparams.preprocessing
     if cfg.preprocessing_from == "config" or not preprocessing:
         preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
     log.info("preprocessing (%s): %s", cfg.preprocessing_from, preprocessing)
     datamodule = _build_data(cfg, output_dir, preprocessing=preprocessing)
-    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg))
+    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), run_name=cfg.run_name)
     epoch = checkpoint.get("epoch")
     metrics = {
+        "run_name": cfg.run_name,
         "program": model.hparams.get("program"),
         "data": cfg.data.name,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),

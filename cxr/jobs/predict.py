@@ -130,15 +130,17 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
         from cxr import inference
         from cxr.models.checkpoints import load_classifier
 
-        model, _ = load_classifier(path)
+        model, checkpoint = load_classifier(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device).eval()
         names = output_names(model.hparams)
         thresholds, source = operating_points(path, names)
         chosen = inference.choose_backend(model, backend)
+        details = {"program": model.hparams.get("program"), "task": model.hparams.get("task", "binary"),
+                   "epoch": checkpoint.get("epoch")}
         predictor = Predictor(_preprocessing(model.hparams.get("preprocessing"), str(path)), names, thresholds,
-                              source, chosen, model=model)
+                              source, chosen, model=model, details=details)
     if threshold is not None:
         from omegaconf import ListConfig
 
