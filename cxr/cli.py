@@ -22,6 +22,7 @@ from typing import Callable
 
 import hydra
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -258,6 +259,19 @@ def _fail(message: str, status: int) -> None:
     sys.stdout.flush()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+class SweepHydraConfig(Callback):
+    """Hydra callback (hydra/default.yaml): the sweep's own config is Hydra's config before the sweeper and launcher
+    are made, so that ``${hydra:runtime.cwd}`` (``paths.*``) resolves in the sweep and search directories, the
+    search's storage and the launcher's settings. Hydra 1.3 sets it only inside each job (hydra#2247)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        import copy
+
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(copy.deepcopy(config))  # a copy: set_config makes its hydra node read-only
 
 
 # ------------------------------------------------------------------------------------------------ train

@@ -522,7 +522,7 @@ def serve(cfg) -> int:
         print(f"serving {model['name']} ({', '.join(model['outputs'])}; backend {cfg.backend}) on "
               f"http://{host}:{port}/ - Ctrl-C stops", flush=True)
         server.run(host=host, port=port, num_api_servers=1, generate_client_file=False,
-                   log_level=str(cfg.log_level))
+                   log_level=str(cfg.log_level), timeout_keep_alive=int(cfg.get("keep_alive", 75)))
     print("stopped", flush=True)
     return 0
 

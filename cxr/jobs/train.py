@@ -182,6 +182,21 @@ def objective(metrics: dict) -> float:
     return float("nan") if value is None else float(value)
 
 
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list]:
+    """The Trainer of ``cfg.trainer`` (its strategy included) with the configured callbacks and loggers, and the
+    callbacks; tests/test_presets.py builds every preset with it."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    trial = search.current_trial()  # a trial of hparams_search=...: report val AUROC per epoch, stop when hopeless
+    pruning = search.pruning_callback(trial) if trial is not None else None
+    if pruning is not None:
+        callbacks.append(pruning)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
+                          enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")))
+    return trainer, callbacks
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit the model on the train split, evaluate the weights ``evaluation.checkpoint`` names, and save.
 
@@ -211,15 +226,7 @@ def train(cfg: DictConfig) -> dict:
     model = instantiate(cfg.model)
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance(),
                           "labels_sha256": file_digest(cfg.data.labels)}  # evaluate.py: has the label file changed?
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    trial = search.current_trial()  # a trial of hparams_search=...: report val AUROC per epoch, stop when hopeless
-    pruning = search.pruning_callback(trial) if trial is not None else None
-    if pruning is not None:
-        callbacks.append(pruning)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
-                                     enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")))
+    trainer, callbacks = build_trainer(cfg)
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -227,8 +234,9 @@ def train(cfg: DictConfig) -> dict:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
     if not trainer.is_global_zero:
         return {}  # DDP: rank 0 evaluates and writes
+    pruning = next((c for c in callbacks if hasattr(c, "pruned_at_epoch")), None)  # a search trial's pruner
     if pruning is not None and pruning.pruned_at_epoch is not None:
-        return _pruned_trial(cfg, trainer, callbacks, output_dir, trial, pruning.pruned_at_epoch)
+        return _pruned_trial(cfg, trainer, callbacks, output_dir, search.current_trial(), pruning.pruned_at_epoch)
 
     model, scored = _weights_to_evaluate(cfg, trainer, model, callbacks, output_dir)
     model.to(trainer.strategy.root_device)  # a GPU run evaluates on its GPU (torch backend); the CPU as before
