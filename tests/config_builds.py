@@ -60,7 +60,7 @@ def _on_cpu(cfg: DictConfig) -> None:
 
 
 def _build_job(cfg: DictConfig, config_name: str) -> dict:
-    """Every object of one job's config, built as ``cxr.pipeline.train`` builds them."""
+    """Every object of one job's config, built as ``cxr.jobs.train.train`` builds them."""
     HydraConfig.instance().set_config(cfg)
     job = copy.deepcopy(cfg)
     with open_dict(job):
@@ -68,7 +68,7 @@ def _build_job(cfg: DictConfig, config_name: str) -> dict:
     OmegaConf.to_container(job, resolve=True)  # every interpolation of the job resolves
     if config_name not in TRAINING_CONFIGS:
         return {"config": job}
-    from cxr.pipeline import build_trainer
+    from cxr.jobs.train import build_trainer
 
     _on_cpu(job)
     trainer, callbacks = build_trainer(job)
@@ -155,7 +155,7 @@ def _build_sweep(built: Built, loader, config_name: str, overrides: list[str], o
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Every config group of cxr/conf and its options (files starting with ``_`` are internal), found by listing
+    """Every config group of conf/ and its options (files starting with ``_`` are internal), found by listing
     the directory; for ``hydra/launcher`` and ``hydra/sweeper`` also the options Hydra's plugins add."""
     groups: dict[str, set[str]] = {}
     for path in CONFIG_DIR.rglob("*.yaml"):

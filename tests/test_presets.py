@@ -1,6 +1,6 @@
 """Every option of every config group builds: composed as the command line composes it and its objects made on the
 CPU (Trainer with its strategy, model, callbacks, loggers, DataModule; for sweeps the sweeper and the launcher), so
-a key in the wrong place fails here and not on a GPU node. New presets are found by listing cxr/conf."""
+a key in the wrong place fails here and not on a GPU node. New presets are found by listing conf/."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -234,9 +234,10 @@ def train(cfg: DictConfig) -> dict:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
     if not trainer.is_global_zero:
         return {}  # DDP: rank 0 evaluates and writes
+    trial = search.current_trial()  # a trial of hparams_search=... (None in a plain run)
     pruning = next((c for c in callbacks if hasattr(c, "pruned_at_epoch")), None)  # a search trial's pruner
     if pruning is not None and pruning.pruned_at_epoch is not None:
-        return _pruned_trial(cfg, trainer, callbacks, output_dir, search.current_trial(), pruning.pruned_at_epoch)
+        return _pruned_trial(cfg, trainer, callbacks, output_dir, trial, pruning.pruned_at_epoch)
 
     model, scored = _weights_to_evaluate(cfg, trainer, model, callbacks, output_dir)
     model.to(trainer.strategy.root_device)  # a GPU run evaluates on its GPU (torch backend); the CPU as before
