@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PLACEHOLDERS = ("run", "ckpt", "multirun", "nih", "images", "dicom", "onnx")
+PLACEHOLDERS = ("run", "ckpt", "multirun", "nih", "images", "dicom", "onnx", "killed")
 PLACEHOLDER = re.compile(r"<([A-Za-z_][\w.-]*|\.\.\.|…)>")
 MARKER = re.compile(r"<!--\s*ci:\s*(compose|skip)\b\s*(.*?)\s*-->")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^\s`]*)")

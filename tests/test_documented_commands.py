@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,24 @@ class Workspace:
         # one short epoch with checkpoints (debug=fdr saves none): what <run> and <ckpt> stand for
         return self._new_run("outputs/train/runs", "python train.py debug=limit trainer.max_epochs=1")
 
+    def _make_killed(self) -> Path:
+        """A run killed (SIGKILL, as a crash or an out-of-memory kill) once its first epoch's last.ckpt exists."""
+        runs = self.cwd / "outputs/train/runs"
+        before = set(runs.glob("*"))
+        process = subprocess.Popen([sys.executable, "train.py", "debug=limit", "trainer.max_epochs=50"],
+                                   cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + TIMEOUT_S
+        made: list[Path] = []
+        while time.monotonic() < deadline and process.poll() is None:
+            made = sorted(set(runs.glob("*")) - before)
+            if made and (made[0] / "checkpoints" / "last.ckpt").is_file():
+                break
+            time.sleep(0.2)
+        process.kill()
+        process.wait()
+        assert made and (made[0] / "checkpoints" / "last.ckpt").is_file() and not (made[0] / "metrics.json").exists()
+        return made[0]
+
     def _make_ckpt(self) -> Path:
         checkpoints = Path(self.value("run")) / "checkpoints"
         return next(iter(sorted(checkpoints.glob("best*.ckpt")) or sorted(checkpoints.glob("*.ckpt"))))
@@ -170,7 +189,7 @@ def workspace(tmp_path_factory) -> Workspace:
 def as_run(command: Command) -> str:
     """The line as the test runs it: ``debug=fdr`` appended where it trains (a search: two trials)."""
     text = command.text
-    if command.trains:
+    if command.trains and not any(a.startswith("resume=") for a in command.arguments):  # resume: the run's own
         if not any(a.startswith(("debug=", "+debug=")) for a in command.arguments):
             text += " debug=fdr"
         if any(a.startswith("hparams_search=") for a in command.arguments) \
