@@ -89,9 +89,12 @@ def resume_arguments(argv: list[str]) -> list[str]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise ConfigError(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
-    previous = [o for o in OmegaConf.load(overrides_file)
-                if override_key(o) not in ("hydra.run.dir", "ckpt_path", "resume")]
+    from cxr.replay import replayable
+
     others = [a for a in argv if not a.startswith("resume=")]
+    stored = [o for o in OmegaConf.to_container(OmegaConf.load(overrides_file))
+              if override_key(o) not in ("ckpt_path", "resume")]  # this run's own (a resume adds them)
+    previous = replayable(stored, f"resume={run_dir}: {overrides_file.name}", given=others)
     return [*previous, *others, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 
 

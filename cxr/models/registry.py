@@ -68,9 +68,11 @@ def _shown(value: Any) -> str:
 
 def _check_value(value: Any, allowed: tuple[type, ...], key: str) -> None:
     if allowed[0] is list:
-        if not isinstance(value, (list, tuple)) or not all(_is(v, allowed[1:]) for v in value):
+        if not isinstance(value, (list, tuple)):
             raise ModelSpecError(f"{key}: {_shown(value)} where a list of "
                                  f"{'/'.join(t.__name__ for t in allowed[1:])} is expected")
+        for index, item in enumerate(value):
+            _check_value(item, allowed[1:], f"{key}[{index}]")
         return
     if not _is(value, allowed):
         raise ModelSpecError(f"{key}: {_shown(value)} where {' or '.join(t.__name__ for t in allowed)} is expected"

@@ -1,0 +1,203 @@
+"""Issue 19, safe by design: each route a hostile file took on the code before it, tried as that file would, and
+refused with one line (docs/security.md). Files are data: checkpoints, run directories, replayed settings,
+shards and input files never name code to run, exhaust the machine or delete what is not cxr's."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxr.checkpoints import CheckpointError, load_classifier
+from cxr.models import registry
+from cxr.replay import ReplayError, replayable
+from tests.test_entry_points import run
+
+THESIS_CNN = {"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 1, "image_size": 48}
+ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+
+
+def assert_one_error_line(result, *fragments: str, status: int = 1) -> str:
+    """One ``error:`` line (``predict.py: error:`` for predict.py), the last on stderr; exit ``status``; no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines and "error: " in lines[-1] and sum("error" in line.lower() for line in lines) == 1, \
+        result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+    return lines[-1]
+
+
+class _Touch:
+    """Unpickling this creates ``path``: what a hostile pickle would do instead."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def evil_pickle(folder: Path) -> tuple[Path, Path]:
+    """A file that runs code when unpickled (torch.load weights_only=False), and the file that code creates."""
+    victim = folder / "created_by_the_pickle"
+    evil = folder / "evil.pt"
+    evil.write_bytes(pickle.dumps(_Touch(victim)))
+    return evil, victim
+
+
+def trained_checkpoint(path: Path, **hparams) -> Path:
+    """A real cxr checkpoint of the thesis network (hyper-parameters as the classifier saves them), changed."""
+    from cxr.models.classifier import Classifier
+
+    model = Classifier(net=THESIS_CNN, optimizer=ADAM, preprocessing={"channels": 1, "image_size": 48})
+    torch.save({"hyper_parameters": {**dict(model.hparams), **hparams}, "state_dict": model.state_dict(),
+                "epoch": 0}, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- 1. checkpoints
+def test_a_checkpoint_describes_its_network_as_a_registry_name_with_typed_arguments(tmp_path):
+    ckpt = trained_checkpoint(tmp_path / "model.ckpt")
+    stored = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert stored["net"] == {"name": "thesis_cnn", "args": {"in_channels": 1, "image_size": 48}}
+    assert "optimizer" not in stored and "scheduler" not in stored
+    assert "_target_" not in repr(stored)
+    model, _ = load_classifier(ckpt)
+    assert type(model.net).__name__ == "ThesisCNN"
+    assert registry.signature_mismatches() == []
+
+
+def test_an_old_checkpoint_is_read_through_the_registry(tmp_path):
+    """Checkpoints written before the registry named cxr's own classes: those are mapped onto registry names."""
+    from cxr.models.classifier import Classifier
+
+    model = Classifier(net=THESIS_CNN, optimizer=ADAM)
+    old = {"net": {**THESIS_CNN, "weights": None}, "optimizer": ADAM, "scheduler": None, "program": "A",
+           "preprocessing": None, "task": "binary", "findings": ["finding"], "class_weight": None}
+    torch.save({"hyper_parameters": old, "state_dict": model.state_dict()}, tmp_path / "old.ckpt")
+    loaded, _ = load_classifier(tmp_path / "old.ckpt")
+    assert loaded.hparams.net["name"] == "thesis_cnn"
+    images = torch.rand(2, 1, 48, 48)
+    assert torch.equal(loaded.eval()(images), model.eval()(images))
+
+
+def test_route_1_a_private_helper_inside_an_allowed_module_is_refused(tmp_path):
+    """``torchvision.models._api.WeightsEnum.get_state_dict`` passed the module allowlist and unpickled a URL."""
+    evil, victim = evil_pickle(tmp_path)
+    weights = {"_target_": "torchvision.models._api.Weights", "url": f"file://{evil}", "transforms": None,
+               "meta": {}}
+    net = {"_target_": "torchvision.models._api.WeightsEnum.get_state_dict", "_args_": [weights]}
+    ckpt = trained_checkpoint(tmp_path / "crafted.ckpt", net=net)
+    with pytest.raises(CheckpointError, match=r"crafted\.ckpt: refused: hyper_parameters\.net\._target_="
+                                              r"'torchvision\.models\._api\.WeightsEnum\.get_state_dict' is not in "
+                                              r"cxr's model registry"):
+        load_classifier(ckpt)
+    nested = {"name": "thesis_cnn", "args": {"in_channels": weights}}
+    with pytest.raises(CheckpointError, match=r"hyper_parameters\.net\.args\.in_channels: a dict where int"):
+        load_classifier(trained_checkpoint(tmp_path / "nested.ckpt", net=nested))
+    assert not victim.exists()
+
+
+@pytest.mark.slow
+def test_route_1_predict_py_refuses_the_private_helper_checkpoint_in_one_line(tmp_path):
+    evil, victim = evil_pickle(tmp_path)
+    net = {"_target_": "torchvision.models._api.WeightsEnum.get_state_dict",
+           "_args_": [{"_target_": "torchvision.models._api.Weights", "url": f"file://{evil}", "transforms": None,
+                       "meta": {}}]}
+    ckpt = trained_checkpoint(tmp_path / "crafted.ckpt", net=net)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (48, 48)).save(image)
+    result = run(["predict.py", f"ckpt_path={ckpt}", f"inputs={image}", f"hydra.run.dir={tmp_path / 'p'}"], tmp_path)
+    assert_one_error_line(result, "crafted.ckpt: refused: hyper_parameters.net._target_=", status=2)
+    assert not victim.exists()
+
+
+OC_CREATE = "${oc.create:{_target_: torch.load, f: EVIL, weights_only: false}}"
+
+
+@pytest.mark.parametrize("hparams, key", [
+    ({"net": {"name": "thesis_cnn", "args": {"hidden": OC_CREATE}}}, "hyper_parameters.net.args.hidden"),
+    ({"net": {**THESIS_CNN, "filters": [32, OC_CREATE]}}, "hyper_parameters.net.args.filters"),
+    ({"preprocessing": {"channels": 1, "resample": OC_CREATE}}, "hyper_parameters.preprocessing.resample"),
+    ({"program": OC_CREATE}, "hyper_parameters.program"),
+])
+def test_route_2_an_interpolation_in_the_hyper_parameters_is_refused(tmp_path, hparams, key):
+    evil, victim = evil_pickle(tmp_path)
+    text = repr(hparams).replace("EVIL", str(evil))
+    ckpt = trained_checkpoint(tmp_path / "crafted.ckpt", **eval(text))
+    with pytest.raises(CheckpointError, match=rf"crafted\.ckpt: refused: {key.replace('.', '[.]')}.*interpolation"):
+        load_classifier(ckpt)
+    assert not victim.exists()
+
+
+# ------------------------------------------------------------------------------------- 2. replayed settings
+def test_replayed_settings_keep_the_experiment():
+    stored = ["program=C", "data=nih", "data.root=/data/nih", "split=official", "model=densenet121",
+              "model.net.grey_input=conv1", "task=multilabel", "task.findings=[Mass,Nodule]", "seed=3",
+              "trainer.max_epochs=3", "callbacks.early_stopping=null", "program.training.optimizer=torch.optim.SGD",
+              "program.preprocessing.image_size=64", "~callbacks.model_checkpoint"]
+    assert replayable(stored, "x.ckpt") == stored
+    assert replayable(stored, "x.ckpt", given=["seed=4"], dropped=("trainer", "seed")) == [
+        o for o in stored if not o.startswith(("seed", "trainer"))]
+
+
+@pytest.mark.parametrize("override, says", [
+    ("paths.output_dir=/elsewhere", "paths.output_dir: paths.* settings are never replayed"),
+    ("hydra.run.dir=/elsewhere", "hydra.run.dir: hydra.* settings are never replayed"),
+    ("+hydra.callbacks.x._target_=torch.load", "hydra.callbacks.x._target_: hydra.* settings"),
+    ("model.net._target_=os.system", "model.net._target_: a key that names code"),
+    ("+model.net.extra={_target_:posix.system,_args_:[touch]}", "model.net.extra: a dict where"),
+    ("data.root=${oc.create:{_target_:torch.load,f:evil.pt,weights_only:false}}", "data.root: an interpolation"),
+    ("data.root='${oc.create:{_target_: torch.load, f: evil.pt}}'", "data.root: an interpolation"),
+    ("data.root=${oc.create:{_target_: torch.load, f: evil.pt}}", "data.root: an interpolation"),
+    ("data.root=[", "data.root: 'data.root=[' is not a valid override"),
+    ("seed=${oc.env:HOME}", "seed: an interpolation"),
+    ("program=${oc.env:HOME}", "program: an interpolation is not an option name"),
+    ("program=../../../tmp/x", "program: '../../../tmp/x' is not an option name"),
+    ("resume_from=/x", "resume_from: not a setting that describes the experiment"),
+    ("program.training.optimizer=os.system", "program.training.optimizer='os.system' is not allowed"),
+    ("seed=1,2", "a sweep"),
+])
+def test_replayed_settings_outside_the_schema_are_refused_naming_the_key(override, says):
+    with pytest.raises(ReplayError, match="^x.ckpt: training override: " if "optimizer=" not in override else "^x"):
+        replayable(["program=C", override], "x.ckpt: training override")
+    with pytest.raises(ReplayError) as error:
+        replayable([override], "x.ckpt: training override")
+    assert says in str(error.value) and "\n" not in str(error.value)
+    assert replayable([override], "x.ckpt", given=[override.lstrip("+~")]) == []  # the command line's own wins
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, key", [
+    ("paths.output_dir={elsewhere}", "paths.output_dir"),
+    ("data.labels=${{oc.create:{{_target_: builtins.open, file: {elsewhere}, mode: w}}}}", "data.labels"),
+])
+def test_route_3_evaluate_py_refuses_a_replayed_override_in_one_line(tmp_path, override, key):
+    elsewhere = tmp_path / "elsewhere"
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    trained_checkpoint(ckpt)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["cxr"] = {"overrides": ["program=B", override.format(elsewhere=elsewhere)]}
+    torch.save(checkpoint, ckpt)
+    result = run(["evaluate.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
+    assert_one_error_line(result, f"last.ckpt: training override: {key}")
+    assert not elsewhere.exists()
+
+
+@pytest.mark.slow
+def test_route_3_resume_refuses_a_hydra_callback_in_the_run_s_overrides(tmp_path):
+    victim = tmp_path / "created_by_the_callback"
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        f"- program=B\n- +hydra.callbacks.x._target_=builtins.open\n- +hydra.callbacks.x.file={victim}\n"
+        "- +hydra.callbacks.x.mode=w\n")
+    result = run(["train.py", f"resume={run_dir}"], tmp_path)
+    assert_one_error_line(result, f"resume={run_dir}: overrides.yaml: hydra.callbacks.x._target_: hydra.*")
+    assert not victim.exists()
