@@ -173,6 +173,10 @@ def train(cfg: DictConfig) -> dict:
     else:
         output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg, output_dir)
+    if ckpt_path is not None:
+        from cxr.checkpoints import read_checkpoint
+
+        read_checkpoint(ckpt_path)  # local and weights-only, refused in one line before Lightning reads it
     datamodule = instantiate(cfg.data)  # its labelled tables are read once, for the data check and for training
     if rank_zero and (cfg.get("data_check", True) or cfg.get("check_only")):
         datamodule.prepare_data()
@@ -191,7 +195,7 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
     if not trainer.is_global_zero:

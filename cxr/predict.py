@@ -118,6 +118,8 @@ def _preprocessing(settings: dict | None, source: str) -> Preprocessing:
 
 def load_predictor(path: str | Path, backend: str = "auto", threshold=None, device: str = "auto") -> Predictor:
     """A checkpoint (weights-only, via cxr.checkpoints) or an exported ``.onnx`` file with cxr metadata."""
+    if "://" in str(path):
+        raise PredictError(f"ckpt_path={path}: only local model files are loaded (download it and give its path)")
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"ckpt_path: file not found: {path}")

@@ -71,6 +71,9 @@ def _record_resume(cfg: DictConfig, output_dir: Path) -> None:
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
     ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and "://" in str(ckpt_path):
+        raise ConfigError(f"ckpt_path={ckpt_path}: only local checkpoint files are loaded (download it and give "
+                          "its path)")
     if ckpt_path != "last":
         return ckpt_path
     last = output_dir / "checkpoints" / "last.ckpt"

@@ -201,3 +201,88 @@ def test_route_3_resume_refuses_a_hydra_callback_in_the_run_s_overrides(tmp_path
     result = run(["train.py", f"resume={run_dir}"], tmp_path)
     assert_one_error_line(result, f"resume={run_dir}: overrides.yaml: hydra.callbacks.x._target_: hydra.*")
     assert not victim.exists()
+
+
+# ------------------------------------------------------------------------------------------------- 3. loading
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "predict.py"])
+def test_route_4_a_checkpoint_url_is_refused_in_one_line(tmp_path, script):
+    url = "http://127.0.0.1:9/x.ckpt"  # nothing listens: a fetch would fail with a traceback, not this line
+    extra = ["inputs=x.png"] if script == "predict.py" else []
+    result = run([script, f"ckpt_path={url}", *extra, f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert_one_error_line(result, f"ckpt_path={url}: only local", status=2 if script == "predict.py" else 1)
+
+
+def test_route_4_train_reads_a_resumed_checkpoint_weights_only_and_lightning_too(tmp_path, monkeypatch, make_cfg):
+    """A pickled last.ckpt is refused before Lightning sees it; Lightning is asked for weights-only loading."""
+    import lightning as L
+
+    from cxr.pipeline import train
+
+    cfg = make_cfg(["debug=fdr", "data_check=false"])
+    evil, victim = evil_pickle(tmp_path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: cannot be loaded weights-only"):
+        cfg.ckpt_path = str(evil)
+        train(cfg)
+    assert not victim.exists()
+    calls = []
+    monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: calls.append(k) or (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    good = trained_checkpoint(tmp_path / "good.ckpt")
+    cfg = make_cfg(["debug=fdr", "data_check=false", f"ckpt_path={good}"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert calls[0]["weights_only"] is True and calls[0]["ckpt_path"] == str(good)
+
+
+@pytest.mark.slow
+def test_route_4_resume_with_a_pickled_last_ckpt_is_one_line(tmp_path, demo_root):
+    from tests.conftest import DEMO_OVERRIDES
+
+    evil, victim = evil_pickle(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in DEMO_OVERRIDES(demo_root)))
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(evil.read_bytes())
+    result = run(["train.py", f"resume={run_dir}", "data_check=false"], tmp_path)
+    assert_one_error_line(result, "last.ckpt: cannot be loaded weights-only")
+    assert not victim.exists()
+
+
+def test_route_5_shards_written_with_pickle_are_refused(tmp_path):
+    from litdata import optimize
+
+    from cxr.data.dataset import Preprocessing
+    from cxr.data.shards import MARKER, ChestXrayShards, IndexedShards, ShardFormatError
+
+    victim = tmp_path / "created_by_the_shard"
+    folder = tmp_path / "shards" / "train-48px-nearest-2-0123456789abcdef"
+    optimize(fn=_hostile_sample, inputs=[str(victim), str(victim)], output_dir=str(folder), chunk_bytes="1MB",
+             num_workers=1, verbose=False, start_method="fork")
+    (folder / MARKER).write_text('{"format": 2, "n_images": 2}')
+    assert not victim.exists()
+    preprocessing = Preprocessing(channels=1, image_size=48)
+    with pytest.raises(ShardFormatError, match=r"index\.json: serializer\(s\) pickle are not cxr's own"):
+        IndexedShards(folder, preprocessing)[0]
+    with pytest.raises(ShardFormatError, match="pickle"):
+        ChestXrayShards(folder, preprocessing)
+    assert not victim.exists()
+
+
+def _hostile_sample(path: str) -> dict:
+    return {"index": 0, "image": "x.png", "target": 0, "pixels": _Touch(Path(path))}
+
+
+def test_route_5_a_cached_imagenet_file_is_read_weights_only(tmp_path, monkeypatch):
+    """torchvision unpickles its weights cache with weights_only=False; cxr reads it weights-only."""
+    from cxr.models.backbones import WeightsError, build_torchvision_model, imagenet_cache_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = imagenet_cache_file("resnet18")
+    cached.parent.mkdir(parents=True)
+    evil, victim = evil_pickle(tmp_path)
+    cached.write_bytes(evil.read_bytes())
+    with pytest.raises(WeightsError, match="cannot be loaded weights-only"):
+        build_torchvision_model("resnet18", "imagenet")
+    assert not victim.exists()
