@@ -286,3 +286,183 @@ def test_route_5_a_cached_imagenet_file_is_read_weights_only(tmp_path, monkeypat
     with pytest.raises(WeightsError, match="cannot be loaded weights-only"):
         build_torchvision_model("resnet18", "imagenet")
     assert not victim.exists()
+
+
+# ------------------------------------------------------------------------------------------- 4. hostile inputs
+def huge_png(path: Path, size: int = 13000) -> Path:
+    """A 16-bit grey PNG of size x size zeros: about 330 KB on disk, 338 MB of pixels once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + size * 2)  # filter byte + the row's 16-bit samples
+    body = b"".join(compressor.compress(row) for _ in range(size)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 16, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def claiming_dicom(path: Path, size: int, transfer_syntax: str, bits: int = 16) -> Path:
+    """A small DICOM file whose header claims ``size x size`` pixels (RLE: one tiny encapsulated frame)."""
+    import struct
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, RLELossless, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.Rows, dataset.Columns = "DX", size, size
+    dataset.BitsAllocated = dataset.BitsStored = bits
+    dataset.HighBit, dataset.SamplesPerPixel, dataset.PixelRepresentation = bits - 1, 1, 0
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    if transfer_syntax == RLELossless:
+        dataset.PixelData = encapsulate([struct.pack("<16I", 1, 64, *[0] * 14) + b"\x81\x00" * 8])
+    else:
+        dataset.PixelData = bytes(size * 2 * 64)  # the first 64 rows; deflated, a few hundred bytes
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+PEAK = """
+import sys
+from cxr.data.{module} import {function}
+try:
+    {function}(sys.argv[1]{arguments})
+    print("decoded")
+except Exception as error:
+    print("refused:", error)
+# VmHWM: this process's peak resident memory (ru_maxrss would count the forked parent's before exec)
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print("peak_mib", int(peak.split()[1]) // 1024)
+"""
+
+
+def decode_in_a_subprocess(path: Path, module: str, function: str, arguments: str = "") -> tuple[str, int]:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run([sys.executable, "-c", PEAK.format(module=module, function=function,
+                                                                arguments=arguments), str(path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and len(lines) == 2, result.stderr[-2000:]
+    return lines[0], int(lines[1].split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory read from /proc (Linux)")
+@pytest.mark.parametrize("kind", ["png_13000_16bit", "dicom_16000_deflated", "dicom_40000_rle"])
+def test_memory_an_image_claiming_gigabytes_is_refused_before_decoding(tmp_path, kind):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+
+    if kind.startswith("png"):
+        path = huge_png(tmp_path / "huge.png")
+        message, peak = decode_in_a_subprocess(path, "images", "load_image", ", channels=1, size=32")
+    else:
+        size, syntax = (16000, DeflatedExplicitVRLittleEndian) if "deflated" in kind else (40000, RLELossless)
+        path = claiming_dicom(tmp_path / "huge.dcm", size, syntax, bits=16 if size == 16000 else 8)
+        message, peak = decode_in_a_subprocess(path, "dicom", "read_dicom")
+    assert path.stat().st_size < 400_000
+    assert message.startswith("refused:") and "above the limit of 128 MiB (CXR_MAX_PIXEL_BYTES)" in message, message
+    assert peak < 200, f"{peak} MiB at the peak"  # numpy, Pillow and pydicom themselves take about 60 MiB
+
+
+def test_the_pixel_limit_is_settable(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from cxr.data.images import ImageReadError, load_image
+
+    Image.new("L", (64, 64)).save(tmp_path / "x.png")
+    assert load_image(tmp_path / "x.png", channels=1, size=16).shape == (16, 16, 1)
+    monkeypatch.setenv("CXR_MAX_PIXEL_BYTES", "4000")
+    with pytest.raises(ImageReadError, match=r"64 x 64 pixels x 1 bytes = 0 MiB decoded, above the limit"):
+        load_image(tmp_path / "x.png", channels=1, size=16)
+
+
+@pytest.mark.slow
+def test_predict_py_survives_link_loops_a_non_utf8_name_and_a_huge_png(tmp_path):
+    """The link loop used to walk for ever, the file name crashed the CSV writer (no predictions.csv), the PNG took
+    5 GB: now one row each, the others predicted."""
+    import os
+
+    import pandas as pd
+    from PIL import Image
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    Image.new("L", (64, 64), 128).save(folder / "good.png")
+    (folder / "a").symlink_to(".")
+    (folder / "b").symlink_to(".")
+    with open(os.path.join(os.fsencode(folder), b"\xff\xfe.png"), "wb") as handle:
+        handle.write((folder / "good.png").read_bytes())
+    huge_png(folder / "huge.png")
+    ckpt = trained_checkpoint(tmp_path / "model.ckpt")
+    result = run(["predict.py", f"ckpt_path={ckpt}", f"inputs={folder}", f"hydra.run.dir={tmp_path / 'p'}",
+                  "progress=false"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "p" / "predictions.csv", keep_default_na=False).set_index("path")
+    assert sorted(rows.index) == sorted([str(folder / "good.png"), str(folder / "huge.png"),
+                                         str(folder) + "/\\xff\\xfe.png"])
+    assert "above the limit" in rows.loc[str(folder / "huge.png"), "error"]
+    assert rows.loc[str(folder) + "/\\xff\\xfe.png", "warning"] == "file name is not UTF-8 (shown with \\x escapes)"
+    assert rows.loc[str(folder) + "/\\xff\\xfe.png", "error"] == "" and rows.loc[str(folder / "good.png"), "error"] == ""
+
+
+@pytest.mark.slow
+def test_onnx_external_data_outside_its_folder_is_one_line(tmp_path):
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1,), np.float32), "scale")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    weight.external_data.add(key="location", value="../secret.bin")
+    (tmp_path / "secret.bin").write_bytes(np.ones((1,), np.float32).tobytes())
+    graph = helper.make_graph([helper.make_node("Mul", ["images", "scale"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 1, 48, 48])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph)
+    for key, value in {"preprocessing": {"channels": 1, "image_size": 48}, "output_names": ["finding"]}.items():
+        model.metadata_props.add(key=f"cxr.{key}", value=json.dumps(value))
+    (tmp_path / "model").mkdir()
+    onnx.save(model, tmp_path / "model" / "model.onnx")
+    from PIL import Image
+
+    Image.new("L", (48, 48)).save(tmp_path / "x.png")
+    result = run(["predict.py", f"ckpt_path={tmp_path / 'model' / 'model.onnx'}", f"inputs={tmp_path / 'x.png'}",
+                  f"hydra.run.dir={tmp_path / 'p'}"], tmp_path)
+    assert_one_error_line(result, "model.onnx: tensor 'scale' keeps its data in '../secret.bin', outside", status=2)
+
+
+def test_dicom_free_text_is_echoed_only_as_known_codes(tmp_path):
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from cxr.data.dicom import read_dicom
+
+    path = claiming_dicom(tmp_path / "x.dcm", 16, "1.2.840.10008.1.2.1.99", bits=8)  # any syntax: rewritten below
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.PixelData = bytes(16 * 16)
+    dataset.Modality = "\x1b[2J rm -rf / PATIENT NAME"
+    dataset.ViewPosition = "Dr. Who's lateral"
+    dataset.save_as(path, enforce_file_format=True)
+    warnings = read_dicom(path).warnings
+    assert warnings == ["modality unrecognised: the model was trained on chest radiographs (CR/DX)"]
+    dataset.Modality, dataset.ViewPosition = "CT", "LL"
+    dataset.save_as(path, enforce_file_format=True)
+    assert [w.split(":")[0] for w in read_dicom(path).warnings] == ["modality CT", "view position LL"]

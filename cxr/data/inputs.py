@@ -14,6 +14,7 @@ from PIL import Image
 from cxr.data.dataset import Preprocessing
 from cxr.data.dicom import DicomReadError, has_dicom_preamble, is_dicom_name, looks_like_dicom, read_dicom
 from cxr.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, prepare_image
+from cxr.data.input_limits import check_image_header, walk_once
 from cxr.errors import PredictError
 
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
@@ -47,7 +48,7 @@ def sniff_format(path: str | Path) -> str | None:
 
 def _walk(folder: Path) -> tuple[list[Path], int]:
     found, skipped = [], 0
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in walk_once(folder):  # a link loop (a -> .) is entered once
         dirs.sort()
         for name in sorted(files):
             path = Path(root) / name
@@ -127,6 +128,7 @@ def read_grey(path: str | Path) -> tuple[Image.Image, str, list[str]]:
         raise ImageReadError(f"{path}: not a PNG, JPEG or DICOM file")
     try:
         with Image.open(path) as image:
+            check_image_header(image)
             image.load()
             return image.copy(), kind, []
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
