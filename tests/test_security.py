@@ -466,3 +466,88 @@ def test_dicom_free_text_is_echoed_only_as_known_codes(tmp_path):
     dataset.Modality, dataset.ViewPosition = "CT", "LL"
     dataset.save_as(path, enforce_file_format=True)
     assert [w.split(":")[0] for w in read_dicom(path).warnings] == ["modality CT", "view position LL"]
+
+
+class _Malformed416:
+    """An HTTP server answering every Range request with 416 and a malformed Content-Range."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(416)
+                self.send_header("Content-Range", "bytes */12abc")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+
+
+def test_a_mirror_answering_416_with_a_malformed_content_range_is_one_line(tmp_path):
+    from cxr.data.download import fetch
+    from cxr.errors import DownloadError
+
+    target = tmp_path / "images_01.tar.gz"
+    target.with_name(target.name + ".part").write_bytes(b"partial")
+    with _Malformed416() as server, pytest.raises(DownloadError) as error:
+        fetch(server.url + target.name, target)
+    assert str(error.value) == (f"{server.url}images_01.tar.gz: HTTP 416 with a malformed Content-Range "
+                                f"'bytes */12abc'; {target}.part kept")
+
+
+def test_a_tampered_split_list_from_the_mirror_is_refused(tmp_path):
+    from cxr.bench.range_server import RangeServer
+    from cxr.data.download import METADATA_FILES, download_release, shipped
+    from cxr.errors import DownloadError
+    import gzip
+
+    files = {name: gzip.decompress(shipped(name + ".gz").read_bytes()) for name in METADATA_FILES}
+    files["test_list.txt"] = files["test_list.txt"].replace(b"00000003_000.png\n", b"")  # one image moved
+    with RangeServer(files) as server, pytest.raises(DownloadError, match=r"^test_list\.txt: SHA-256 [0-9a-f]{64} "
+                                                                           r"is not the release's 3d0c44b6"):
+        download_release(tmp_path, mirror=server.url, progress=False, echo=lambda _: None)
+    assert not (tmp_path / "test_list.txt").exists()
+    assert (tmp_path / "train_val_list.txt").is_file()  # verified, kept
+
+
+# ----------------------------------------------------------------------------------------------- 5. data loss
+@pytest.mark.slow
+def test_prune_deletes_only_folders_cxr_made_and_lists_them_first(tmp_path, demo_root):
+    import subprocess
+    import sys
+
+    from cxr.data.shards import MARKER
+    from tests.conftest import DEMO_OVERRIDES, REPO
+
+    shards = tmp_path / "nih"  # data.shards_dir pointed at a dataset
+    (shards / "images_001" / "images").mkdir(parents=True)
+    (shards / "images_001" / "images" / "00000001_000.png").write_bytes(b"an X-ray")
+    look_alike = shards / "train-48px-nearest-10-0123456789abcdef"  # cxr's naming, no marker: not ours
+    look_alike.mkdir()
+    (look_alike / "notes.txt").write_text("mine")
+    ours = shards / "val-48px-bilinear-12-fedcba9876543210"
+    ours.mkdir()
+    (ours / MARKER).write_text('{"format": 2, "n_images": 12}')
+    (ours / "chunk-0-0.bin").write_bytes(bytes(100))
+    result = subprocess.run([sys.executable, "-m", "cxr.prepare", *DEMO_OVERRIDES(demo_root),
+                             f"data.shards_dir={shards}", f"data.cache_dir={tmp_path / 'cache'}",
+                             f"paths.log_dir={tmp_path}/outputs", "--prune"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (shards / "images_001" / "images" / "00000001_000.png").read_bytes() == b"an X-ray"
+    assert (look_alike / "notes.txt").exists() and not ours.exists()
+    lines = result.stdout.splitlines()
+    first = lines.index("deleting 0 cache(s) and 1 shard folder(s):")
+    assert lines[first + 1] == f"  {ours}"
+    assert "images_001: " in result.stdout and "[not cxr's, never pruned]" in result.stdout

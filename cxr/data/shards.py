@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -217,8 +218,18 @@ def shard_loader(dataset, batch_size: int, num_workers: int = 0, collate_fn=None
                                pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
 
+SHARD_NAME = re.compile(r"^(train|val|test|external)-\d+px-[a-z]+-\d+-[0-9a-f]{16}$")  # as shard_name makes them
+
+
+def is_cxr_shard_folder(folder: Path) -> bool:
+    """A folder cxr made: named as :func:`shard_name` names them and holding cxr's marker file (never a link)."""
+    return (SHARD_NAME.match(folder.name) is not None and not folder.is_symlink()
+            and (folder / MARKER).is_file())
+
+
 def list_shards(shards_dir: str | Path) -> list[dict]:
-    """Every shard folder under ``shards_dir``: name, images (None when incomplete), size on disk."""
+    """Every folder under ``shards_dir``: name, images (None when incomplete), size on disk, and whether cxr made
+    it (``ours``: only those are ever pruned)."""
     shards_dir = Path(shards_dir)
     found = []
     for folder in sorted(p for p in shards_dir.iterdir() if p.is_dir()) if shards_dir.is_dir() else []:
@@ -226,6 +237,6 @@ def list_shards(shards_dir: str | Path) -> list[dict]:
             images = json.loads((folder / MARKER).read_text()).get("n_images")
         except (OSError, ValueError):
             images = None
-        found.append({"name": folder.name, "images": images, "folder": folder,
+        found.append({"name": folder.name, "images": images, "folder": folder, "ours": is_cxr_shard_folder(folder),
                       "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())})
     return found
