@@ -130,8 +130,9 @@ def _train_app(cfg: DictConfig) -> float:
 def train_main() -> None:
     """``cxr-train`` / ``python train.py [overrides]``; ``resume=<run dir>`` resumes a killed run."""
     from cxr.run_dir import resume_arguments
+    from cxr.run_lock import lock_from_arguments
 
-    run_app(_train_app, resume_arguments)
+    run_app(_train_app, lambda argv: lock_from_arguments(resume_arguments(argv)))
 
 
 # --------------------------------------------------------------------------------------------- evaluate

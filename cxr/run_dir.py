@@ -39,6 +39,9 @@ def prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
     """Create ``paths.output_dir`` (never over a finished run, nor over an unfinished one unless resuming) and write
     its configs and run.json; returns it."""
     output_dir = Path(cfg.paths.output_dir)
+    from cxr.run_lock import lock_run_directory
+
+    lock_run_directory(output_dir)  # a second run in this directory is refused (cxr.run_lock)
     if (output_dir / "metrics.json").exists():
         raise RunDirectoryError(f"{output_dir} already holds a finished run (metrics.json); a new run never "
                                 "overwrites one: choose another hydra.run.dir")

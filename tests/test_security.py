@@ -551,3 +551,23 @@ def test_prune_deletes_only_folders_cxr_made_and_lists_them_first(tmp_path, demo
     first = lines.index("deleting 0 cache(s) and 1 shard folder(s):")
     assert lines[first + 1] == f"  {ours}"
     assert "images_001: " in result.stdout and "[not cxr's, never pruned]" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_second_run_in_the_same_run_directory_is_refused_in_one_line(tmp_path, demo_root):
+    """The lock is taken before Hydra writes .hydra/ (the first run's overrides stay), and released at exit."""
+    from cxr.run_lock import lock_run_directory, release_run_directory
+    from tests.conftest import DEMO_OVERRIDES
+
+    run_dir = tmp_path / "run"
+    lock_run_directory(run_dir)  # the first run, still running
+    command = ["train.py", *DEMO_OVERRIDES(demo_root), "check_only=true", f"hydra.run.dir={run_dir}"]
+    try:
+        result = run(command, tmp_path)
+    finally:
+        release_run_directory(run_dir)
+    assert_one_error_line(result, f"{run_dir} is in use by another run (process ")
+    assert not (run_dir / ".hydra").exists() and not (run_dir / "run.json").exists()
+    result = run(command, tmp_path)  # the first run has ended
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "run.json").exists()
