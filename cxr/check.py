@@ -14,6 +14,7 @@ from cxr.cli import catch_user_errors
 from cxr.data.images import ImageIndexError
 from cxr.data.labels import LabelFileError
 from cxr.data.leakage import find_overlaps, judge
+from cxr.data.patient_ids import MissingPatientIdError
 from cxr.data.table import build_sets
 from cxr.data.validation import ValidationReport, validate
 
@@ -39,7 +40,10 @@ def run_check(cfg: DictConfig, workers: int | None = None, sets: dict | None = N
     settings_error = None
     if sets is None and data.get("labels") and data.get("root"):
         try:
-            sets = build_sets(data.labels, data.root, external, data.get("exclude"))
+            sets = build_sets(data.labels, data.root, external, data.get("exclude"),
+                              data.get("missing_patient_id", "refuse"))
+        except MissingPatientIdError as error:  # validate() below reads the labels without the policy
+            settings_error = str(error)
         except (LabelFileError, ImageIndexError):
             sets = None  # validate() below reads each set on its own and names the problem
         except ValueError as error:  # data.exclude that cannot be applied

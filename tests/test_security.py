@@ -19,7 +19,7 @@ ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 
 
 def assert_one_error_line(result, *fragments: str, status: int = 1) -> str:
-    """One ``error:`` line (``predict.py: error:`` for predict.py), the last on stderr; exit ``status``; no traceback."""
+    """One ``error:`` line (``predict.py: error:`` for predict.py), the last on stderr; exit ``status``."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == status, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -415,7 +415,8 @@ def test_predict_py_survives_link_loops_a_non_utf8_name_and_a_huge_png(tmp_path)
                                          str(folder) + "/\\xff\\xfe.png"])
     assert "above the limit" in rows.loc[str(folder / "huge.png"), "error"]
     assert rows.loc[str(folder) + "/\\xff\\xfe.png", "warning"] == "file name is not UTF-8 (shown with \\x escapes)"
-    assert rows.loc[str(folder) + "/\\xff\\xfe.png", "error"] == "" and rows.loc[str(folder / "good.png"), "error"] == ""
+    assert rows.loc[str(folder) + "/\\xff\\xfe.png", "error"] == ""
+    assert rows.loc[str(folder / "good.png"), "error"] == ""
 
 
 @pytest.mark.slow
@@ -571,3 +572,44 @@ def test_a_second_run_in_the_same_run_directory_is_refused_in_one_line(tmp_path,
     result = run(command, tmp_path)  # the first run has ended
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "run.json").exists()
+
+
+def _labels_with_a_blank_patient_id(demo_root: Path, folder: Path) -> tuple[Path, Path]:
+    """The demo labels as a main set with one blank Patient ID cell, and an external set of other images of
+    patients who are in it."""
+    import pandas as pd
+
+    table = pd.read_csv(demo_root / "Data_Entry_demo.csv", dtype=str, keep_default_na=False)
+    repeated = table[table.duplicated("Patient ID", keep=False)].groupby("Patient ID").head(1).head(3)
+    main = table.drop(repeated.index).reset_index(drop=True)
+    main.loc[2, "Patient ID"] = ""
+    folder.mkdir(exist_ok=True)
+    main.to_csv(folder / "main.csv", index=False)
+    repeated.to_csv(folder / "external.csv", index=False)
+    return folder / "main.csv", folder / "external.csv"
+
+
+def test_a_blank_patient_id_is_refused_by_default_and_the_check_fails_closed(make_cfg, demo_root, tmp_path):
+    from hydra.utils import instantiate
+
+    from cxr.check import run_check
+    from cxr.data.patient_ids import MissingPatientIdError
+
+    main, external = _labels_with_a_blank_patient_id(demo_root, tmp_path / "labels")
+    sets = [f"data.labels={main}", f"+data.external.labels={external}", f"data.external.root={demo_root}"]
+    cfg = make_cfg([*sets, "split=patient"])
+    datamodule = instantiate(cfg.data)
+    with pytest.raises(MissingPatientIdError, match=r"main\.csv: 1 of \d+ images have no patient id \(first: line 4 "
+                                                    r"\(\d{8}_\d{3}\.png\)\).*data\.missing_patient_id=image"):
+        datamodule.setup("fit")
+    report = run_check(cfg)
+    assert not report.ok and any("have no patient id" in line for line in report.lines())
+    # the explicit alternative: each such image is its own patient, recorded; the external patients are then seen
+    cfg = make_cfg([*sets, "split=patient", "data.missing_patient_id=image"])
+    assert not run_check(cfg).ok  # external patients with images in train/val: refused as leakage
+    cfg = make_cfg([*sets, "split=patient", "data.missing_patient_id=image",
+                    "data.allow_overlap.external_patients=true"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    assert datamodule.leakage["missing_patient_id"] == {"policy": "image", "images": 1}
+    assert datamodule.leakage["external_patients"]["count"] >= 1  # those of the 3 whose images are in train/val

@@ -72,9 +72,12 @@ class LabelledSet:
 EXCLUDE = ("external_images", "external_patients")
 
 
-def labelled_set(labels: str | Path, root: str | Path) -> LabelledSet:
-    """Read ``labels`` and look up each image under ``root`` (raises LabelFileError / ImageIndexError)."""
-    return with_image_paths(read_labels(labels), labels, root)
+def labelled_set(labels: str | Path, root: str | Path, missing_patient_id: str = "refuse") -> LabelledSet:
+    """Read ``labels`` and look up each image under ``root`` (raises LabelFileError / ImageIndexError); missing
+    patient ids refused or made per image (cxr.data.patient_ids)."""
+    from cxr.data.patient_ids import apply_policy
+
+    return with_image_paths(apply_policy(read_labels(labels), labels, missing_patient_id), labels, root)
 
 
 def with_image_paths(table: pd.DataFrame, labels: str | Path, root: str | Path) -> LabelledSet:
@@ -113,16 +116,17 @@ def exclude_external(main: LabelledSet, external: LabelledSet, how: str) -> Labe
     return LabelledSet(main.labels, main.root, table.loc[~hit].reset_index(drop=True), main.n_files, excluded)
 
 
-def build_sets(labels, root, external: dict | None = None, exclude: str | None = None) -> dict[str, LabelledSet]:
+def build_sets(labels, root, external: dict | None = None, exclude: str | None = None,
+               missing_patient_id: str = "refuse") -> dict[str, LabelledSet]:
     """The labelled sets of a run: ``main`` and, when ``external.labels`` and ``external.root`` are set,
     ``external``; ``exclude`` (data.exclude) holds the external set out of the main table."""
     if not labels or not root:
         raise ConfigError("data.labels and data.root must be set (e.g. data.root=/data/nih "
                          "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
-    sets = {"main": labelled_set(labels, root)}
+    sets = {"main": labelled_set(labels, root, missing_patient_id)}
     external = external or {}
     if external.get("labels") and external.get("root"):
-        sets["external"] = labelled_set(external["labels"], external["root"])
+        sets["external"] = labelled_set(external["labels"], external["root"], missing_patient_id)
     if exclude:
         if "external" not in sets:
             raise ConfigError(f"data.exclude={exclude} needs an external set (data.external.labels, "
