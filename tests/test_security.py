@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from cxr.checkpoints import CheckpointError, load_classifier
-from cxr.models import registry
-from cxr.replay import ReplayError, replayable
 from tests.test_entry_points import run
 
 THESIS_CNN = {"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 1, "image_size": 48}
@@ -67,6 +65,8 @@ def test_a_checkpoint_describes_its_network_as_a_registry_name_with_typed_argume
     assert "_target_" not in repr(stored)
     model, _ = load_classifier(ckpt)
     assert type(model.net).__name__ == "ThesisCNN"
+    from cxr.models import registry
+
     assert registry.signature_mismatches() == []
 
 
@@ -137,6 +137,8 @@ def test_route_2_an_interpolation_in_the_hyper_parameters_is_refused(tmp_path, h
 
 # ------------------------------------------------------------------------------------- 2. replayed settings
 def test_replayed_settings_keep_the_experiment():
+    from cxr.replay import replayable
+
     stored = ["program=C", "data=nih", "data.root=/data/nih", "split=official", "model=densenet121",
               "model.net.grey_input=conv1", "task=multilabel", "task.findings=[Mass,Nodule]", "seed=3",
               "trainer.max_epochs=3", "callbacks.early_stopping=null", "program.training.optimizer=torch.optim.SGD",
@@ -164,6 +166,8 @@ def test_replayed_settings_keep_the_experiment():
     ("seed=1,2", "a sweep"),
 ])
 def test_replayed_settings_outside_the_schema_are_refused_naming_the_key(override, says):
+    from cxr.replay import ReplayError, replayable
+
     with pytest.raises(ReplayError, match="^x.ckpt: training override: " if "optimizer=" not in override else "^x"):
         replayable(["program=C", override], "x.ckpt: training override")
     with pytest.raises(ReplayError) as error:
