@@ -1,9 +1,11 @@
-"""Lightning callbacks: per-epoch history (training curves), input-image grids, resumable random state,
-checkpoint on interrupt."""
+"""Lightning callbacks: per-epoch history (training curves), plain progress lines, input-image grids, resumable
+random state, checkpoint on interrupt."""
 from __future__ import annotations
 
 import logging
 import random
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -50,6 +52,81 @@ class EpochHistory(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict.get("rows", []))
+
+
+def progress_bar_enabled(setting: bool | None, stream=None) -> bool:
+    """``trainer.enable_progress_bar``: as set, or when null a bar only where ``stream`` (stdout, where Lightning's
+    bars draw) is a terminal; elsewhere its redraws would fill the log, and ProgressLog writes lines instead."""
+    if setting is not None:
+        return bool(setting)
+    isatty = getattr(sys.stdout if stream is None else stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class ProgressLog(L.Callback):
+    """Progress as plain log lines: one per epoch (steps, train loss, val loss and AUROC, time elapsed) and, when no
+    progress bar is drawn (no terminal), one every ``every_n_steps`` optimizer steps (0: none), so a batch job's log
+    shows the run moving. Lightning's bars (TQDM, Rich) only redraw one line; it has no plain-line progress."""
+
+    def __init__(self, every_n_steps: int = 50):
+        if every_n_steps < 0:
+            raise ValueError(f"callbacks.progress_log.every_n_steps={every_n_steps}: give 0 (epoch lines only) or more")
+        self.every_n_steps = every_n_steps
+        self._started = time.monotonic()
+        self._losses: list[torch.Tensor] = []
+        self._last_step = -1
+        self._epoch_first_step = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._losses = []
+        self._epoch_first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if not self.every_n_steps or trainer.progress_bar_callback is not None or not trainer.is_global_zero:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._losses.append(loss.detach())  # read once per line: no device-to-host sync per step
+        step = trainer.global_step
+        if step % self.every_n_steps or step == self._last_step:  # several batches per step (accumulation)
+            return
+        self._last_step = step
+        total = trainer.estimated_stepping_batches
+        loss_text = ""
+        if self._losses:  # the mean since the previous line
+            loss_text = f"loss {torch.stack(self._losses).float().mean():.4f} (mean of {len(self._losses)} batches), "
+        log.info("%s step %d%s (batch %d/%s): %s%s elapsed", self._epoch(trainer), step,
+                 f"/{total}" if total not in (None, float("inf")) else "", batch_idx + 1,
+                 trainer.num_training_batches, loss_text, _duration(time.monotonic() - self._started))
+        self._losses = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"{trainer.global_step - self._epoch_first_step} steps ({trainer.global_step} in all)"]
+        for key, name in (("train/loss_epoch", "train loss"), ("val/loss", "val loss"), ("val/auroc", "val AUROC")):
+            if key in metrics:
+                parts.append(f"{name} {float(metrics[key]):.4f}")
+        log.info("%s done: %s; %s elapsed", self._epoch(trainer), ", ".join(parts),
+                 _duration(time.monotonic() - self._started))
+
+    @staticmethod
+    def _epoch(trainer: L.Trainer) -> str:
+        epochs = trainer.max_epochs
+        return f"epoch {trainer.current_epoch + 1}" + (f"/{epochs}" if epochs and epochs > 0 else "")
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{seconds:02d}"
+    return f"{minutes}:{seconds:02d}" if minutes else f"{seconds} s"
 
 
 class InputImageGrid(L.Callback):

@@ -8,8 +8,10 @@ A user error (label file, image, split, config, checkpoint, data check, unknown 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
+import warnings
 from typing import Callable
 
 import hydra
@@ -24,6 +26,33 @@ class _UserExit(SystemExit):
     def __init__(self, message: str, status: int = 1):
         super().__init__(status)
         self.message = message
+
+
+def quiet_library_noise() -> None:
+    """The one place where known library messages that tell a user nothing are filtered, each with the reason; every
+    other Python warning goes to the logging system (the console and the run's log file), not to stderr alone."""
+    # torch 2.10+ deprecates LeafSpec, which Lightning's own _pytree helper still uses on every fit: nothing a user
+    # can change; it goes when Lightning uses TreeSpec.is_leaf()
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    # Lightning's advice to lower log_every_n_steps when an epoch has fewer batches: it concerns step-level curves
+    # only; the epoch metrics (history.csv, TensorBoard, the progress lines) are complete whatever it is
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
+                            "interval")
+    # Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines advertise its cloud service on every run
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advertisement)
+    logging.captureWarnings(True)
+    # lightning/__init__ gives the "lightning" logger its own stderr handler; under Hydra, whose handlers (console
+    # and log file) receive Lightning's records too, each line would show twice. Present once Lightning is imported.
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers and lightning_logger.propagate:
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
+
+
+def _no_advertisement(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
 
 
 def one_line(error: BaseException) -> str:
@@ -93,6 +122,7 @@ def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], lis
     Hydra's own config errors as one line on stderr."""
     global show_tracebacks
     show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    quiet_library_noise()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a trimmed stack: we print one line
     try:
         if argv_transform is not None:
@@ -123,6 +153,7 @@ def _fail(message: str, status: int) -> None:
 def _train_app(cfg: DictConfig) -> float:
     from cxr.pipeline import objective, train
 
+    quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
     metrics = train(cfg)
     return objective(metrics)  # what an Optuna sweeper (hparams_search=...) maximises: validation AUROC, never test
 
@@ -141,6 +172,7 @@ def train_main() -> None:
 def _evaluate_app(cfg: DictConfig) -> float | None:
     from cxr.pipeline import evaluate, evaluation_config
 
+    quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
     metrics = evaluate(evaluation_config(cfg))
     return (metrics.get("test") or {}).get("auroc")
 

@@ -78,10 +78,10 @@ def write_cam_report(predictor, frame: pd.DataFrame, output_dir: str | Path, siz
     cards = []
     for start in range(0, len(ok), batch_size):
         chunk = ok.iloc[start:start + batch_size]
-        images = torch.stack([prepare_input(path, predictor.preprocessing)[0] for path in chunk["path"]])
+        images = torch.stack([prepare_input(path, predictor.preprocessing, predictor.dicom_window)[0] for path in chunk["path"]])
         maps = cam_maps(predictor.model, images, len(names))
         for (row_index, row), row_maps in zip(chunk.iterrows(), maps):
-            image, _, _ = read_grey(row["path"])
+            image, _, _ = read_grey(row["path"], predictor.dicom_window)
             grey = prepare_image(image, channels=1, size=size, resample=predictor.preprocessing.resample)[:, :, 0]
             for k, name in enumerate(names):
                 file_name = f"cam/{row_index:05d}_{_slug(Path(row['path']).stem)}"

@@ -15,8 +15,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cxr import search
 from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, write_text
-from cxr.callbacks import EpochHistory, tensorboard_writer
+from cxr.callbacks import EpochHistory, progress_bar_enabled, tensorboard_writer
 from cxr.checkpoints import load_classifier
 from cxr.distributed import global_rank
 from cxr.errors import ConfigError
@@ -26,6 +27,7 @@ from cxr.inference import resolve_precision
 from cxr.model_card import write_model_card
 from cxr.run_dir import (command_line_overrides, prepare_run_directory, requeued_job,
                          resume_checkpoint)
+from cxr.tracking import log_run_files
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +192,14 @@ def train(cfg: DictConfig) -> dict:
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance(),
                           "labels_sha256": file_digest(cfg.data.labels)}  # evaluate.py: has the label file changed?
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    trial = search.current_trial()  # a trial of hparams_search=...: report val AUROC per epoch, stop when hopeless
+    pruning = search.pruning_callback(trial) if trial is not None else None
+    if pruning is not None:
+        callbacks.append(pruning)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
+                                     enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")))
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -200,6 +207,8 @@ def train(cfg: DictConfig) -> dict:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
     if not trainer.is_global_zero:
         return {}  # DDP: rank 0 evaluates and writes
+    if pruning is not None and pruning.pruned_at_epoch is not None:
+        return _pruned_trial(cfg, trainer, callbacks, output_dir, trial, pruning.pruned_at_epoch)
 
     model, scored = _weights_to_evaluate(cfg, trainer, model, callbacks, output_dir)
     model.to(trainer.strategy.root_device)  # a GPU run evaluates on its GPU (torch backend); the CPU as before
@@ -207,13 +216,7 @@ def train(cfg: DictConfig) -> dict:
     results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), writer=writer,
                             step=trainer.global_step)
 
-    history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
-    if history is not None:
-        write_csv(output_dir / "history.csv", history.frame())
-        figure = training_curves_figure(history.frame())
-        save_figure(figure, output_dir / "training_curves.png")
-        if writer is not None:
-            writer.add_figure("training_curves", figure, global_step=trainer.global_step)
+    history = _write_history(callbacks, output_dir, writer, trainer.global_step)
 
     metrics = {
         "program": cfg.program.name,
@@ -226,6 +229,7 @@ def train(cfg: DictConfig) -> dict:
         "split": datamodule.summary,
         "validation": _validation_summary(history, trainer),
         "leakage": datamodule.leakage,
+        **({"search": {"study": trial.study_name, "trial": trial.number}} if trial is not None else {}),
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
@@ -236,8 +240,44 @@ def train(cfg: DictConfig) -> dict:
         else:
             logger.log_hyperparams(_hyperparameters(cfg))
             logger.log_metrics(_final_metrics(results), step=trainer.global_step)
+    log_run_files(trainer.loggers, cfg, output_dir, results, trainer.global_step)  # MLflow / W&B artifacts
+    for logger in trainer.loggers:
         logger.finalize("success")
     log.info("run directory: %s", output_dir)
+    return metrics
+
+
+def _write_history(callbacks: list, output_dir: Path, writer, step: int) -> EpochHistory | None:
+    """history.csv and training_curves.png from the epoch history callback (also to TensorBoard)."""
+    history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
+    if history is not None:
+        write_csv(output_dir / "history.csv", history.frame())
+        figure = training_curves_figure(history.frame())
+        save_figure(figure, output_dir / "training_curves.png")
+        if writer is not None:
+            writer.add_figure("training_curves", figure, global_step=step)
+    return history
+
+
+def _pruned_trial(cfg: DictConfig, trainer: L.Trainer, callbacks: list, output_dir: Path, trial,
+                  epoch: int) -> dict:
+    """A search trial the pruner stopped: its history and validation figures, ``status: pruned``, no test
+    evaluation (the search never reads it, and a hopeless trial should cost no more time)."""
+    history = _write_history(callbacks, output_dir, tensorboard_writer(trainer), trainer.global_step)
+    metrics = {
+        "status": "pruned",
+        "program": cfg.program.name,
+        "data": cfg.data.name,
+        "epochs_trained": epoch,
+        "validation": _validation_summary(history, trainer),
+        "search": {"study": trial.study_name, "trial": trial.number, "state": "PRUNED", "pruned_at_epoch": epoch},
+    }
+    write_json(output_dir / "metrics.json", metrics)
+    log_run_files(trainer.loggers, cfg, output_dir, {}, trainer.global_step)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(_hyperparameters(cfg))
+        logger.finalize("pruned")
+    log.info("pruned after epoch %d; run directory: %s", epoch, output_dir)
     return metrics
 
 

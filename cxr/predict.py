@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from cxr.data.dataset import Preprocessing
+from cxr.data.dicom import check_window
 from cxr.data.inputs import InputImages, collect_inputs
 from cxr.errors import PredictError
 
@@ -97,6 +98,7 @@ class Predictor:
     backend: str
     model: torch.nn.Module | None = None     # the LightningModule (checkpoints only; Grad-CAM needs it)
     session: object = None                   # ONNX Runtime session (exported .onnx files)
+    dicom_window: str = "voi"                # how a DICOM's values become 0-255 (cxr.data.dicom, dicom.window)
     details: dict = field(default_factory=dict)
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
@@ -217,14 +219,15 @@ def _onnx_predictor(path: Path) -> Predictor:
 
 # ---------------------------------------------------------------------------------------------------- the run
 def predict_rows(predictor: Predictor, paths: list[Path], batch_size: int = 64, num_workers: int = 0,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool | None = None) -> pd.DataFrame:
     """One row per input: path, format, probability/decision/threshold per output, threshold source, warning, error."""
     from tqdm.auto import tqdm
 
-    loader = torch.utils.data.DataLoader(InputImages(paths, predictor.preprocessing), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=list)
+    loader = torch.utils.data.DataLoader(InputImages(paths, predictor.preprocessing, predictor.dicom_window),
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     rows: list[dict] = []
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr,
+              disable=None if progress is None else not progress) as bar:  # None: a bar only on a terminal
         for items in loader:
             good = [item for item in items if item["image"] is not None]
             probabilities = predictor.probabilities(torch.stack([item["image"] for item in good])) if good else []
@@ -271,16 +274,21 @@ def predict(cfg) -> int:
     from cxr.artifacts import write_csv, write_json
 
     output_dir = Path(cfg.paths.output_dir)
+    try:
+        dicom_window = check_window(str((cfg.get("dicom") or {}).get("window", "voi")))
+    except ValueError as error:
+        raise PredictError(str(error)) from None
     predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
                                cfg.get("device", "auto"))
+    predictor.dicom_window = dicom_window
     if cfg.get("cam") and predictor.model is None:
         raise PredictError("cam=true needs a checkpoint: Grad-CAM differentiates the PyTorch model, not an .onnx file")
     paths, skipped = collect_inputs(cfg.inputs)
-    log.info("%d input(s); model outputs %s; preprocessing %s; backend %s", len(paths), predictor.names,
-             predictor.preprocessing, predictor.backend)
+    log.info("%d input(s); model outputs %s; preprocessing %s; backend %s; DICOM window %s", len(paths),
+             predictor.names, predictor.preprocessing, predictor.backend, predictor.dicom_window)
     started = time.perf_counter()
     frame = predict_rows(predictor, paths, int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 0)),
-                         progress=bool(cfg.get("progress", True)))
+                         progress=cfg.get("progress"))
     seconds = time.perf_counter() - started
     output = write_csv(output_dir / "predictions.csv", frame)
     if cfg.get("json"):
@@ -289,6 +297,7 @@ def predict(cfg) -> int:
             "model": str(Path(cfg.ckpt_path).resolve()), "outputs": predictor.names,
             "thresholds": dict(zip(predictor.names, predictor.thresholds)),
             "threshold_source": predictor.threshold_source, "preprocessing": predictor.preprocessing.__dict__,
+            "dicom_window": predictor.dicom_window,
             "predictions": records})
     if cfg.get("cam"):
         from cxr.gradcam import write_cam_report

@@ -16,11 +16,12 @@ from pydicom.uid import (JPEG2000Lossless, RLELossless, DigitalXRayImageStorageF
 from tests.conftest import NIH_SAMPLE
 
 SOURCE_PNG = NIH_SAMPLE / "images" / "00000075_000.png"   # 256 x 256, spans 0-255
+NARROW_PNG = NIH_SAMPLE / "images" / "00000013_003.png"   # 256 x 256, 0-211: stretching its min-max changes it
 PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH = "Doe^Janeidentifying", "PID-7731-SECRET", "19510203"
 
 
-def source_pixels() -> np.ndarray:
-    with Image.open(SOURCE_PNG) as image:
+def source_pixels(path: Path = SOURCE_PNG) -> np.ndarray:
+    with Image.open(path) as image:
         return np.asarray(image.convert("L"))
 
 
@@ -67,10 +68,20 @@ def lossless_variants(png: np.ndarray) -> dict[str, Dataset]:
         "mono1_12bit_window": dataset(4080 - p * 16, 12, "MONOCHROME1", window=_window(0, 4080)),
         "mono2_16bit_rescale_window": dataset(p * 257, 16, rescale=(0.5, -1000.0),
                                               window=_window(-1000.0, 255 * 257 * 0.5 - 1000.0)),
-        "mono2_16bit_no_window": dataset(p * 257, 16),  # min-max of an image that spans 0-255
+        "mono2_8bit_no_window": dataset(png, 8),  # no window: the Bits Stored range, 0-255 as stored
+        "mono2_12bit_no_window": dataset(np.rint(png / 255 * 4095).astype(np.uint16), 12),
+        "mono2_16bit_no_window": dataset(p * 257, 16),
         "mono1_16bit_no_window": dataset(65535 - p * 257, 16, "MONOCHROME1"),
+        "mono2_16bit_signed_no_window": dataset((p.astype(np.int32) * 257 - 32768).astype(np.int16), 16),
         "mono2_12bit_voi_lut": _with_voi_lut(dataset(p * 16, 12, window=_window(0, 100))),  # the LUT wins
     }
+
+
+def write_as_stored(folder: Path, png: np.ndarray) -> dict[str, Path]:
+    """``png`` in 8-bit MONOCHROME2 DICOMs without a VOI window: explicit VR little endian, RLE, JPEG 2000."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {name: save(dataset(png, 8), folder / f"{name}.dcm", syntax) for name, syntax in
+            (("explicit_le", None), ("rle", RLELossless), ("j2k", JPEG2000Lossless))}
 
 
 def _with_voi_lut(ds: Dataset) -> Dataset:

@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from cxr.data.dicom import DicomReadError, has_dicom_preamble, looks_like_dicom, read_dicom
 from cxr.data.inputs import sniff_format
 from tests.conftest import require_real_data
-from tests.dicom_fixtures import source_pixels, write_broken_set, write_lossless_set
+from tests.dicom_fixtures import NARROW_PNG, source_pixels, write_as_stored, write_broken_set, write_lossless_set
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,9 @@ def broken(png, tmp_path_factory):
 
 @pytest.mark.real_data
 def test_every_lossless_encoding_shows_the_png_pixels_exactly(png, lossless):
-    """MONOCHROME1/2, 8/12/16 bits, rescale + window, VOI LUT, no window, RLE, JPEG 2000, unused high bits, no
-    preamble."""
-    assert len(lossless) >= 16
+    """MONOCHROME1/2, 8/12/16 bits, rescale + window, VOI LUT, no window (unsigned and signed), RLE, JPEG 2000,
+    unused high bits, no preamble."""
+    assert len(lossless) >= 19
     for name, path in lossless.items():
         image = read_dicom(path)
         assert image.pixels.dtype == np.uint8 and image.pixels.shape == png.shape, name
@@ -111,12 +111,45 @@ def test_pydicom_bundled_non_images_are_refused(name, message):
 
 
 def test_monochrome1_without_window_is_inverted(tmp_path):
-    """The darkest stored value of a MONOCHROME1 image is shown white, the brightest black (min-max mapping)."""
+    """MONOCHROME1 without a window: 0..4095 of 12 bits stored shown as 255..0 (voi, stored); with minmax the
+    darkest stored value is white and the brightest black."""
     from tests.dicom_fixtures import dataset, save
 
     stored = np.tile(np.linspace(100, 3000, 32).astype(np.uint16), (8, 1))
-    shown = read_dicom(save(dataset(stored, 12, "MONOCHROME1"), tmp_path / "m1.dcm")).pixels
+    path = save(dataset(stored, 12, "MONOCHROME1"), tmp_path / "m1.dcm")
+    as_stored = np.rint(255 - stored / 4095 * 255).astype(np.uint8)
+    assert np.array_equal(read_dicom(path).pixels, as_stored)
+    assert np.array_equal(read_dicom(path, "stored").pixels, as_stored)
+    shown = read_dicom(path, "minmax").pixels
     assert shown[0, 0] == 255 and shown[0, -1] == 0 and np.all(np.diff(shown[0].astype(int)) <= 0)
+
+
+@pytest.mark.real_data
+def test_an_8bit_dicom_without_window_is_read_as_stored(tmp_path):
+    """A real PNG that does not span 0-255 (0-211), stored at 8 bits without a VOI window, uncompressed, RLE and
+    JPEG 2000: the PNG's pixels by default and with dicom.window=stored; minmax stretches them to 0-255."""
+    require_real_data()
+    png = source_pixels(NARROW_PNG)
+    assert png.max() < 255  # otherwise min-max stretching would change nothing
+    for name, path in write_as_stored(tmp_path, png).items():
+        assert np.array_equal(read_dicom(path).pixels, png), name
+        assert np.array_equal(read_dicom(path, "stored").pixels, png), name
+        stretched = read_dicom(path, "minmax").pixels
+        assert stretched.min() == 0 and stretched.max() == 255, name
+
+
+@pytest.mark.real_data
+def test_window_choice_voi_stored_minmax(png, tmp_path):
+    """A narrow window (50-150) is applied by voi only; stored and minmax ignore it; an unknown choice is refused."""
+    from tests.dicom_fixtures import _window, dataset, save
+
+    path = save(dataset(png, 8, window=_window(50, 150)), tmp_path / "narrow_window.dcm")
+    windowed = np.clip((png.astype(float) - 50) / 100 * 255, 0, 255)  # up to rounding of the half steps
+    assert np.abs(read_dicom(path).pixels - windowed).max() <= 0.5 + 1e-6
+    assert np.array_equal(read_dicom(path, "stored").pixels, png)
+    assert np.array_equal(read_dicom(path, "minmax").pixels, png)  # this PNG spans 0-255
+    with pytest.raises(ValueError, match="dicom.window='auto': choose voi"):
+        read_dicom(path, "auto")
 
 
 def test_corrupted_dicoms_never_stop_a_run(tmp_path):

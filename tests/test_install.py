@@ -49,6 +49,13 @@ def test_a_non_editable_install_runs_from_another_directory(tmp_path, demo_root)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and (run_dir / "train.log").is_file()
 
+    # the search's sweeper ships as hydra_plugins/cxr_optuna_sweeper in the wheel: Hydra finds it only there
+    assert (site / "hydra_plugins" / "cxr_optuna_sweeper" / "optuna_sweeper.py").is_file()
+    search = run(str(site / "bin" / "cxr-train"), "hparams_search=optuna_D", "debug=fdr", "hydra.sweeper.n_trials=1",
+                 "logger=csv", "data_check=false", *DEMO_OVERRIDES(demo_root))
+    assert search.returncode == 0, search.stderr[-3000:]
+    assert list((elsewhere / "outputs" / "search" / "cxr_D_demo").glob("*/0/metrics.json"))
+
     failing = run(str(site / "bin" / "cxr-evaluate"), f"ckpt_path={elsewhere / 'none.ckpt'}",
                   f"hydra.run.dir={elsewhere / 'eval'}")
     assert failing.returncode == 1 and failing.stderr.strip().splitlines()[-1].startswith("error: checkpoint not found")

@@ -25,8 +25,8 @@ from cxr.predict import (Predictor, load_predictor, onnx_metadata, operating_poi
                          predict_rows)
 from cxr.pipeline import train
 from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data
-from tests.dicom_fixtures import (PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, source_pixels,
-                                  write_broken_set, write_lossless_set)
+from tests.dicom_fixtures import (NARROW_PNG, PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, source_pixels,
+                                  write_as_stored, write_broken_set, write_lossless_set)
 
 PROBABILITY_TOLERANCE = 1e-6  # same pixels -> same input tensor; only the batch composition differs
 
@@ -171,7 +171,7 @@ def test_predict_mixed_folder_one_row_per_input(trained_run, mixed_folder, tmp_p
     p = ok["probability_finding"].astype(float)
     png_p = p[str(mixed_folder / "png" / SOURCE_PNG.name)]
     dicoms = [path for path in ok.index if "/dicom/" in path]
-    assert len(dicoms) == 16 and (ok.loc[dicoms, "format"] == "dicom").all()
+    assert len(dicoms) == 19 and (ok.loc[dicoms, "format"] == "dicom").all()
     assert np.abs(p[dicoms] - png_p).max() <= PROBABILITY_TOLERANCE  # lossless DICOM == its PNG
     metrics = json.loads((trained_run / "metrics.json").read_text())
     threshold = metrics["test"]["operating_point"]["threshold"]
@@ -190,6 +190,40 @@ def test_predict_mixed_folder_one_row_per_input(trained_run, mixed_folder, tmp_p
             content = file.read_bytes()
             for secret in (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH, "Hospital of Identifiable"):
                 assert secret.encode() not in content, f"{secret} in {file}"
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_lossless_dicoms_of_a_png_predict_the_png_probability(trained_run, tmp_path):
+    """python predict.py, as a user runs it: a real PNG (grey 0-211) and its 8-bit DICOMs without a VOI window
+    (explicit VR little endian, RLE, JPEG 2000) get one probability; dicom.window=minmax stretches them (another)."""
+    require_real_data()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    png = shutil.copy(NARROW_PNG, inputs / NARROW_PNG.name)
+    dicoms = write_as_stored(inputs / "dicom", source_pixels(NARROW_PNG))
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt_path={checkpoint_of(trained_run)}",
+                             f"inputs={inputs}"], cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (predictions,) = work.glob("outputs/predict/runs/*/predictions.csv")
+    p = pd.read_csv(predictions).set_index("path")["probability_finding"]
+    assert len(p) == 4 and all(abs(p[str(d)] - p[str(png)]) <= PROBABILITY_TOLERANCE for d in dicoms.values())
+
+    cfg = predict_cfg(tmp_path, [f"ckpt_path={checkpoint_of(trained_run)}", f"inputs={inputs}",
+                                 "dicom.window=minmax"])
+    assert predict(cfg) == 0
+    stretched = pd.read_csv(Path(cfg.paths.output_dir) / "predictions.csv").set_index("path")["probability_finding"]
+    assert stretched[str(png)] == pytest.approx(p[str(png)], abs=PROBABILITY_TOLERANCE)
+    assert all(abs(stretched[str(d)] - p[str(png)]) > PROBABILITY_TOLERANCE for d in dicoms.values())
+
+
+def test_unknown_dicom_window_is_refused_before_anything_loads(tmp_path):
+    cfg = predict_cfg(tmp_path, [f"ckpt_path={tmp_path / 'none.ckpt'}", "inputs=x", "dicom.window=auto"])
+    with pytest.raises(PredictError, match="dicom.window='auto': choose voi .*, stored .* or minmax"):
+        predict(cfg)
 
 
 def test_multilabel_outputs_and_grad_cam_per_finding(tmp_path):

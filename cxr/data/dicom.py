@@ -4,16 +4,24 @@ pydicom decodes the pixel data (with the pylibjpeg plugins: JPEG baseline/extend
 RLE), keeping only the *Bits Stored* bits. Then, as a viewer does:
 
 1. the modality LUT (*Rescale Slope/Intercept* or a Modality LUT Sequence): ``pydicom.pixels.apply_modality_lut``;
-2. the VOI LUT (a VOI LUT Sequence, else the first *Window Center/Width*): ``pydicom.pixels.apply_voi_lut``;
-   its output range (for a window: pydicom's ``[y_min, y_max]``, the range of the stored values after the
-   modality LUT; for a VOI LUT: the LUT's lowest and highest entries) is mapped linearly onto 0-255. Without a
-   VOI LUT or window the image's own minimum and maximum are mapped onto 0-255 (what viewers show by default);
+2. a value range mapped linearly onto 0-255, chosen by ``window`` (``dicom.window`` of predict.py):
+
+   - ``voi`` (default): the file's VOI LUT (a VOI LUT Sequence, else the first *Window Center/Width*), applied with
+     ``pydicom.pixels.apply_voi_lut``; its output range (for a window: pydicom's ``[y_min, y_max]``, the range of
+     the stored values after the modality LUT; for a VOI LUT: the LUT's lowest and highest entries) is mapped onto
+     0-255. A file without a VOI LUT or window (or with a malformed one: a warning) is read as ``stored``;
+   - ``stored``: the range the *Bits Stored* can hold (0 to 2^BitsStored - 1; signed when *Pixel Representation*
+     is 1), after the modality LUT: an 8-bit file is read exactly as stored, a 12-bit one as 0-4095 -> 0-255.
+     Any VOI LUT or window in the file is ignored;
+   - ``minmax``: the image's own minimum and maximum (after the modality LUT), stretched to 0-255, ignoring any
+     VOI LUT or window (what some viewers show by default; it brightens an image that does not use its range);
 3. ``MONOCHROME1`` (and a ``INVERSE`` *Presentation LUT Shape*) inverted, so that bone is bright as in
    ``MONOCHROME2`` and in the NIH PNGs.
 
-An 8-bit PNG stored in a DICOM at any bit depth, with a window spanning its stored range (or without a window
-when it spans 0-255), comes back pixel for pixel (tests/test_dicom.py). Nothing that identifies the patient is
-read into the result: only pixel and acquisition attributes (modality, view position, photometric interpretation).
+An 8-bit PNG stored in a DICOM at any bit depth, with a window spanning its stored range, or without a window
+at 8 bits (or scaled to fill 16 bits), comes back pixel for pixel (tests/test_dicom.py), so a lossless DICOM of a
+PNG predicts what the PNG predicts. Nothing that identifies the patient is read into the result: only pixel and
+acquisition attributes (modality, view position, photometric interpretation).
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ KNOWN_MODALITIES = ("CR", "DX", "CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", 
                     "XC", "DOC", "SR", "PR", "KO", "SEG", "RTIMAGE", "OP", "OCT", "BMD", "DG", "ECG")
 KNOWN_VIEWS = ("PA", "AP", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LATERAL", "LAT")
 GREY = ("MONOCHROME1", "MONOCHROME2")
+WINDOWS = ("voi", "stored", "minmax")  # how stored values become 0-255 (module docstring, dicom.window)
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
 
 
@@ -123,18 +132,35 @@ def _describe(dataset) -> str:
     return ", ".join(parts) or "unknown SOP class"
 
 
-def _window_range(dataset, values: np.ndarray) -> tuple[float, float] | None:
+def _lut_range(item) -> tuple[float, float]:
+    """The lowest and highest entries of a LUT item (modality or VOI LUT Sequence)."""
+    lut = np.asarray(item.LUTData if isinstance(item.LUTData, (list, tuple)) else [item.LUTData], dtype=float)
+    return float(lut.min()), float(lut.max())
+
+
+def _window_range(dataset) -> tuple[float, float] | None:
     """The output range ``apply_voi_lut`` maps into, or None when the data set has no VOI LUT or window."""
     from pydicom.pixels import apply_windowing
 
     if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
-        item = dataset.VOILUTSequence[0]
-        lut = np.asarray(item.LUTData if isinstance(item.LUTData, (list, tuple)) else [item.LUTData], dtype=float)
-        return float(lut.min()), float(lut.max())
+        return _lut_range(dataset.VOILUTSequence[0])
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         ends = apply_windowing(np.array([-np.inf, np.inf]), dataset)  # pydicom's y_min and y_max
         return float(ends[0]), float(ends[1])
     return None
+
+
+def _stored_range(dataset) -> tuple[float, float]:
+    """The values the *Bits Stored* can hold (signed when *Pixel Representation* is 1), after the modality LUT."""
+    from pydicom.pixels import apply_modality_lut
+
+    if "ModalityLUTSequence" in dataset and len(dataset.ModalityLUTSequence):
+        return _lut_range(dataset.ModalityLUTSequence[0])  # every stored value maps into the LUT's entries
+    bits = int(dataset.get("BitsStored") or dataset.get("BitsAllocated") or 8)
+    signed = int(dataset.get("PixelRepresentation") or 0) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    ends = apply_modality_lut(np.array([low, high], dtype=np.float64), dataset)  # linear: Rescale Slope/Intercept
+    return float(min(ends)), float(max(ends))
 
 
 def _set_transfer_syntax(dataset) -> None:
@@ -152,17 +178,27 @@ def _set_transfer_syntax(dataset) -> None:
                               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
-def read_dicom(path: str | Path) -> DicomImage:
-    """Decode ``path`` into displayed 8-bit grey pixels; raise DicomReadError with the reason otherwise."""
+def check_window(window: str) -> str:
+    """``window`` itself when it is one of WINDOWS; ValueError naming the choices otherwise."""
+    if window not in WINDOWS:
+        raise ValueError(f"dicom.window={window!r}: choose voi (the file's VOI LUT or window, else the stored "
+                         "range), stored (the Bits Stored range) or minmax (the image's own minimum and maximum)")
+    return window
+
+
+def read_dicom(path: str | Path, window: str = "voi") -> DicomImage:
+    """Decode ``path`` into displayed 8-bit grey pixels, the values mapped to 0-255 as ``window`` says (module
+    docstring); raise DicomReadError with the reason otherwise."""
+    check_window(window)
     try:
         with quiet_pydicom():
-            return _read_dicom(path)
+            return _read_dicom(path, window)
     except ImportError as error:
         raise DicomReadError(f"{path}: reading DICOM needs pydicom>=3 and the pylibjpeg plugins "
                              "(pip install -e '.[predict]')") from error
 
 
-def _read_dicom(path: str | Path) -> DicomImage:
+def _read_dicom(path: str | Path, window: str) -> DicomImage:
     import pydicom
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -208,17 +244,19 @@ def _read_dicom(path: str | Path) -> DicomImage:
 
     if photometric in GREY:
         values = apply_modality_lut(pixels, dataset)
-        window = _window_range(dataset, values)
-        if window is not None:
+        value_range = _window_range(dataset) if window == "voi" else None
+        if value_range is not None:
             if "VOILUTSequence" in dataset and values.dtype.kind == "f":
                 values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
             try:
                 values = apply_voi_lut(values, dataset, index=0, prefer_lut=True)
-            except Exception as error:  # a malformed window (width < 1) or LUT: show the full range instead
-                warnings.append(f"VOI LUT/window not applied ({error}); full range shown")
-                window = None
+            except Exception as error:  # a malformed window (width < 1) or LUT: show the stored range instead
+                warnings.append(f"VOI LUT/window not applied ({error}); the stored range shown")
+                value_range = None
         values = values.astype(np.float64)
-        low, high = window if window is not None else (float(values.min()), float(values.max()))
+        if value_range is None:
+            value_range = (float(values.min()), float(values.max())) if window == "minmax" else _stored_range(dataset)
+        low, high = value_range
         scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
         inverse = str(dataset.get("PresentationLUTShape", "")).upper() == "INVERSE"
         if (photometric == "MONOCHROME1") != inverse:

@@ -115,14 +115,15 @@ def collect_inputs(spec) -> tuple[list[Path], int]:
     return unique, skipped
 
 
-def read_grey(path: str | Path) -> tuple[Image.Image, str, list[str]]:
-    """The decoded image (PIL), its format, and warnings. Raises ImageReadError/DicomReadError."""
+def read_grey(path: str | Path, dicom_window: str = "voi") -> tuple[Image.Image, str, list[str]]:
+    """The decoded image (PIL), its format, and warnings; a DICOM's values mapped to 0-255 as ``dicom_window`` says
+    (cxr.data.dicom). Raises ImageReadError/DicomReadError."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"file not found: {path}")
     kind = sniff_format(path)
     if kind == "dicom":
-        dicom = read_dicom(path)
+        dicom = read_dicom(path, dicom_window)
         return Image.fromarray(dicom.pixels, mode="L"), kind, dicom.warnings
     if kind is None:
         raise ImageReadError(f"{path}: not a PNG, JPEG or DICOM file")
@@ -136,14 +137,15 @@ def read_grey(path: str | Path) -> tuple[Image.Image, str, list[str]]:
         raise ImageReadError(f"cannot read image {path}{size_note}: {error}") from error
 
 
-def prepare_input(path: str | Path, preprocessing: Preprocessing) -> tuple[torch.Tensor, str, list[str]]:
+def prepare_input(path: str | Path, preprocessing: Preprocessing,
+                  dicom_window: str = "voi") -> tuple[torch.Tensor, str, list[str]]:
     """One input as the network's tensor, exactly as training prepared its images (cxr.data.images)."""
     p = preprocessing
     kind = sniff_format(path)
     if kind in ("png", "jpeg"):  # the training reader itself
         pixels = load_image(path, channels=p.channels, size=p.image_size, resample=p.resample)
         return p.to_tensor(pixels), kind, []
-    image, kind, warnings = read_grey(path)
+    image, kind, warnings = read_grey(path, dicom_window)
     pixels = prepare_image(image, channels=p.channels, size=p.image_size, resample=p.resample)
     return p.to_tensor(pixels), kind, warnings
 
@@ -151,8 +153,8 @@ def prepare_input(path: str | Path, preprocessing: Preprocessing) -> tuple[torch
 class InputImages(torch.utils.data.Dataset):
     """Items ``{"index", "image" (or None), "format", "warning", "error"}``: a broken file never stops a batch."""
 
-    def __init__(self, paths: list[Path], preprocessing: Preprocessing):
-        self.paths, self.preprocessing = paths, preprocessing
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing, dicom_window: str = "voi"):
+        self.paths, self.preprocessing, self.dicom_window = paths, preprocessing, dicom_window
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -160,7 +162,7 @@ class InputImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
         try:
-            image, kind, warnings = prepare_input(path, self.preprocessing)
+            image, kind, warnings = prepare_input(path, self.preprocessing, self.dicom_window)
             return {"index": index, "image": image, "format": kind, "warning": "; ".join(warnings), "error": ""}
         except (ImageReadError, DicomReadError, OSError, ValueError) as error:
             message = str(error)
