@@ -1,4 +1,4 @@
-"""Predict on new X-rays: python predict.py ckpt_path=<.ckpt or exported .onnx> inputs=<file|folder|glob|list>
+"""Predict on new X-rays: python predict.py ckpt_path=<.ckpt or exported .onnx> inputs=<file|folder|glob|@list.txt>
 
 PNG, JPEG and DICOM (recognised by content); cam=true adds Grad-CAM overlays; json=true a JSON copy.
 Exit status: 0 all inputs predicted, 1 some inputs failed (rows with an error), 2 a bad model or input argument.

@@ -1,5 +1,5 @@
-"""Lightning callbacks: per-epoch history (training curves), plain progress lines, input-image grids, resumable
-random state, checkpoint on interrupt."""
+"""Lightning callbacks: checkpoints named by 1-based epoch, per-epoch history (training curves), plain progress
+lines, input-image grids, resumable random state, checkpoint on interrupt."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -24,6 +25,18 @@ def tensorboard_writer(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose file names count epochs from 1 (``best-epoch002.ckpt`` is the second
+    epoch), as history.csv, metrics.json and the model card do; Lightning's ``{epoch}`` counts from 0."""
+
+    def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: int | None = None,
+                               prefix: str | None = None) -> str:
+        metrics = dict(metrics)
+        if "epoch" in metrics:
+            metrics["epoch"] = metrics["epoch"] + 1
+        return super().format_checkpoint_name(metrics, filename=filename, ver=ver, prefix=prefix)
 
 
 class EpochHistory(L.Callback):

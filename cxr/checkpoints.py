@@ -4,6 +4,8 @@ value. A checkpoint's optimiser and scheduler settings are never read: they come
 Checkpoints written before the registry (``net._target_`` of cxr's own networks) are read through it."""
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -24,26 +26,54 @@ class UnsafeCheckpointError(CheckpointError, UnsafeTargetError):
     """A checkpoint whose hyper-parameters name something outside the allowlist (cxr.safe_instantiate)."""
 
 
+ZIP_MAGIC, PICKLE_PROTOCOL = b"PK\x03\x04", 0x80  # torch.save's zip archive; its legacy format is a pickle
+
+
 def is_url(path) -> bool:
     """Whether ``path`` names a remote resource (``http://``, ``s3://``, ``file://``...) rather than a local file."""
     return "://" in str(path)
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dictionary of a local file, loaded weights-only (tensors and plain Python values, no code)."""
+    """The checkpoint dictionary of a local file, loaded weights-only (tensors and plain Python values, no code).
+
+    A file that is neither of torch.save's formats is "not a checkpoint"; the refusal to unpickle is kept for a
+    real pickle that holds objects other than weights."""
     if is_url(path):
         raise CheckpointError(f"ckpt_path={path}: only local checkpoint files are loaded (download it and give its "
                               "path)")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not (head.startswith(ZIP_MAGIC) or head[:1] == bytes([PICKLE_PROTOCOL])):
+        raise CheckpointError(f"{path}: not a checkpoint ({_what_it_is(path, head)}, not a file written by "
+                              "torch.save); give a .ckpt file of a run (<run>/checkpoints/)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle.UnpicklingError and friends: the file needs more than weights
+    except pickle.UnpicklingError as error:  # the weights-only unpickler met a global outside its allowlist
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(error),
+                          re.DOTALL)
         raise CheckpointError(
-            f"{path}: cannot be loaded weights-only ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            f"{path}: cannot be loaded weights-only ({found.group(1).strip() if found else type(error).__name__}); "
             "refusing to unpickle arbitrary objects from a checkpoint"
         ) from error
+    except Exception as error:  # a truncated or foreign zip, a damaged pickle: torch's first sentence names it
+        reason = re.sub(r"^\[enforce fail at [^]]*\]\s*\.?\s*", "", str(error).strip()).split(". ")[0].splitlines()
+        raise CheckpointError(f"{path}: not a readable checkpoint, damaged or truncated ({type(error).__name__}: "
+                              f"{(reason or [''])[0][:200]})") from error
+
+
+def _what_it_is(path: Path, head: bytes) -> str:
+    if not head:
+        return "an empty file"
+    try:
+        with open(path, encoding="utf-8") as file:
+            file.read(4096)
+        return "a text file"
+    except UnicodeDecodeError:
+        return "an unknown binary format"
 
 
 def plain_setting(value, key: str):

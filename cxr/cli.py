@@ -15,6 +15,7 @@ import warnings
 from typing import Callable
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 show_tracebacks = False  # HYDRA_FULL_ERROR=1 as the user set it (we set it ourselves to receive Hydra's errors)
@@ -75,11 +76,25 @@ def one_line(error: BaseException) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import HydraException
-
     from cxr.errors import user_error_types
 
     return (*user_error_types(), HydraException)
+
+
+MANDATORY_EXAMPLES = {"ckpt_path": "<run>/checkpoints/<file>.ckpt", "inputs": "<image, folder, glob or @list.txt>"}
+
+
+def require_set(cfg: DictConfig) -> None:
+    """Refuse a config with mandatory keys (``???``) left unset, naming each of them (not only the first)."""
+    from omegaconf import OmegaConf
+
+    from cxr.errors import ConfigError
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        example = " ".join(f"{key}={MANDATORY_EXAMPLES.get(key, '<...>')}" for key in missing)
+        raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required but not set: "
+                          f"give {example}")
 
 
 def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
@@ -87,6 +102,7 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
+            require_set(cfg)
             return task(cfg)
         except _user_errors() as error:
             if show_tracebacks:
@@ -104,6 +120,7 @@ def job_app(job: Callable[[DictConfig], int], config_name: str, prog: str) -> Ca
     @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name=config_name)
     def app(cfg: DictConfig) -> None:
         try:
+            require_set(cfg)
             status = job(cfg)
         except user_error_types() as error:
             if show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
@@ -114,12 +131,15 @@ def job_app(job: Callable[[DictConfig], int], config_name: str, prog: str) -> Ca
         if status:
             sys.exit(status)
 
+    app.config_name = config_name  # for run_app's suggestions of keys and options
     return app
 
 
-def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], list[str]] | None = None) -> None:
+def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], list[str]] | None = None,
+            config_name: str | None = None) -> None:
     """Run a ``@hydra.main`` app (``argv_transform`` rewrites ``sys.argv[1:]`` first), printing user errors and
-    Hydra's own config errors as one line on stderr."""
+    Hydra's own config errors as one line on stderr; ``config_name`` (the app's primary config) lets an unknown
+    key be answered with the nearest known one."""
     global show_tracebacks
     show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     quiet_library_noise()
@@ -130,15 +150,105 @@ def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], lis
         app()
     except _UserExit as stop:
         _fail(stop.message, stop.code)
-    except _user_errors() as error:  # config composition, overrides, missing config: before the job ran
+    except HydraException as error:  # config composition, overrides, missing config: before the job ran
         if show_tracebacks:
             raise
-        from hydra.errors import HydraException
-
-        _fail(one_line(error), 2 if isinstance(error, HydraException) else 1)
+        message = composition_error_line(error, config_name or getattr(app, "config_name", None), sys.argv[1:])
+        _fail(message or one_line(error), 2)
+    except _user_errors() as error:  # raised before the job (resume=): imports every module with error types
+        if show_tracebacks:
+            raise
+        _fail(one_line(error), 1)
     finally:
         if not show_tracebacks:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def composition_error_line(error: BaseException, config_name: str | None, argv: list[str]) -> str | None:
+    """An unknown key, config group or option in a newcomer's words: the nearest valid name by ``difflib``
+    ("did you mean `program`?") instead of Hydra's "To append to your config use +progam=C", and a group's
+    options without its internal configs (names starting with ``_``, such as ``_thesis``). None: not such an
+    error, or the suggestion itself failed (the caller prints Hydra's message)."""
+    import re
+
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    try:
+        if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
+            group, _, option = error.missing_cfg_file.rpartition("/")
+            options = [o for o in (error.options or []) if not o.startswith("_")]
+            if not options:  # not a group at all: ``progam/x=C``
+                return _unknown_key_line(group.replace("/", "."), _override_line(argv, group), config_name,
+                                         argv) if config_name else None
+            guess = _nearest(option, options)
+            hint = f"; did you mean `{group}={guess}`?" if guess else ""
+            return f"{group}={option}: {group} has no option {option!r}{hint} (options: {', '.join(options)})"
+        found = re.match(r"Could not override '([^']+)'\.\s*To append", str(error))
+        if isinstance(error, ConfigCompositionException) and found and config_name:
+            key = found.group(1)
+            return _unknown_key_line(key, _override_line(argv, key), config_name, argv)
+    except Exception:  # noqa: BLE001 - a suggestion must never hide the error itself
+        return None
+    return None
+
+
+def _override_line(argv: list[str], key: str) -> str:
+    """The command-line override that sets ``key`` (or ``key`` alone when none does)."""
+    return next((a for a in argv if a.partition("=")[0].lstrip("+~").split("@")[0] == key), key)
+
+
+def _nearest(name: str, candidates: list[str], cutoff: float = 0.6) -> str | None:
+    """The candidate closest to ``name`` (case-insensitive; difflib's ratio of at least ``cutoff``)."""
+    import difflib
+
+    by_lower = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=cutoff)
+    return by_lower[found[0]] if found else None
+
+
+def _unknown_key_line(key: str, line: str, config_name: str, argv: list[str]) -> str:
+    """``line`` sets ``key``, which the composed config lacks: name the nearest key or config group."""
+    keys, groups = _known_names(config_name, [a for a in argv if a != line and not a.startswith("-")])
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    if not parent:
+        siblings += [g for g in groups if "/" not in g]
+    guess = _nearest(leaf, siblings)
+    guess = f"{parent}.{guess}" if guess and parent else guess or _nearest(key, keys, cutoff=0.8)
+    if guess:
+        return f"{line}: unknown key {key!r}; did you mean `{guess}`?"
+    return (f"{line}: unknown key {key!r} (no config key or group of that name; `--cfg job` prints the keys, "
+            f"`--help` the groups; +{line.lstrip('+')} would add it as a new key)")
+
+
+def _known_names(config_name: str, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The dotted keys of the composed config (with these overrides when they compose, else the defaults; Hydra's
+    own keys under ``hydra.``) and the config groups (``hydra/launcher`` ...)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()  # the failed app's instance
+    with initialize_config_module("cxr.conf", version_base="1.3"):
+        loader = GlobalHydra.instance().hydra.config_loader
+
+        def groups_under(parent: str) -> list[str]:
+            names = [f"{parent}/{g}" if parent else g for g in loader.list_groups(parent)]
+            return names + [sub for name in names for sub in groups_under(name)]
+
+        groups = groups_under("")
+        try:
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        except Exception:  # noqa: BLE001 - another bad override, or a sweep (a,b): the defaults' keys
+            cfg = compose(config_name, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+
+    def walk(node, prefix: str) -> list[str]:
+        if not isinstance(node, dict):
+            return []
+        return [k for name, value in node.items() for k in [f"{prefix}{name}", *walk(value, f"{prefix}{name}.")]]
+
+    return walk(OmegaConf.to_container(cfg, resolve=False), ""), groups
 
 
 def _fail(message: str, status: int) -> None:
@@ -152,18 +262,21 @@ def _fail(message: str, status: int) -> None:
 @catch_user_errors
 def _train_app(cfg: DictConfig) -> float:
     from cxr.pipeline import objective, train
+    from cxr.run_dir import failure_recorded
 
     quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
-    metrics = train(cfg)
+    with failure_recorded(cfg, one_line):
+        metrics = train(cfg)
     return objective(metrics)  # what an Optuna sweeper (hparams_search=...) maximises: validation AUROC, never test
 
 
 def train_main() -> None:
     """``cxr-train`` / ``python train.py [overrides]``; ``resume=<run dir>`` resumes a killed run."""
-    from cxr.run_dir import resume_arguments
+    from cxr.run_dir import note_swept_keys, resume_arguments
     from cxr.run_lock import lock_from_arguments
 
-    run_app(_train_app, lambda argv: lock_from_arguments(resume_arguments(argv)))
+    run_app(_train_app, lambda argv: lock_from_arguments(note_swept_keys(resume_arguments(argv))),
+            config_name="train")
 
 
 # --------------------------------------------------------------------------------------------- evaluate
@@ -171,15 +284,17 @@ def train_main() -> None:
 @catch_user_errors
 def _evaluate_app(cfg: DictConfig) -> float | None:
     from cxr.pipeline import evaluate, evaluation_config
+    from cxr.run_dir import failure_recorded
 
     quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
-    metrics = evaluate(evaluation_config(cfg))
+    with failure_recorded(cfg, one_line):
+        metrics = evaluate(evaluation_config(cfg))
     return (metrics.get("test") or {}).get("auroc")
 
 
 def evaluate_main() -> None:
     """``cxr-evaluate`` / ``python evaluate.py ckpt_path=<file> [overrides]``."""
-    run_app(_evaluate_app)
+    run_app(_evaluate_app, config_name="evaluate")
 
 
 # ------------------------------------------------------------------------------------------------ check
@@ -187,7 +302,7 @@ def check_main() -> None:
     """``cxr-check`` / ``python -m cxr.check [the overrides train.py takes]``."""
     from cxr import check
 
-    run_app(check.app, check.no_output_arguments)
+    run_app(check.app, check.no_output_arguments, config_name="train")
 
 
 # ---------------------------------------------------------------------------------------------- compare
@@ -219,6 +334,11 @@ def compare_main(argv: list[str] | None = None) -> int:
         print(f"compare.py: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(report.table)
+    if report.skipped:
+        print(f"\nskipped {len(report.skipped)} director{'y' if len(report.skipped) == 1 else 'ies'} without a "
+              "finished run:")
+        for directory, reason in report.skipped.items():
+            print(f"  {directory}: {reason}")
     print(f"\nreport: {report.directory / 'report.md'} (and report.html)")
     return 0
 

@@ -154,13 +154,16 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     checkpoint = metrics.get("checkpoint")
     op = ((metrics.get("test") or {}).get("operating_point") or {})
     split = metrics.get("split") or {}
-    lines = [f"# Model card: program {metrics.get('program')} on {metrics.get('data')} ({output_dir.name})", "",
+    name = metrics.get("run_name") or cfg.get("run_name") or output_dir.name
+    lines = [f"# Model card: {name} (program {metrics.get('program')} on {metrics.get('data')}, {output_dir.name})", "",
              NOT_A_DEVICE, "",
              "## Model", "",
              f"- Task: {task}.",
              f"- Network: `{cfg.model.net.get('_target_')}`, {metrics.get('params'):,} trainable parameters; "
              f"trained {metrics.get('epochs_trained')} epoch(s), seed {cfg.get('seed')}.",
-             f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}).",
+             f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}"
+             + (f"; epoch {metrics['checkpoint_epoch']}, counted from 1" if metrics.get("checkpoint_epoch") else "")
+             + ").",
              f"- Training recipe: batch {training.get('batch_size')}, learning rate {training.get('lr')}, "
              f"class weight {training.get('class_weight')}, augmentation {training.get('augmentation') or 'none'}.",
              "",

@@ -25,8 +25,8 @@ from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
 from cxr.model_card import write_model_card
-from cxr.run_dir import (command_line_overrides, prepare_run_directory, requeued_job,
-                         resume_checkpoint)
+from cxr.run_dir import (command_line_overrides, prepare_run_directory, record_directory_size,
+                         requeued_job, resume_checkpoint, run_name)
 from cxr.tracking import log_run_files
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _hyperparameters(cfg: DictConfig) -> dict:
     """The settings a reader compares runs by (TensorBoard HParams)."""
     split = cfg.data.split
     return {
-        "program": cfg.program.name, "data": cfg.data.name, "seed": cfg.seed,
+        "run_name": cfg.run_name, "program": cfg.program.name, "data": cfg.data.name, "seed": cfg.seed,
         "channels": cfg.program.preprocessing.channels, "pixel_divisor": cfg.program.preprocessing.pixel_divisor,
         "split": split.method, "split_train": str(split.get("train")), "split_val": str(split.get("val")),
         "batch_size": cfg.data.batch_size, "lr": cfg.model.optimizer.get("lr"),
@@ -104,6 +104,26 @@ def _final_metrics(results: dict) -> dict:
 CHECKPOINT_CHOICES = ("last", "best")
 
 
+KEEP = {"best": 1, "none": 0, "all": -1}
+
+
+def _keep_checkpoints(cfg: DictConfig) -> None:
+    """``callbacks.checkpoint.keep`` (beside last.ckpt: best, none, all or N best) as the best-checkpoint
+    callback's ``save_top_k``; with ``all`` its files are named ``epochNNN.ckpt``."""
+    callbacks = cfg.get("callbacks") or {}
+    keep, saver = (callbacks.get("checkpoint") or {}).get("keep"), callbacks.get("model_checkpoint")
+    if keep is None or not saver:
+        return
+    top_k = KEEP.get(str(keep), keep)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < -1:
+        raise ConfigError(f"callbacks.checkpoint.keep={keep!r}: choose best, none, all, or a number of best "
+                          "checkpoints to keep beside last.ckpt")
+    with open_dict(cfg):
+        saver.save_top_k = top_k
+        if top_k == -1 and str(saver.get("filename", "")).startswith("best-"):
+            saver.filename = saver.filename.removeprefix("best-")
+
+
 def _checkpoint_choice(cfg: DictConfig) -> str:
     """``evaluation.checkpoint``: ``last`` (the weights at the end of fit, as the thesis) or ``best`` (by the
     checkpoint callback's monitor, validation AUROC)."""
@@ -115,6 +135,9 @@ def _checkpoint_choice(cfg: DictConfig) -> str:
     if choice == "best" and not cfg.trainer.get("fast_dev_run") and not monitored:
         raise ConfigError("evaluation.checkpoint=best needs callbacks.model_checkpoint with a monitor; "
                           "use evaluation.checkpoint=last")
+    if choice == "best" and monitored and checkpointing.get("save_top_k", 1) == 0 and not cfg.trainer.get("fast_dev_run"):
+        raise ConfigError("evaluation.checkpoint=best needs a best checkpoint, but callbacks.checkpoint.keep=none "
+                          "keeps none: use evaluation.checkpoint=last, or callbacks.checkpoint.keep=best")
     return choice
 
 
@@ -165,11 +188,13 @@ def train(cfg: DictConfig) -> dict:
 
     Under DDP every rank runs this; only rank 0 checks the data, writes files and evaluates (other ranks return
     ``{}`` after fitting)."""
+    _keep_checkpoints(cfg)
     _checkpoint_choice(cfg)  # a bad choice fails before anything runs
     rank_zero = global_rank() == 0
     finished = requeued_job(cfg)
     if finished is not None:
         return finished
+    cfg.run_name = run_name(cfg)  # the name its directory was given; config.yaml and every later file say it
     if rank_zero:
         output_dir = prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
     else:
@@ -214,11 +239,13 @@ def train(cfg: DictConfig) -> dict:
     model.to(trainer.strategy.root_device)  # a GPU run evaluates on its GPU (torch backend); the CPU as before
     writer = tensorboard_writer(trainer)
     results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), writer=writer,
-                            step=trainer.global_step)
+                            step=trainer.global_step, run_name=cfg.run_name)
 
-    history = _write_history(callbacks, output_dir, writer, trainer.global_step)
+    history = _write_history(callbacks, output_dir, writer, trainer.global_step, title=f"{cfg.run_name}: training curves",
+                             scored_epoch=scored["checkpoint_epoch"], scored_by=scored["checkpoint_choice"])
 
     metrics = {
+        "run_name": cfg.run_name,
         "program": cfg.program.name,
         "data": cfg.data.name,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -243,16 +270,18 @@ def train(cfg: DictConfig) -> dict:
     log_run_files(trainer.loggers, cfg, output_dir, results, trainer.global_step)  # MLflow / W&B artifacts
     for logger in trainer.loggers:
         logger.finalize("success")
-    log.info("run directory: %s", output_dir)
+    size = record_directory_size(output_dir)
+    log.info("run directory: %s (%.1f MB)", output_dir, size / 1e6)
     return metrics
 
 
-def _write_history(callbacks: list, output_dir: Path, writer, step: int) -> EpochHistory | None:
-    """history.csv and training_curves.png from the epoch history callback (also to TensorBoard)."""
+def _write_history(callbacks: list, output_dir: Path, writer, step: int, **figure_args) -> EpochHistory | None:
+    """history.csv and training_curves.png from the epoch history callback (also to TensorBoard); ``figure_args``:
+    the figure's title and the scored epoch."""
     history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
     if history is not None:
         write_csv(output_dir / "history.csv", history.frame())
-        figure = training_curves_figure(history.frame())
+        figure = training_curves_figure(history.frame(), **figure_args)
         save_figure(figure, output_dir / "training_curves.png")
         if writer is not None:
             writer.add_figure("training_curves", figure, global_step=step)
@@ -263,9 +292,11 @@ def _pruned_trial(cfg: DictConfig, trainer: L.Trainer, callbacks: list, output_d
                   epoch: int) -> dict:
     """A search trial the pruner stopped: its history and validation figures, ``status: pruned``, no test
     evaluation (the search never reads it, and a hopeless trial should cost no more time)."""
-    history = _write_history(callbacks, output_dir, tensorboard_writer(trainer), trainer.global_step)
+    history = _write_history(callbacks, output_dir, tensorboard_writer(trainer), trainer.global_step,
+                             title=f"{cfg.run_name}: training curves (pruned)")
     metrics = {
         "status": "pruned",
+        "run_name": cfg.run_name,
         "program": cfg.program.name,
         "data": cfg.data.name,
         "epochs_trained": epoch,
@@ -319,15 +350,17 @@ def evaluate(cfg: DictConfig) -> dict:
         with open_dict(cfg):
             cfg.data.split = {"method": "file", "path": str(splits)}
         log.info("test split: %s (the run's own; split_from=config splits anew)", splits)
+    cfg.run_name = run_name(cfg)
     output_dir = prepare_run_directory(cfg)
     preprocessing = model.hparams.preprocessing
     if cfg.preprocessing_from == "config" or not preprocessing:
         preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
     log.info("preprocessing (%s): %s", cfg.preprocessing_from, preprocessing)
     datamodule = _build_data(cfg, output_dir, preprocessing=preprocessing)
-    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg))
+    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), run_name=cfg.run_name)
     epoch = checkpoint.get("epoch")
     metrics = {
+        "run_name": cfg.run_name,
         "program": model.hparams.get("program"),
         "data": cfg.data.name,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -346,8 +379,8 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-_NOT_FOR_EVALUATION = ("ckpt_path", "debug", "trainer", "callbacks", "logger", "seed", "data_check",
-                       "hparams_search")  # a search preset would make evaluate.py launch a sweep
+_NOT_FOR_EVALUATION = ("ckpt_path", "debug", "trainer", "callbacks", "logger", "seed", "data_check", "check_only",
+                       "run_name", "hparams_search")  # a search preset would make evaluate.py launch a sweep
 
 
 def evaluation_config(cfg: DictConfig) -> DictConfig:

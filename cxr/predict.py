@@ -1,4 +1,5 @@
-"""Apply a trained model to new X-rays: ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<file|folder|glob|list>``.
+"""Apply a trained model to new X-rays:
+``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<file|folder|glob|@list.txt>``.
 
 Inputs (PNG, JPEG, DICOM; DICOM recognised by content) are prepared exactly as the model was trained (the
 checkpoint's or the ONNX file's ``preprocessing``), predicted in batches, and written to ``predictions.csv`` (and
@@ -132,15 +133,17 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
         from cxr import inference
         from cxr.checkpoints import load_classifier
 
-        model, _ = load_classifier(path)
+        model, checkpoint = load_classifier(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device).eval()
         names = output_names(model.hparams)
         thresholds, source = operating_points(path, names)
         chosen = inference.choose_backend(model, backend)
+        details = {"program": model.hparams.get("program"), "task": model.hparams.get("task", "binary"),
+                   "epoch": checkpoint.get("epoch")}
         predictor = Predictor(_preprocessing(model.hparams.get("preprocessing"), str(path)), names, thresholds,
-                              source, chosen, model=model)
+                              source, chosen, model=model, details=details)
     if threshold is not None:
         from omegaconf import ListConfig
 
@@ -278,12 +281,12 @@ def predict(cfg) -> int:
         dicom_window = check_window(str((cfg.get("dicom") or {}).get("window", "voi")))
     except ValueError as error:
         raise PredictError(str(error)) from None
+    paths, skipped = collect_inputs(cfg.inputs)  # a wrong inputs= fails before the model is loaded
     predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
                                cfg.get("device", "auto"))
     predictor.dicom_window = dicom_window
     if cfg.get("cam") and predictor.model is None:
         raise PredictError("cam=true needs a checkpoint: Grad-CAM differentiates the PyTorch model, not an .onnx file")
-    paths, skipped = collect_inputs(cfg.inputs)
     log.info("%d input(s); model outputs %s; preprocessing %s; backend %s; DICOM window %s", len(paths),
              predictor.names, predictor.preprocessing, predictor.backend, predictor.dicom_window)
     started = time.perf_counter()

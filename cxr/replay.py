@@ -19,7 +19,8 @@ GROUPS = ("program", "task", "split", "model", "data", "experiment", "debug", "t
           "evaluation", "hparams_search")
 # roots of the value keys a replay may set, and the top-level values
 VALUE_ROOTS = ("program", "task", "split", "model", "data", "trainer", "callbacks", "logger", "evaluation")
-TOP_LEVEL = {"seed": (int,), "data_check": (bool,), "split_from": (str,), "preprocessing_from": (str,)}
+TOP_LEVEL = {"seed": (int,), "data_check": (bool,), "check_only": (bool,), "run_name": (str, type(None)),
+             "split_from": (str,), "preprocessing_from": (str,)}
 # keys whose value is itself the dotted path of what is built: only the allowlist of cxr.safe_instantiate
 NAMES_CODE = ("program.training.optimizer",)
 _OPTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -72,7 +73,7 @@ def check_override(override, source: str) -> None:
             raise ReplayError(f"{where}: {_shown(value)} is not an option name of the {key} group")
         return
     if key in TOP_LEVEL:
-        if not isinstance(value, TOP_LEVEL[key]) or isinstance(value, bool) != (bool in TOP_LEVEL[key]):
+        if not isinstance(value, TOP_LEVEL[key]) or (isinstance(value, bool) and bool not in TOP_LEVEL[key]):
             raise ReplayError(f"{where}: {_shown(value)} where {TOP_LEVEL[key][0].__name__} is expected")
         if isinstance(value, str) and "${" in value:
             raise ReplayError(f"{where}: an interpolation is not a value")

@@ -18,7 +18,8 @@ MEASURES = ("train step", "inference", "loader only", "epoch from cache", "epoch
             "NIH scale", "train step vs Keras", "matmul peak", "thesis net vs matmul peak", "DenseNet-121",
             "download + verify", "preparation", "epoch from shards vs PNGs", "epoch from shards vs cache",
             "shard formats", "GPU train step")
-IN_PROCESS = tuple(s for s in SECTIONS if s != "ddp")  # DDP starts training subprocesses: tests/test_distributed.py
+# DDP and the service start subprocesses: tests/test_distributed.py and tests/test_serve.py run them
+IN_PROCESS = tuple(s for s in SECTIONS if s not in ("ddp", "serve"))
 
 
 @pytest.fixture(scope="module")

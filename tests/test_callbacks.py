@@ -90,4 +90,7 @@ def test_last_checkpoint_is_written_every_epoch_even_without_a_new_best(make_cfg
     trainer.fit(Scripted(), loader, loader)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    # the best epoch, the first, is named from 1 as history.csv and metrics.json count; it holds weights only
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-epoch001.ckpt", "last.ckpt"]
+    best = torch.load(tmp_path / "checkpoints" / "best-epoch001.ckpt", weights_only=True)
+    assert best["epoch"] == 0 and "optimizer_states" not in best and "optimizer_states" in last

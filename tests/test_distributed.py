@@ -144,9 +144,10 @@ def test_ddp_inside_a_multirun_trains_each_job_once_in_its_own_directory(tmp_pat
                          "logger=csv", *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}",
                          f"hydra.run.dir={run_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    # each job's directory: its number and run name (the program and the swept value)
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0_A-lr0.001", "1_A-lr0.002"]
     assert not run_dir.exists()
-    for job, lr in (("0", 0.001), ("1", 0.002)):
+    for job, lr in (("0_A-lr0.001", 0.001), ("1_A-lr0.002", 0.002)):
         assert f"model.optimizer.lr={lr}" in OmegaConf.load(sweep_dir / job / ".hydra" / "overrides.yaml")
         assert OmegaConf.load(sweep_dir / job / "config.yaml").model.optimizer.lr == lr
         assert json.loads((sweep_dir / job / "metrics.json").read_text())["processes"] == 2
@@ -240,7 +241,7 @@ def test_submitit_local_multirun_with_a_preempted_job_requeued_and_resumed_exact
                                 *settings, f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        last = sweep_dir / "0" / "checkpoints" / "last.ckpt"
+        last = sweep_dir / "0_B-seed1" / "checkpoints" / "last.ckpt"
         deadline = time.monotonic() + 600
         while not last.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -254,16 +255,17 @@ def test_submitit_local_multirun_with_a_preempted_job_requeued_and_resumed_exact
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr[-3000:]
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "0_B-seed1", "1_B-seed2"]
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
     assert "Requeued" in logs and "requeued local job: resuming" in logs
-    for job, seed in (("0", 1), ("1", 2)):
+    for job, seed in (("0_B-seed1", 1), ("1_B-seed2", 2)):
         metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
         assert metrics["epochs_trained"] == 4 and OmegaConf.load(sweep_dir / job / "config.yaml").seed == seed
     reference = tmp_path / "reference"
     _train_in_subprocess(demo_root, reference, *settings, "seed=1")
     for name in ("metrics.json", "history.csv", "predictions_test.csv"):
-        assert (sweep_dir / "0" / name).read_bytes() == (reference / name).read_bytes(), name
+        assert (sweep_dir / "0_B-seed1" / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 def _random_state_worker(rank: int, world_size: int, port: int, folder: str) -> None:

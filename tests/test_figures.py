@@ -82,29 +82,34 @@ def _line_labels(ax):
 
 def test_training_curves_full_history():
     history = pd.DataFrame({
-        "epoch": [0, 1, 2],
+        "epoch": [1, 2, 3],
         "train/acc": [0.6, 0.7, 0.8], "val/acc": [0.55, 0.65, 0.7],
         "train/loss": [0.9, 0.6, 0.4], "val/loss": [1.0, 0.8, 0.7],
+        "train/auroc": [np.nan, np.nan, np.nan], "val/auroc": [0.6, 0.8, 0.75],
     })
-    figure = training_curves_figure(history)
-    acc_ax, loss_ax = figure.axes
-    assert _line_labels(acc_ax) == ["train", "validation"]
-    assert _line_labels(loss_ax) == ["train", "validation"]
-    assert acc_ax.get_xlabel() == loss_ax.get_xlabel() == "epoch"
-    assert acc_ax.get_legend() is not None and loss_ax.get_legend() is not None
+    figure = training_curves_figure(history, title="D-seed2: training curves", scored_epoch=2,
+                                    scored_by="best by val/auroc")
+    acc_ax, loss_ax, auroc_ax = figure.axes
+    scored = "scored: epoch 2 (best by val/auroc)"
+    assert _line_labels(acc_ax) == _line_labels(loss_ax) == ["train", "validation", scored]
+    assert _line_labels(auroc_ax) == ["validation", scored]  # train AUROC not logged: no line
+    assert acc_ax.get_xlabel() == loss_ax.get_xlabel() == auroc_ax.get_xlabel() == "epoch"
+    assert auroc_ax.get_title() == "model AUROC" and figure._suptitle.get_text() == "D-seed2: training curves"
+    assert all(ax.get_legend() is not None for ax in figure.axes)
     np.testing.assert_allclose(loss_ax.get_lines()[1].get_ydata(), [1.0, 0.8, 0.7])
-    np.testing.assert_allclose(acc_ax.get_lines()[0].get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(acc_ax.get_lines()[0].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(auroc_ax.get_lines()[1].get_xdata(), [2, 2])  # the vertical line at the scored epoch
     assert all(float(tick).is_integer() for tick in acc_ax.get_xticks())
 
 
 def test_training_curves_missing_columns_and_nan(tmp_path):
-    history = pd.DataFrame({"epoch": [0, 1, 2], "train/loss": [0.9, np.nan, 0.5], "val/acc": [np.nan] * 3})
-    figure = training_curves_figure(history)
-    acc_ax, loss_ax = figure.axes
-    assert _line_labels(acc_ax) == []
-    assert "no data" in [text.get_text() for text in acc_ax.texts]
-    assert _line_labels(loss_ax) == ["train"]
-    np.testing.assert_allclose(loss_ax.get_lines()[0].get_xdata(), [0, 2])
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train/loss": [0.9, np.nan, 0.5], "val/acc": [np.nan] * 3})
+    figure = training_curves_figure(history, scored_epoch=3)
+    acc_ax, loss_ax, auroc_ax = figure.axes
+    assert _line_labels(acc_ax) == _line_labels(auroc_ax) == []  # no scored-epoch line on an empty panel
+    assert "no data" in [text.get_text() for text in acc_ax.texts + auroc_ax.texts]
+    assert _line_labels(loss_ax) == ["train", "scored: epoch 3"]
+    np.testing.assert_allclose(loss_ax.get_lines()[0].get_xdata(), [1, 3])
     np.testing.assert_allclose(loss_ax.get_lines()[0].get_ydata(), [0.9, 0.5])
     assert save_figure(figure, tmp_path / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
 

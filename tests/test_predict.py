@@ -118,9 +118,13 @@ def test_inputs_from_lists_globs_and_folders(tmp_path):
     found, skipped = collect_inputs(str(tmp_path / "a"))
     assert [p.name for p in found] == ["x.png", "y.jpg", "z.dcm"] and skipped == 1
     (tmp_path / "list.txt").write_text("a/x.png\n# comment\n\na/missing.png\n")
-    assert [p.name for p in collect_inputs(str(tmp_path / "list.txt"))[0]] == ["x.png", "missing.png"]
+    assert [p.name for p in collect_inputs(f"@{tmp_path / 'list.txt'}")[0]] == ["x.png", "missing.png"]
     (tmp_path / "list.csv").write_text("patient,path\n1,a/b/y.jpg\n")
-    assert collect_inputs(str(tmp_path / "list.csv"))[0] == [tmp_path / "a" / "b" / "y.jpg"]
+    assert collect_inputs(f"@{tmp_path / 'list.csv'}")[0] == [tmp_path / "a" / "b" / "y.jpg"]
+    with pytest.raises(PredictError, match=r"list.txt: not an image .* give inputs=@"):
+        collect_inputs(str(tmp_path / "list.txt"))  # a list is never guessed from the file name
+    with pytest.raises(PredictError, match="list file not found"):
+        collect_inputs(f"@{tmp_path / 'none.txt'}")
     assert [p.name for p in collect_inputs(str(tmp_path / "a" / "**" / "*.jpg"))[0]] == ["y.jpg"]
     with pytest.raises(PredictError, match="matches no file"):
         collect_inputs(str(tmp_path / "*.nothing"))
@@ -343,7 +347,8 @@ def test_predict_command_line_exit_statuses_and_no_patient_data_in_logs(trained_
 
     # end to end through the CLI (console and predict.log): identity fields, some with values invalid for their VR
     inputs = [mixed_folder / "broken" / "invalid_values.dcm", mixed_folder / "png" / SOURCE_PNG.name]
-    result = run(f"ckpt_path={checkpoint_of(trained_run)}", f"inputs=[{','.join(map(str, inputs))}]")
+    (tmp_path / "list.txt").write_text("".join(f"{path}\n" for path in inputs))
+    result = run(f"ckpt_path={checkpoint_of(trained_run)}", f"inputs=@{tmp_path / 'list.txt'}")  # as documented
     assert result.returncode == 0, result.stderr
     assert "2 input(s): 2 predicted, 0 failed" in result.stdout
     logged = [result.stdout, result.stderr] + [f.read_text(errors="replace") for f in (tmp_path / "run").rglob("*")

@@ -193,11 +193,37 @@ def test_a_report_is_never_overwritten(fake_runs, tmp_path):
     with pytest.raises(ReportError, match="already holds a report"):
         compare([fake_runs], out=tmp_path / "report", n_resamples=20)
     assert (tmp_path / "report" / "report.md").read_bytes() == before
-    with pytest.raises(ReportError, match="holds no run"):
+    with pytest.raises(ReportError, match="holds no finished run"):
         compare([tmp_path / "report"], out=tmp_path / "other")
     with pytest.raises(ReportError, match="evaluated on the set 'external'"):
         compare([fake_runs], out=tmp_path / "other", set_name="external")
     assert not (tmp_path / "other").exists()
+
+
+def test_compare_lists_the_directories_it_skipped_and_why(fake_runs, tmp_path, capsys):
+    from cxr.cli import compare_main
+
+    failed = fake_runs / "multirun" / MULTIRUN / "3"  # a sweep job that failed its data check (train.py marks it)
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "run.json").write_text(json.dumps({"status": "failed", "failure": {"reason": "data.root is not set"}}))
+    killed = fake_runs / "multirun" / MULTIRUN / "4"
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / ".hydra").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"")
+    predicted = fake_runs / "predict_run"
+    (predicted / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"task_name": "predict"}), predicted / ".hydra" / "config.yaml")
+    assert compare_main([str(fake_runs), "--out", str(tmp_path / "report"), "--n-resamples", "20"]) == 0
+    printed = capsys.readouterr().out
+    written = (tmp_path / "report" / "report.md").read_text()
+    assert "skipped 3 directories without a finished run:" in printed and "## Skipped directories" in written
+    for directory, reason in ((failed, "failed: data.root is not set"),
+                              (killed, "unfinished: no metrics.json (killed or still running?); resume: python "
+                                       f"train.py resume={killed}"),
+                              (predicted, "a predict run, not a training or evaluation run")):
+        assert f"  {directory}: {reason}" in printed.splitlines()
+        assert f"| {os.path.relpath(directory, tmp_path / 'report')} | {reason} |" in written
+    assert "Comparison of 4 runs" in written  # the skipped directories are not runs
 
 
 def run_compare(*args) -> subprocess.CompletedProcess:
@@ -218,7 +244,8 @@ def test_compare_script(fake_runs, tmp_path):
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip() == f"compare.py: error: {tmp_path / 'nowhere'}: no such file or directory"
     empty = run_compare(tmp_path / "report", "--out", tmp_path / "report2")
-    assert empty.returncode == 2 and "holds no run" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+    assert empty.returncode == 2 and "holds no finished run" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1
     again = run_compare(fake_runs, "--out", tmp_path / "report", "--n-resamples", 20)
     assert again.returncode == 2 and "already holds a report" in again.stderr
 
@@ -236,7 +263,7 @@ def test_report_on_two_real_runs(make_cfg, tmp_path):
         run_dirs.append(Path(cfg.paths.output_dir))
     report = compare(run_dirs, out=tmp_path / "report", n_resamples=200)
     names = [run.name for run in report.runs]
-    assert names == [d.name for d in run_dirs] and {run.program for run in report.runs} == {"A", "B"}
+    assert names == ["A", "B"] and {run.program for run in report.runs} == {"A", "B"}  # their run names
     assert len(report.pairs) == 1 and {report.pairs[0]["run_a"], report.pairs[0]["run_b"]} == set(names)
     n_test = report.runs[0].metrics["test"]["n"]
     assert report.pairs[0]["n"] == n_test == report.runs[1].metrics["test"]["n"]
@@ -246,3 +273,29 @@ def test_report_on_two_real_runs(make_cfg, tmp_path):
     table = {row["run"]: row for row in parse_table(markdown, "run")}
     assert table[names[0]]["channels"] == "3" and table[names[1]]["channels"] == "1"
     assert (report.directory / "report.html").is_file() and (report.directory / "roc_test.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_sweep_of_programs_is_compared_under_their_names(tmp_path, demo_root):
+    """python train.py -m program=C,D: each job's directory, run.json, metrics.json and model card carry its name
+    (the swept value), and compare.py's table (and so its ROC legend, drawn from the same names) shows C and D."""
+    from tests.conftest import DEMO_OVERRIDES
+
+    sweep_dir = tmp_path / "multirun"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    trained = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", "program=C,D", "debug=fdr",
+                              *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert sorted(d.name for d in sweep_dir.iterdir() if d.is_dir()) == ["0_C", "1_D"]
+    for run, name in ((sweep_dir / "0_C", "C"), (sweep_dir / "1_D", "D")):
+        assert json.loads((run / "run.json").read_text())["run_name"] == name
+        assert json.loads((run / "metrics.json").read_text())["run_name"] == name
+        assert OmegaConf.load(run / "config.yaml").run_name == name
+        assert (run / "model_card.md").read_text().startswith(f"# Model card: {name} (program {name} on demo")
+
+    result = run_compare(sweep_dir, "--out", tmp_path / "report", "--n-resamples", 20)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = {row["run"]: row for row in parse_table((tmp_path / "report" / "report.md").read_text(), "run")}
+    assert {name: row["program"] for name, row in table.items()} == {"C": "C", "D": "D"}
+    assert "| C | train | C |" in result.stdout and "| D | train | D |" in result.stdout

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cxr.pipeline import evaluate, train
-from cxr.run_dir import RunDirectoryError
+from cxr.run_dir import RunDirectoryError, failure_recorded, prepare_run_directory
 from tests.conftest import DEMO_OVERRIDES, REPO
 
 EVAL_SET_KEYS = {"n", "n_class0", "n_class1", "threshold", "accuracy", "accuracy_class0", "accuracy_class1",
@@ -58,6 +58,26 @@ def test_a_finished_run_directory_is_never_reused(make_cfg):
     assert (Path(cfg.paths.output_dir) / "metrics.json").read_bytes() == before
 
 
+def test_a_failed_run_is_marked_in_run_json_until_a_resume(make_cfg):
+    """failure_recorded (train.py and evaluate.py's jobs run inside it) marks the run's own directory, never a
+    finished run nor another run's directory, and a resume moves the mark into its resumes entry."""
+    cfg = make_cfg(["debug=fdr"])
+    output_dir = prepare_run_directory(cfg)
+    with pytest.raises(ValueError), failure_recorded(cfg, lambda error: f"one line: {error}"):
+        raise ValueError("data.root is not set")
+    provenance = json.loads((output_dir / "run.json").read_text())
+    assert provenance["status"] == "failed" and provenance["failure"]["reason"] == "one line: data.root is not set"
+    prepare_run_directory(cfg, resuming=True)
+    provenance = json.loads((output_dir / "run.json").read_text())
+    assert "status" not in provenance and "failure" not in provenance
+    assert provenance["resumes"][0]["after_failure"]["reason"] == "one line: data.root is not set"
+    (output_dir / "checkpoints").mkdir()
+    (output_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(RunDirectoryError), failure_recorded(cfg):  # hydra.run.dir=<an unfinished run>
+        prepare_run_directory(cfg)
+    assert "status" not in json.loads((output_dir / "run.json").read_text())
+
+
 @pytest.mark.slow
 def test_training_checkpoints_and_evaluate_round_trip(make_cfg, tmp_path):
     """Two real epochs: best and last checkpoints, history, then evaluate.py's job reproduces the test metrics."""
@@ -93,8 +113,8 @@ def test_multirun_over_programs_in_a_subprocess(tmp_path, demo_root):
         "train.py", "-m", "program=A,B,C", "debug=fdr", *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}",
     ])
     assert result.returncode == 0, result.stderr[-3000:]
-    programs = {json.loads((sweep_dir / str(n) / "metrics.json").read_text())["program"] for n in range(3)}
-    assert programs == {"A", "B", "C"}
+    runs = {d.name: json.loads((d / "metrics.json").read_text()) for d in sweep_dir.iterdir() if d.is_dir()}
+    assert {name: m["program"] for name, m in runs.items()} == {"0_A": "A", "1_B": "B", "2_C": "C"}  # job_name
 
 
 @pytest.mark.slow
@@ -143,7 +163,7 @@ def test_program_d_evaluates_its_best_checkpoint_and_records_which(make_cfg):
     metrics = train(cfg)
     best = Path(metrics["checkpoint"]).name
     assert best.startswith("best-epoch") and metrics["checkpoint_choice"] == "best by val/auroc"
-    assert metrics["checkpoint_epoch"] == int(best.removeprefix("best-epoch").removesuffix(".ckpt")) + 1
+    assert metrics["checkpoint_epoch"] == int(best.removeprefix("best-epoch").removesuffix(".ckpt"))  # from 1
     history = pd.read_csv(Path(cfg.paths.output_dir) / "history.csv")
     assert history.loc[history["val/auroc"].idxmax(), "epoch"] == metrics["checkpoint_epoch"]
 
@@ -213,7 +233,48 @@ def test_last_checkpoint_is_the_end_of_fit_even_when_the_best_is_older(make_cfg)
                     "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"])  # best: epoch 1
     metrics = train(cfg)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch001.ckpt", "last.ckpt"]
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)
     assert metrics["checkpoint"] == os.path.join("checkpoints", "last.ckpt") and metrics["checkpoint_epoch"] == 3
+
+
+def test_run_names_say_what_differs(make_cfg):
+    from cxr.run_dir import MAX_NAME_LENGTH, run_name, safe_name
+
+    assert run_name(make_cfg([])) == "A"  # the defaults: program A, thesis network, binary task
+    assert run_name(make_cfg(["program=D", "seed=2"])) == "D-seed2"
+    assert run_name(make_cfg(["model=densenet121", "task=multilabel", "program=C"])) == "C-densenet121-multilabel"
+    assert run_name(make_cfg(["experiment=chexnet", "model.weights=none"])) == "chexnet-densenet121-multilabel"
+    assert run_name(make_cfg(["run_name=lr sweep/1"])) == "lr_sweep_1"  # one directory, Hydra-safe
+    long = [safe_name("D-" + "x" * 100 + tail) for tail in ("a", "b")]
+    assert long[0] != long[1] and all(len(n) <= MAX_NAME_LENGTH and "/" not in n for n in long)
+    # evaluate.py, predict.py, export.py: the name of the run whose checkpoint they read
+    evaluation = make_cfg(["ckpt_path=/runs/2026-12-06_10-11-12-123456_D-seed2/checkpoints/best-epoch002.ckpt"],
+                          config_name="evaluate")
+    assert run_name(evaluation) == "D-seed2"
+
+
+@pytest.mark.slow
+def test_checkpoints_count_epochs_from_one_and_keep_what_is_asked(make_cfg):
+    """Two epochs with callbacks.checkpoint.keep=all: epoch001.ckpt and epoch002.ckpt (as history.csv counts) beside
+    last.ckpt; the run's name in run.json, metrics.json and TensorBoard's hparams; the directory's size in run.json."""
+    from cxr.errors import ConfigError
+    from cxr.run_dir import directory_size
+
+    short = ["program=B", "seed=2", "trainer.max_epochs=2", "+trainer.limit_train_batches=2",
+             "+trainer.limit_val_batches=2", "callbacks.early_stopping=null", "data_check=false"]
+    cfg = make_cfg([*short, "callbacks.checkpoint.keep=all"])
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["epoch001.ckpt", "epoch002.ckpt",
+                                                                            "last.ckpt"]
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2] and metrics["checkpoint_epoch"] == 2
+    provenance = json.loads((run / "run.json").read_text())
+    assert provenance["run_name"] == metrics["run_name"] == "B-seed2"
+    assert 0 < provenance["directory_size_bytes"] <= directory_size(run)
+    assert any(b"B-seed2" in events.read_bytes() for events in (run / "tensorboard").glob("events.out.tfevents.*"))
+
+    for keep, message in (("none", "keeps none"), ("some", "choose best, none, all")):
+        with pytest.raises(ConfigError, match=message):  # program D scores its best checkpoint
+            train(make_cfg([*short, "program=D", f"callbacks.checkpoint.keep={keep}"]))

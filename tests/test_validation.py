@@ -247,9 +247,14 @@ def test_all_problem_classes_in_one_run(tmp_path):
     assert report.get("modes_sizes").message == "image modes and sizes: L 16x16: 5"
 
 
-def test_without_labels_or_root(tmp_path):
+def test_without_labels_or_root_each_missing_key_is_named_alone(tmp_path):
     report = validate(None, tmp_path, SPLIT)
-    assert not report.ok and report.get("settings").message.startswith("data.labels and data.root must be set")
+    assert not report.ok and report.get("settings").message.startswith("data.labels is not set: give the label file")
+    assert "data.root" not in report.get("settings").message
+    report = validate(tmp_path / "labels.csv", None, SPLIT)
+    assert report.get("settings").message.startswith("data.root is not set: give the image folder")
+    assert "data.labels" not in report.get("settings").message
+    assert validate(None, "", SPLIT).get("settings").message.startswith("data.labels and data.root are not set")
 
 
 def test_run_check_on_the_demo_config(make_cfg):

@@ -17,7 +17,9 @@ Measures, in one run, with every figure the median of several interleaved repeti
     the cache) with the projected time for the whole release, an epoch from LitData shards vs the cache vs PNGs,
     and LitData vs WebDataset (write time, read img/s, size);
 11. DDP: training img/s with 1 vs 2 CPU processes (gloo), per process and in total;
-12. GPU: training img/s of the thesis net and DenseNet-121, fp32 vs bf16-mixed (skipped without a CUDA GPU).
+12. GPU: training img/s of the thesis net and DenseNet-121, fp32 vs bf16-mixed (skipped without a CUDA GPU);
+13. the service (``python -m cxr.serve``) under load: ``--serve-requests`` requests at concurrency 1, 8 and 32,
+    mixed PNG and DICOM: throughput, p50/p95/p99 latency, errors, batch sizes, memory (cxr.bench.serving).
 
 Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
 settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
@@ -34,13 +36,13 @@ from cxr.bench.core import FULL, QUICK, TINY, Row, Sizes, machine_info, table
 
 log = logging.getLogger(__name__)
 SECTIONS = ("train", "inference", "limits", "densenet", "loader", "epoch", "lightning", "nih", "download", "prepare",
-            "shards", "ddp", "gpu")
+            "shards", "ddp", "gpu", "serve")
 
 
 def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, image_dir=None,
-        shared=None, echo=print) -> dict:
+        shared=None, echo=print, serve_requests: int | None = None) -> dict:
     """Run the selected measures; return (and write to ``out``) the result document."""
-    from cxr.bench import compute, dataset, distributed, limits, loading, scale
+    from cxr.bench import compute, dataset, distributed, limits, loading, scale, serving
 
     functions = {
         "train": lambda: compute.bench_train_step(sizes),
@@ -56,6 +58,8 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
         "shards": lambda: dataset.bench_shards(sizes, image_dir),
         "ddp": lambda: distributed.bench_ddp(sizes),
         "gpu": lambda: distributed.bench_gpu(sizes),
+        "serve": lambda: serving.bench_serve(sizes, serve_requests,
+                                             Path(shared) / "nih" / "images" if shared else None),
     }
     started = time.time()
     machine = machine_info()

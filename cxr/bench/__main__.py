@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     parser.add_argument("--images", help="folder of 1024x1024 PNGs (default ../shared/data/nih/full-res)")
     parser.add_argument("--shared", help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--serve-requests", type=int, default=None,
+                        help="requests per concurrency level of --only serve (default 2000; 20 with --tiny)")
     args = parser.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",")) if args.only else SECTIONS
     unknown = set(sections) - set(SECTIONS)
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
     document = run(sizes, args.out, sections, image_dir=args.images, shared=args.shared,
-                   echo=lambda text: print(text, flush=True))
+                   echo=lambda text: print(text, flush=True), serve_requests=args.serve_requests)
     return 1 if document["errors"] else 0
 
 

@@ -25,6 +25,7 @@ acquisition attributes (modality, view position, photometric interpretation).
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -46,6 +47,9 @@ KNOWN_MODALITIES = ("CR", "DX", "CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", 
 KNOWN_VIEWS = ("PA", "AP", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LATERAL", "LAT")
 GREY = ("MONOCHROME1", "MONOCHROME2")
 WINDOWS = ("voi", "stored", "minmax")  # how stored values become 0-255 (module docstring, dicom.window)
+# the largest image read (rows x columns), for predict.py and the service alike: above any chest detector (43 cm at
+# 100 um is 4300 x 4300) and bounding the decoded arrays (float64 while windowing: 8 bytes a pixel)
+MAX_INPUT_PIXELS = 6000 * 6000
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
 
 
@@ -80,8 +84,10 @@ def quiet_pydicom():
         logger.setLevel(level)
 
 
-def has_dicom_preamble(path: str | Path) -> bool:
-    """Whether the file holds 'DICM' after its 128-byte preamble (DICOM Part 10)."""
+def has_dicom_preamble(path: str | Path | bytes) -> bool:
+    """Whether the file (or its bytes) holds 'DICM' after its 128-byte preamble (DICOM Part 10)."""
+    if isinstance(path, (bytes, bytearray)):
+        return bytes(path[PREAMBLE_LENGTH:PREAMBLE_LENGTH + 4]) == b"DICM"
     try:
         with open(path, "rb") as file:
             head = file.read(PREAMBLE_LENGTH + 4)
@@ -90,7 +96,7 @@ def has_dicom_preamble(path: str | Path) -> bool:
     return head[PREAMBLE_LENGTH:PREAMBLE_LENGTH + 4] == b"DICM"
 
 
-def looks_like_dicom(path: str | Path) -> bool:
+def looks_like_dicom(path: str | Path | bytes) -> bool:
     """'DICM' preamble, or a preamble-less data set that pydicom can parse (``force=True``) into known groups."""
     if has_dicom_preamble(path):
         return True
@@ -101,7 +107,8 @@ def looks_like_dicom(path: str | Path) -> bool:
 
     try:
         with quiet_pydicom():
-            dataset = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=[
+            source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else path
+            dataset = pydicom.dcmread(source, force=True, stop_before_pixels=True, specific_tags=[
                 "SOPClassUID", "Modality", "Rows", "Columns", "PhotometricInterpretation"])
             return any(tag.group in (0x0008, 0x0028) for tag in dataset.keys())
     except Exception:  # anything pydicom cannot parse is not a DICOM data set
@@ -186,30 +193,37 @@ def check_window(window: str) -> str:
     return window
 
 
-def read_dicom(path: str | Path, window: str = "voi") -> DicomImage:
-    """Decode ``path`` into displayed 8-bit grey pixels, the values mapped to 0-255 as ``window`` says (module
-    docstring); raise DicomReadError with the reason otherwise."""
+def read_dicom(path: str | Path | bytes, window: str = "voi", name: str = "upload") -> DicomImage:
+    """Decode ``path`` (a file, or a file's bytes that ``name`` labels in messages) into displayed 8-bit grey pixels,
+    the values mapped to 0-255 as ``window`` says (module docstring); raise DicomReadError with the reason otherwise."""
     check_window(window)
     try:
         with quiet_pydicom():
-            return _read_dicom(path, window)
+            return _read_dicom(path, window, name)
     except ImportError as error:
         raise DicomReadError(f"{path}: reading DICOM needs pydicom>=3 and the pylibjpeg plugins "
                              "(pip install -e '.[predict]')") from error
 
 
-def _read_dicom(path: str | Path, window: str) -> DicomImage:
+def _read_dicom(path: str | Path | bytes, window: str, name: str) -> DicomImage:
     import pydicom
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-    path = Path(path)
-    if not path.is_file():
-        raise DicomReadError(f"file not found: {path}")
-    if path.stat().st_size == 0:
-        raise DicomReadError(f"{path}: zero-byte file")
+    if isinstance(path, (bytes, bytearray)):  # an upload, read in memory
+        source, path = io.BytesIO(path), name
+        if not source.getbuffer().nbytes:
+            raise DicomReadError(f"{path}: zero-byte file")
+    else:
+        source = path = Path(path)
+        if not path.is_file():
+            raise DicomReadError(f"file not found: {path}")
+        if path.stat().st_size == 0:
+            raise DicomReadError(f"{path}: zero-byte file")
     try:
-        check_dicom_header(pydicom.dcmread(path, force=True, stop_before_pixels=True))  # before reading pixels
-        dataset = pydicom.dcmread(path, force=True)
+        check_dicom_header(pydicom.dcmread(source, force=True, stop_before_pixels=True))  # before reading pixels
+        if hasattr(source, "seek"):
+            source.seek(0)
+        dataset = pydicom.dcmread(source, force=True)
     except PixelLimitError as error:
         raise DicomReadError(f"{path}: {error}") from None
     except Exception as error:  # InvalidDicomError, EOFError, struct.error, ... on a malformed header
@@ -223,6 +237,10 @@ def _read_dicom(path: str | Path, window: str) -> DicomImage:
     if frames > 1:
         raise DicomReadError(f"{path}: multi-frame DICOM ({frames} frames); the model reads single radiographs: "
                              "export the frame you want as its own file")
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    if rows * columns > MAX_INPUT_PIXELS:
+        raise DicomReadError(f"{path}: the image has {columns} x {rows} pixels, more than the limit of "
+                             f"{MAX_INPUT_PIXELS:,}")
     photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
     warnings: list[str] = []
     if photometric not in GREY + COLOUR:
@@ -236,9 +254,9 @@ def _read_dicom(path: str | Path, window: str) -> DicomImage:
     except BaseException as error:  # truncated data, missing plugin, corrupt codestream; pylibjpeg-rle even
         # panics (pyo3's PanicException, a BaseException) on a corrupt RLE segment
         first = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        raise DicomReadError(f"{path}: cannot decode the pixel data "
-                             f"({dataset.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')!s}: "
-                             f"{first})") from error
+        syntax = dataset.file_meta.get("TransferSyntaxUID")
+        named = f"transfer syntax {getattr(syntax, 'name', syntax)}" if syntax else "unknown transfer syntax"
+        raise DicomReadError(f"{path}: cannot decode the pixel data ({named}: {first})") from error
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
         raise DicomReadError(f"{path}: pixel array of shape {pixels.shape} is not one image")
 

@@ -1,5 +1,6 @@
-"""The inputs of ``predict.py``: the files a user names (files, folders, globs, .txt/.csv lists) expanded into
-images, each recognised as PNG, JPEG or DICOM by its content and prepared exactly as training prepared its images."""
+"""The inputs of ``predict.py`` and of the service (``python -m cxr.serve``): the files a user names (files, folders,
+globs, ``@list.txt`` / ``@list.csv`` lists) expanded into images, or an upload's bytes, each recognised as PNG, JPEG or
+DICOM by its content, checked against the size limits and prepared exactly as training prepared its images."""
 from __future__ import annotations
 
 import csv
@@ -12,28 +13,40 @@ import torch
 from PIL import Image
 
 from cxr.data.dataset import Preprocessing
-from cxr.data.dicom import DicomReadError, has_dicom_preamble, is_dicom_name, looks_like_dicom, read_dicom
-from cxr.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, prepare_image
+from cxr.data.dicom import (MAX_INPUT_PIXELS, DicomReadError, has_dicom_preamble, is_dicom_name, looks_like_dicom,
+                            read_dicom)
+from cxr.data.images import IMAGE_EXTENSIONS, ImageReadError, prepare_image
 from cxr.data.input_limits import check_image_header, walk_once
 from cxr.errors import PredictError
 
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 LIST_EXTENSIONS = (".txt", ".csv")
+LIST_PREFIX = "@"  # inputs=@list.txt: a file of image paths; a list is never guessed from its name
+MAX_INPUT_BYTES = 64 * 2**20  # the largest file read: an uncompressed 16-bit 4300 x 4300 DICOM is 37 MB
+Source = str | Path | bytes   # a file, or a file's bytes (an upload, never written to disk)
 
 
-def sniff_format(path: str | Path) -> str | None:
-    """``png``, ``jpeg`` or ``dicom`` by the file's first bytes, else by its extension; None if neither fits."""
+def _head(source: Source, length: int = 132) -> bytes:
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:length])
     try:
-        with open(path, "rb") as file:
-            head = file.read(132)
+        with open(source, "rb") as file:
+            return file.read(length)
     except OSError:
-        head = b""
+        return b""
+
+
+def sniff_format(path: Source) -> str | None:
+    """``png``, ``jpeg`` or ``dicom`` by the file's first bytes, else by its extension; None if neither fits."""
+    head = _head(path)
     if head.startswith(PNG_MAGIC):
         return "png"
     if head.startswith(JPEG_MAGIC):
         return "jpeg"
     if head[128:132] == b"DICM":
         return "dicom"
+    if isinstance(path, (bytes, bytearray)):  # an upload has no name to go by
+        return "dicom" if head and looks_like_dicom(path) else None
     suffix = Path(path).suffix.lower()
     if suffix == ".png":
         return "png"
@@ -81,21 +94,31 @@ def _read_list(path: Path) -> list[Path]:
 
 
 def collect_inputs(spec) -> tuple[list[Path], int]:
-    """Expand ``inputs`` (one or several files, folders, globs, .txt/.csv lists) into files; and the skipped count."""
+    """Expand ``inputs`` (one or several files, folders, globs, ``@`` lists) into files; and the skipped count."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec or [])
     if not items:
-        raise PredictError("inputs: give a file, folder, glob or .txt/.csv list of images")
+        raise PredictError("inputs: give a file, folder, glob or @list.txt of images")
     paths: list[Path] = []
     skipped = 0
     for item in items:
         item = str(item)
         path = Path(item).expanduser()
-        if path.is_dir():
+        if item.startswith(LIST_PREFIX):
+            listed = Path(item[len(LIST_PREFIX):]).expanduser()
+            if not listed.is_file():
+                raise PredictError(f"inputs={item}: list file not found: {listed}")
+            try:
+                paths += _read_list(listed)
+            except UnicodeDecodeError:
+                raise PredictError(f"inputs={item}: not a text file of image paths (one per line, or a CSV with "
+                                   "a column 'path')") from None
+        elif path.is_dir():
             found, n_skipped = _walk(path)
             paths += found
             skipped += n_skipped
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS and sniff_format(path) is None:
-            paths += _read_list(path)
+            raise PredictError(f"inputs={item}: not an image (PNG, JPEG or DICOM); to read it as a list of image "
+                               f"paths, give inputs={LIST_PREFIX}{item}")
         elif any(c in item for c in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
@@ -115,37 +138,55 @@ def collect_inputs(spec) -> tuple[list[Path], int]:
     return unique, skipped
 
 
-def read_grey(path: str | Path, dicom_window: str = "voi") -> tuple[Image.Image, str, list[str]]:
-    """The decoded image (PIL), its format, and warnings; a DICOM's values mapped to 0-255 as ``dicom_window`` says
-    (cxr.data.dicom). Raises ImageReadError/DicomReadError."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"file not found: {path}")
+def _check_pixels(size: tuple[int, int], label) -> None:
+    if size[0] * size[1] > MAX_INPUT_PIXELS:
+        raise ImageReadError(f"{label}: the image has {size[0]} x {size[1]} pixels, more than the limit of "
+                             f"{MAX_INPUT_PIXELS:,}")
+
+
+def read_grey(path: Source, dicom_window: str = "voi", name: str = "upload") -> tuple[Image.Image, str, list[str]]:
+    """The decoded image (PIL), its format, and warnings, from a file or a file's bytes (``name`` labels their
+    messages); a DICOM's values mapped to 0-255 as ``dicom_window`` says (cxr.data.dicom). Raises ImageReadError/DicomReadError, also above MAX_INPUT_BYTES or MAX_INPUT_PIXELS."""
+    in_memory = isinstance(path, (bytes, bytearray))
+    if not in_memory:
+        path = Path(path)
+        if not path.exists():
+            raise ImageReadError(f"file not found: {path}")
+    label = name if in_memory else path
+    size = len(path) if in_memory else path.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise ImageReadError(f"{label}: {size / 2**20:.1f} MiB, more than the limit of {MAX_INPUT_BYTES // 2**20} MiB")
     kind = sniff_format(path)
     if kind == "dicom":
-        dicom = read_dicom(path, dicom_window)
+        dicom = read_dicom(path, dicom_window, name)
         return Image.fromarray(dicom.pixels, mode="L"), kind, dicom.warnings
     if kind is None:
-        raise ImageReadError(f"{path}: not a PNG, JPEG or DICOM file")
+        raise ImageReadError(f"{label}: not a PNG, JPEG or DICOM file")
     try:
-        with Image.open(path) as image:
+        if in_memory:  # nothing to close: no copy needed
+            image = Image.open(io.BytesIO(path))
+            check_image_header(image)  # the header's claim in bytes, before decoding (cxr.data.input_limits)
+            _check_pixels(image.size, label)
+            image.load()
+            return image, kind, []
+        with Image.open(path) as image:  # the training reader's steps (cxr.data.images.load_image)
             check_image_header(image)
+            _check_pixels(image.size, label)
             image.load()
             return image.copy(), kind, []
+    except ImageReadError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        size_note = " (zero-byte file)" if path.stat().st_size == 0 else ""
-        raise ImageReadError(f"cannot read image {path}{size_note}: {error}") from error
+        size_note = " (zero-byte file)" if size == 0 else ""
+        raise ImageReadError(f"cannot read image {label}{size_note}: {error}") from error
 
 
-def prepare_input(path: str | Path, preprocessing: Preprocessing,
-                  dicom_window: str = "voi") -> tuple[torch.Tensor, str, list[str]]:
-    """One input as the network's tensor, exactly as training prepared its images (cxr.data.images)."""
+def prepare_input(path: Source, preprocessing: Preprocessing, dicom_window: str = "voi", name: str = "upload"
+                  ) -> tuple[torch.Tensor, str, list[str]]:
+    """One input (a file or its bytes) as the network's tensor, exactly as training prepared its images: decoded,
+    then ``prepare_image`` as ``cxr.data.images.load_image`` does."""
     p = preprocessing
-    kind = sniff_format(path)
-    if kind in ("png", "jpeg"):  # the training reader itself
-        pixels = load_image(path, channels=p.channels, size=p.image_size, resample=p.resample)
-        return p.to_tensor(pixels), kind, []
-    image, kind, warnings = read_grey(path, dicom_window)
+    image, kind, warnings = read_grey(path, dicom_window, name)
     pixels = prepare_image(image, channels=p.channels, size=p.image_size, resample=p.resample)
     return p.to_tensor(pixels), kind, warnings
 

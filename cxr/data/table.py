@@ -116,13 +116,25 @@ def exclude_external(main: LabelledSet, external: LabelledSet, how: str) -> Labe
     return LabelledSet(main.labels, main.root, table.loc[~hit].reset_index(drop=True), main.n_files, excluded)
 
 
+DATA_KEY_EXAMPLES = {"data.labels": "the label file, e.g. data.labels=/data/nih/Data_Entry_2017_v2020.csv",
+                     "data.root": "the image folder, e.g. data.root=/data/nih"}
+
+
+def unset_data_keys(labels, root) -> str | None:
+    """The message naming each of ``data.labels`` and ``data.root`` that is not set (None when both are)."""
+    unset = [key for key, value in (("data.labels", labels), ("data.root", root)) if not value]
+    if not unset:
+        return None
+    verb = "is" if len(unset) == 1 else "are"
+    return f"{' and '.join(unset)} {verb} not set: give {'; and '.join(DATA_KEY_EXAMPLES[k] for k in unset)}"
+
+
 def build_sets(labels, root, external: dict | None = None, exclude: str | None = None,
                missing_patient_id: str = "refuse") -> dict[str, LabelledSet]:
     """The labelled sets of a run: ``main`` and, when ``external.labels`` and ``external.root`` are set,
     ``external``; ``exclude`` (data.exclude) holds the external set out of the main table."""
-    if not labels or not root:
-        raise ConfigError("data.labels and data.root must be set (e.g. data.root=/data/nih "
-                         "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
+    if unset := unset_data_keys(labels, root):
+        raise ConfigError(unset)
     sets = {"main": labelled_set(labels, root, missing_patient_id)}
     external = external or {}
     if external.get("labels") and external.get("root"):

@@ -24,7 +24,7 @@ from PIL import Image
 from cxr.data.images import ImageIndexError, ImageReadError, load_image
 from cxr.data.labels import LabelFileError, read_labels
 from cxr.data.splits import SPLITS, SplitError, summarise_split
-from cxr.data.table import MISSING_POLICIES, LabelledSet, with_image_paths
+from cxr.data.table import MISSING_POLICIES, LabelledSet, unset_data_keys, with_image_paths
 
 log = logging.getLogger(__name__)
 FIRST = 5                 # offenders named per problem line
@@ -171,9 +171,8 @@ def validate(labels, root, split: dict | None = None, missing: str = "error", wo
     if missing not in MISSING_POLICIES:
         report.add("ERROR", "settings", f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
     if labelled is None:
-        if not labels or not root:
-            report.add("ERROR", "settings", "data.labels and data.root must be set "
-                       "(e.g. data.root=/data/nih data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
+        if unset := unset_data_keys(labels, root):
+            report.add("ERROR", "settings", unset)
             return report
         try:
             table = read_labels(labels)

@@ -22,7 +22,7 @@ from cxr.evaluation.curves import (_validate, average_precision, calibration_bin
                                    precision_recall_curve, roc_curve)
 from cxr.evaluation.metrics import auroc, predicted_class
 
-_PANELS = (("acc", "model accuracy", "accuracy"), ("loss", "model loss", "loss"))
+_PANELS = (("acc", "model accuracy", "accuracy"), ("loss", "model loss", "loss"), ("auroc", "model AUROC", "AUROC"))
 _SPLITS = (("train", "train"), ("val", "validation"))
 CLASS_NAMES = ("No Finding", "Finding")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -69,17 +69,20 @@ def confusion_matrix_figure(cm, normalize: bool = False, title: str = "Confusion
     return figure
 
 
-def training_curves_figure(history) -> Figure:
-    """Appendix A style: two panels side by side, accuracy per epoch (train and validation) and loss per epoch (train and validation)."""
-    figure = _new_figure((11, 4.5))
+def training_curves_figure(history, title: str = "", scored_epoch: int | None = None, scored_by: str = "") -> Figure:
+    """Appendix A style panels side by side, per epoch (counted from 1): accuracy, loss and AUROC, train and
+    validation where logged; the scored epoch (``scored_epoch``, chosen by ``scored_by``) marked on each panel."""
+    figure = _new_figure((16, 4.5))
+    if title:
+        figure.suptitle(title)
     if history is None or len(history) == 0:
         ax = figure.add_subplot()
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no completed epoch", ha="center", va="center", fontsize=14, transform=ax.transAxes)
         return figure
-    epochs = history["epoch"] if "epoch" in history else np.arange(len(history))
-    for index, (metric, title, ylabel) in enumerate(_PANELS, start=1):
-        ax = figure.add_subplot(1, 2, index)
+    epochs = history["epoch"] if "epoch" in history else np.arange(1, len(history) + 1)
+    for index, (metric, panel_title, ylabel) in enumerate(_PANELS, start=1):
+        ax = figure.add_subplot(1, len(_PANELS), index)
         for split, label in _SPLITS:
             column = f"{split}/{metric}"
             if column in history:
@@ -87,11 +90,14 @@ def training_curves_figure(history) -> Figure:
                 mask = values.notna().to_numpy()
                 if mask.any():
                     ax.plot(np.asarray(epochs)[mask], values.to_numpy()[mask], marker="o", label=label)
-        if ax.lines:
-            ax.legend(loc="best")
-        else:
+        if not ax.lines:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(title)
+        elif scored_epoch is not None:
+            ax.axvline(scored_epoch, color="grey", linestyle="--", linewidth=1.5,
+                       label=f"scored: epoch {scored_epoch}" + (f" ({scored_by})" if scored_by else ""))
+        if ax.lines:
+            ax.legend(loc="best", fontsize="small")
+        ax.set_title(panel_title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

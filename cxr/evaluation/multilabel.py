@@ -235,7 +235,9 @@ def roc_grid_figure(labels, probabilities, findings: list[str], thresholds: dict
             if threshold is not None:
                 point = at_threshold(labels[:, j], probabilities[:, j], threshold)
                 if point["sensitivity"] is not None and point["specificity"] is not None:
-                    ax.plot([1 - point["specificity"]], [point["sensitivity"]], "o", color="C3")
+                    ax.plot([1 - point["specificity"]], [point["sensitivity"]], "o", color="C3",
+                            label=f"t={threshold:.3g}")
+                    ax.legend(loc="lower right", fontsize="x-small")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize="x-small")

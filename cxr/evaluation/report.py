@@ -22,7 +22,7 @@ from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
 
 MAX_PAIRS = 30
-NOT_COMPARED = ("seed", "paths", "hydra", "ckpt_path", "task_name")  # besides *output_dir* keys and the run's path
+NOT_COMPARED = ("seed", "paths", "hydra", "ckpt_path", "task_name", "run_name")  # besides *output_dir* keys and the run's path
 HOW_TO_READ = (
     "How to read this report. AUROC 0.5 is chance, 1.0 is perfect ranking. Intervals are 95% confidence intervals "
     "from a bootstrap that resamples patients (all images of a drawn patient together), not images. A paired "
@@ -68,28 +68,79 @@ class Report:
     pairs: list[dict]  # paired_auroc_difference results with "run_a", "run_b" (or "error")
     pairs_left_out: int
     seed_groups: list[dict]  # {"runs", "seeds", "program", "n_runs", metric: {"mean", "sd"}}
+    skipped: dict[Path, str] = field(default_factory=dict)  # directories that are not finished runs, and why
 
 
-def find_runs(paths) -> list[Run]:
-    """Every run directory at or below ``paths``, in path order; ReportError for a missing or empty path."""
+def _is_run(directory: Path) -> bool:
+    return (directory / "metrics.json").is_file() and (directory / "config.yaml").is_file()
+
+
+def skip_reason(directory: Path) -> str:
+    """Why a directory written by an entry point (run.json or .hydra/) is not a finished run compare.py can read."""
+    status = {}
+    try:
+        status = json.loads((directory / "run.json").read_text()) if (directory / "run.json").is_file() else {}
+    except (OSError, ValueError):
+        return "unreadable run.json"
+    if status.get("status") == "failed":
+        return f"failed: {(status.get('failure') or {}).get('reason') or 'no reason recorded'}"
+    try:
+        task = OmegaConf.load(directory / ".hydra" / "config.yaml").get("task_name")
+    except Exception:  # noqa: BLE001 - no Hydra config (or a foreign one): judged by its files below
+        task = None
+    if task and task not in ("train", "evaluate"):
+        return f"a {task} run, not a training or evaluation run"
+    if (directory / "metrics.json").is_file():
+        return "metrics.json without config.yaml"
+    check = (directory / "data_check.txt").read_text().splitlines() if (directory / "data_check.txt").is_file() else []
+    if check and check[-1].startswith("FAILED"):  # a run from before runs were marked failed
+        first = next((line for line in check if line.startswith("ERROR")), check[-1])
+        return f"failed its data check (data_check.txt): {first.removeprefix('ERROR').strip()}"
+    if any((directory / "checkpoints").glob("*.ckpt")):
+        return f"unfinished: no metrics.json (killed or still running?); resume: python train.py resume={directory}"
+    return "no metrics.json (stopped before its results: killed, still running, or failed before run.json recorded why)"
+
+
+def find_skipped(given: Path, found: list[Path]) -> dict[Path, str]:
+    """Directories at or below ``given`` that an entry point wrote (run.json or .hydra/) but that hold no finished
+    run, with the reason (a failed run's own, from its run.json)."""
+    candidates = {given} if given.is_dir() else set()
+    candidates |= {m.parent for m in given.rglob("run.json")} | {h.parent for h in given.rglob(".hydra") if h.is_dir()}
+    written = [d for d in candidates if (d / "run.json").is_file() or (d / ".hydra").is_dir()]
+    return {d.resolve(): skip_reason(d) for d in sorted(written) if not _is_run(d) and d.resolve() not in found}
+
+
+def find_runs(paths, skipped: dict[Path, str] | None = None) -> list[Run]:
+    """Every run directory at or below ``paths``, in path order; ReportError for a missing path or one without
+    a finished run. ``skipped`` receives the directories that are not finished runs, and why."""
     found: list[Path] = []
-    is_run = lambda d: (d / "metrics.json").is_file() and (d / "config.yaml").is_file()  # noqa: E731
+    skipped = {} if skipped is None else skipped
     for given in map(Path, paths):
         if not given.exists():
             raise ReportError(f"{given}: no such file or directory")
-        dirs = [given] if is_run(given) else sorted({m.parent for m in given.rglob("metrics.json") if is_run(m.parent)})
-        if not dirs:
-            raise ReportError(f"{given}: holds no run (no directory with both metrics.json and config.yaml)")
+        dirs = [given] if _is_run(given) else sorted({m.parent for m in given.rglob("metrics.json")
+                                                      if _is_run(m.parent)})
         found += [d.resolve() for d in dirs if d.resolve() not in found]
-    names = [f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name for d in found]  # multirun: parent/num
-    names = [n if names.count(n) == 1 else f"{n}~{i + 1}" for i, n in enumerate(names)]
-    runs = []
-    for directory, name in zip(found, names):
+        passed = find_skipped(given, found)
+        skipped.update(passed)
+        if not dirs:
+            why = "; ".join(f"{d.name}: {reason}" for d, reason in list(passed.items())[:3])
+            raise ReportError(f"{given}: holds no finished run (no directory with both metrics.json and config.yaml)"
+                              + (f"; skipped {len(passed)}: {why}" if passed else ""))
+    loaded = []
+    for directory in found:
         try:
             metrics = json.loads((directory / "metrics.json").read_text())
             config = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"), resolve=False) or {}
         except Exception as error:  # a half-copied or foreign file: say which
             raise ReportError(f"{directory}: unreadable metrics.json or config.yaml ({error})") from error
+        loaded.append((directory, metrics, config))
+    # the run's own name (metrics.json run_name); older runs: the directory (a multirun's parent/num)
+    names = [str(m.get("run_name") or (f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name))
+             for d, m, _ in loaded]
+    names = [n if names.count(n) == 1 else f"{n}~{i + 1}" for i, n in enumerate(names)]
+    runs = []
+    for (directory, metrics, config), name in zip(loaded, names):
         kind = "evaluate" if "preprocessing" in metrics or config.get("task_name") == "evaluate" else "train"
         runs.append(Run(directory, name, config, metrics, kind, metrics.get("program") or _get(config, "program.name"),
                         config.get("seed") if kind == "train" else None))
@@ -262,7 +313,8 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         "%Y-%m-%d_%H-%M-%S-%f")
     if (out / "report.md").exists():
         raise ReportError(f"{out} already holds a report (report.md): choose another --out")
-    runs = find_runs(paths)
+    skipped: dict[Path, str] = {}
+    runs = find_runs(paths, skipped)
     scored = [r for r in runs if r.metrics.get(set_name)]
     if not scored:
         raise ReportError(f"none of the {len(runs)} runs was evaluated on the set {set_name!r}")
@@ -275,6 +327,11 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         blocks.append(("p", "One class only at threshold 0.5 (a class accuracy of 0%): " + ", ".join(collapsed)))
     if len(scored) < len(runs):
         blocks.append(("p", "Not evaluated on this set: " + ", ".join(r.name for r in runs if r not in scored)))
+    if skipped:
+        blocks += [("h", 2, "Skipped directories"),
+                   ("p", "Directories that hold no finished run (no metrics.json), and why (paths relative to this "
+                         "report):"),
+                   ("table", ["directory", "reason"], [[os.path.relpath(d, out), why] for d, why in skipped.items()])]
     pairs, left_out = candidate_pairs(scored, set_name)
     results = [paired_comparison(a, b, set_name, n_resamples, seed) for a, b in pairs]
     rows = [[r["run_a"], r["run_b"], *(["n/a", "n/a", r["error"], "n/a", "n/a"] if "error" in r else [
@@ -318,7 +375,7 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
     blocks = [b for b in blocks if b[0] != "table" or b[2]]  # no empty tables
     write_text(out / "report.html", to_html(blocks, f"Comparison of {len(runs)} runs on the {set_name} set"))
     write_text(out / "report.md", to_markdown(blocks))  # last: its presence marks a finished report
-    return Report(out, markdown_table(*runs_table(scored, set_name)), runs, results, left_out, groups)
+    return Report(out, markdown_table(*runs_table(scored, set_name)), runs, results, left_out, groups, skipped)
 
 
 def to_markdown(blocks: list[tuple]) -> str:

@@ -116,8 +116,9 @@ def score(labels, probabilities, patients, threshold: float, bootstrap: dict) ->
 
 
 def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, settings: dict | None = None,
-                  writer=None, step: int = 0) -> dict[str, dict]:
-    """Predict, score and draw every evaluation set of ``datamodule``; return ``{set: metrics}``."""
+                  writer=None, step: int = 0, run_name: str = "") -> dict[str, dict]:
+    """Predict, score and draw every evaluation set of ``datamodule`` (figure titles name ``run_name``); return
+    ``{set: metrics}``."""
     settings = {**DEFAULTS, **(settings or {})}
     output_dir = Path(output_dir)
     validation = validation_frame(model, datamodule, settings)
@@ -145,15 +146,15 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
                                                 settings["subgroups"].get("min_size", 1))
         if model_findings(model):
             _add_finding_metrics(metrics, name, predictions, model_findings(model), finding_thresholds,
-                                 findings_chosen_on, settings, output_dir, writer, step)
+                                 findings_chosen_on, settings, output_dir, writer, step, run_name)
         results[name] = metrics
         log.info("%s: n=%d AUROC=%s [%s, %s] accuracy=%.3f class0=%s class1=%s | at %s=%.3f: class0=%s class1=%s",
                  name, metrics["n"], _fmt(metrics["auroc"]), _fmt(metrics["ci"]["auroc"]["ci_low"]),
                  _fmt(metrics["ci"]["auroc"]["ci_high"]), metrics["accuracy"], _fmt(metrics["accuracy_class0"]),
                  _fmt(metrics["accuracy_class1"]), chosen_on, operating_point, _fmt(op["accuracy_class0"]),
                  _fmt(op["accuracy_class1"]))
-        _draw(name, metrics, labels, probabilities, {"0.5": settings["threshold"], chosen_on: operating_point},
-              output_dir, writer, step)
+        _draw(name, metrics, labels, probabilities, {"fixed": settings["threshold"], chosen_on: operating_point},
+              output_dir, writer, step, run_name)
     return results
 
 
@@ -175,7 +176,7 @@ def _finding_thresholds(findings: list[str] | None, validation: pd.DataFrame | N
 
 def _add_finding_metrics(metrics: dict, name: str, predictions: pd.DataFrame, findings: list[str],
                          thresholds: dict, chosen_on: str, settings: dict, output_dir: Path, writer,
-                         step: int) -> None:
+                         step: int, run_name: str = "") -> None:
     """Per-finding AUROC/AP with patient-bootstrap CIs, mean AUROC, per-finding operating points; the table
     ``findings_<set>.csv`` / ``.md`` beside published values, ``roc_findings_<set>.png``, TensorBoard scalars."""
     from cxr.evaluation import multilabel
@@ -197,7 +198,8 @@ def _add_finding_metrics(metrics: dict, name: str, predictions: pd.DataFrame, fi
 
     write_text(output_dir / f"findings_{name}.md", f"# Per-finding results: {name}\n\n"
                + markdown_table(list(table.columns), table.values.tolist()) + f"\n\n{multilabel.PUBLISHED_NOTE}\n")
-    figure = multilabel.roc_grid_figure(labels, probabilities, findings, thresholds, title=f"{name}: ROC per finding")
+    figure = multilabel.roc_grid_figure(labels, probabilities, findings, thresholds, title=(
+        f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds chosen {chosen_on})"))
     save_figure(figure, output_dir / f"roc_findings_{name}.png")
     mean = scored["mean_auroc"]
     log.info("%s: mean AUROC over %d findings = %s [%s, %s]; %s", name, mean["n_findings"], _fmt(mean["value"]),
@@ -226,16 +228,24 @@ def _expert_scores(predictions: pd.DataFrame, expert: pd.DataFrame, settings: di
 
 
 def _draw(name: str, metrics: dict, labels, probabilities, thresholds: dict, output_dir: Path, writer,
-          step: int) -> None:
+          step: int, run_name: str = "") -> None:
+    """The set's figures; a figure that shows decisions says its threshold: the confusion matrices at the fixed
+    threshold (``confusion_matrix_<set>``) and at the operating point predict.py applies (``..._operating_point``)."""
+    title = f"{run_name}: {name}" if run_name else name
+    op = metrics["operating_point"]
+    matrices = {"": (metrics["confusion_matrix"], f"threshold {metrics['threshold']:g} (fixed)"),
+                "_operating_point": (op["confusion_matrix"], f"operating point: threshold {op['threshold']:.3g} "
+                                                             f"({op['chosen_on']}; predict.py's)")}
     figures = {}
-    for normalize, suffix in ((False, ""), (True, "_normalized")):
-        title = f"{name}: {'normalized ' if normalize else ''}confusion matrix (threshold {metrics['threshold']})"
-        figures[f"confusion_matrix_{name}{suffix}"] = confusion_matrix_figure(
-            metrics["confusion_matrix"], normalize=normalize, title=title)
+    for kind, (matrix, threshold) in matrices.items():
+        for normalize, suffix in ((False, ""), (True, "_normalized")):
+            figures[f"confusion_matrix_{name}{kind}{suffix}"] = confusion_matrix_figure(
+                matrix, normalize=normalize,
+                title=f"{title}: {'normalized ' if normalize else ''}confusion matrix\n{threshold}")
     if metrics["auroc"] is not None:
-        figures[f"roc_pr_{name}"] = roc_pr_figure(labels, probabilities, thresholds, title=name)
-    figures[f"calibration_{name}"] = calibration_figure(labels, probabilities, title=name)
-    figures[f"probabilities_{name}"] = probability_histogram_figure(labels, probabilities, thresholds, title=name)
+        figures[f"roc_pr_{name}"] = roc_pr_figure(labels, probabilities, thresholds, title=title)
+    figures[f"calibration_{name}"] = calibration_figure(labels, probabilities, title=title)
+    figures[f"probabilities_{name}"] = probability_histogram_figure(labels, probabilities, thresholds, title=title)
     for file_name, figure in figures.items():
         save_figure(figure, output_dir / f"{file_name}.png")
         if writer is not None:
