@@ -1,22 +1,37 @@
-"""The command-line entry points: ``train.py`` / ``cxr-train``, ``evaluate.py`` / ``cxr-evaluate``,
-``python -m cxr.check`` / ``cxr-check`` and ``compare.py`` / ``cxr-compare``.
+"""The command-line entry points: parse the command line, call one job (:mod:`cxr.jobs`), print its outcome.
 
-A user error (label file, image, split, config, checkpoint, data check, unknown override key) ends with one line
-``error: <message>`` on stderr and exit status 1 (2 for a config that does not compose), without a traceback;
-``HYDRA_FULL_ERROR=1`` shows the traceback instead. Any other exception is a bug and keeps its traceback.
+``train.py`` / ``cxr-train``, ``evaluate.py`` / ``cxr-evaluate``, ``python -m cxr.check`` / ``cxr-check``,
+``compare.py`` / ``cxr-compare``, ``predict.py`` / ``cxr-predict``, ``export.py`` / ``cxr-export``,
+``python -m cxr.prepare`` and ``python -m cxr.download``.
+
+A user error (:class:`cxr.errors.UserError`: label file, image, split, config, checkpoint, data check; or an unknown
+override key) ends with one line ``error: <message>`` on stderr and exit status 1 (2 for a config that does not
+compose), without a traceback; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. Any other exception is a bug and
+keeps its traceback.
 """
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import hydra
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from cxr.errors import ConfigError, UserError
+
+# what a user's input or settings cause: cxr's own errors and OmegaConf's (a missing or mistyped value)
+USER_ERRORS = (UserError, OmegaConfBaseException)
+# ... and, around a Hydra app, Hydra's (a config that does not compose, an unknown override key)
+USER_OR_CONFIG_ERRORS = (*USER_ERRORS, HydraException)
 
 show_tracebacks = False  # HYDRA_FULL_ERROR=1 as the user set it (we set it ourselves to receive Hydra's errors)
 
@@ -62,23 +77,15 @@ def one_line(error: BaseException) -> str:
 
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         cause = error.__cause__
-        if isinstance(cause, _user_errors()):  # raised inside a constructor: the cause is the message
+        if isinstance(cause, USER_OR_CONFIG_ERRORS):  # raised inside a constructor: the cause is the message
             error = cause
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     cause = error.__cause__
-    from omegaconf.errors import OmegaConfBaseException
-
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
         text += f" ({str(cause).strip().splitlines()[0]})"
     text = text.split(" Config search path:")[0]  # Hydra's missing-config message lists its search path
     text = text.removeprefix("ERROR ")  # a data-check line ("ERROR truncated: …") after "error: "
     return text or type(error).__name__
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from cxr.errors import user_error_types
-
-    return (*user_error_types(), HydraException)
 
 
 MANDATORY_EXAMPLES = {"ckpt_path": "<run>/checkpoints/<file>.ckpt", "inputs": "<image, folder, glob or @list.txt>"}
@@ -87,8 +94,6 @@ MANDATORY_EXAMPLES = {"ckpt_path": "<run>/checkpoints/<file>.ckpt", "inputs": "<
 def require_set(cfg: DictConfig) -> None:
     """Refuse a config with mandatory keys (``???``) left unset, naming each of them (not only the first)."""
     from omegaconf import OmegaConf
-
-    from cxr.errors import ConfigError
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -104,7 +109,7 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
         try:
             require_set(cfg)
             return task(cfg)
-        except _user_errors() as error:
+        except USER_OR_CONFIG_ERRORS as error:
             if show_tracebacks:
                 raise
             raise _UserExit(one_line(error)) from None
@@ -115,14 +120,13 @@ def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictCon
 def job_app(job: Callable[[DictConfig], int], config_name: str, prog: str) -> Callable[[], None]:
     """A Hydra app around ``job(cfg) -> exit status`` (predict.py, export.py): a user error is one
     ``<prog>: error: …`` line and exit status 2 (the command itself is wrong)."""
-    from cxr.errors import user_error_types
 
     @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name=config_name)
     def app(cfg: DictConfig) -> None:
         try:
             require_set(cfg)
             status = job(cfg)
-        except user_error_types() as error:
+        except USER_ERRORS as error:
             if show_tracebacks:  # HYDRA_FULL_ERROR=1, as for train.py
                 raise
             sys.stdout.flush()
@@ -155,7 +159,7 @@ def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], lis
             raise
         message = composition_error_line(error, config_name or getattr(app, "config_name", None), sys.argv[1:])
         _fail(message or one_line(error), 2)
-    except _user_errors() as error:  # raised before the job (resume=): imports every module with error types
+    except USER_ERRORS as error:  # raised before the job (resume=)
         if show_tracebacks:
             raise
         _fail(one_line(error), 1)
@@ -257,11 +261,24 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+class SweepHydraConfig(Callback):
+    """Hydra callback (hydra/default.yaml): the sweep's own config is Hydra's config before the sweeper and launcher
+    are made, so that ``${hydra:runtime.cwd}`` (``paths.*``) resolves in the sweep and search directories, the
+    search's storage and the launcher's settings. Hydra 1.3 sets it only inside each job (hydra#2247)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        import copy
+
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(copy.deepcopy(config))  # a copy: set_config makes its hydra node read-only
+
+
 # ------------------------------------------------------------------------------------------------ train
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
 @catch_user_errors
 def _train_app(cfg: DictConfig) -> float:
-    from cxr.pipeline import objective, train
+    from cxr.jobs.train import objective, train
     from cxr.run_dir import failure_recorded
 
     quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
@@ -283,7 +300,7 @@ def train_main() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="evaluate")
 @catch_user_errors
 def _evaluate_app(cfg: DictConfig) -> float | None:
-    from cxr.pipeline import evaluate, evaluation_config
+    from cxr.jobs.evaluate import evaluate, evaluation_config
     from cxr.run_dir import failure_recorded
 
     quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
@@ -298,18 +315,154 @@ def evaluate_main() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ check
-def check_main() -> None:
-    """``cxr-check`` / ``python -m cxr.check [the overrides train.py takes]``."""
-    from cxr import check
+# Hydra would otherwise create outputs/<task>/runs/<time>/ with .hydra/ and a log file; check and prepare write nothing.
+NO_OUTPUT = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
 
-    run_app(check.app, check.no_output_arguments, config_name="train")
+
+def no_output_arguments(argv: list[str]) -> list[str]:
+    """The no-output overrides first (a user's own override of the same key wins), then ``argv``."""
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
+    return [o for o in NO_OUTPUT if o.split("=", 1)[0] not in given] + list(argv)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[%(asctime)s] %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
+@catch_user_errors
+def _check_app(cfg: DictConfig) -> None:
+    from cxr.jobs.check import run_check
+
+    _log_to_stderr()
+    report = run_check(cfg)
+    lines = report.lines()
+    print("\n".join(lines), flush=True)
+    if not report.ok:  # the first problem as the one error line on stderr (the full report is on stdout above)
+        first = next((line for line in lines if line.startswith("ERROR")), lines[-1])
+        print(f"error: {first.removeprefix('ERROR').strip()}", file=sys.stderr, flush=True)
+    sys.exit(0 if report.ok else 1)
+
+
+def check_main() -> None:
+    """``cxr-check`` / ``python -m cxr.check [the overrides train.py takes]``: prints one line per problem class
+    and fact; exits 1 when training would fail. Writes no run directory."""
+    run_app(_check_app, no_output_arguments, config_name="train")
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+PREPARE_FLAGS = {"--list": "list", "--prune": "prune", "--shards": "shards"}
+_prepare_options: dict = {}
+
+
+@hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
+def _prepare_app(cfg: DictConfig) -> None:
+    from cxr.jobs.prepare import list_or_prune, prepare
+
+    _log_to_stderr()
+    for noisy in ("litdata", "lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    options = _prepare_options
+    try:
+        if options.get("list") or options.get("prune"):
+            list_or_prune(cfg, bool(options.get("prune")))
+            return
+        summary = prepare(cfg, options.get("workers"), bool(options.get("shards")))
+    except (ValueError, OSError) as error:  # bad labels, missing images, unwritable cache dir: one line
+        print(f"cxr.prepare: {error}", file=sys.stderr)
+        sys.exit(1)
+    if options.get("json"):
+        Path(options["json"]).write_text(json.dumps(summary, indent=1))
+
+
+def prepare_main() -> None:
+    """``python -m cxr.prepare [--workers=N] [--shards] [--list | --prune] [--json=FILE] [train.py overrides]``:
+    take its own flags out of argv, then run the Hydra app with the no-output overrides."""
+    from cxr.jobs import prepare
+
+    args = []
+    for arg in sys.argv[1:]:
+        if arg in PREPARE_FLAGS:
+            _prepare_options[PREPARE_FLAGS[arg]] = True
+        elif arg.startswith("--workers="):
+            value = arg.split("=", 1)[1]
+            if not value.isdigit() or int(value) < 1:
+                print(f"cxr.prepare: --workers={value}: give a positive number of processes", file=sys.stderr)
+                sys.exit(2)
+            _prepare_options["workers"] = int(value)
+        elif arg.startswith("--json="):
+            _prepare_options["json"] = arg.split("=", 1)[1]
+        elif arg in ("-h", "--help") and not args:
+            print(prepare.__doc__)
+            return
+        else:
+            args.append(arg)
+    sys.argv[1:] = no_output_arguments(args)
+    _prepare_app()
+
+
+# --------------------------------------------------------------------------------------------- download
+def download_main(argv: list[str] | None = None) -> int:
+    """``python -m cxr.download nih [--to DIR] [--mirror URL | --from DIR] [--manifest CSV] [--jobs N]``."""
+    import argparse
+
+    from cxr.errors import DownloadError
+    from cxr.jobs import download as job
+
+    parser = argparse.ArgumentParser(prog="python -m cxr.download", description=job.__doc__.split("\n\n")[1])
+    parser.add_argument("dataset", choices=job.DATASETS)
+    parser.add_argument("--to", default=".", metavar="DIR", help="destination folder (default: the current one)")
+    parser.add_argument("--mirror", metavar="URL",
+                        help="base URL under which every file (archives, Data_Entry_2017_v2020.csv, "
+                             "train_val_list.txt, test_list.txt) is fetched by its name")
+    parser.add_argument("--from", dest="source_dir", metavar="DIR_OF_TARBALLS",
+                        help="take the archives from this folder instead of downloading them")
+    parser.add_argument("--manifest", metavar="CSV",
+                        help="archive,url,md5,images (default: the release's list shipped with cxr)")
+    parser.add_argument("--jobs", type=int, default=3, help="archives fetched in parallel (default 3)")
+    parser.add_argument("--keep-archives", action="store_true",
+                        help="keep the downloaded .tar.gz files after extraction (default: delete them)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.mirror and args.source_dir:
+        parser.error("--mirror and --from exclude each other")
+    try:
+        root = job.download(args.dataset, args.to, args.manifest, args.mirror, args.source_dir, args.jobs,
+                            args.keep_archives, progress=not args.no_progress)
+    except DownloadError as error:
+        print(f"cxr.download: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an unwritable or full destination: the message names the file
+        print(f"cxr.download: {error.strerror or error}: {error.filename or args.to}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cxr.download: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"NIH ChestX-ray14 is ready in {root}. Train with:\n  python train.py data=nih data.root={root} "
+          f"data.labels={root}/Data_Entry_2017_v2020.csv split=official", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------- predict, export
+def predict_main() -> None:
+    """``cxr-predict`` / ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<...>`` (exit 0, 1 inputs failed, 2)."""
+    from cxr.jobs.predict import predict
+
+    run_app(job_app(predict, "predict", "predict.py"))
+
+
+def export_main() -> None:
+    """``cxr-export`` / ``python export.py ckpt_path=<.ckpt> format=onnx|torchscript`` (exit 2 on a user error)."""
+    from cxr.jobs.export import export
+
+    run_app(job_app(lambda cfg: export(cfg) and 0, "export", "export.py"))
 
 
 # ---------------------------------------------------------------------------------------------- compare
 def compare_main(argv: list[str] | None = None) -> int:
     """``cxr-compare`` / ``python compare.py <run or multirun directories...> [--out DIR]``."""
     import argparse
-    import json
 
     from cxr.evaluation.report import compare
 
@@ -328,7 +481,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     try:
         report = compare(args.paths, out=args.out, set_name=args.set_name, n_resamples=args.n_resamples,
                          seed=args.seed)
-    except (*_user_errors(), OSError, json.JSONDecodeError) as error:  # unreadable run files included
+    except (*USER_OR_CONFIG_ERRORS, OSError, json.JSONDecodeError) as error:  # unreadable run files included
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"compare.py: error: {one_line(error)}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Multi-process training (DDP) inside Hydra jobs: every rank trains the same job, in the same run directory.
+An entry point (it starts the ranks' processes, ``python -m cxr.distributed``); the training job never imports it.
 
 Lightning's ``ddp`` starts ranks 1..N-1 by re-running ``sys.argv``. Under ``python train.py -m ...`` or a sweeper
 that re-runs the whole sweep in every process: each rank makes its own run directories and, under Optuna, trains
@@ -21,17 +22,10 @@ import lightning.pytorch.strategies.launchers.subprocess_script as _subprocess_s
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 # what Lightning's launcher sets in this process's environment for the children
 _LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "PYTHONPATH")
-
-
-def global_rank() -> int:
-    """This process's rank before the Trainer exists (from RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads
-    them); 0 in a single-process run."""
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def rank_command(run_config: str | os.PathLike) -> list[str]:
@@ -109,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     """Rank >= 1 of a DDP job: ``python -m cxr.distributed <run dir>/.hydra/resolved.yaml`` (started by the launcher)."""
     from omegaconf import OmegaConf
 
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
+    from cxr.run_dir import global_rank
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

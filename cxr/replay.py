@@ -7,6 +7,7 @@ an interpolation. ``hydra.*``, ``paths.*``, a ``_target_`` (or any ``_name_`` ke
 outside the schema are refused with one line naming it: a file must not choose what code runs or where files are
 written. A key given on the command line is not replayed, so a user can still set any of them explicitly.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,12 +16,30 @@ from collections.abc import Sequence
 from cxr.errors import ConfigError
 
 # config groups whose option a replay may choose (a plain option name, read from cxr's own configs)
-GROUPS = ("program", "task", "split", "model", "data", "experiment", "debug", "trainer", "callbacks", "logger",
-          "evaluation", "hparams_search")
+GROUPS = (
+    "program",
+    "task",
+    "split",
+    "model",
+    "data",
+    "experiment",
+    "debug",
+    "trainer",
+    "callbacks",
+    "logger",
+    "evaluation",
+    "hparams_search",
+)
 # roots of the value keys a replay may set, and the top-level values
 VALUE_ROOTS = ("program", "task", "split", "model", "data", "trainer", "callbacks", "logger", "evaluation")
-TOP_LEVEL = {"seed": (int,), "data_check": (bool,), "check_only": (bool,), "run_name": (str, type(None)),
-             "split_from": (str,), "preprocessing_from": (str,)}
+TOP_LEVEL = {
+    "seed": (int,),
+    "data_check": (bool,),
+    "check_only": (bool,),
+    "run_name": (str, type(None)),
+    "split_from": (str,),
+    "preprocessing_from": (str,),
+}
 # keys whose value is itself the dotted path of what is built: only the allowlist of cxr.safe_instantiate
 NAMES_CODE = ("program.training.optimizer",)
 _OPTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -43,8 +62,13 @@ def _plain(value) -> bool:
 
 
 def _shown(value) -> str:
-    return repr(value) if _plain(value) and not (isinstance(value, str) and "${" in value) else \
-        f"a {type(value).__name__}" if not isinstance(value, str) else "an interpolation"
+    return (
+        repr(value)
+        if _plain(value) and not (isinstance(value, str) and "${" in value)
+        else f"a {type(value).__name__}"
+        if not isinstance(value, str)
+        else "an interpolation"
+    )
 
 
 def check_override(override, source: str) -> None:
@@ -60,15 +84,20 @@ def check_override(override, source: str) -> None:
         raise ReplayError(f"{where}: {line!r} cannot be replayed") from None
     parts = re.split(r"[./]", key)
     if parts[0] in ("hydra", "paths"):
-        raise ReplayError(f"{where}: {parts[0]}.* settings are never replayed from a file (they choose what runs "
-                          "and where files are written); give them on the command line")
+        raise ReplayError(
+            f"{where}: {parts[0]}.* settings are never replayed from a file (they choose what runs "
+            "and where files are written); give them on the command line"
+        )
     if any(p.startswith("_") and p.endswith("_") for p in parts):
-        raise ReplayError(f"{where}: a key that names code is never replayed from a file; give it on the command "
-                          "line if you mean it")
+        raise ReplayError(
+            f"{where}: a key that names code is never replayed from a file; give it on the command line if you mean it"
+        )
     if "/" in key or ("." not in key and key in GROUPS):  # a config group option
         if key not in GROUPS:
-            raise ReplayError(f"{where}: not a setting that describes the experiment (replayed: {', '.join(GROUPS)} "
-                              f"options, {', '.join(r + '.*' for r in VALUE_ROOTS)}, {', '.join(TOP_LEVEL)})")
+            raise ReplayError(
+                f"{where}: not a setting that describes the experiment (replayed: {', '.join(GROUPS)} "
+                f"options, {', '.join(r + '.*' for r in VALUE_ROOTS)}, {', '.join(TOP_LEVEL)})"
+            )
         if value is not None and not (isinstance(value, str) and _OPTION.match(value) and ".." not in value):
             raise ReplayError(f"{where}: {_shown(value)} is not an option name of the {key} group")
         return
@@ -79,8 +108,10 @@ def check_override(override, source: str) -> None:
             raise ReplayError(f"{where}: an interpolation is not a value")
         return
     if parts[0] not in VALUE_ROOTS:
-        raise ReplayError(f"{where}: not a setting that describes the experiment (replayed: {', '.join(GROUPS)} "
-                          f"options, {', '.join(r + '.*' for r in VALUE_ROOTS)}, {', '.join(TOP_LEVEL)})")
+        raise ReplayError(
+            f"{where}: not a setting that describes the experiment (replayed: {', '.join(GROUPS)} "
+            f"options, {', '.join(r + '.*' for r in VALUE_ROOTS)}, {', '.join(TOP_LEVEL)})"
+        )
     if override.is_delete():
         return
     if not _plain(value):
@@ -94,8 +125,9 @@ def check_override(override, source: str) -> None:
             raise ReplayError(f"{source}: {error}") from None
 
 
-def replayable(overrides: Sequence[str], source: str, given: Sequence[str] = (),
-               dropped: Sequence[str] = ()) -> list[str]:
+def replayable(
+    overrides: Sequence[str], source: str, given: Sequence[str] = (), dropped: Sequence[str] = ()
+) -> list[str]:
     """The overrides of a file (``source`` names it in messages) that are replayed: those the command line
     (``given``) does not set itself and whose root is not in ``dropped``, each checked against the schema."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -108,7 +140,7 @@ def replayable(overrides: Sequence[str], source: str, given: Sequence[str] = (),
     for line in kept:
         try:
             parsed = parser.parse_overrides([line])
-        except Exception as error:  # Hydra's grammar error
+        except Exception:  # Hydra's grammar error
             why = "an interpolation is not a value" if "${" in line else f"{line!r} is not a valid override"
             raise ReplayError(f"{source}: {_key(line)}: {why}") from None
         check_override(parsed[0], source)

@@ -19,13 +19,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import cxr.conf  # noqa: F401  registers ${cxr.run_name:}, which config.yaml's hydra section resolves
 from cxr.artifacts import run_provenance, write_json, write_text
-from cxr.errors import ConfigError
+from cxr.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(UserError, RuntimeError):
     """The run directory already holds a finished run."""
+
+
+def global_rank() -> int:
+    """This process's rank before the Trainer exists (from RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads
+    them); 0 in a single-process run: only rank 0 writes the run directory's files."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 SWEPT_KEYS_ENV = "CXR_SWEPT_KEYS"
@@ -186,8 +194,6 @@ def failure_recorded(cfg: DictConfig, describe: Callable[[BaseException], str] =
 
 def mark_failed(output_dir: Path, reason: str) -> None:
     """Write ``status: failed`` and ``failure`` (reason, time) into ``output_dir/run.json`` (rank 0 only)."""
-    from cxr.distributed import global_rank
-
     if global_rank() != 0 or not output_dir.is_dir() or (output_dir / "metrics.json").exists():
         return
     run_json = output_dir / "run.json"

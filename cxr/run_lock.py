@@ -1,6 +1,7 @@
 """One run per run directory: a run holds an exclusive lock (``flock``) on ``<run dir>/.run.lock`` while it runs,
 released when its process ends, however it ends; a second run in the same directory is refused in one line instead
 of mixing checkpoints, overwriting run.json and interleaving the log."""
+
 from __future__ import annotations
 
 import fcntl
@@ -29,8 +30,10 @@ def lock_run_directory(folder: str | Path) -> None:
     except BlockingIOError:
         holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
         os.close(descriptor)
-        raise RunLockedError(f"{folder} is in use by another run (process {holder or 'unknown'}); wait for it to "
-                             "end or choose another hydra.run.dir") from None
+        raise RunLockedError(
+            f"{folder} is in use by another run (process {holder or 'unknown'}); wait for it to "
+            "end or choose another hydra.run.dir"
+        ) from None
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, str(os.getpid()).encode(), 0)
     _HELD[str(folder)] = descriptor

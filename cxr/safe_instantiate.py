@@ -14,11 +14,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cxr.errors import UserError
+
 # this package's networks (cxr.models.*), torchvision's, torch's optimisers and learning-rate schedulers
 ALLOWED_MODULES = ("cxr.models", "torchvision.models", "torch.optim")  # torch.optim covers torch.optim.lr_scheduler
 
 
-class UnsafeTargetError(ValueError):
+class UnsafeTargetError(UserError, ValueError):
     """A ``_target_`` outside the allowlist; the message names the config key."""
 
 

@@ -294,7 +294,7 @@ def _litserve():
 def model_card(ckpt_path: str | Path, predictor) -> dict:
     """Name, version and SHA-256 of the model file, its outputs and operating points (no path of the machine)."""
     import cxr
-    from cxr.predict import run_directory
+    from cxr.jobs.predict import run_directory
 
     path = Path(ckpt_path)
     digest = hashlib.sha256()
@@ -324,7 +324,7 @@ class _ModelAPI(LitAPI):
         self.settings = settings
 
     def _load(self, device: str, backend: str):
-        from cxr.predict import load_predictor
+        from cxr.jobs.predict import load_predictor
 
         _ignore_interrupts()
         device = "cpu" if device in ("cpu", None) else device
@@ -391,7 +391,7 @@ class CamAPI(_ModelAPI):
         self._load(device, "torch")
 
     def predict(self, uploads):
-        from cxr.gradcam import cam_maps
+        from cxr.evaluation.gradcam import cam_maps
 
         started = time.perf_counter()
         images = self._images(uploads)
@@ -405,7 +405,7 @@ class CamAPI(_ModelAPI):
         from PIL import Image
         from starlette.responses import Response
 
-        from cxr.gradcam import overlay
+        from cxr.evaluation.gradcam import overlay
 
         upload, probabilities, maps, batch_size = output
         names = self.predictor.names
@@ -484,7 +484,7 @@ def serve(cfg) -> int:
     SIGTERM/Ctrl-C; returns the exit status."""
     global _SERVICE
     from cxr.errors import PredictError
-    from cxr.predict import load_predictor
+    from cxr.jobs.predict import load_predictor
 
     try:
         _litserve()
@@ -522,7 +522,7 @@ def serve(cfg) -> int:
         print(f"serving {model['name']} ({', '.join(model['outputs'])}; backend {cfg.backend}) on "
               f"http://{host}:{port}/ - Ctrl-C stops", flush=True)
         server.run(host=host, port=port, num_api_servers=1, generate_client_file=False,
-                   log_level=str(cfg.log_level))
+                   log_level=str(cfg.log_level), timeout_keep_alive=int(cfg.get("keep_alive", 75)))
     print("stopped", flush=True)
     return 0
 

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "cxr" / "conf"
+CONFIG_DIR = REPO / "conf"  # shipped in the wheel as cxr.conf (pyproject: package-dir)
 SHARED_DATA = REPO.parent / "shared" / "data"
 NIH_SAMPLE = SHARED_DATA / "nih"
 NIH_META = SHARED_DATA / "nih-meta"

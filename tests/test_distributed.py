@@ -124,7 +124,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, demo_root):
     # per-process AUROCs, nor over Lightning's padded duplicates)
     from sklearn.metrics import roc_auc_score
 
-    from cxr.checkpoints import load_classifier
+    from cxr.models.checkpoints import load_classifier
     from cxr.inference import predict_probabilities
 
     cfg = OmegaConf.load(double / "config.yaml")
@@ -322,7 +322,7 @@ def test_bench_ddp_rows_measure_one_and_two_processes():
 @pytest.mark.slow
 def test_gpu_loader_settings_work_with_the_preprocessing_cache(make_cfg, tmp_path):
     """trainer=gpu's loader (workers, pinned memory, persistent workers) reading data.cache, run on the CPU here."""
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     cfg = make_cfg(["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.benchmark=false",
                     "data.cache=true", f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=2", "debug=fdr",

@@ -80,7 +80,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_download_from_an_empty_folder_then_train(release, tmp_path, make_cfg):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     target = tmp_path / "nih"
     with RangeServer(release["files"]) as server:

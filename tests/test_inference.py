@@ -213,7 +213,7 @@ def test_precision_auto_picks_bf16_only_on_cpus_with_native_bf16(monkeypatch):
 @pytest.mark.skipif(not inference.cpu_supports_bf16(),
                     reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX): trainer=cpu_fast trains in 32-true here")
 def test_cpu_fast_trainer_config_trains_in_bf16(make_cfg):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     cfg = make_cfg(["trainer=cpu_fast", "debug=fdr"])
     assert cfg.trainer.precision == "auto" and cfg.model.channels_last == "auto" and cfg.model.fused_optimizer
@@ -222,7 +222,7 @@ def test_cpu_fast_trainer_config_trains_in_bf16(make_cfg):
 
 
 def test_cpu_fast_says_it_ran_fp32_on_a_cpu_without_bf16(make_cfg, monkeypatch):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
     metrics = train(make_cfg(["trainer=cpu_fast", "debug=fdr"]))

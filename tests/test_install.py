@@ -54,7 +54,7 @@ def test_a_non_editable_install_runs_from_another_directory(tmp_path, demo_root)
     search = run(str(site / "bin" / "cxr-train"), "hparams_search=optuna_D", "debug=fdr", "hydra.sweeper.n_trials=1",
                  "logger=csv", "data_check=false", *DEMO_OVERRIDES(demo_root))
     assert search.returncode == 0, search.stderr[-3000:]
-    assert list((elsewhere / "outputs" / "search" / "cxr_D_demo").glob("*/0/metrics.json"))
+    assert list((elsewhere / "outputs" / "search" / "cxr_D_demo").glob("*/0_*/metrics.json"))  # <time>/<n>_<run name>/
 
     failing = run(str(site / "bin" / "cxr-evaluate"), f"ckpt_path={elsewhere / 'none.ckpt'}",
                   f"hydra.run.dir={elsewhere / 'eval'}")

@@ -111,15 +111,18 @@ def test_patient_split_refuses_test_patients_in_training(demo_root):
     assert refusal and "1 of 1 test patients" in refusal
 
 
-def test_the_check_and_the_datamodule_read_index_and_split_once(make_cfg, monkeypatch):
+def test_the_check_and_the_datamodule_read_index_split_and_judge_leakage_once(make_cfg, monkeypatch):
+    """The data step (cxr.data.table.labelled_data) runs once per run: the data check reports on its result and the
+    DataModule trains on it."""
     import cxr.data.images as images_module
     import cxr.data.labels as labels_module
+    import cxr.data.leakage as leakage_module
     import cxr.data.splits as splits_module
     import cxr.data.table as table_module
     import cxr.data.validation as validation_module
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
-    calls = {"read_labels": 0, "index_images": 0, "make_split": 0}
+    calls = {"read_labels": 0, "index_images": 0, "make_split": 0, "find_overlaps": 0}
 
     def counted(name, function):
         def wrapper(*args, **kwargs):
@@ -129,13 +132,14 @@ def test_the_check_and_the_datamodule_read_index_and_split_once(make_cfg, monkey
 
     read, index = counted("read_labels", labels_module.read_labels), counted("index_images", images_module.index_images)
     split = counted("make_split", splits_module.make_split)
+    monkeypatch.setattr(table_module, "find_overlaps", counted("find_overlaps", leakage_module.find_overlaps))
     for module in (table_module, validation_module):  # every module that could read or index on its own
         monkeypatch.setattr(module, "read_labels", read, raising=False)
         monkeypatch.setattr(module, "index_images", index, raising=False)
         monkeypatch.setattr(module, "make_split", split, raising=False)
     cfg = make_cfg(["debug=fdr", "~logger", "data_check=true"])
     metrics = train(cfg)
-    assert calls == {"read_labels": 1, "index_images": 1, "make_split": 1}
+    assert calls == {"read_labels": 1, "index_images": 1, "make_split": 1, "find_overlaps": 1}
     assert metrics["leakage"]["test_patients"]["allowed"]  # split=thesis shares patients, recorded
     output_dir = Path(cfg.paths.output_dir)
     splits = pd.read_csv(output_dir / "splits.csv")
@@ -156,9 +160,9 @@ def test_nih_sample_preset_external_set_is_unseen(make_cfg):
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert len(dm.table) == 963 - 48 and dm.leakage["excluded_patients"] == 48
-    from cxr.check import run_check
+    from cxr.jobs.check import run_check
 
-    report = run_check(cfg, sets=dm.labelled_sets())
+    report = run_check(cfg, data=dm.labelled_data())
     assert report.facts["unlabelled_files"] == 0 and report.get("excluded").message.startswith(
         "held out of labels.csv (data.exclude): 48 images of 48 patients")
     assert dm.leakage["external_images"]["count"] == dm.leakage["external_patients"]["count"] == 0

@@ -123,7 +123,7 @@ def test_binary_classifier_is_the_thesis_path_unchanged():
 
 
 def test_checkpoint_of_a_pretrained_model_loads_without_fetching_weights(tmp_path, cached_imagenet, monkeypatch):
-    from cxr.checkpoints import load_classifier
+    from cxr.models.checkpoints import load_classifier
 
     net = {"_target_": "cxr.models.backbones.TorchvisionNet", "name": "resnet18", "in_channels": 1}
     model = Classifier(net=net, optimizer=ADAM, task="multilabel", findings=FINDINGS3, weights="imagenet")

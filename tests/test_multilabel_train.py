@@ -27,7 +27,7 @@ BINARY_BEFORE = {
 @pytest.mark.slow
 @pytest.mark.parametrize("program", sorted(BINARY_BEFORE))
 def test_binary_programs_give_the_results_they_gave_before_multilabel(make_cfg, program):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     # A-C have since moved, deliberately, to Keras 2's clipped loss and Adam (Keras parity, tests/test_keras_parity.py):
     # set back to the loss and optimizer of commit 2a18474, so that this test isolates the multi-label refactor
@@ -86,7 +86,7 @@ def check_multilabel_run(output_dir: Path, findings: list[str]) -> dict:
 @pytest.mark.slow
 def test_multilabel_task_runs_end_to_end_on_the_marked_demo(make_cfg, marked_demo):
     from cxr.data.demo import MARKED_FINDINGS
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     cfg = make_cfg(marked_demo_overrides(marked_demo) + ["task=multilabel", "debug=fdr"])
     train(cfg)
@@ -95,7 +95,7 @@ def test_multilabel_task_runs_end_to_end_on_the_marked_demo(make_cfg, marked_dem
 
 
 def test_history_has_each_epochs_own_multilabel_training_auroc(make_cfg, marked_demo):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     cfg = make_cfg(marked_demo_overrides(marked_demo) + ["task=multilabel", "trainer.max_epochs=3", "logger=csv",
                                                          "+trainer.limit_train_batches=4",
@@ -112,7 +112,7 @@ def test_history_has_each_epochs_own_multilabel_training_auroc(make_cfg, marked_
 
 @pytest.mark.slow
 def test_chexnet_preset_runs_on_the_demo_without_weights(make_cfg, marked_demo):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     cfg = make_cfg(marked_demo_overrides(marked_demo) + ["experiment=chexnet", "model.weights=none", "debug=fdr",
                                                          "evaluation.inference_backend=torch"])
@@ -128,7 +128,7 @@ def test_chexnet_preset_runs_on_the_demo_without_weights(make_cfg, marked_demo):
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_chexnet_preset_runs_on_the_real_nih_sample_with_the_official_lists(make_cfg):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     require_real_data(NIH_SAMPLE)
     cfg = make_cfg(["experiment=chexnet_nih_sample", "model.weights=none", "debug=fdr", "data_check=false",

@@ -16,14 +16,14 @@ from PIL import Image
 
 pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
 
-from cxr.checkpoints import load_classifier
+from cxr.models.checkpoints import load_classifier
 from cxr.data.dataset import Preprocessing
-from cxr.export import export
+from cxr.jobs.export import export
 from cxr.data.inputs import collect_inputs, prepare_input
 from cxr.errors import PredictError
-from cxr.predict import (Predictor, load_predictor, onnx_metadata, operating_points, output_names, predict,
+from cxr.jobs.predict import (Predictor, load_predictor, onnx_metadata, operating_points, output_names, predict,
                          predict_rows)
-from cxr.pipeline import train
+from cxr.jobs.train import train
 from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data
 from tests.dicom_fixtures import (NARROW_PNG, PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, source_pixels,
                                   write_as_stored, write_broken_set, write_lossless_set)
@@ -86,7 +86,7 @@ def test_per_finding_operating_points_of_a_multilabel_run(tmp_path):
 def test_model_card_of_a_multilabel_run(make_cfg, tmp_path):
     from omegaconf import open_dict
 
-    from cxr.model_card import model_card
+    from cxr.evaluation.model_card import model_card
 
     cfg = make_cfg([])
     with open_dict(cfg):
@@ -232,7 +232,7 @@ def test_unknown_dicom_window_is_refused_before_anything_loads(tmp_path):
 
 def test_multilabel_outputs_and_grad_cam_per_finding(tmp_path):
     """K outputs: one probability/decision/threshold column each, and one overlay per input and finding."""
-    from cxr.gradcam import write_cam_report
+    from cxr.evaluation.gradcam import write_cam_report
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -255,7 +255,7 @@ def test_multilabel_outputs_and_grad_cam_per_finding(tmp_path):
 
 def test_multilabel_onnx_export_runs_alone_with_its_metadata(tmp_path):
     """A K-output network through export_onnx (dynamo, dynamic batch) and back through predict's ONNX path."""
-    from cxr.export import export_onnx, graph_module
+    from cxr.jobs.export import export_onnx, graph_module
 
     class Classifier(torch.nn.Module):  # a forward with len(images), as the multi-label LightningModule has
         def __init__(self):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cxr.prepare import list_or_prune, prepare
+from cxr.jobs.prepare import list_or_prune, prepare
 from tests.conftest import NIH_SAMPLE, REPO, require_real_data
 
 

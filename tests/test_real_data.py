@@ -10,7 +10,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from cxr.pipeline import train
+from cxr.jobs.train import train
 from tests.conftest import NIH_SAMPLE, compose_config, require_real_data
 from tests.test_train import check_run_directory
 

@@ -253,7 +253,7 @@ def test_compare_script(fake_runs, tmp_path):
 @pytest.mark.slow
 def test_report_on_two_real_runs(make_cfg, tmp_path):
     """Programs A and B trained for one epoch on the demo data score the same test images: one paired comparison."""
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     run_dirs = []
     for program in ("A", "B"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr.checkpoints import CheckpointError, load_classifier
+from cxr.models.checkpoints import CheckpointError, load_classifier
 from cxr.safe_instantiate import UnsafeTargetError, check_overrides, check_target, check_targets, instantiate
 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}

@@ -27,7 +27,7 @@ def test_search_preset_maximises_validation_auroc_of_program_d(make_cfg):
 def test_the_search_space_reads_hydra_sweep_syntax_as_optuna_distributions():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from cxr.search import search_space
+    from cxr.jobs.search import search_space
 
     distributions, fixed = search_space(["a=tag(log, interval(1e-5, 3e-3))", "b=choice(8, 16, 32)",
                                          "c=choice(1.0, balanced)", "d=range(1, 4)", "e=interval(0.0, 0.5)",
@@ -41,7 +41,7 @@ def test_the_search_space_reads_hydra_sweep_syntax_as_optuna_distributions():
 
 
 def test_storage_paths_become_urls_every_worker_can_open(tmp_path, monkeypatch):
-    from cxr.search import open_storage, storage_url
+    from cxr.jobs.search import open_storage, storage_url
 
     monkeypatch.chdir(tmp_path)
     assert storage_url("outputs/search/s.db") == f"sqlite:///{tmp_path / 'outputs' / 'search' / 's.db'}"
@@ -58,7 +58,7 @@ def test_storage_paths_become_urls_every_worker_can_open(tmp_path, monkeypatch):
 
 
 def test_the_search_objective_is_validation_auroc_not_test():
-    from cxr.pipeline import objective
+    from cxr.jobs.train import objective
 
     metrics = {"validation": {"auroc_best": 0.7, "auroc_last": 0.6}, "test": {"auroc": 0.9}}
     assert objective(metrics) == 0.7
@@ -68,7 +68,7 @@ def test_the_search_objective_is_validation_auroc_not_test():
 def test_results_of_a_study_with_one_complete_trial_say_why_there_is_no_importance_plot(tmp_path):
     import optuna
 
-    from cxr.search import write_results
+    from cxr.jobs.search import write_results
 
     study = optuna.create_study(direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("lr", 0, 1), n_trials=1)

@@ -1,6 +1,7 @@
 """Issue 19, safe by design: each route a hostile file took on the code before it, tried as that file would, and
 refused with one line (docs/security.md). Files are data: checkpoints, run directories, replayed settings,
 shards and input files never name code to run, exhaust the machine or delete what is not cxr's."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr.checkpoints import CheckpointError, load_classifier
+from cxr.models.checkpoints import CheckpointError, load_classifier
 from tests.test_entry_points import run
 
 THESIS_CNN = {"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 1, "image_size": 48}
@@ -21,8 +22,9 @@ def assert_one_error_line(result, *fragments: str, status: int = 1) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == status, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert lines and "error: " in lines[-1] and sum("error" in line.lower() for line in lines) == 1, \
-        result.stderr[-3000:]
+    assert lines and "error: " in lines[-1] and sum("error" in line.lower() for line in lines) == 1, result.stderr[
+        -3000:
+    ]
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
     return lines[-1]
@@ -51,8 +53,9 @@ def trained_checkpoint(path: Path, **hparams) -> Path:
     from cxr.models.classifier import Classifier
 
     model = Classifier(net=THESIS_CNN, optimizer=ADAM, preprocessing={"channels": 1, "image_size": 48})
-    torch.save({"hyper_parameters": {**dict(model.hparams), **hparams}, "state_dict": model.state_dict(),
-                "epoch": 0}, path)
+    torch.save(
+        {"hyper_parameters": {**dict(model.hparams), **hparams}, "state_dict": model.state_dict(), "epoch": 0}, path
+    )
     return path
 
 
@@ -75,8 +78,16 @@ def test_an_old_checkpoint_is_read_through_the_registry(tmp_path):
     from cxr.models.classifier import Classifier
 
     model = Classifier(net=THESIS_CNN, optimizer=ADAM)
-    old = {"net": {**THESIS_CNN, "weights": None}, "optimizer": ADAM, "scheduler": None, "program": "A",
-           "preprocessing": None, "task": "binary", "findings": ["finding"], "class_weight": None}
+    old = {
+        "net": {**THESIS_CNN, "weights": None},
+        "optimizer": ADAM,
+        "scheduler": None,
+        "program": "A",
+        "preprocessing": None,
+        "task": "binary",
+        "findings": ["finding"],
+        "class_weight": None,
+    }
     torch.save({"hyper_parameters": old, "state_dict": model.state_dict()}, tmp_path / "old.ckpt")
     loaded, _ = load_classifier(tmp_path / "old.ckpt")
     assert loaded.hparams.net["name"] == "thesis_cnn"
@@ -87,13 +98,15 @@ def test_an_old_checkpoint_is_read_through_the_registry(tmp_path):
 def test_route_1_a_private_helper_inside_an_allowed_module_is_refused(tmp_path):
     """``torchvision.models._api.WeightsEnum.get_state_dict`` passed the module allowlist and unpickled a URL."""
     evil, victim = evil_pickle(tmp_path)
-    weights = {"_target_": "torchvision.models._api.Weights", "url": f"file://{evil}", "transforms": None,
-               "meta": {}}
+    weights = {"_target_": "torchvision.models._api.Weights", "url": f"file://{evil}", "transforms": None, "meta": {}}
     net = {"_target_": "torchvision.models._api.WeightsEnum.get_state_dict", "_args_": [weights]}
     ckpt = trained_checkpoint(tmp_path / "crafted.ckpt", net=net)
-    with pytest.raises(CheckpointError, match=r"crafted\.ckpt: refused: hyper_parameters\.net\._target_="
-                                              r"'torchvision\.models\._api\.WeightsEnum\.get_state_dict' is not in "
-                                              r"cxr's model registry"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"crafted\.ckpt: refused: hyper_parameters\.net\._target_="
+        r"'torchvision\.models\._api\.WeightsEnum\.get_state_dict' is not in "
+        r"cxr's model registry",
+    ):
         load_classifier(ckpt)
     nested = {"name": "thesis_cnn", "args": {"in_channels": weights}}
     with pytest.raises(CheckpointError, match=r"hyper_parameters\.net\.args\.in_channels: a dict where int"):
@@ -104,9 +117,12 @@ def test_route_1_a_private_helper_inside_an_allowed_module_is_refused(tmp_path):
 @pytest.mark.slow
 def test_route_1_predict_py_refuses_the_private_helper_checkpoint_in_one_line(tmp_path):
     evil, victim = evil_pickle(tmp_path)
-    net = {"_target_": "torchvision.models._api.WeightsEnum.get_state_dict",
-           "_args_": [{"_target_": "torchvision.models._api.Weights", "url": f"file://{evil}", "transforms": None,
-                       "meta": {}}]}
+    net = {
+        "_target_": "torchvision.models._api.WeightsEnum.get_state_dict",
+        "_args_": [
+            {"_target_": "torchvision.models._api.Weights", "url": f"file://{evil}", "transforms": None, "meta": {}}
+        ],
+    }
     ckpt = trained_checkpoint(tmp_path / "crafted.ckpt", net=net)
     image = tmp_path / "x.png"
     from PIL import Image
@@ -120,12 +136,15 @@ def test_route_1_predict_py_refuses_the_private_helper_checkpoint_in_one_line(tm
 OC_CREATE = "${oc.create:{_target_: torch.load, f: EVIL, weights_only: false}}"
 
 
-@pytest.mark.parametrize("hparams, key", [
-    ({"net": {"name": "thesis_cnn", "args": {"hidden": OC_CREATE}}}, "hyper_parameters.net.args.hidden"),
-    ({"net": {**THESIS_CNN, "filters": [32, OC_CREATE]}}, "hyper_parameters.net.args.filters"),
-    ({"preprocessing": {"channels": 1, "resample": OC_CREATE}}, "hyper_parameters.preprocessing.resample"),
-    ({"program": OC_CREATE}, "hyper_parameters.program"),
-])
+@pytest.mark.parametrize(
+    "hparams, key",
+    [
+        ({"net": {"name": "thesis_cnn", "args": {"hidden": OC_CREATE}}}, "hyper_parameters.net.args.hidden"),
+        ({"net": {**THESIS_CNN, "filters": [32, OC_CREATE]}}, "hyper_parameters.net.args.filters"),
+        ({"preprocessing": {"channels": 1, "resample": OC_CREATE}}, "hyper_parameters.preprocessing.resample"),
+        ({"program": OC_CREATE}, "hyper_parameters.program"),
+    ],
+)
 def test_route_2_an_interpolation_in_the_hyper_parameters_is_refused(tmp_path, hparams, key):
     evil, victim = evil_pickle(tmp_path)
     text = repr(hparams).replace("EVIL", str(evil))
@@ -139,32 +158,48 @@ def test_route_2_an_interpolation_in_the_hyper_parameters_is_refused(tmp_path, h
 def test_replayed_settings_keep_the_experiment():
     from cxr.replay import replayable
 
-    stored = ["program=C", "data=nih", "data.root=/data/nih", "split=official", "model=densenet121",
-              "model.net.grey_input=conv1", "task=multilabel", "task.findings=[Mass,Nodule]", "seed=3",
-              "trainer.max_epochs=3", "callbacks.early_stopping=null", "program.training.optimizer=torch.optim.SGD",
-              "program.preprocessing.image_size=64", "~callbacks.model_checkpoint"]
+    stored = [
+        "program=C",
+        "data=nih",
+        "data.root=/data/nih",
+        "split=official",
+        "model=densenet121",
+        "model.net.grey_input=conv1",
+        "task=multilabel",
+        "task.findings=[Mass,Nodule]",
+        "seed=3",
+        "trainer.max_epochs=3",
+        "callbacks.early_stopping=null",
+        "program.training.optimizer=torch.optim.SGD",
+        "program.preprocessing.image_size=64",
+        "~callbacks.model_checkpoint",
+    ]
     assert replayable(stored, "x.ckpt") == stored
     assert replayable(stored, "x.ckpt", given=["seed=4"], dropped=("trainer", "seed")) == [
-        o for o in stored if not o.startswith(("seed", "trainer"))]
+        o for o in stored if not o.startswith(("seed", "trainer"))
+    ]
 
 
-@pytest.mark.parametrize("override, says", [
-    ("paths.output_dir=/elsewhere", "paths.output_dir: paths.* settings are never replayed"),
-    ("hydra.run.dir=/elsewhere", "hydra.run.dir: hydra.* settings are never replayed"),
-    ("+hydra.callbacks.x._target_=torch.load", "hydra.callbacks.x._target_: hydra.* settings"),
-    ("model.net._target_=os.system", "model.net._target_: a key that names code"),
-    ("+model.net.extra={_target_:posix.system,_args_:[touch]}", "model.net.extra: a dict where"),
-    ("data.root=${oc.create:{_target_:torch.load,f:evil.pt,weights_only:false}}", "data.root: an interpolation"),
-    ("data.root='${oc.create:{_target_: torch.load, f: evil.pt}}'", "data.root: an interpolation"),
-    ("data.root=${oc.create:{_target_: torch.load, f: evil.pt}}", "data.root: an interpolation"),
-    ("data.root=[", "data.root: 'data.root=[' is not a valid override"),
-    ("seed=${oc.env:HOME}", "seed: an interpolation"),
-    ("program=${oc.env:HOME}", "program: an interpolation is not an option name"),
-    ("program=../../../tmp/x", "program: '../../../tmp/x' is not an option name"),
-    ("resume_from=/x", "resume_from: not a setting that describes the experiment"),
-    ("program.training.optimizer=os.system", "program.training.optimizer='os.system' is not allowed"),
-    ("seed=1,2", "a sweep"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("paths.output_dir=/elsewhere", "paths.output_dir: paths.* settings are never replayed"),
+        ("hydra.run.dir=/elsewhere", "hydra.run.dir: hydra.* settings are never replayed"),
+        ("+hydra.callbacks.x._target_=torch.load", "hydra.callbacks.x._target_: hydra.* settings"),
+        ("model.net._target_=os.system", "model.net._target_: a key that names code"),
+        ("+model.net.extra={_target_:posix.system,_args_:[touch]}", "model.net.extra: a dict where"),
+        ("data.root=${oc.create:{_target_:torch.load,f:evil.pt,weights_only:false}}", "data.root: an interpolation"),
+        ("data.root='${oc.create:{_target_: torch.load, f: evil.pt}}'", "data.root: an interpolation"),
+        ("data.root=${oc.create:{_target_: torch.load, f: evil.pt}}", "data.root: an interpolation"),
+        ("data.root=[", "data.root: 'data.root=[' is not a valid override"),
+        ("seed=${oc.env:HOME}", "seed: an interpolation"),
+        ("program=${oc.env:HOME}", "program: an interpolation is not an option name"),
+        ("program=../../../tmp/x", "program: '../../../tmp/x' is not an option name"),
+        ("resume_from=/x", "resume_from: not a setting that describes the experiment"),
+        ("program.training.optimizer=os.system", "program.training.optimizer='os.system' is not allowed"),
+        ("seed=1,2", "a sweep"),
+    ],
+)
 def test_replayed_settings_outside_the_schema_are_refused_naming_the_key(override, says):
     from cxr.replay import ReplayError, replayable
 
@@ -177,10 +212,13 @@ def test_replayed_settings_outside_the_schema_are_refused_naming_the_key(overrid
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override, key", [
-    ("paths.output_dir={elsewhere}", "paths.output_dir"),
-    ("data.labels=${{oc.create:{{_target_: builtins.open, file: {elsewhere}, mode: w}}}}", "data.labels"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("paths.output_dir={elsewhere}", "paths.output_dir"),
+        ("data.labels=${{oc.create:{{_target_: builtins.open, file: {elsewhere}, mode: w}}}}", "data.labels"),
+    ],
+)
 def test_route_3_evaluate_py_refuses_a_replayed_override_in_one_line(tmp_path, override, key):
     elsewhere = tmp_path / "elsewhere"
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -201,7 +239,8 @@ def test_route_3_resume_refuses_a_hydra_callback_in_the_run_s_overrides(tmp_path
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         f"- program=B\n- +hydra.callbacks.x._target_=builtins.open\n- +hydra.callbacks.x.file={victim}\n"
-        "- +hydra.callbacks.x.mode=w\n")
+        "- +hydra.callbacks.x.mode=w\n"
+    )
     result = run(["train.py", f"resume={run_dir}"], tmp_path)
     assert_one_error_line(result, f"resume={run_dir}: overrides.yaml: hydra.callbacks.x._target_: hydra.*")
     assert not victim.exists()
@@ -221,7 +260,7 @@ def test_route_4_train_reads_a_resumed_checkpoint_weights_only_and_lightning_too
     """A pickled last.ckpt is refused before Lightning sees it; Lightning is asked for weights-only loading."""
     import lightning as L
 
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     cfg = make_cfg(["debug=fdr", "data_check=false"])
     evil, victim = evil_pickle(tmp_path)
@@ -230,8 +269,9 @@ def test_route_4_train_reads_a_resumed_checkpoint_weights_only_and_lightning_too
         train(cfg)
     assert not victim.exists()
     calls = []
-    monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: calls.append(k) or (_ for _ in ()).throw(
-        KeyboardInterrupt))
+    monkeypatch.setattr(
+        L.Trainer, "fit", lambda self, *a, **k: calls.append(k) or (_ for _ in ()).throw(KeyboardInterrupt)
+    )
     good = trained_checkpoint(tmp_path / "good.ckpt")
     cfg = make_cfg(["debug=fdr", "data_check=false", f"ckpt_path={good}"])
     with pytest.raises(KeyboardInterrupt):
@@ -262,8 +302,15 @@ def test_route_5_shards_written_with_pickle_are_refused(tmp_path):
 
     victim = tmp_path / "created_by_the_shard"
     folder = tmp_path / "shards" / "train-48px-nearest-2-0123456789abcdef"
-    optimize(fn=_hostile_sample, inputs=[str(victim), str(victim)], output_dir=str(folder), chunk_bytes="1MB",
-             num_workers=1, verbose=False, start_method="fork")
+    optimize(
+        fn=_hostile_sample,
+        inputs=[str(victim), str(victim)],
+        output_dir=str(folder),
+        chunk_bytes="1MB",
+        num_workers=1,
+        verbose=False,
+        start_method="fork",
+    )
     (folder / MARKER).write_text('{"format": 2, "n_images": 2}')
     assert not victim.exists()
     preprocessing = Preprocessing(channels=1, image_size=48)
@@ -304,8 +351,12 @@ def huge_png(path: Path, size: int = 13000) -> Path:
     compressor = zlib.compressobj(9)
     row = bytes(1 + size * 2)  # filter byte + the row's 16-bit samples
     body = b"".join(compressor.compress(row) for _ in range(size)) + compressor.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 16, 0, 0, 0, 0))
-                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 16, 0, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -356,9 +407,13 @@ def decode_in_a_subprocess(path: Path, module: str, function: str, arguments: st
 
     from tests.conftest import REPO
 
-    result = subprocess.run([sys.executable, "-c", PEAK.format(module=module, function=function,
-                                                                arguments=arguments), str(path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK.format(module=module, function=function, arguments=arguments), str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0 and len(lines) == 2, result.stderr[-2000:]
     return lines[0], int(lines[1].split()[1])
@@ -411,12 +466,15 @@ def test_predict_py_survives_link_loops_a_non_utf8_name_and_a_huge_png(tmp_path)
         handle.write((folder / "good.png").read_bytes())
     huge_png(folder / "huge.png")
     ckpt = trained_checkpoint(tmp_path / "model.ckpt")
-    result = run(["predict.py", f"ckpt_path={ckpt}", f"inputs={folder}", f"hydra.run.dir={tmp_path / 'p'}",
-                  "progress=false"], tmp_path)
+    result = run(
+        ["predict.py", f"ckpt_path={ckpt}", f"inputs={folder}", f"hydra.run.dir={tmp_path / 'p'}", "progress=false"],
+        tmp_path,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     rows = pd.read_csv(tmp_path / "p" / "predictions.csv", keep_default_na=False).set_index("path")
-    assert sorted(rows.index) == sorted([str(folder / "good.png"), str(folder / "huge.png"),
-                                         str(folder) + "/\\xff\\xfe.png"])
+    assert sorted(rows.index) == sorted(
+        [str(folder / "good.png"), str(folder / "huge.png"), str(folder) + "/\\xff\\xfe.png"]
+    )
     assert "above the limit" in rows.loc[str(folder / "huge.png"), "error"]
     assert rows.loc[str(folder) + "/\\xff\\xfe.png", "warning"] == "file name is not UTF-8 (shown with \\x escapes)"
     assert rows.loc[str(folder) + "/\\xff\\xfe.png", "error"] == ""
@@ -436,9 +494,13 @@ def test_onnx_external_data_outside_its_folder_is_one_line(tmp_path):
     weight.ClearField("raw_data")
     weight.external_data.add(key="location", value="../secret.bin")
     (tmp_path / "secret.bin").write_bytes(np.ones((1,), np.float32).tobytes())
-    graph = helper.make_graph([helper.make_node("Mul", ["images", "scale"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 1, 48, 48])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["images", "scale"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 1, 48, 48])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [weight],
+    )
     model = helper.make_model(graph)
     for key, value in {"preprocessing": {"channels": 1, "image_size": 48}, "output_names": ["finding"]}.items():
         model.metadata_props.add(key=f"cxr.{key}", value=json.dumps(value))
@@ -447,8 +509,15 @@ def test_onnx_external_data_outside_its_folder_is_one_line(tmp_path):
     from PIL import Image
 
     Image.new("L", (48, 48)).save(tmp_path / "x.png")
-    result = run(["predict.py", f"ckpt_path={tmp_path / 'model' / 'model.onnx'}", f"inputs={tmp_path / 'x.png'}",
-                  f"hydra.run.dir={tmp_path / 'p'}"], tmp_path)
+    result = run(
+        [
+            "predict.py",
+            f"ckpt_path={tmp_path / 'model' / 'model.onnx'}",
+            f"inputs={tmp_path / 'x.png'}",
+            f"hydra.run.dir={tmp_path / 'p'}",
+        ],
+        tmp_path,
+    )
     assert_one_error_line(result, "model.onnx: tensor 'scale' keeps its data in '../secret.bin', outside", status=2)
 
 
@@ -507,20 +576,28 @@ def test_a_mirror_answering_416_with_a_malformed_content_range_is_one_line(tmp_p
     target.with_name(target.name + ".part").write_bytes(b"partial")
     with _Malformed416() as server, pytest.raises(DownloadError) as error:
         fetch(server.url + target.name, target)
-    assert str(error.value) == (f"{server.url}images_01.tar.gz: HTTP 416 with a malformed Content-Range "
-                                f"'bytes */12abc'; {target}.part kept")
+    assert str(error.value) == (
+        f"{server.url}images_01.tar.gz: HTTP 416 with a malformed Content-Range 'bytes */12abc'; {target}.part kept"
+    )
 
 
 def test_a_tampered_split_list_from_the_mirror_is_refused(tmp_path):
+    import gzip
+
     from cxr.bench.range_server import RangeServer
     from cxr.data.download import METADATA_FILES, download_release, shipped
     from cxr.errors import DownloadError
-    import gzip
 
     files = {name: gzip.decompress(shipped(name + ".gz").read_bytes()) for name in METADATA_FILES}
     files["test_list.txt"] = files["test_list.txt"].replace(b"00000003_000.png\n", b"")  # one image moved
-    with RangeServer(files) as server, pytest.raises(DownloadError, match=r"^test_list\.txt: SHA-256 [0-9a-f]{64} "
-                                                                           r"is not the release's 3d0c44b6"):
+    with (
+        RangeServer(files) as server,
+        pytest.raises(
+            DownloadError,
+            match=r"^test_list\.txt: SHA-256 [0-9a-f]{64} "
+            r"is not the release's 3d0c44b6",
+        ),
+    ):
         download_release(tmp_path, mirror=server.url, progress=False, echo=lambda _: None)
     assert not (tmp_path / "test_list.txt").exists()
     assert (tmp_path / "train_val_list.txt").is_file()  # verified, kept
@@ -545,10 +622,22 @@ def test_prune_deletes_only_folders_cxr_made_and_lists_them_first(tmp_path, demo
     ours.mkdir()
     (ours / MARKER).write_text('{"format": 2, "n_images": 12}')
     (ours / "chunk-0-0.bin").write_bytes(bytes(100))
-    result = subprocess.run([sys.executable, "-m", "cxr.prepare", *DEMO_OVERRIDES(demo_root),
-                             f"data.shards_dir={shards}", f"data.cache_dir={tmp_path / 'cache'}",
-                             f"paths.log_dir={tmp_path}/outputs", "--prune"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr.prepare",
+            *DEMO_OVERRIDES(demo_root),
+            f"data.shards_dir={shards}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"paths.log_dir={tmp_path}/outputs",
+            "--prune",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (shards / "images_001" / "images" / "00000001_000.png").read_bytes() == b"an X-ray"
     assert (look_alike / "notes.txt").exists() and not ours.exists()
@@ -596,23 +685,27 @@ def _labels_with_a_blank_patient_id(demo_root: Path, folder: Path) -> tuple[Path
 def test_a_blank_patient_id_is_refused_by_default_and_the_check_fails_closed(make_cfg, demo_root, tmp_path):
     from hydra.utils import instantiate
 
-    from cxr.check import run_check
     from cxr.data.patient_ids import MissingPatientIdError
+    from cxr.jobs.check import run_check
 
     main, external = _labels_with_a_blank_patient_id(demo_root, tmp_path / "labels")
     sets = [f"data.labels={main}", f"+data.external.labels={external}", f"data.external.root={demo_root}"]
     cfg = make_cfg([*sets, "split=patient"])
     datamodule = instantiate(cfg.data)
-    with pytest.raises(MissingPatientIdError, match=r"main\.csv: 1 of \d+ images have no patient id \(first: line 4 "
-                                                    r"\(\d{8}_\d{3}\.png\)\).*data\.missing_patient_id=image"):
+    with pytest.raises(
+        MissingPatientIdError,
+        match=r"main\.csv: 1 of \d+ images have no patient id \(first: line 4 "
+        r"\(\d{8}_\d{3}\.png\)\).*data\.missing_patient_id=image",
+    ):
         datamodule.setup("fit")
     report = run_check(cfg)
     assert not report.ok and any("have no patient id" in line for line in report.lines())
     # the explicit alternative: each such image is its own patient, recorded; the external patients are then seen
     cfg = make_cfg([*sets, "split=patient", "data.missing_patient_id=image"])
     assert not run_check(cfg).ok  # external patients with images in train/val: refused as leakage
-    cfg = make_cfg([*sets, "split=patient", "data.missing_patient_id=image",
-                    "data.allow_overlap.external_patients=true"])
+    cfg = make_cfg(
+        [*sets, "split=patient", "data.missing_patient_id=image", "data.allow_overlap.external_patients=true"]
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     assert datamodule.leakage["missing_patient_id"] == {"policy": "image", "images": 1}

@@ -25,8 +25,8 @@ pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
 pytest.importorskip("litserve", reason="pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="pip install -e '.[serve]'")
 
-from cxr.pipeline import train  # noqa: E402
-from cxr.predict import predict  # noqa: E402
+from cxr.jobs.train import train  # noqa: E402
+from cxr.jobs.predict import predict  # noqa: E402
 from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data  # noqa: E402
 from tests.dicom_fixtures import (PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, dataset,  # noqa: E402
                                   save, source_pixels, write_broken_set, write_lossless_set)

@@ -146,7 +146,7 @@ def test_multilabel_shards_carry_the_multi_hot_targets(make_cfg, tmp_path):
 
 
 def test_train_runs_on_shards(make_cfg, tmp_path):
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     cfg = make_cfg(["data.format=shards", f"data.cache_dir={tmp_path / 'cache'}",
                     f"data.shards_dir={tmp_path / 'shards'}", "debug=fdr"])

@@ -31,7 +31,7 @@ def test_one_run_is_tracked_in_mlflow_and_in_a_wandb_offline_folder(make_cfg, tm
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from cxr.pipeline import train
+    from cxr.jobs.train import train
 
     store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     (tmp_path / "mlflow").mkdir()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr.pipeline import evaluate, train
+from cxr.jobs.evaluate import evaluate
+from cxr.jobs.train import train
 from cxr.run_dir import RunDirectoryError, failure_recorded, prepare_run_directory
 from tests.conftest import DEMO_OVERRIDES, REPO
 
@@ -137,7 +138,7 @@ def test_evaluate_script_inherits_the_training_overrides(tmp_path, demo_root):
 def test_training_fails_fast_on_a_broken_image_and_check_only_stops(make_cfg, tmp_path, demo_root):
     import shutil
 
-    from cxr.pipeline import DataCheckError
+    from cxr.jobs.train import DataCheckError
 
     root = tmp_path / "broken"
     shutil.copytree(demo_root, root)

@@ -11,7 +11,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from cxr.check import run_check
+from cxr.jobs.check import run_check
 from cxr.data.validation import ValidationReport, validate
 from tests.conftest import NIH_SAMPLE, REPO, compose_config, require_real_data
 

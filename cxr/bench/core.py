@@ -6,11 +6,12 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"  # shipped inside the package
+CONFIG_DIR = Path(str(files("cxr.conf")))  # conf/ in a checkout, shipped in the wheel as cxr.conf
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -35,13 +35,14 @@ from typing import Sequence
 import numpy as np
 
 from cxr.artifacts import file_digest
+from cxr.errors import UserError
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2        # 2: one grey plane + coloured exceptions, chunk keys (resume, incremental rebuild)
 CHUNK = 256               # images per chunk: the unit of parallel work, of resuming and of incremental rebuilds
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A cache file that does not match its metadata (stale, truncated, rewritten)."""
 
 

@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Sequence
@@ -178,7 +179,8 @@ def build_cache(paths: Sequence[str], spec: CacheSpec, cache_dir: Path, key: str
     if workers == 1 or todo < POOL_MIN_IMAGES:
         results, pool = map(_decode_range, jobs), contextlib.nullcontext()
     else:
-        pool = multiprocessing.get_context().Pool(workers)
+        # the workers end on the pool's SIGTERM even where the job ignores it (submitit's handler, inherited by fork)
+        pool = multiprocessing.get_context().Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL))
         results = pool.imap_unordered(_decode_range, jobs)
     try:
         with pool:

@@ -1,4 +1,5 @@
-"""LightningDataModule: labelled table (cxr.data.table) -> split -> leakage check -> streaming DataLoaders."""
+"""LightningDataModule: the data step's result (cxr.data.table: labelled table, split, leakage judged) -> datasets
+-> streaming DataLoaders."""
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from cxr.data.dataset import ChestXrayDataset, Preprocessing, augmentation_transform, collate_batch
-from cxr.data.leakage import check as check_leakage
+from cxr.data.leakage import LeakageError
 from cxr.data.splits import SPLITS, summarise_split
-from cxr.data.table import LabelledSet, build_sets
+from cxr.data.table import LabelledData, labelled_data
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.dropped = pd.DataFrame()
         self.external_table: pd.DataFrame | None = None
         self.leakage: dict = {}
-        self._sets: dict[str, LabelledSet] | None = None
+        self._data: LabelledData | None = None
         self.datasets: dict[str, ChestXrayDataset] = {}
 
     def prepare_data(self) -> None:
@@ -72,30 +73,32 @@ class ChestXrayDataModule(L.LightningDataModule):
             log.warning("data=demo: SYNTHETIC images, not X-rays. Use real data with data=nih data.root=... "
                         "data.labels=... (see README)")
 
-    def labelled_sets(self) -> dict[str, LabelledSet]:
-        """The labelled tables (``main``, ``external``), built once and shared with the data check."""
-        if self._sets is None:
-            self._sets = build_sets(self.labels, self.root, self.external, self.exclude, self.missing_patient_id)
-        return self._sets
+    def labelled_data(self) -> LabelledData:
+        """The data step's result (labelled tables, split, leakage), made once and shared with the data check."""
+        if self._data is None:
+            self._data = labelled_data(self.labels, self.root, self.split_settings, self.external, self.exclude,
+                                       self.missing, self.allow_overlap, self.missing_patient_id)
+        return self._data
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        sets = self.labelled_sets()
-        main = sets["main"]
+        data = self.labelled_data()
+        main = data.main
         table, self.dropped = main.usable(self.missing), main.missing
         if table.empty:
             raise ValueError(f"no labelled image of {self.labels} was found under {self.root}")
         method = self.split_settings.get("method")
-        table["split"] = main.split(self.split_settings)
-        external = None
-        if "external" in sets:
-            external = sets["external"].usable(self.external.get("missing", self.missing))
+        table["split"] = data.split()
+        external = data.external.usable(data.external_missing) if data.external is not None else None
+        record, refusal = data.leakage()
+        if refusal:
+            raise LeakageError(refusal)
         excluded = main.excluded
         self.leakage = {"exclude": self.exclude,
                         "excluded_images": None if excluded is None else len(excluded),
                         "excluded_patients": None if excluded is None else int(excluded["patient_id"].nunique()),
-                        **check_leakage(table, table["split"], external, self.allow_overlap, method)}
+                        **record}
         if self.missing_patient_id != "refuse":
             from cxr.data.patient_ids import count_per_image
 

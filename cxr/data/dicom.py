@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data.input_limits import PixelLimitError, check_dicom_header
+from cxr.errors import UserError
 
 PREAMBLE_LENGTH = 128
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
@@ -53,7 +54,7 @@ MAX_INPUT_PIXELS = 6000 * 6000
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
 
 
-class DicomReadError(OSError):
+class DicomReadError(UserError, OSError):
     """A DICOM file that cannot be turned into an X-ray image; the message names the file and the reason."""
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from cxr.data.input_limits import check_image_header, walk_once
+from cxr.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 COLOR_MODES = {1: "L", 3: "RGB"}
@@ -25,11 +26,11 @@ RESAMPLING = {
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated download must fail, never load half black
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file that cannot be decoded; the message names the file."""
 
 
-class ImageIndexError(ValueError):
+class ImageIndexError(UserError, ValueError):
     """The image folder does not match the label file (missing or ambiguous files)."""
 
 

@@ -5,15 +5,30 @@ link twice (``a -> .`` would walk for ever). docs/security.md.
 The limit is ``CXR_MAX_PIXEL_BYTES`` (environment, in bytes; default 128 MiB: an 8192 x 8192 16-bit image, over
 three times the largest radiograph detector, 43 cm at 0.1 mm = 4300 x 4300 pixels at 16 bits, 37 MB).
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-DEFAULT_MAX_PIXEL_BYTES = 128 * 2 ** 20
+DEFAULT_MAX_PIXEL_BYTES = 128 * 2**20
 # bytes per pixel of Pillow's modes once decoded (anything else: 4)
-_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2,
-               "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+_MODE_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "La": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+}
 
 
 class PixelLimitError(ValueError):
@@ -37,9 +52,11 @@ def check_pixel_budget(columns: int, rows: int, bytes_per_pixel: float, frames: 
     claimed = int(columns) * int(rows) * float(bytes_per_pixel) * max(1, int(frames))
     limit = max_pixel_bytes()
     if claimed > limit or columns < 0 or rows < 0:
-        raise PixelLimitError(f"{columns} x {rows} pixels x {bytes_per_pixel:g} bytes"
-                              f"{f' x {frames} frames' if frames > 1 else ''} = {claimed / 2 ** 20:,.0f} MiB decoded, "
-                              f"above the limit of {limit / 2 ** 20:,.0f} MiB (CXR_MAX_PIXEL_BYTES); not decoded")
+        raise PixelLimitError(
+            f"{columns} x {rows} pixels x {bytes_per_pixel:g} bytes"
+            f"{f' x {frames} frames' if frames > 1 else ''} = {claimed / 2**20:,.0f} MiB decoded, "
+            f"above the limit of {limit / 2**20:,.0f} MiB (CXR_MAX_PIXEL_BYTES); not decoded"
+        )
 
 
 def check_image_header(image) -> None:
@@ -51,6 +68,7 @@ def check_image_header(image) -> None:
 def check_dicom_header(dataset) -> None:
     """A DICOM data set read without its pixel data (``stop_before_pixels=True``): Rows, Columns, Samples per
     Pixel, Bits Allocated and Number of Frames claim the decoded size."""
+
     def number(keyword: str, default: int) -> int:
         try:
             return int(dataset.get(keyword, default) or default)
@@ -58,8 +76,12 @@ def check_dicom_header(dataset) -> None:
             return default
 
     bits = number("BitsAllocated", 16)
-    check_pixel_budget(number("Columns", 0), number("Rows", 0), number("SamplesPerPixel", 1) * max(1, -(-bits // 8)),
-                       number("NumberOfFrames", 1))
+    check_pixel_budget(
+        number("Columns", 0),
+        number("Rows", 0),
+        number("SamplesPerPixel", 1) * max(1, -(-bits // 8)),
+        number("NumberOfFrames", 1),
+    )
 
 
 def walk_once(folder: str | Path):

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.errors import UserError
+
 NO_FINDING = "No Finding"
 FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
@@ -37,7 +39,7 @@ _AGE_UNITS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
 _AGE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([YMWDymwd]?)$")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(UserError, ValueError):
     """A label file that cannot be used as it is; the message names the file, row or column."""
 
 

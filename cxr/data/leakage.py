@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cxr.errors import ConfigError
+from cxr.errors import ConfigError, UserError
 
 FIRST = 5
 KINDS = {  # kind -> what it means, in the words of the refusal message
@@ -21,7 +21,7 @@ KINDS = {  # kind -> what it means, in the words of the refusal message
 DEFAULT_ALLOW = {"test_patients": "auto", "external_images": False, "external_patients": False}  # as conf/data
 
 
-class LeakageError(ValueError):
+class LeakageError(UserError, ValueError):
     """Sets overlap in a way that is refused; the message names the counts, first offenders and the override."""
 
 

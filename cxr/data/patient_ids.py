@@ -2,6 +2,7 @@
 is refused (count and first rows), unless ``data.missing_patient_id=image`` makes each such image its own patient
 (recorded in metrics.json ``leakage``). A file without any patient id (the thesis' two-column layout) has none to
 check and says so in the data check."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,8 @@ def apply_policy(table: pd.DataFrame, labels, policy: str = "refuse") -> pd.Data
         raise MissingPatientIdError(
             f"{labels}: {int(missing.sum())} of {len(table)} images have no patient id (first: {first}); patient-level "
             "splits and leakage checks need one for every image: fill them in, or set data.missing_patient_id=image "
-            "(each such image is its own patient, recorded in metrics.json)")
+            "(each such image is its own patient, recorded in metrics.json)"
+        )
     table = table.copy()
     table.loc[missing, "patient_id"] = table.loc[missing, "image"].map(image_patient_id).astype("Int64")
     return table

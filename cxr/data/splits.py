@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.errors import UserError
+
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """Split settings that cannot be met by the data; the message names the setting."""
 
 

@@ -1,7 +1,8 @@
-"""The labelled table: label file -> normalised rows -> image paths on disk, built once per run.
+"""The data step, once per run: label file -> normalised rows -> image paths on disk -> split -> leakage judged.
 
-The data check (``cxr.data.validation``) and the DataModule both read this one table (and its split), so the
-labels are read, the image folder indexed and "which labelled images are missing" decided in one place.
+:func:`labelled_data` is the one function that does it; the data check (``cxr.jobs.check``, reporting with
+``cxr.data.validation``) and the DataModule both receive its result, so the labels are read, the image folder
+indexed, "which labelled images are missing" decided, the split made and the leakage judged in one place.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.data.images import ImageIndexError, index_images
-from cxr.errors import ConfigError
 from cxr.data.labels import read_labels
+from cxr.data.leakage import find_overlaps, judge
 from cxr.data.splits import make_split
+from cxr.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MISSING_POLICIES = ("error", "drop")
@@ -145,3 +147,46 @@ def build_sets(labels, root, external: dict | None = None, exclude: str | None =
                              "data.external.root)")
         sets["main"] = exclude_external(sets["main"], sets["external"], exclude)
     return sets
+
+
+@dataclass
+class LabelledData:
+    """The result of the data step (:func:`labelled_data`): the labelled sets, the main set's split and the leakage
+    judgement, each computed once; the data check reports on it and the DataModule trains on it."""
+
+    sets: dict[str, LabelledSet]  # main and, with data.external, external
+    split_settings: dict          # data.split
+    external_missing: str = "error"  # data.external.missing (else data.missing)
+    allow_overlap: dict = field(default_factory=dict)  # data.allow_overlap
+    _judgement: tuple | None = field(default=None, repr=False)
+
+    @property
+    def main(self) -> LabelledSet:
+        return self.sets["main"]
+
+    @property
+    def external(self) -> LabelledSet | None:
+        return self.sets.get("external")
+
+    def split(self) -> pd.Series:
+        """train/val/test of every found row of the main set (index aligned with ``main.present``)."""
+        return self.main.split(self.split_settings)
+
+    def leakage(self) -> tuple[dict, str | None]:
+        """``(record, refusal)``: the overlaps between test and train/val and between the external set and
+        train/val (cxr.data.leakage), and the refusal message when one is not allowed (None when all are)."""
+        if self._judgement is None:
+            external = self.external.usable(self.external_missing) if self.external is not None else None
+            overlaps = find_overlaps(self.main.present, self.split(), external)
+            self._judgement = judge(overlaps, self.allow_overlap, self.split_settings.get("method"))
+        return self._judgement
+
+
+def labelled_data(labels, root, split: dict, external: dict | None = None, exclude: str | None = None,
+                  missing: str = "error", allow_overlap: dict | None = None,
+                  missing_patient_id: str = "refuse") -> LabelledData:
+    """The data step of a run (the ``data`` config's settings): read the labels, index the images, build the
+    labelled tables (:func:`build_sets`); the split and the leakage judgement are made on first use and kept."""
+    external = dict(external or {})
+    return LabelledData(build_sets(labels, root, external, exclude, missing_patient_id), dict(split or {}),
+                        external.get("missing", missing), dict(allow_overlap or {}))

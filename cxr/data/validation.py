@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ def decode_all(paths: list[str], workers: int | None = None) -> list[tuple[str, 
     workers = max(1, min(workers or os.cpu_count() or 1, n))
     start = last = time.monotonic()
     results = []
-    pool = Pool(workers) if workers > 1 else None
+    # the workers end on terminate()'s SIGTERM even where the job ignores it (submitit's handler, inherited by fork)
+    pool = Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL)) if workers > 1 else None
     try:
         chunksize = max(1, min(64, n // (workers * 4)))
         for i, result in enumerate(pool.imap(inspect_image, paths, chunksize) if pool else map(inspect_image, paths)):

@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from cxr.artifacts import write_text
+from cxr.errors import UserError
 from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
 
@@ -33,7 +34,7 @@ HOW_TO_READ = (
     "a probability above the threshold is class 1 (exactly 0.5 is class 0).")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A path does not exist or holds no run, or the output directory already holds a report."""
 
 

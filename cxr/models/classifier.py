@@ -13,8 +13,8 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryReca
                                          MultilabelAccuracy, MultilabelAUROC, MultilabelStatScores)
 
 from cxr.errors import ConfigError
-from cxr.models.backbones import no_weights
 from cxr.models import registry
+from cxr.models.backbones import no_weights
 from cxr.models.losses import binary_loss
 from cxr.safe_instantiate import check_targets, instantiate
 

@@ -5,6 +5,7 @@ from this registry and arguments of plain types (numbers, strings, booleans, lis
 entry's parameters. Loading builds only these entries; a file never names code (no ``_target_``) and no string
 of it is interpolated (no ``${``). New networks enter here (docs/security.md). This module imports no job.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,19 +27,26 @@ class Entry:
 
     module: str
     cls: str
-    parameters: dict[str, tuple[type, ...]]   # argument -> allowed types (list[int] written as (list, int))
-    fixed: tuple[str, ...] = ()                # arguments the name itself sets (torchvision/<name>: name)
-    loads_weights: bool = False                # takes ``weights=`` itself (else a state dict is loaded after)
+    parameters: dict[str, tuple[type, ...]]  # argument -> allowed types (list[int] written as (list, int))
+    fixed: tuple[str, ...] = ()  # arguments the name itself sets (torchvision/<name>: name)
+    loads_weights: bool = False  # takes ``weights=`` itself (else a state dict is loaded after)
 
     def constructor(self):
         return getattr(importlib.import_module(self.module), self.cls)
 
 
-_THESIS_CNN = Entry("cxr.models.thesis_cnn", "ThesisCNN", {
-    "in_channels": (int,), "image_size": (int,), "filters": (list, int), "hidden": (int,), "num_outputs": (int,)})
-_TORCHVISION = Entry("cxr.models.backbones", "TorchvisionNet", {
-    "name": (str,), "num_outputs": (int,), "in_channels": (int,), "weights": (str, type(None)),
-    "grey_input": (str,)}, fixed=("name",), loads_weights=True)
+_THESIS_CNN = Entry(
+    "cxr.models.thesis_cnn",
+    "ThesisCNN",
+    {"in_channels": (int,), "image_size": (int,), "filters": (list, int), "hidden": (int,), "num_outputs": (int,)},
+)
+_TORCHVISION = Entry(
+    "cxr.models.backbones",
+    "TorchvisionNet",
+    {"name": (str,), "num_outputs": (int,), "in_channels": (int,), "weights": (str, type(None)), "grey_input": (str,)},
+    fixed=("name",),
+    loads_weights=True,
+)
 TORCHVISION_PREFIX = "torchvision/"
 # the classes cxr's configs and checkpoints named before the registry (read through it, nothing else is)
 _OLD_TARGETS = {"cxr.models.thesis_cnn.ThesisCNN": "thesis_cnn", "cxr.models.backbones.TorchvisionNet": "torchvision"}
@@ -56,10 +64,12 @@ def entry(name: Any, source: str = "net") -> Entry:
     if isinstance(name, str) and name.startswith(TORCHVISION_PREFIX):
         from torchvision.models import list_models
 
-        if name[len(TORCHVISION_PREFIX):] in list_models():
+        if name[len(TORCHVISION_PREFIX) :] in list_models():
             return _TORCHVISION
-    raise ModelSpecError(f"{source}.name={name!r} is not in cxr's model registry ({', '.join(names())}); new "
-                         "networks are added in cxr/models/registry.py")
+    raise ModelSpecError(
+        f"{source}.name={name!r} is not in cxr's model registry ({', '.join(names())}); new "
+        "networks are added in cxr/models/registry.py"
+    )
 
 
 def _shown(value: Any) -> str:
@@ -69,14 +79,17 @@ def _shown(value: Any) -> str:
 def _check_value(value: Any, allowed: tuple[type, ...], key: str) -> None:
     if allowed[0] is list:
         if not isinstance(value, (list, tuple)):
-            raise ModelSpecError(f"{key}: {_shown(value)} where a list of "
-                                 f"{'/'.join(t.__name__ for t in allowed[1:])} is expected")
+            raise ModelSpecError(
+                f"{key}: {_shown(value)} where a list of {'/'.join(t.__name__ for t in allowed[1:])} is expected"
+            )
         for index, item in enumerate(value):
             _check_value(item, allowed[1:], f"{key}[{index}]")
         return
     if not _is(value, allowed):
-        raise ModelSpecError(f"{key}: {_shown(value)} where {' or '.join(t.__name__ for t in allowed)} is expected"
-                             + (" (an interpolation is not a value)" if isinstance(value, str) else ""))
+        raise ModelSpecError(
+            f"{key}: {_shown(value)} where {' or '.join(t.__name__ for t in allowed)} is expected"
+            + (" (an interpolation is not a value)" if isinstance(value, str) else "")
+        )
 
 
 def _is(value: Any, types: tuple[type, ...]) -> bool:
@@ -92,16 +105,19 @@ def check_spec(spec: Any, source: str = "net") -> dict:
     the key otherwise."""
     if not isinstance(spec, Mapping) or set(spec) - {"name", "args"} or "name" not in spec:
         keys = sorted(map(str, spec)) if isinstance(spec, Mapping) else type(spec).__name__
-        raise ModelSpecError(f"{source}: a network is described as {{name, args}} from cxr's model registry, "
-                             f"found {keys}")
+        raise ModelSpecError(
+            f"{source}: a network is described as {{name, args}} from cxr's model registry, found {keys}"
+        )
     found = entry(spec["name"], source)
     args = spec.get("args") or {}
     if not isinstance(args, Mapping):
         raise ModelSpecError(f"{source}.args: expected a mapping of argument names to values")
     for key, value in args.items():
         if key not in found.parameters or key in found.fixed:
-            raise ModelSpecError(f"{source}.args.{key}: not an argument of {spec['name']} (its arguments: "
-                                 f"{', '.join(k for k in found.parameters if k not in found.fixed)})")
+            raise ModelSpecError(
+                f"{source}.args.{key}: not an argument of {spec['name']} (its arguments: "
+                f"{', '.join(k for k in found.parameters if k not in found.fixed)})"
+            )
         _check_value(value, found.parameters[key], f"{source}.args.{key}")
     return {"name": spec["name"], "args": {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}}
 
@@ -114,8 +130,10 @@ def spec_from_config(net: Mapping, source: str = "model.net") -> dict:
     target = net["_target_"]
     family = _OLD_TARGETS.get(target) if isinstance(target, str) else None
     if family is None:
-        raise ModelSpecError(f"{source}._target_={target!r} is not in cxr's model registry ({', '.join(names())}); "
-                             "new networks are added in cxr/models/registry.py")
+        raise ModelSpecError(
+            f"{source}._target_={target!r} is not in cxr's model registry ({', '.join(names())}); "
+            "new networks are added in cxr/models/registry.py"
+        )
     args = {k: v for k, v in net.items() if k != "_target_"}
     if family == "torchvision":
         name = f"{TORCHVISION_PREFIX}{args.pop('name', 'densenet121')}"
@@ -130,7 +148,7 @@ def build(spec: Mapping, source: str = "net", **extra):
     found = entry(spec["name"], source)
     args = {**spec["args"], **extra}
     if "name" in found.fixed:
-        args["name"] = spec["name"][len(TORCHVISION_PREFIX):]
+        args["name"] = spec["name"][len(TORCHVISION_PREFIX) :]
     return found.constructor()(**args)
 
 

@@ -61,7 +61,7 @@ class OptunaSweeper(Sweeper):
         from hydra.core.hydra_config import HydraConfig
         from hydra.core.utils import JobStatus
 
-        from cxr import search
+        from cxr.jobs import search
 
         # paths.* may read ${hydra:runtime.cwd}: resolvable before the first job only once HydraConfig is set
         HydraConfig.instance().set_config(self.config)

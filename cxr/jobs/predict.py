@@ -131,7 +131,7 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
         predictor = _onnx_predictor(path)
     else:
         from cxr import inference
-        from cxr.checkpoints import load_classifier
+        from cxr.models.checkpoints import load_classifier
 
         model, checkpoint = load_classifier(path)
         if device == "auto":
@@ -303,7 +303,7 @@ def predict(cfg) -> int:
             "dicom_window": predictor.dicom_window,
             "predictions": records})
     if cfg.get("cam"):
-        from cxr.gradcam import write_cam_report
+        from cxr.evaluation.gradcam import write_cam_report
 
         cam_started = time.perf_counter()
         page = write_cam_report(predictor, frame, output_dir, size=int(cfg.get("cam_size", 320)))
@@ -314,9 +314,3 @@ def predict(cfg) -> int:
     print(f"read and predicted in {seconds:.1f} s ({len(frame) / max(seconds, 1e-9):.0f} inputs/s)")
     return 1 if (frame["error"] != "").any() else 0
 
-
-def main() -> None:
-    """``cxr-predict`` / ``python predict.py ckpt_path=<.ckpt | .onnx> inputs=<...>`` (exit 0, 1 inputs failed, 2)."""
-    from cxr.cli import job_app, run_app
-
-    run_app(job_app(predict, "predict", "predict.py"))

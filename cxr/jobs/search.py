@@ -2,7 +2,7 @@
 syntax, the pruning of hopeless trials during training, and the results a person reads after a search.
 
 The sweeper itself (``hydra_plugins/cxr_optuna_sweeper``) asks Optuna for one trial at a time and runs it as a
-Hydra job; the job (``cxr.pipeline.train``) reports validation AUROC per epoch here and stops when the pruner says.
+Hydra job; the job (``cxr.jobs.train.train``) reports validation AUROC per epoch here and stops when the pruner says.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The two jobs behind ``train.py`` and ``evaluate.py``: each takes a composed Hydra config and returns metrics."""
+"""The training job behind ``train.py``: takes a composed Hydra config, checks the data, fits, evaluates, saves; returns
+the metrics."""
 from __future__ import annotations
 
 import logging
@@ -8,38 +9,36 @@ import time
 from pathlib import Path
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cxr import search
+from cxr.jobs import search
 from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, write_text
 from cxr.callbacks import EpochHistory, progress_bar_enabled, tensorboard_writer
-from cxr.checkpoints import load_classifier
-from cxr.distributed import global_rank
-from cxr.errors import ConfigError
+from cxr.errors import ConfigError, UserError
 from cxr.evaluation.figures import save_figure, training_curves_figure
+from cxr.evaluation.model_card import write_model_card
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
-from cxr.model_card import write_model_card
-from cxr.run_dir import (command_line_overrides, prepare_run_directory, record_directory_size,
+from cxr.models.checkpoints import load_classifier, read_checkpoint
+from cxr.run_dir import (command_line_overrides, global_rank, prepare_run_directory, record_directory_size,
                          requeued_job, resume_checkpoint, run_name)
 from cxr.tracking import log_run_files
 
 log = logging.getLogger(__name__)
 
 
-class DataCheckError(ValueError):
+class DataCheckError(UserError, ValueError):
     """The dataset would make training fail; the message holds the first problem line."""
 
 
 def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
     """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt), on the
     labelled tables the DataModule will train on. A resume does not repeat a check its first start passed."""
-    from cxr.check import run_check
+    from cxr.jobs.check import run_check
     from cxr.data.images import ImageIndexError
     from cxr.data.labels import LabelFileError
 
@@ -48,14 +47,14 @@ def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
     if passed and passed[0].startswith("OK"):
         log.info("data check: passed at this run's first start (%s); not repeated on resume", previous)
         return
-    sets = None
+    data = None
     if datamodule is not None:
         try:
-            sets = datamodule.labelled_sets()
+            data = datamodule.labelled_data()
         except (LabelFileError, ImageIndexError, ValueError):
-            sets = None  # the check reads the files itself and names the problem
+            data = None  # the check reads the files itself and names the problem
     started = time.monotonic()
-    report = run_check(cfg, sets=sets)
+    report = run_check(cfg, data=data)
     log.info("data check took %.1f s", time.monotonic() - started)
     lines = report.lines()
     write_text(output_dir / "data_check.txt", "\n".join(lines) + "\n")
@@ -183,6 +182,21 @@ def objective(metrics: dict) -> float:
     return float("nan") if value is None else float(value)
 
 
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list]:
+    """The Trainer of ``cfg.trainer`` (its strategy included) with the configured callbacks and loggers, and the
+    callbacks; tests/test_presets.py builds every preset with it."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    trial = search.current_trial()  # a trial of hparams_search=...: report val AUROC per epoch, stop when hopeless
+    pruning = search.pruning_callback(trial) if trial is not None else None
+    if pruning is not None:
+        callbacks.append(pruning)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
+                          enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")))
+    return trainer, callbacks
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit the model on the train split, evaluate the weights ``evaluation.checkpoint`` names, and save.
 
@@ -201,10 +215,8 @@ def train(cfg: DictConfig) -> dict:
         output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg, output_dir)
     if ckpt_path is not None:
-        from cxr.checkpoints import read_checkpoint
-
         read_checkpoint(ckpt_path)  # local and weights-only, refused in one line before Lightning reads it
-    datamodule = instantiate(cfg.data)  # its labelled tables are read once, for the data check and for training
+    datamodule = instantiate(cfg.data)  # its data step runs once, for the data check and for training
     if rank_zero and (cfg.get("data_check", True) or cfg.get("check_only")):
         datamodule.prepare_data()
         _check_data(cfg, output_dir, datamodule)
@@ -216,15 +228,7 @@ def train(cfg: DictConfig) -> dict:
     model = instantiate(cfg.model)
     model.run_metadata = {"overrides": command_line_overrides(), **run_provenance(),
                           "labels_sha256": file_digest(cfg.data.labels)}  # evaluate.py: has the label file changed?
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    trial = search.current_trial()  # a trial of hparams_search=...: report val AUROC per epoch, stop when hopeless
-    pruning = search.pruning_callback(trial) if trial is not None else None
-    if pruning is not None:
-        callbacks.append(pruning)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
-                                     enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")))
+    trainer, callbacks = build_trainer(cfg)
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -232,6 +236,8 @@ def train(cfg: DictConfig) -> dict:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
     if not trainer.is_global_zero:
         return {}  # DDP: rank 0 evaluates and writes
+    trial = search.current_trial()  # a trial of hparams_search=... (None in a plain run)
+    pruning = next((c for c in callbacks if hasattr(c, "pruned_at_epoch")), None)  # a search trial's pruner
     if pruning is not None and pruning.pruned_at_epoch is not None:
         return _pruned_trial(cfg, trainer, callbacks, output_dir, trial, pruning.pruned_at_epoch)
 
@@ -260,7 +266,7 @@ def train(cfg: DictConfig) -> dict:
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
-    write_model_card(cfg, metrics, output_dir)  # model_card.md (cxr/model_card.py)
+    write_model_card(cfg, metrics, output_dir)  # model_card.md (cxr/evaluation/model_card.py)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # HParams tab: settings beside final metrics
             logger.log_hyperparams(_hyperparameters(cfg), metrics=_final_metrics(results))
@@ -310,92 +316,3 @@ def _pruned_trial(cfg: DictConfig, trainer: L.Trainer, callbacks: list, output_d
         logger.finalize("pruned")
     log.info("pruned after epoch %d; run directory: %s", epoch, output_dir)
     return metrics
-
-
-SPLIT_SOURCES = ("run", "config")
-
-
-def _run_split(cfg: DictConfig, checkpoint: dict) -> Path | None:
-    """``split_from=run`` (default): the ``splits.csv`` of the run the checkpoint belongs to
-    (``<run>/checkpoints/<file>.ckpt``), after checking that the label file is the one it was trained against;
-    ``split_from=config``: None (split the labels anew as the config says)."""
-    source = cfg.get("split_from", "run")
-    if source not in SPLIT_SOURCES:
-        raise ConfigError(f"split_from={source!r}: choose run (the run's splits.csv) or config (split anew)")
-    if source == "config":
-        return None
-    ckpt_path = Path(cfg.ckpt_path).resolve()
-    splits = ckpt_path.parent.parent / "splits.csv"
-    if not splits.is_file():
-        raise ConfigError(f"{splits} not found: {ckpt_path} is not inside a train.py run directory "
-                          "(<run>/checkpoints/*.ckpt), so the split it was trained against is unknown; "
-                          "split the labels from the config with split_from=config")
-    trained_on = (checkpoint.get("cxr") or {}).get("labels_sha256")
-    labels = cfg.data.get("labels")
-    if trained_on and labels and Path(labels).is_file() and file_digest(labels) != trained_on:
-        raise ConfigError(f"data.labels={labels} changed since {ckpt_path.name} was trained (its SHA-256 differs), "
-                          f"so {splits} may not describe it; restore the label file, or split it anew with "
-                          "split_from=config")
-    return splits
-
-
-def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on the test split the run was trained against (its splits.csv; ``split_from=config``
-    splits anew) and on the external set, with the checkpoint's preprocessing."""
-    if cfg.preprocessing_from not in ("checkpoint", "config"):
-        raise ConfigError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
-    model, checkpoint = load_classifier(cfg.ckpt_path)
-    splits = _run_split(cfg, checkpoint)
-    if splits is not None:
-        with open_dict(cfg):
-            cfg.data.split = {"method": "file", "path": str(splits)}
-        log.info("test split: %s (the run's own; split_from=config splits anew)", splits)
-    cfg.run_name = run_name(cfg)
-    output_dir = prepare_run_directory(cfg)
-    preprocessing = model.hparams.preprocessing
-    if cfg.preprocessing_from == "config" or not preprocessing:
-        preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
-    log.info("preprocessing (%s): %s", cfg.preprocessing_from, preprocessing)
-    datamodule = _build_data(cfg, output_dir, preprocessing=preprocessing)
-    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), run_name=cfg.run_name)
-    epoch = checkpoint.get("epoch")
-    metrics = {
-        "run_name": cfg.run_name,
-        "program": model.hparams.get("program"),
-        "data": cfg.data.name,
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "checkpoint_epoch": None if epoch is None else epoch + 1,
-        "checkpoint_choice": "ckpt_path",
-        "epochs_trained": (epoch if epoch is not None else -1) + 1,
-        "split_from": str(splits) if splits is not None else "config",
-        "preprocessing": preprocessing,
-        "split": datamodule.summary,
-        "leakage": datamodule.leakage,
-        **results,
-    }
-    write_json(output_dir / "metrics.json", metrics)
-    log.info("run directory: %s", output_dir)
-    return metrics
-
-
-_NOT_FOR_EVALUATION = ("ckpt_path", "debug", "trainer", "callbacks", "logger", "seed", "data_check", "check_only",
-                       "run_name", "hparams_search")  # a search preset would make evaluate.py launch a sweep
-
-
-def evaluation_config(cfg: DictConfig) -> DictConfig:
-    """Recompose ``evaluate`` with the checkpoint's training overrides first (the experiment's settings only,
-    cxr.replay), then this command line's."""
-    from hydra import compose
-
-    from cxr.checkpoints import read_checkpoint
-    from cxr.replay import replayable
-
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is required: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
-    stored = (read_checkpoint(cfg.ckpt_path).get("cxr") or {}).get("overrides", [])
-    given = list(HydraConfig.get().overrides.task)
-    inherited = replayable(stored, f"{cfg.ckpt_path}: training override", given, _NOT_FOR_EVALUATION)
-    if inherited:
-        log.info("overrides from the checkpoint's training run: %s", " ".join(inherited))
-    return compose(config_name="evaluate", overrides=inherited + given)

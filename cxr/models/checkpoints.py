@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from cxr.errors import UserError
 from cxr.models.classifier import BinaryClassifier
 from cxr.models.registry import ModelSpecError, spec_from_config
 from cxr.safe_instantiate import UnsafeTargetError
@@ -18,7 +19,7 @@ from cxr.safe_instantiate import UnsafeTargetError
 SETTINGS = ("preprocessing", "program", "class_weight", "task", "findings", "loss")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded safely or does not hold a cxr classifier."""
 
 

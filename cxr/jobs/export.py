@@ -21,7 +21,7 @@ import torch
 
 from cxr.data.inputs import collect_inputs, prepare_input
 from cxr.errors import PredictError
-from cxr.predict import ONNX_METADATA_PREFIX, operating_points, output_names, run_directory
+from cxr.jobs.predict import ONNX_METADATA_PREFIX, operating_points, output_names, run_directory
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -153,7 +153,7 @@ def run_export(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
 def export(cfg) -> dict:
     """The job behind export.py; returns the parity report (also written beside the export)."""
     from cxr.artifacts import write_json
-    from cxr.checkpoints import load_classifier
+    from cxr.models.checkpoints import load_classifier
     from cxr.data.dataset import Preprocessing
 
     fmt = str(cfg.format)
@@ -195,9 +195,3 @@ def export(cfg) -> dict:
         raise PredictError(f"{output}: the export differs from the checkpoint by {delta:.2e} > {tolerance:g}")
     return report
 
-
-def main() -> None:
-    """``cxr-export`` / ``python export.py ckpt_path=<.ckpt> format=onnx|torchscript`` (exit 2 on a user error)."""
-    from cxr.cli import job_app, run_app
-
-    run_app(job_app(lambda cfg: export(cfg) and 0, "export", "export.py"))
