@@ -290,8 +290,10 @@ def _train_app(cfg: DictConfig) -> float:
 def train_main() -> None:
     """``cxr-train`` / ``python train.py [overrides]``; ``resume=<run dir>`` resumes a killed run."""
     from cxr.run_dir import note_swept_keys, resume_arguments
+    from cxr.run_lock import lock_from_arguments
 
-    run_app(_train_app, lambda argv: note_swept_keys(resume_arguments(argv)), config_name="train")
+    run_app(_train_app, lambda argv: lock_from_arguments(note_swept_keys(resume_arguments(argv))),
+            config_name="train")
 
 
 # --------------------------------------------------------------------------------------------- evaluate

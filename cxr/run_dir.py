@@ -126,6 +126,9 @@ def prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
     """Create ``paths.output_dir`` (never over a finished run, nor over an unfinished one unless resuming) and write
     its configs and run.json; returns it."""
     output_dir = Path(cfg.paths.output_dir)
+    from cxr.run_lock import lock_run_directory
+
+    lock_run_directory(output_dir)  # a second run in this directory is refused (cxr.run_lock)
     if (output_dir / "metrics.json").exists():
         raise RunDirectoryError(f"{output_dir} already holds a finished run (metrics.json); a new run never "
                                 "overwrites one: choose another hydra.run.dir")
@@ -206,6 +209,9 @@ def mark_failed(output_dir: Path, reason: str) -> None:
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
     ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and "://" in str(ckpt_path):
+        raise ConfigError(f"ckpt_path={ckpt_path}: only local checkpoint files are loaded (download it and give "
+                          "its path)")
     if ckpt_path != "last":
         return ckpt_path
     last = output_dir / "checkpoints" / "last.ckpt"
@@ -224,9 +230,12 @@ def resume_arguments(argv: list[str]) -> list[str]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise ConfigError(f"resume={run_dir}: not a run directory of train.py (no .hydra/overrides.yaml)")
-    previous = [o for o in OmegaConf.load(overrides_file)
-                if override_key(o) not in ("hydra.run.dir", "ckpt_path", "resume")]
+    from cxr.replay import replayable
+
     others = [a for a in argv if not a.startswith("resume=")]
+    stored = [o for o in OmegaConf.to_container(OmegaConf.load(overrides_file))
+              if override_key(o) not in ("ckpt_path", "resume")]  # this run's own (a resume adds them)
+    previous = replayable(stored, f"resume={run_dir}: {overrides_file.name}", given=others)
     return [*previous, *others, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 
 

@@ -58,6 +58,8 @@ def release(tmp_path_factory):
     files["train_val_list.txt"] = "".join(f"{n}\n" for n in table.loc[~in_test, "Image Index"]).encode()
     manifest = base / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
+    manifest.with_suffix(".sha256").write_text("".join(  # what --mirror verifies the metadata against
+        f"{hashlib.sha256(files[name]).hexdigest()}  {name}\n" for name in METADATA_FILES))
     tarballs = base / "tarballs"
     tarballs.mkdir()
     for name in rows:

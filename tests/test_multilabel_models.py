@@ -127,7 +127,8 @@ def test_checkpoint_of_a_pretrained_model_loads_without_fetching_weights(tmp_pat
 
     net = {"_target_": "cxr.models.backbones.TorchvisionNet", "name": "resnet18", "in_channels": 1}
     model = Classifier(net=net, optimizer=ADAM, task="multilabel", findings=FINDINGS3, weights="imagenet")
-    assert model.hparams.net["weights"] == "imagenet"
+    assert model.hparams.weights == "imagenet"
+    assert model.hparams.net == {"name": "torchvision/resnet18", "args": {"in_channels": 1}}
     torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, tmp_path / "m.ckpt")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "nothing-cached"))  # a fetch would now fail
     loaded, _ = load_classifier(tmp_path / "m.ckpt")

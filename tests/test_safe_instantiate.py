@@ -57,22 +57,40 @@ def _crafted_checkpoint(path, **hyper_parameters):
 
 
 # targets that Hydra's own blocklist lets through and that write a file (os.system and subprocess.* it blocks)
+@pytest.mark.parametrize("config", [
+    {"_target_": "builtins.open", "_args_": ["{victim}", "w"]},
+    {"_target_": "torch.save", "_args_": [{}, "{victim}"]},
+    {**THESIS_CNN, "hidden": {"_target_": "numpy.save", "_args_": ["{victim}", [1]]}},
+    {"_target_": "cxr.models.classifier.torch.save", "_args_": [{}, "{victim}"]},
+])
+def test_a_crafted_network_creates_no_file_and_names_the_key(tmp_path, config):
+    victim = tmp_path / "created_by_the_checkpoint"
+    text = repr(config).replace("{victim}", str(victim))
+    ckpt = _crafted_checkpoint(tmp_path / "crafted.ckpt", net=eval(text))
+    with pytest.raises(CheckpointError, match=r"crafted\.ckpt: refused: hyper_parameters\.net\.(_target_|args\.)"):
+        load_classifier(ckpt)
+    assert not list(tmp_path.glob("created_by_the_checkpoint*"))  # numpy.save appends .npy
+
+
 @pytest.mark.parametrize("key, config", [
-    ("net", {"_target_": "builtins.open", "_args_": ["{victim}", "w"]}),
-    ("net", {"_target_": "torch.save", "_args_": [{}, "{victim}"]}),
-    ("net", {**THESIS_CNN, "hidden": {"_target_": "numpy.save", "_args_": ["{victim}", [1]]}}),
-    ("net", {"_target_": "cxr.models.classifier.torch.save", "_args_": [{}, "{victim}"]}),
     ("optimizer", {"_target_": "builtins.open", "_args_": ["{victim}", "w"]}),
     ("scheduler", {"_target_": "numpy.savetxt", "_args_": ["{victim}", [1]]}),
 ])
-def test_a_crafted_checkpoint_creates_no_file_and_names_the_key(tmp_path, key, config):
+def test_a_checkpoint_optimizer_or_scheduler_is_never_read(tmp_path, key, config):
+    """Optimiser and scheduler come from the config the user runs: a loaded checkpoint has none to build."""
+    from cxr.errors import ConfigError
+
     victim = tmp_path / "created_by_the_checkpoint"
-    text = repr(config).replace("{victim}", str(victim))
-    ckpt = _crafted_checkpoint(tmp_path / "crafted.ckpt", **{key: eval(text)})
-    with pytest.raises(CheckpointError, match=rf"crafted\.ckpt: refused: hyper_parameters\.{key}(\.\w+)*\._target_="):
-        model, _ = load_classifier(ckpt)
-        model.configure_optimizers()  # where the optimizer and scheduler would be built
-    assert not list(tmp_path.glob("created_by_the_checkpoint*"))  # numpy.save appends .npy
+    from cxr.models.classifier import Classifier
+
+    trained = Classifier(net=THESIS_CNN, optimizer=ADAM)
+    crafted = eval(repr(config).replace("{victim}", str(victim)))
+    torch.save({"hyper_parameters": {**dict(trained.hparams), key: crafted}, "state_dict": trained.state_dict()},
+               tmp_path / "crafted.ckpt")
+    model, _ = load_classifier(tmp_path / "crafted.ckpt")
+    with pytest.raises(ConfigError, match="the optimizer of the config you run"):
+        model.configure_optimizers()
+    assert not list(tmp_path.glob("created_by_the_checkpoint*"))
 
 
 def touch(path, **_):

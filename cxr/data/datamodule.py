@@ -28,8 +28,10 @@ class ChestXrayDataModule(L.LightningDataModule):
                  augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None,
                  format: str = "png", shards_dir: str | None = None,
                  task: str = "binary", findings: list[str] | None = None,
-                 exclude: str | None = None, allow_overlap: dict | None = None, persistent_workers: bool = True):
+                 exclude: str | None = None, allow_overlap: dict | None = None, persistent_workers: bool = True,
+                 missing_patient_id: str = "refuse"):
         super().__init__()
+        self.missing_patient_id = missing_patient_id  # data.missing_patient_id: see cxr.data.patient_ids
         self.persistent_workers = bool(persistent_workers)  # train/val workers kept between epochs
         self.exclude = exclude  # data.exclude: hold the external set (images or patients) out of the labelled table
         self.allow_overlap = dict(allow_overlap or {})  # data.allow_overlap: see cxr.data.leakage
@@ -75,7 +77,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         """The data step's result (labelled tables, split, leakage), made once and shared with the data check."""
         if self._data is None:
             self._data = labelled_data(self.labels, self.root, self.split_settings, self.external, self.exclude,
-                                       self.missing, self.allow_overlap)
+                                       self.missing, self.allow_overlap, self.missing_patient_id)
         return self._data
 
     def setup(self, stage: str | None = None) -> None:
@@ -97,6 +99,11 @@ class ChestXrayDataModule(L.LightningDataModule):
                         "excluded_images": None if excluded is None else len(excluded),
                         "excluded_patients": None if excluded is None else int(excluded["patient_id"].nunique()),
                         **record}
+        if self.missing_patient_id != "refuse":
+            from cxr.data.patient_ids import count_per_image
+
+            self.leakage["missing_patient_id"] = {"policy": self.missing_patient_id, "images": sum(
+                count_per_image(t) for t in (table, external) if t is not None)}
         self.table = table
         self.summary = summarise_split(table, table["split"])
         log.info("split=%s: %s", method, ", ".join(

@@ -35,12 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.data.input_limits import PixelLimitError, check_dicom_header
 from cxr.errors import UserError
 
 PREAMBLE_LENGTH = 128
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 TRAINED_MODALITIES = ("CR", "DX")  # computed and digital radiography: what NIH ChestX-ray14 holds
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT", "LLD", "RLD")
+# the codes a warning may echo (DICOM PS3.3 defined terms); any other value is shown as "unrecognised"
+KNOWN_MODALITIES = ("CR", "DX", "CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "OT", "SC", "IO", "PX", "RG", "ES",
+                    "XC", "DOC", "SR", "PR", "KO", "SEG", "RTIMAGE", "OP", "OCT", "BMD", "DG", "ECG")
+KNOWN_VIEWS = ("PA", "AP", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LATERAL", "LAT")
 GREY = ("MONOCHROME1", "MONOCHROME2")
 WINDOWS = ("voi", "stored", "minmax")  # how stored values become 0-255 (module docstring, dicom.window)
 # the largest image read (rows x columns), for predict.py and the service alike: above any chest detector (43 cm at
@@ -111,6 +116,13 @@ def looks_like_dicom(path: str | Path | bytes) -> bool:
         return False
 
 
+def known_code(value, known: tuple[str, ...]) -> str:
+    """A DICOM code string as a warning may show it: the code when ``known`` lists it, ``missing`` when empty, else
+    ``unrecognised`` (free text from a file is never echoed)."""
+    text = str(value or "").strip().upper()
+    return text if text in known else "missing" if not text else "unrecognised"
+
+
 def _frames(dataset) -> int:
     try:
         return int(dataset.get("NumberOfFrames", 1) or 1)
@@ -122,8 +134,9 @@ def _describe(dataset) -> str:
     """What kind of object this is, from its SOP class (never from patient fields)."""
     sop = dataset.get("SOPClassUID")
     name = getattr(sop, "name", None) if sop else None
+    name = name if name and name != str(sop) else None  # pydicom's name of a known class, never the file's text
     modality = dataset.get("Modality")
-    parts = [p for p in (name, f"modality {modality}" if modality else None) if p]
+    parts = [p for p in (name, f"modality {known_code(modality, KNOWN_MODALITIES)}" if modality else None) if p]
     return ", ".join(parts) or "unknown SOP class"
 
 
@@ -208,7 +221,12 @@ def _read_dicom(path: str | Path | bytes, window: str, name: str) -> DicomImage:
         if path.stat().st_size == 0:
             raise DicomReadError(f"{path}: zero-byte file")
     try:
+        check_dicom_header(pydicom.dcmread(source, force=True, stop_before_pixels=True))  # before reading pixels
+        if hasattr(source, "seek"):
+            source.seek(0)
         dataset = pydicom.dcmread(source, force=True)
+    except PixelLimitError as error:
+        raise DicomReadError(f"{path}: {error}") from None
     except Exception as error:  # InvalidDicomError, EOFError, struct.error, ... on a malformed header
         raise DicomReadError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})") from error
     _set_transfer_syntax(dataset)
@@ -271,10 +289,10 @@ def _read_dicom(path: str | Path | bytes, window: str, name: str) -> DicomImage:
         scaled = rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R 601-2 luma, as Pillow's convert("L")
     out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
-    modality = str(dataset.get("Modality", "") or "").upper()
+    modality = known_code(dataset.get("Modality"), KNOWN_MODALITIES)
     if modality not in TRAINED_MODALITIES:
-        warnings.append(f"modality {modality or 'missing'}: the model was trained on chest radiographs (CR/DX)")
-    view = str(dataset.get("ViewPosition", "") or "").upper()
+        warnings.append(f"modality {modality}: the model was trained on chest radiographs (CR/DX)")
+    view = known_code(dataset.get("ViewPosition"), KNOWN_VIEWS)
     if view in LATERAL_VIEWS:
         warnings.append(f"view position {view}: a lateral view; the model was trained on frontal (PA/AP) views")
     return DicomImage(pixels=out, warnings=warnings)

@@ -151,7 +151,10 @@ def fetch(url: str, target: Path, progress: Progress | None = None, bar=None,
         try:
             with session.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as response:
                 if response.status_code == 416:  # the partial file is already whole (or longer than the file)
-                    total = int(response.headers.get("Content-Range", "*/-1").rsplit("/", 1)[-1] or -1)
+                    total = content_range_total(response.headers.get("Content-Range"))
+                    if total is None:
+                        raise DownloadError(f"{url}: HTTP 416 with a malformed Content-Range "
+                                            f"{response.headers.get('Content-Range')!r:.80}; {part} kept")
                     if total == have:
                         break
                     part.unlink()
@@ -188,6 +191,15 @@ def fetch(url: str, target: Path, progress: Progress | None = None, bar=None,
             raise DownloadError(f"{url}: {short(error)}") from None
     os.replace(part, target)
     return target
+
+
+def content_range_total(value: str | None) -> int | None:
+    """The complete length of an HTTP 416 answer's ``Content-Range: bytes */<length>`` (-1 when absent); None when
+    the header is malformed."""
+    if value is None:
+        return -1
+    total = value.strip().rsplit("/", 1)[-1]
+    return int(total) if value.strip().startswith("bytes") and "/" in value and total.isdigit() else None
 
 
 def short(error: Exception) -> str:
@@ -280,14 +292,45 @@ def get_archive(archive: Archive, root: Path, mirror: str | None = None, source_
             bar.close()
 
 
-def write_metadata(root: Path, mirror: str | None = None, source_dir: Path | None = None) -> list[Path]:
-    """The label file and split lists into ``root``: from the mirror, from ``source_dir`` if it has them, else
-    from the copies shipped with the package."""
+def metadata_digests(manifest: str | Path | None = None) -> dict[str, str]:
+    """SHA-256 of the label file and split lists: the official release's, shipped with the package
+    (``release_metadata.sha256``), or for another manifest the ``<manifest>.sha256`` file beside it (the format of
+    ``sha256sum``)."""
+    path = shipped("release_metadata.sha256") if manifest is None else Path(manifest).with_suffix(".sha256")
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        raise DownloadError(f"{path} not found: the label file and split lists fetched from --mirror are verified "
+                            f"against it (lines '<sha256>  <name>' for {', '.join(METADATA_FILES)})") from None
+    digests = {}
+    for line in lines:
+        digest, _, name = line.strip().partition("  ")
+        if name:
+            digests[name.strip()] = digest.lower()
+    return digests
+
+
+def verify_metadata(path: Path, digests: dict[str, str]) -> None:
+    """Refuse (and delete) a fetched metadata file whose SHA-256 is not the expected one."""
+    expected = digests.get(path.name)
+    digest = file_digest(path, "sha256")
+    if digest != expected:
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"{path.name}: SHA-256 {digest} is not the release's {expected or '(none listed)'}: "
+                            "a tampered or different file from the mirror was deleted")
+
+
+def write_metadata(root: Path, mirror: str | None = None, source_dir: Path | None = None,
+                   manifest: str | Path | None = None) -> list[Path]:
+    """The label file and split lists into ``root``: from the mirror (verified against their SHA-256), from
+    ``source_dir`` if it has them, else from the copies shipped with the package."""
     written = []
+    digests = metadata_digests(manifest) if mirror else {}
     for name in METADATA_FILES:
         target = root / name
         if mirror:
             fetch(urljoin(mirror.rstrip("/") + "/", name), target)
+            verify_metadata(target, digests)
         elif source_dir is not None and (source_dir / name).is_file():
             shutil.copyfile(source_dir / name, target)
         else:
@@ -341,7 +384,7 @@ def download_release(root: str | Path, manifest: str | Path | None = None, mirro
     source = Path(source_dir) if source_dir else None
     if source is not None and not source.is_dir():
         raise DownloadError(f"--from {source}: not a folder")
-    write_metadata(root, mirror, source)
+    write_metadata(root, mirror, source, manifest)
     todo = [a for a in archives if not is_complete(root, a)]
     needed = disk_needed(todo, jobs, keep, local=source is not None)
     free = shutil.disk_usage(root).free

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from cxr.data.input_limits import check_image_header, walk_once
 from cxr.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -43,7 +44,7 @@ def index_images(root: str | Path) -> dict[str, Path]:
     if not root.is_dir():
         raise ImageIndexError(f"image folder not found: {root} (set data.root to the folder that holds the images)")
     found: dict[str, Path] = {}
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    for folder, subfolders, files in walk_once(root):
         relative = Path(folder).relative_to(root)
         subfolders[:] = sorted(d for d in subfolders if d.lower().startswith("images"))
         if relative.parts and not all(part.lower().startswith("images") for part in relative.parts):
@@ -82,6 +83,7 @@ def load_image(path: str | Path, channels: int = 3, size: int = 150, resample: s
         raise ValueError(f"unknown resample {resample!r}; choose one of {', '.join(RESAMPLING)}")
     try:
         with Image.open(path) as image:
+            check_image_header(image)  # the header's claim, before decoding (cxr.data.input_limits)
             image.load()
             array = prepare_image(image, channels, size, resample)
     except FileNotFoundError as error:

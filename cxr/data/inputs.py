@@ -16,6 +16,7 @@ from cxr.data.dataset import Preprocessing
 from cxr.data.dicom import (MAX_INPUT_PIXELS, DicomReadError, has_dicom_preamble, is_dicom_name, looks_like_dicom,
                             read_dicom)
 from cxr.data.images import IMAGE_EXTENSIONS, ImageReadError, prepare_image
+from cxr.data.input_limits import check_image_header, walk_once
 from cxr.errors import PredictError
 
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
@@ -60,7 +61,7 @@ def sniff_format(path: Source) -> str | None:
 
 def _walk(folder: Path) -> tuple[list[Path], int]:
     found, skipped = [], 0
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in walk_once(folder):  # a link loop (a -> .) is entered once
         dirs.sort()
         for name in sorted(files):
             path = Path(root) / name
@@ -164,10 +165,12 @@ def read_grey(path: Source, dicom_window: str = "voi", name: str = "upload") -> 
     try:
         if in_memory:  # nothing to close: no copy needed
             image = Image.open(io.BytesIO(path))
+            check_image_header(image)  # the header's claim in bytes, before decoding (cxr.data.input_limits)
             _check_pixels(image.size, label)
             image.load()
             return image, kind, []
         with Image.open(path) as image:  # the training reader's steps (cxr.data.images.load_image)
+            check_image_header(image)
             _check_pixels(image.size, label)
             image.load()
             return image.copy(), kind, []

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxr.data.dataset import Preprocessing
+from cxr.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MARKER = "cxr-shards.json"
@@ -90,6 +92,30 @@ def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, work
     return output_dir
 
 
+# the LitData serializers of the samples cxr writes (ints, strings, numpy arrays); others, pickle first, are refused
+OWN_SERIALIZERS = ("int", "float", "str", "bool", "numpy", "no_header_numpy")
+
+
+class ShardFormatError(ConfigError):
+    """A shard folder written with serializers cxr does not use (pickle: code would run on reading it)."""
+
+
+def check_shard_index(folder: str | Path) -> None:
+    """Refuse a shard folder whose LitData ``index.json`` names a serializer outside ``OWN_SERIALIZERS``, before
+    LitData reads a sample."""
+    index = Path(folder) / "index.json"
+    try:
+        formats = json.loads(index.read_text())["config"]["data_format"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ShardFormatError(f"{index}: not a readable LitData index ({type(error).__name__}); delete the "
+                               "folder and it is written again") from None
+    foreign = [f for f in formats if not isinstance(f, str) or f.split(":", 1)[0] not in OWN_SERIALIZERS]
+    if foreign:
+        raise ShardFormatError(f"{index}: serializer(s) {', '.join(map(str, foreign))} are not cxr's own "
+                               f"({', '.join(OWN_SERIALIZERS)}); shards are read only as cxr writes them (delete "
+                               "the folder and it is written again)")
+
+
 def open_or_write_shards(shards_dir: str | Path, split: str, table: pd.DataFrame, cached, rows, spec,
                          workers: int = 1, target_columns: list[str] | None = None) -> Path:
     """The shard folder of this split (written first when missing or incomplete)."""
@@ -97,6 +123,7 @@ def open_or_write_shards(shards_dir: str | Path, split: str, table: pd.DataFrame
     try:
         marker = json.loads((folder / MARKER).read_text())
         if marker.get("format") == FORMAT_VERSION and marker.get("n_images") == len(table):
+            check_shard_index(folder)
             return folder
     except (OSError, ValueError):
         pass
@@ -136,6 +163,7 @@ class ChestXrayShards(_StreamingDataset):
                  seed: int = 0, drop_last: bool | None = None):
         if _StreamingDataset is object:
             raise ImportError("data.format=shards needs litdata: pip install litdata (or the cxr[shards] extra)")
+        check_shard_index(folder)
         self._drop_last_setting = drop_last
         # LitData applies ``transform`` to every sample it reads: the dict becomes (image, target, index)
         super().__init__(str(folder), shuffle=shuffle, seed=seed, drop_last=drop_last,
@@ -166,6 +194,7 @@ class IndexedShards(Dataset):
         if self._dataset is None:
             from litdata import StreamingDataset
 
+            check_shard_index(self.folder)
             self._dataset = StreamingDataset(self.folder, shuffle=False)
         return self._dataset
 
@@ -189,8 +218,18 @@ def shard_loader(dataset, batch_size: int, num_workers: int = 0, collate_fn=None
                                pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
 
+SHARD_NAME = re.compile(r"^(train|val|test|external)-\d+px-[a-z]+-\d+-[0-9a-f]{16}$")  # as shard_name makes them
+
+
+def is_cxr_shard_folder(folder: Path) -> bool:
+    """A folder cxr made: named as :func:`shard_name` names them and holding cxr's marker file (never a link)."""
+    return (SHARD_NAME.match(folder.name) is not None and not folder.is_symlink()
+            and (folder / MARKER).is_file())
+
+
 def list_shards(shards_dir: str | Path) -> list[dict]:
-    """Every shard folder under ``shards_dir``: name, images (None when incomplete), size on disk."""
+    """Every folder under ``shards_dir``: name, images (None when incomplete), size on disk, and whether cxr made
+    it (``ours``: only those are ever pruned)."""
     shards_dir = Path(shards_dir)
     found = []
     for folder in sorted(p for p in shards_dir.iterdir() if p.is_dir()) if shards_dir.is_dir() else []:
@@ -198,6 +237,6 @@ def list_shards(shards_dir: str | Path) -> list[dict]:
             images = json.loads((folder / MARKER).read_text()).get("n_images")
         except (OSError, ValueError):
             images = None
-        found.append({"name": folder.name, "images": images, "folder": folder,
+        found.append({"name": folder.name, "images": images, "folder": folder, "ours": is_cxr_shard_folder(folder),
                       "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())})
     return found

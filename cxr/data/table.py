@@ -74,9 +74,12 @@ class LabelledSet:
 EXCLUDE = ("external_images", "external_patients")
 
 
-def labelled_set(labels: str | Path, root: str | Path) -> LabelledSet:
-    """Read ``labels`` and look up each image under ``root`` (raises LabelFileError / ImageIndexError)."""
-    return with_image_paths(read_labels(labels), labels, root)
+def labelled_set(labels: str | Path, root: str | Path, missing_patient_id: str = "refuse") -> LabelledSet:
+    """Read ``labels`` and look up each image under ``root`` (raises LabelFileError / ImageIndexError); missing
+    patient ids refused or made per image (cxr.data.patient_ids)."""
+    from cxr.data.patient_ids import apply_policy
+
+    return with_image_paths(apply_policy(read_labels(labels), labels, missing_patient_id), labels, root)
 
 
 def with_image_paths(table: pd.DataFrame, labels: str | Path, root: str | Path) -> LabelledSet:
@@ -128,15 +131,16 @@ def unset_data_keys(labels, root) -> str | None:
     return f"{' and '.join(unset)} {verb} not set: give {'; and '.join(DATA_KEY_EXAMPLES[k] for k in unset)}"
 
 
-def build_sets(labels, root, external: dict | None = None, exclude: str | None = None) -> dict[str, LabelledSet]:
+def build_sets(labels, root, external: dict | None = None, exclude: str | None = None,
+               missing_patient_id: str = "refuse") -> dict[str, LabelledSet]:
     """The labelled sets of a run: ``main`` and, when ``external.labels`` and ``external.root`` are set,
     ``external``; ``exclude`` (data.exclude) holds the external set out of the main table."""
     if unset := unset_data_keys(labels, root):
         raise ConfigError(unset)
-    sets = {"main": labelled_set(labels, root)}
+    sets = {"main": labelled_set(labels, root, missing_patient_id)}
     external = external or {}
     if external.get("labels") and external.get("root"):
-        sets["external"] = labelled_set(external["labels"], external["root"])
+        sets["external"] = labelled_set(external["labels"], external["root"], missing_patient_id)
     if exclude:
         if "external" not in sets:
             raise ConfigError(f"data.exclude={exclude} needs an external set (data.external.labels, "
@@ -179,9 +183,10 @@ class LabelledData:
 
 
 def labelled_data(labels, root, split: dict, external: dict | None = None, exclude: str | None = None,
-                  missing: str = "error", allow_overlap: dict | None = None) -> LabelledData:
+                  missing: str = "error", allow_overlap: dict | None = None,
+                  missing_patient_id: str = "refuse") -> LabelledData:
     """The data step of a run (the ``data`` config's settings): read the labels, index the images, build the
     labelled tables (:func:`build_sets`); the split and the leakage judgement are made on first use and kept."""
     external = dict(external or {})
-    return LabelledData(build_sets(labels, root, external, exclude), dict(split or {}),
+    return LabelledData(build_sets(labels, root, external, exclude, missing_patient_id), dict(split or {}),
                         external.get("missing", missing), dict(allow_overlap or {}))

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxr.data.images import ImageIndexError
 from cxr.data.labels import LabelFileError
+from cxr.data.patient_ids import MissingPatientIdError
 from cxr.data.table import LabelledData, labelled_data
 from cxr.data.validation import ValidationReport, validate
 
@@ -32,7 +33,9 @@ def run_check(cfg: DictConfig, workers: int | None = None, data: LabelledData | 
         allow = OmegaConf.to_container(settings.get("allow_overlap") or {}, resolve=True)
         try:
             data = labelled_data(settings.labels, settings.root, split, external, settings.get("exclude"), missing,
-                                 allow)
+                                 allow, settings.get("missing_patient_id", "refuse"))
+        except MissingPatientIdError as error:  # validate() below reads the labels without the policy
+            settings_error = str(error)
         except (LabelFileError, ImageIndexError):
             data = None  # validate() below reads each set on its own and names the problem
         except ValueError as error:  # data.exclude that cannot be applied

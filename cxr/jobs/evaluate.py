@@ -13,7 +13,7 @@ from cxr.errors import ConfigError
 from cxr.evaluation.runner import evaluate_sets
 from cxr.jobs.train import _build_data, _evaluation_settings
 from cxr.models.checkpoints import load_classifier
-from cxr.run_dir import override_key, prepare_run_directory, run_name
+from cxr.run_dir import prepare_run_directory, run_name
 
 log = logging.getLogger(__name__)
 
@@ -85,25 +85,23 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-_NOT_FOR_EVALUATION = ("hydra", "ckpt_path", "debug", "trainer", "callbacks", "logger", "seed",
-                        "hparams_search")  # a search preset would make evaluate.py launch a sweep
+_NOT_FOR_EVALUATION = ("ckpt_path", "debug", "trainer", "callbacks", "logger", "seed", "data_check", "check_only",
+                       "run_name", "hparams_search")  # a search preset would make evaluate.py launch a sweep
 
 
 def evaluation_config(cfg: DictConfig) -> DictConfig:
-    """Recompose ``evaluate`` with the checkpoint's training overrides first, then this command line's."""
+    """Recompose ``evaluate`` with the checkpoint's training overrides first (the experiment's settings only,
+    cxr.replay), then this command line's."""
     from hydra import compose
 
     from cxr.models.checkpoints import read_checkpoint
-    from cxr.safe_instantiate import check_overrides
+    from cxr.replay import replayable
 
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path is required: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     stored = (read_checkpoint(cfg.ckpt_path).get("cxr") or {}).get("overrides", [])
     given = list(HydraConfig.get().overrides.task)
-    given_keys = {override_key(o) for o in given}
-    inherited = [o for o in stored if override_key(o) not in given_keys
-                 and not override_key(o).split(".")[0].split("/")[0] in _NOT_FOR_EVALUATION]
-    check_overrides(inherited, f"{cfg.ckpt_path}: training override")  # a crafted checkpoint must not build code
+    inherited = replayable(stored, f"{cfg.ckpt_path}: training override", given, _NOT_FOR_EVALUATION)
     if inherited:
         log.info("overrides from the checkpoint's training run: %s", " ".join(inherited))
     return compose(config_name="evaluate", overrides=inherited + given)

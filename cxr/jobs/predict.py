@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -121,6 +122,8 @@ def _preprocessing(settings: dict | None, source: str) -> Preprocessing:
 
 def load_predictor(path: str | Path, backend: str = "auto", threshold=None, device: str = "auto") -> Predictor:
     """A checkpoint (weights-only, via cxr.checkpoints) or an exported ``.onnx`` file with cxr metadata."""
+    if "://" in str(path):
+        raise PredictError(f"ckpt_path={path}: only local model files are loaded (download it and give its path)")
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"ckpt_path: file not found: {path}")
@@ -162,6 +165,34 @@ def onnx_metadata(path: str | Path) -> dict:
             if p.key.startswith(ONNX_METADATA_PREFIX)}
 
 
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX model whose external data (tensors kept in other files) lies outside its own folder."""
+    import onnx
+    from onnx import external_data_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.resolve().parent
+    for tensor in external_data_helper._get_all_tensors(model):  # initializers and attributes, subgraphs too
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+            raise PredictError(f"{path}: tensor {tensor.name!r:.60} keeps its data in {location!r:.120}, outside "
+                               f"the model's folder {folder}; refused")
+
+
+def shown_path(path: Path) -> tuple[str, str]:
+    """The path as predictions.csv (UTF-8) can hold it, and a warning when a file name is not UTF-8: its
+    undecodable bytes are written as \\x escapes."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text, ""
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace"), "file name is not UTF-8 (shown with \\x escapes)"
+
+
 def _onnx_predictor(path: Path) -> Predictor:
     try:
         import onnxruntime as ort
@@ -173,10 +204,15 @@ def _onnx_predictor(path: Path) -> Predictor:
         raise PredictError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from error
     if "preprocessing" not in metadata or "output_names" not in metadata:
         raise PredictError(f"{path}: no cxr metadata (preprocessing, output_names): export it with export.py")
+    check_external_data(path)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own errors (a broken graph, missing external data)
+        raise PredictError(f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: "
+                           f"{(str(error).splitlines() or [''])[0][:200]})") from None
     names = list(metadata["output_names"])
     thresholds = metadata.get("thresholds") or [DEFAULT_THRESHOLD] * len(names)
     return Predictor(_preprocessing(metadata["preprocessing"], str(path)), names, [float(t) for t in thresholds],
@@ -200,15 +236,16 @@ def predict_rows(predictor: Predictor, paths: list[Path], batch_size: int = 64, 
             probabilities = predictor.probabilities(torch.stack([item["image"] for item in good])) if good else []
             by_index = {item["index"]: p for item, p in zip(good, probabilities)}
             for item in items:
-                row = {"path": str(paths[item["index"]]), "format": item["format"]}
+                shown, note = shown_path(paths[item["index"]])
+                row = {"path": shown, "format": item["format"]}
                 p = by_index.get(item["index"])
                 for k, name in enumerate(predictor.names):
                     row[f"probability_{name}"] = float(p[k]) if p is not None else None
                     # class 1 strictly above the operating point
                     row[f"decision_{name}"] = int(p[k] > predictor.thresholds[k]) if p is not None else None
                     row[f"threshold_{name}"] = predictor.thresholds[k]
-                row.update(threshold_source=predictor.threshold_source, warning=item["warning"],
-                           error=item["error"])
+                row.update(threshold_source=predictor.threshold_source,
+                           warning="; ".join(w for w in (item["warning"], note) if w), error=item["error"])
                 rows.append(row)
             bar.update(len(items))
     frame = pd.DataFrame(rows)

@@ -125,15 +125,22 @@ def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
     if shards:
         echo(f"shards under {cfg.data.shards_dir}:")
     for entry in shards:
-        mark = "in use" if entry["name"] in shards_used else "prunable"
+        mark = "in use" if entry["name"] in shards_used else "prunable" if entry["ours"] else "not cxr's, never pruned"
         echo(f"  {entry['name']}: {entry['images'] if entry['images'] is not None else 'incomplete,'} images, "
              f"{entry['bytes'] / 1e6:.1f} MB [{mark}]")
     if prune:
+        doomed = [e for e in shards if e["ours"] and e["name"] not in shards_used]  # only folders cxr made
+        doomed_caches = [e for e in caches if e["name"] not in in_use]
+        echo(f"deleting {len(doomed_caches)} cache(s) and {len(doomed)} shard folder(s):" if doomed or doomed_caches
+             else "nothing to delete")
+        for entry in doomed_caches:
+            echo(f"  {', '.join(str(p) for p in entry['files'])}")
+        for entry in doomed:
+            echo(f"  {entry['folder']}")
         deleted = prune_caches(cfg.data.cache_dir, keep=sorted(in_use))
-        for entry in shards:
-            if entry["name"] not in shards_used:
-                shutil.rmtree(entry["folder"])
-                deleted.append(entry)
+        for entry in doomed:
+            shutil.rmtree(entry["folder"])
+            deleted.append(entry)
         echo(f"pruned {len(deleted)} cache(s) and shard folder(s), {sum(e['bytes'] for e in deleted) / 1e6:.1f} MB "
              "freed")
         return deleted

@@ -23,7 +23,7 @@ from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.model_card import write_model_card
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
-from cxr.models.checkpoints import load_classifier
+from cxr.models.checkpoints import load_classifier, read_checkpoint
 from cxr.run_dir import (command_line_overrides, global_rank, prepare_run_directory, record_directory_size,
                          requeued_job, resume_checkpoint, run_name)
 from cxr.tracking import log_run_files
@@ -214,6 +214,8 @@ def train(cfg: DictConfig) -> dict:
     else:
         output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg, output_dir)
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # local and weights-only, refused in one line before Lightning reads it
     datamodule = instantiate(cfg.data)  # its data step runs once, for the data check and for training
     if rank_zero and (cfg.get("data_check", True) or cfg.get("check_only")):
         datamodule.prepare_data()
@@ -229,7 +231,7 @@ def train(cfg: DictConfig) -> dict:
     trainer, callbacks = build_trainer(cfg)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None  # a terminated run must not look successful
     if not trainer.is_global_zero:

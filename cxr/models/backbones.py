@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -60,13 +61,19 @@ def build_torchvision_model(name: str, weights=None) -> nn.Module:
         return get_model(name, weights=None)
     enum = imagenet_weights(name)
     cached = imagenet_cache_file(name)
-    try:
-        return get_model(name, weights=enum)  # reads the cache file if present, else downloads it
+    try:  # torchvision's own loader unpickles with weights_only=False: the cache file is read weights-only here
+        state = enum.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(f"{cached}: cannot be loaded weights-only ({str(error).splitlines()[0]}); delete it and "
+                           "it is downloaded again") from None
     except Exception as error:  # URLError, socket errors, HTTP errors, a truncated download
         raise WeightsError(
             f"ImageNet weights for {name} are not in the cache and could not be downloaded "
             f"({type(error).__name__}): put {cached.name} (from {enum.url}) at {cached} (set TORCH_HOME to use "
             "another cache), or train without them: model.weights=none") from None
+    model = get_model(name, weights=None)
+    model.load_state_dict(state)
+    return model
 
 
 def _parent(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:

@@ -2,7 +2,6 @@
 logits, Adam, torchmetrics."""
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import hydra
@@ -14,6 +13,7 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryReca
                                          MultilabelAccuracy, MultilabelAUROC, MultilabelStatScores)
 
 from cxr.errors import ConfigError
+from cxr.models import registry
 from cxr.models.backbones import no_weights
 from cxr.models.losses import binary_loss
 from cxr.safe_instantiate import check_targets, instantiate
@@ -74,16 +74,18 @@ class FindingAUROC(torch.nn.Module):
 class Classifier(L.LightningModule):
     """Wraps a network that returns one logit per image (``task=binary``) or one per finding (``multilabel``).
 
-    ``net``, ``optimizer`` and ``scheduler`` are Hydra configs (``_target_``), kept as plain dicts in the
-    checkpoint's hyper-parameters so that ``Classifier.load_from_checkpoint(path)`` rebuilds everything.
+    ``net`` is the user's ``model.net`` config, kept in the checkpoint as data: a name of cxr's model registry with
+    typed arguments (cxr.models.registry; a checkpoint names no code). ``optimizer`` and ``scheduler`` are Hydra
+    configs of the run; they are not saved, so a loaded checkpoint trains only with the optimiser of the config
+    the user runs.
     ``preprocessing`` records how inputs were made (channels, size, divisor) for evaluation of the checkpoint.
     ``task`` and ``findings`` (the output names, in order) size the head: the net is built with
     ``num_outputs=len(findings)`` (1 for binary). ``freeze_backbone_epochs``: train only the head at first.
     ``weights`` (``model.weights``): the network's initial weights, none, ``imagenet`` (torchvision backbones) or
-    the path of a state dict; kept in ``hparams.net.weights`` (a checkpoint is loaded without them).
+    the path of a state dict; kept in ``hparams.weights`` (a checkpoint is loaded without them).
     """
 
-    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None,
+    def __init__(self, net: dict, optimizer: dict | None = None, scheduler: dict | None = None,
                  preprocessing: dict | None = None, program: str | None = None, class_weight=None,
                  channels_last: bool | str = False, fused_optimizer: bool = False, task: str = "binary",
                  findings: list[str] | None = None, freeze_backbone_epochs: int = 0, weights: str | None = None,
@@ -101,16 +103,19 @@ class Classifier(L.LightningModule):
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"channels_last={channels_last!r}: use true, false or auto")
         self.channels_last, self.fused_optimizer = channels_last, bool(fused_optimizer)
-        net = dict(_plain(net))
-        check_targets(net, "net")  # the allowlist, before the class is imported below
-        loads_weights = "weights" in inspect.signature(hydra.utils.get_class(net["_target_"])).parameters
-        if not no_weights(weights):
-            if not loads_weights and str(weights) == "imagenet":
-                raise ConfigError(f"model.weights=imagenet: {net['_target_']} has no ImageNet weights (a torchvision "
-                                 "backbone has: model=densenet121); use none or the path of a state dict")
-            net["weights"] = str(weights)
+        try:
+            net = registry.spec_from_config(dict(_plain(net)), "model.net")
+        except registry.ModelSpecError as error:
+            raise ConfigError(str(error)) from None
+        loads_weights = registry.entry(net["name"]).loads_weights
+        weights = None if no_weights(weights) else str(weights)
+        if weights == "imagenet" and not loads_weights:
+            raise ConfigError(f"model.weights=imagenet: {net['name']} has no ImageNet weights (a torchvision "
+                             "backbone has: model=densenet121); use none or the path of a state dict")
+        # the run's own settings, never saved in a checkpoint (a checkpoint names no code to build)
+        self.optimizer_config, self.scheduler_config = _plain(optimizer), _plain(scheduler)
         self.save_hyperparameters({
-            "net": net, "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
+            "net": net, "weights": weights,
             "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight, "loss": loss,
             "task": task, "findings": [str(f) for f in _plain(findings)],
             "freeze_backbone_epochs": int(freeze_backbone_epochs or 0),
@@ -118,15 +123,11 @@ class Classifier(L.LightningModule):
         self.run_metadata: dict = {}  # saved in checkpoints as "cxr" (training overrides, provenance)
         self.multilabel = task == "multilabel"
         self.loss_fn = binary_loss(loss)  # cxr.models.losses: keras_bce (thesis programs) or bce_with_logits
-        net_cfg = dict(self.hparams.net)
-        net_cfg.setdefault("num_outputs", len(findings))  # the head sized to the task
-        path = None if loads_weights else net_cfg.pop("weights", None)
-        try:
-            self.net = instantiate(net_cfg, "net")
-        except hydra.errors.InstantiationException as error:  # e.g. ImageNet weights offline: its one-line message
-            if isinstance(error.__cause__, ConfigError):
-                raise error.__cause__ from None
-            raise
+        extra = {} if "num_outputs" in net["args"] else {"num_outputs": len(findings)}  # the head sized to the task
+        if loads_weights and weights:
+            extra["weights"] = weights
+        self.net = registry.build(net, "model.net", **extra)
+        path = None if loads_weights else weights
         if path:  # a network that does not load weights itself (the thesis CNN): a state dict file
             from cxr.models.backbones import load_state_dict_report
 
@@ -233,22 +234,25 @@ class Classifier(L.LightningModule):
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer; with ``fused_optimizer``, its fused kernel where it has one (Adam, AdamW, SGD)."""
-        check_targets(self.hparams.optimizer, "optimizer")  # before the fallback below can swallow a refusal
-        if self.fused_optimizer and "fused" not in self.hparams.optimizer:
+        if not self.optimizer_config:
+            raise ConfigError("no optimizer: a model loaded from a checkpoint trains with the optimizer of the config "
+                              "you run (train.py ckpt_path=...), never one from the file")
+        check_targets(self.optimizer_config, "optimizer")  # before the fallback below can swallow a refusal
+        if self.fused_optimizer and "fused" not in self.optimizer_config:
             try:
-                return hydra.utils.instantiate(self.hparams.optimizer, params=self.parameters(), fused=True)
+                return hydra.utils.instantiate(self.optimizer_config, params=self.parameters(), fused=True)
             except (TypeError, RuntimeError, ValueError, hydra.errors.InstantiationException):
                 pass  # no fused kernel for this optimizer, torch version or device: the plain one below
-        return instantiate(self.hparams.optimizer, "optimizer", params=self.parameters())
+        return instantiate(self.optimizer_config, "optimizer", params=self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cxr"] = self.run_metadata
 
     def configure_optimizers(self):
         optimizer = self._optimizer()
-        if not self.hparams.scheduler:
+        if not self.scheduler_config:
             return optimizer
-        scheduler_cfg = dict(self.hparams.scheduler)
+        scheduler_cfg = dict(self.scheduler_config)
         interval = scheduler_cfg.pop("interval", "epoch")
         monitor = scheduler_cfg.pop("monitor", "val/auroc")
         scheduler = instantiate(scheduler_cfg, "scheduler", optimizer=optimizer)
