@@ -4,6 +4,7 @@ Multirun: python train.py -m program=A,B,C
 Resume a killed run in its own directory: python train.py resume=outputs/train/runs/<run>
 The same as the installed command ``cxr-train`` (cxr.cli.train_main).
 """
+
 from cxr.cli import train_main
 
 if __name__ == "__main__":

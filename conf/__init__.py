@@ -1,5 +1,6 @@
 """cxr's Hydra configs. Importing this package (Hydra does, for ``pkg://cxr.conf``) registers the resolver the run
 directories use: ``${cxr.run_name:}``, the run's readable name (cxr.run_dir.run_name)."""
+
 from omegaconf import OmegaConf
 
 

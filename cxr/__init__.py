@@ -1,4 +1,5 @@
 """cxr: an experiment framework for deep learning on chest X-rays (PyTorch Lightning + Hydra)."""
+
 import os
 
 # PyTorch's OpenMP threads (GNU libgomp in torch's wheels) spin while they wait for one another: by default for

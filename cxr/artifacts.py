@@ -1,4 +1,5 @@
 """Run-directory files: atomic writes (a crash never leaves a half-written file) and run provenance."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,8 +63,9 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
 
 def _git(*args: str) -> str | None:
     try:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent)
+        result = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
@@ -72,8 +74,18 @@ def _git(*args: str) -> str | None:
 def run_provenance() -> dict:
     """Git commit (and whether the tree was dirty), command line, Python and package versions."""
     packages = {}
-    for name in ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy",
-                 "pandas", "pillow", "matplotlib"):
+    for name in (
+        "torch",
+        "torchvision",
+        "lightning",
+        "torchmetrics",
+        "hydra-core",
+        "omegaconf",
+        "numpy",
+        "pandas",
+        "pillow",
+        "matplotlib",
+    ):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

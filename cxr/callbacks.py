@@ -1,5 +1,6 @@
 """Lightning callbacks: checkpoints named by 1-based epoch, per-epoch history (training curves), plain progress
 lines, input-image grids, resumable random state, checkpoint on interrupt."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,9 @@ class EpochCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint whose file names count epochs from 1 (``best-epoch002.ckpt`` is the second
     epoch), as history.csv, metrics.json and the model card do; Lightning's ``{epoch}`` counts from 0."""
 
-    def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: int | None = None,
-                               prefix: str | None = None) -> str:
+    def format_checkpoint_name(
+        self, metrics: dict, filename: str | None = None, ver: int | None = None, prefix: str | None = None
+    ) -> str:
         metrics = dict(metrics)
         if "epoch" in metrics:
             metrics["epoch"] = metrics["epoch"] + 1
@@ -57,8 +59,9 @@ class EpochHistory(L.Callback):
         self.rows.append(row)
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["epoch", "train/loss", "train/acc", "train/auroc",
-                                                "val/loss", "val/acc", "val/auroc"])
+        return pd.DataFrame(
+            self.rows, columns=["epoch", "train/loss", "train/acc", "train/auroc", "val/loss", "val/acc", "val/auroc"]
+        )
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -97,8 +100,9 @@ class ProgressLog(L.Callback):
         self._losses = []
         self._epoch_first_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if not self.every_n_steps or trainer.progress_bar_callback is not None or not trainer.is_global_zero:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -112,9 +116,16 @@ class ProgressLog(L.Callback):
         loss_text = ""
         if self._losses:  # the mean since the previous line
             loss_text = f"loss {torch.stack(self._losses).float().mean():.4f} (mean of {len(self._losses)} batches), "
-        log.info("%s step %d%s (batch %d/%s): %s%s elapsed", self._epoch(trainer), step,
-                 f"/{total}" if total not in (None, float("inf")) else "", batch_idx + 1,
-                 trainer.num_training_batches, loss_text, _duration(time.monotonic() - self._started))
+        log.info(
+            "%s step %d%s (batch %d/%s): %s%s elapsed",
+            self._epoch(trainer),
+            step,
+            f"/{total}" if total not in (None, float("inf")) else "",
+            batch_idx + 1,
+            trainer.num_training_batches,
+            loss_text,
+            _duration(time.monotonic() - self._started),
+        )
         self._losses = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -125,8 +136,12 @@ class ProgressLog(L.Callback):
         for key, name in (("train/loss_epoch", "train loss"), ("val/loss", "val loss"), ("val/auroc", "val AUROC")):
             if key in metrics:
                 parts.append(f"{name} {float(metrics[key]):.4f}")
-        log.info("%s done: %s; %s elapsed", self._epoch(trainer), ", ".join(parts),
-                 _duration(time.monotonic() - self._started))
+        log.info(
+            "%s done: %s; %s elapsed",
+            self._epoch(trainer),
+            ", ".join(parts),
+            _duration(time.monotonic() - self._started),
+        )
 
     @staticmethod
     def _epoch(trainer: L.Trainer) -> str:
@@ -174,8 +189,13 @@ class InputImageGrid(L.Callback):
             low, high = images.amin(), images.amax()  # display range (program B: 0-255; D: standardised)
             images = (images - low) / (high - low).clamp(min=1e-8) if low < 0 or high > 1 else images
             grid = make_grid(images, nrow=8, padding=2, pad_value=1.0)
-            labels = " ".join(str(int(target)) if target.dim() == 0 else  # multi-label: the findings' indices
-                              "+".join(str(i) for i in target.nonzero().flatten().tolist()) or "-" for _, target, _ in items)
+            labels = " ".join(
+                str(int(target))
+                if target.dim() == 0
+                # multi-label: the findings' indices
+                else "+".join(str(i) for i in target.nonzero().flatten().tolist()) or "-"
+                for _, target, _ in items
+            )
             writer.add_image(f"inputs/{name}", grid, global_step=0)
             writer.add_text(f"inputs/{name}_labels", f"labels (0 = No Finding, 1 = finding): {labels}", 0)
 
@@ -190,8 +210,11 @@ class RandomState(L.Callback):
     @staticmethod
     def capture() -> dict:
         kind, keys, position, has_gauss, gauss = np.random.get_state()
-        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+        state = {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -205,8 +228,12 @@ class RandomState(L.Callback):
         cuda = state.get("cuda")
         if cuda and torch.cuda.is_available():
             if len(cuda) != torch.cuda.device_count():
-                log.warning("resuming with %d CUDA device(s), the checkpoint saved %d: CUDA random state not "
-                            "restored, the run is not bit-exact", torch.cuda.device_count(), len(cuda))
+                log.warning(
+                    "resuming with %d CUDA device(s), the checkpoint saved %d: CUDA random state not "
+                    "restored, the run is not bit-exact",
+                    torch.cuda.device_count(),
+                    len(cuda),
+                )
             else:
                 torch.cuda.set_rng_state_all(cuda)
 
@@ -224,14 +251,20 @@ class RandomState(L.Callback):
         if len(ranks) == _world_size() and rank < len(ranks):
             state_dict = ranks[rank]
         elif ranks:
-            log.warning("resuming with %d processes a checkpoint of %d: random states not restored per process",
-                        _world_size(), len(ranks))
+            log.warning(
+                "resuming with %d processes a checkpoint of %d: random states not restored per process",
+                _world_size(),
+                len(ranks),
+            )
         self.restore(state_dict)
 
 
 def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_available() and \
-        torch.distributed.is_initialized() else 1
+    return (
+        torch.distributed.get_world_size()
+        if torch.distributed.is_available() and torch.distributed.is_initialized()
+        else 1
+    )
 
 
 def _as_tuples(value):
@@ -251,10 +284,15 @@ class CheckpointOnInterrupt(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and not trainer.fast_dev_run:
             if trainer.world_size > 1:  # saving is collective: a rank that stopped alone would wait forever
-                log.warning("interrupted: resume from the last finished epoch with: python train.py resume=%s",
-                            Path(self.dirpath).parent)
+                log.warning(
+                    "interrupted: resume from the last finished epoch with: python train.py resume=%s",
+                    Path(self.dirpath).parent,
+                )
                 return
             path = Path(self.dirpath) / "interrupted.ckpt"
             trainer.save_checkpoint(path)
-            log.warning("interrupted: saved %s (resume from the last finished epoch with: python train.py "
-                        "resume=%s)", path, Path(self.dirpath).parent)
+            log.warning(
+                "interrupted: saved %s (resume from the last finished epoch with: python train.py resume=%s)",
+                path,
+                Path(self.dirpath).parent,
+            )

@@ -9,6 +9,7 @@ override key) ends with one line ``error: <message>`` on stderr and exit status 
 compose), without a traceback; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. Any other exception is a bug and
 keeps its traceback.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import hydra
 from hydra.errors import HydraException
@@ -49,12 +50,16 @@ def quiet_library_noise() -> None:
     other Python warning goes to the logging system (the console and the run's log file), not to stderr alone."""
     # torch 2.10+ deprecates LeafSpec, which Lightning's own _pytree helper still uses on every fit: nothing a user
     # can change; it goes when Lightning uses TreeSpec.is_leaf()
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
     # Lightning's advice to lower log_every_n_steps when an epoch has fewer batches: it concerns step-level curves
     # only; the epoch metrics (history.csv, TensorBoard, the progress lines) are complete whatever it is
-    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
-                            "interval")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The number of training batches \(\d+\) is smaller than the logging "
+        "interval",
+    )
     # Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines advertise its cloud service on every run
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advertisement)
     logging.captureWarnings(True)
@@ -98,12 +103,14 @@ def require_set(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         example = " ".join(f"{key}={MANDATORY_EXAMPLES.get(key, '<...>')}" for key in missing)
-        raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required but not set: "
-                          f"give {example}")
+        raise ConfigError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required but not set: give {example}"
+        )
 
 
 def catch_user_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
     """Wrap a Hydra task function: a user error becomes one ``error:`` line and exit status 1."""
+
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
@@ -139,8 +146,11 @@ def job_app(job: Callable[[DictConfig], int], config_name: str, prog: str) -> Ca
     return app
 
 
-def run_app(app: Callable[[], object], argv_transform: Callable[[list[str]], list[str]] | None = None,
-            config_name: str | None = None) -> None:
+def run_app(
+    app: Callable[[], object],
+    argv_transform: Callable[[list[str]], list[str]] | None = None,
+    config_name: str | None = None,
+) -> None:
     """Run a ``@hydra.main`` app (``argv_transform`` rewrites ``sys.argv[1:]`` first), printing user errors and
     Hydra's own config errors as one line on stderr; ``config_name`` (the app's primary config) lets an unknown
     key be answered with the nearest known one."""
@@ -182,8 +192,11 @@ def composition_error_line(error: BaseException, config_name: str | None, argv: 
             group, _, option = error.missing_cfg_file.rpartition("/")
             options = [o for o in (error.options or []) if not o.startswith("_")]
             if not options:  # not a group at all: ``progam/x=C``
-                return _unknown_key_line(group.replace("/", "."), _override_line(argv, group), config_name,
-                                         argv) if config_name else None
+                return (
+                    _unknown_key_line(group.replace("/", "."), _override_line(argv, group), config_name, argv)
+                    if config_name
+                    else None
+                )
             guess = _nearest(option, options)
             hint = f"; did you mean `{group}={guess}`?" if guess else ""
             return f"{group}={option}: {group} has no option {option!r}{hint} (options: {', '.join(options)})"
@@ -221,8 +234,10 @@ def _unknown_key_line(key: str, line: str, config_name: str, argv: list[str]) ->
     guess = f"{parent}.{guess}" if guess and parent else guess or _nearest(key, keys, cutoff=0.8)
     if guess:
         return f"{line}: unknown key {key!r}; did you mean `{guess}`?"
-    return (f"{line}: unknown key {key!r} (no config key or group of that name; `--cfg job` prints the keys, "
-            f"`--help` the groups; +{line.lstrip('+')} would add it as a new key)")
+    return (
+        f"{line}: unknown key {key!r} (no config key or group of that name; `--cfg job` prints the keys, "
+        f"`--help` the groups; +{line.lstrip('+')} would add it as a new key)"
+    )
 
 
 def _known_names(config_name: str, overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -292,8 +307,7 @@ def train_main() -> None:
     from cxr.run_dir import note_swept_keys, resume_arguments
     from cxr.run_lock import lock_from_arguments
 
-    run_app(_train_app, lambda argv: lock_from_arguments(note_swept_keys(resume_arguments(argv))),
-            config_name="train")
+    run_app(_train_app, lambda argv: lock_from_arguments(note_swept_keys(resume_arguments(argv))), config_name="train")
 
 
 # --------------------------------------------------------------------------------------------- evaluate
@@ -326,8 +340,9 @@ def no_output_arguments(argv: list[str]) -> list[str]:
 
 
 def _log_to_stderr() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[%(asctime)s] %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", force=True
+    )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
@@ -413,23 +428,42 @@ def download_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr.download", description=job.__doc__.split("\n\n")[1])
     parser.add_argument("dataset", choices=job.DATASETS)
     parser.add_argument("--to", default=".", metavar="DIR", help="destination folder (default: the current one)")
-    parser.add_argument("--mirror", metavar="URL",
-                        help="base URL under which every file (archives, Data_Entry_2017_v2020.csv, "
-                             "train_val_list.txt, test_list.txt) is fetched by its name")
-    parser.add_argument("--from", dest="source_dir", metavar="DIR_OF_TARBALLS",
-                        help="take the archives from this folder instead of downloading them")
-    parser.add_argument("--manifest", metavar="CSV",
-                        help="archive,url,md5,images (default: the release's list shipped with cxr)")
+    parser.add_argument(
+        "--mirror",
+        metavar="URL",
+        help="base URL under which every file (archives, Data_Entry_2017_v2020.csv, "
+        "train_val_list.txt, test_list.txt) is fetched by its name",
+    )
+    parser.add_argument(
+        "--from",
+        dest="source_dir",
+        metavar="DIR_OF_TARBALLS",
+        help="take the archives from this folder instead of downloading them",
+    )
+    parser.add_argument(
+        "--manifest", metavar="CSV", help="archive,url,md5,images (default: the release's list shipped with cxr)"
+    )
     parser.add_argument("--jobs", type=int, default=3, help="archives fetched in parallel (default 3)")
-    parser.add_argument("--keep-archives", action="store_true",
-                        help="keep the downloaded .tar.gz files after extraction (default: delete them)")
+    parser.add_argument(
+        "--keep-archives",
+        action="store_true",
+        help="keep the downloaded .tar.gz files after extraction (default: delete them)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.mirror and args.source_dir:
         parser.error("--mirror and --from exclude each other")
     try:
-        root = job.download(args.dataset, args.to, args.manifest, args.mirror, args.source_dir, args.jobs,
-                            args.keep_archives, progress=not args.no_progress)
+        root = job.download(
+            args.dataset,
+            args.to,
+            args.manifest,
+            args.mirror,
+            args.source_dir,
+            args.jobs,
+            args.keep_archives,
+            progress=not args.no_progress,
+        )
     except DownloadError as error:
         print(f"cxr.download: {error}", file=sys.stderr)
         return 1
@@ -439,8 +473,11 @@ def download_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cxr.download: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    print(f"NIH ChestX-ray14 is ready in {root}. Train with:\n  python train.py data=nih data.root={root} "
-          f"data.labels={root}/Data_Entry_2017_v2020.csv split=official", flush=True)
+    print(
+        f"NIH ChestX-ray14 is ready in {root}. Train with:\n  python train.py data=nih data.root={root} "
+        f"data.labels={root}/Data_Entry_2017_v2020.csv split=official",
+        flush=True,
+    )
     return 0
 
 
@@ -466,12 +503,15 @@ def compare_main(argv: list[str] | None = None) -> int:
 
     from cxr.evaluation.report import compare
 
-    parser = argparse.ArgumentParser(prog="compare.py", description="Compare training runs in one report "
-                                     "(report.md and a self-contained report.html)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="compare.py",
+        description="Compare training runs in one report (report.md and a self-contained report.html)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("paths", nargs="+", help="run directories, or folders holding them (multiruns, outputs/)")
-    parser.add_argument("--out", default=None,
-                        help="report directory (default: outputs/compare/<date_time>/); never overwritten")
+    parser.add_argument(
+        "--out", default=None, help="report directory (default: outputs/compare/<date_time>/); never overwritten"
+    )
     parser.add_argument("--set", default="test", dest="set_name", help="evaluation set: test or external")
     parser.add_argument("--n-resamples", type=int, default=1000, help="patient resamples of the paired bootstrap")
     parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
@@ -479,8 +519,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     if args.n_resamples < 1:
         parser.error("--n-resamples must be at least 1")
     try:
-        report = compare(args.paths, out=args.out, set_name=args.set_name, n_resamples=args.n_resamples,
-                         seed=args.seed)
+        report = compare(args.paths, out=args.out, set_name=args.set_name, n_resamples=args.n_resamples, seed=args.seed)
     except (*USER_OR_CONFIG_ERRORS, OSError, json.JSONDecodeError) as error:  # unreadable run files included
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -488,8 +527,10 @@ def compare_main(argv: list[str] | None = None) -> int:
         return 2
     print(report.table)
     if report.skipped:
-        print(f"\nskipped {len(report.skipped)} director{'y' if len(report.skipped) == 1 else 'ies'} without a "
-              "finished run:")
+        print(
+            f"\nskipped {len(report.skipped)} director{'y' if len(report.skipped) == 1 else 'ies'} without a "
+            "finished run:"
+        )
         for directory, reason in report.skipped.items():
             print(f"  {directory}: {reason}")
     print(f"\nreport: {report.directory / 'report.md'} (and report.html)")

@@ -9,6 +9,7 @@ this job's own resolved config instead (``python -m cxr.distributed <run dir>/.h
 rank 0 before training: this start's config, also on a resume), whoever launched the job: a plain run, a multirun, a sweeper, submitit. Where the cluster
 starts the processes itself (SLURM tasks, torchrun) Lightning starts none and this class changes nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,9 @@ from pathlib import Path
 from unittest import mock
 
 import lightning.pytorch.strategies.launchers.subprocess_script as _subprocess_script
+import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 # what Lightning's launcher sets in this process's environment for the children
@@ -45,16 +46,20 @@ class _JobLauncher(_SubprocessScriptLauncher):
     def _call_children_scripts(self) -> None:
         self._saved_environment = {key: os.environ.get(key) for key in _LAUNCH_VARIABLES}
         if not Path(self.run_config).is_file():
-            raise FileNotFoundError(f"trainer.strategy.run_config={self.run_config}: no such file (the other DDP "
-                                    "ranks run this resolved config)")
+            raise FileNotFoundError(
+                f"trainer.strategy.run_config={self.run_config}: no such file (the other DDP "
+                "ranks run this resolved config)"
+            )
         package_root = str(Path(__file__).resolve().parents[1])  # so that `-m cxr.distributed` imports this cxr
         paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
         if package_root not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, paths)])
         command = rank_command(self.run_config)
         # Lightning builds the command inline; swap in ours (tests/test_distributed.py notices if this stops working)
-        with mock.patch.object(_subprocess_script, "_HYDRA_AVAILABLE", False), \
-                mock.patch.object(_subprocess_script, "_basic_subprocess_cmd", lambda: command):
+        with (
+            mock.patch.object(_subprocess_script, "_HYDRA_AVAILABLE", False),
+            mock.patch.object(_subprocess_script, "_basic_subprocess_cmd", lambda: command),
+        ):
             super()._call_children_scripts()
 
     def finish(self, timeout_s: float = 300) -> None:
@@ -95,8 +100,7 @@ class JobDDPStrategy(DDPStrategy):
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         if isinstance(self._launcher, _SubprocessScriptLauncher):
-            self._launcher = _JobLauncher(self.run_config, self.cluster_environment, self.num_processes,
-                                          self.num_nodes)
+            self._launcher = _JobLauncher(self.run_config, self.cluster_environment, self.num_processes, self.num_nodes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ This module imports nothing of cxr: each module defines its own errors where the
 :class:`UserError` (``LabelFileError`` in ``cxr.data.labels``, ``CheckpointError`` in ``cxr.models.checkpoints``...);
 only the kinds several layers raise live here.
 """
+
 from __future__ import annotations
 
 

@@ -22,13 +22,14 @@ outputs, one per finding). Batches are regrouped to
 - ``auto``: ``onnxruntime`` for a model on the CPU when it is installed, else ``torch``; both keep the
   probabilities of ``eager`` to about 1e-6 (tests/test_inference.py).
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import warnings
 import weakref
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -37,10 +38,10 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "eager", "torch", "torch_bf16", "onnxruntime", "onnxruntime_int8")
 DEFAULT_BATCH_SIZE = 64
 ONNX_CHECK_TOLERANCE = 1e-4  # largest probability difference accepted between the ONNX export and torch
-INT8_CHECK_TOLERANCE = 0.1   # ... between the int8 model and torch on the first batch (a broken quantization)
-CALIBRATION_IMAGES = 128     # images whose activations set the int8 ranges
-_SESSIONS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-_INT8_SESSIONS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+INT8_CHECK_TOLERANCE = 0.1  # ... between the int8 model and torch on the first batch (a broken quantization)
+CALIBRATION_IMAGES = 128  # images whose activations set the int8 ranges
+_SESSIONS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
+_INT8_SESSIONS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def cpu_supports_bf16() -> bool:
@@ -163,12 +164,26 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if dynamo:
-                    torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["logits"],
-                                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        buffer,
+                        input_names=["images"],
+                        output_names=["logits"],
+                        dynamic_shapes=({0: torch.export.Dim("batch")},),
+                        dynamo=True,
+                    )
                 else:
-                    torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["logits"],
-                                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                                      opset_version=17, dynamo=False)
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        buffer,
+                        input_names=["images"],
+                        output_names=["logits"],
+                        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                        opset_version=17,
+                        dynamo=False,
+                    )
             return buffer.getvalue()
         except Exception as error:  # an exporter missing in this torch, or a model it cannot trace
             errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(error).__name__}: {error}")
@@ -229,7 +244,7 @@ def quantize_int8(graph: bytes, calibration: np.ndarray) -> bytes:
 
     class Reader(CalibrationDataReader):
         def __init__(self, name: str):
-            self.batches = iter([{name: calibration[i:i + 32]} for i in range(0, len(calibration), 32)])
+            self.batches = iter([{name: calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
 
         def get_next(self):
             return next(self.batches, None)
@@ -240,17 +255,25 @@ def quantize_int8(graph: bytes, calibration: np.ndarray) -> bytes:
         source.write_bytes(graph)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(source, target, Reader(name), quant_format=QuantFormat.QOperator, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["Conv"])
+            quantize_static(
+                source,
+                target,
+                Reader(name),
+                quant_format=QuantFormat.QOperator,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv"],
+            )
         return target.read_bytes()
 
 
 def int8_session(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray):
     """An int8 ONNX Runtime session for ``model`` (cached while its weights are unchanged: the first calibration
     sticks)."""
-    return _cached(_INT8_SESSIONS, model, example,
-                   lambda: _session(quantize_int8(export_onnx(model, example), calibration)))
+    return _cached(
+        _INT8_SESSIONS, model, example, lambda: _session(quantize_int8(export_onnx(model, example), calibration))
+    )
 
 
 def _onnx_runner(model: torch.nn.Module, example: torch.Tensor, session=None):
@@ -266,9 +289,13 @@ def _onnx_runner(model: torch.nn.Module, example: torch.Tensor, session=None):
     return run
 
 
-def predict_probabilities(model: torch.nn.Module, loader: Iterable, backend: str = "auto",
-                          batch_size: int | None = DEFAULT_BATCH_SIZE, calibration: Iterable | None = None
-                          ) -> np.ndarray:
+def predict_probabilities(
+    model: torch.nn.Module,
+    loader: Iterable,
+    backend: str = "auto",
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    calibration: Iterable | None = None,
+) -> np.ndarray:
     """Probability of class 1 for every image of ``loader``, in loader order (float32 array). ``calibration``
     (batches like ``loader``'s; ``onnxruntime_int8`` only): the images whose activations set the int8 ranges, the
     first ``CALIBRATION_IMAGES`` of them; by default the first batch of ``loader``."""
@@ -300,8 +327,16 @@ def predict_probabilities(model: torch.nn.Module, loader: Iterable, backend: str
 
 def _checked_onnx_runner(model: torch.nn.Module, images: torch.Tensor, torch_run):
     """The ONNX Runtime runner if it reproduces torch on ``images`` (first batch), else ``torch_run``."""
-    return _checked(model, images, torch_run, "onnxruntime", "ONNX Runtime", _SESSIONS, ONNX_CHECK_TOLERANCE,
-                    lambda: onnx_session(model, images))
+    return _checked(
+        model,
+        images,
+        torch_run,
+        "onnxruntime",
+        "ONNX Runtime",
+        _SESSIONS,
+        ONNX_CHECK_TOLERANCE,
+        lambda: onnx_session(model, images),
+    )
 
 
 def _checked_int8_runner(model: torch.nn.Module, images: torch.Tensor, torch_run, calibration: Iterable | None):
@@ -314,12 +349,21 @@ def _checked_int8_runner(model: torch.nn.Module, images: torch.Tensor, torch_run
         array = np.ascontiguousarray(chosen[:CALIBRATION_IMAGES].detach().cpu().numpy(), dtype=np.float32)
         return int8_session(model, images, array)
 
-    return _checked(model, images, torch_run, "onnxruntime_int8", "int8 ONNX Runtime", _INT8_SESSIONS,
-                    INT8_CHECK_TOLERANCE, make)
+    return _checked(
+        model, images, torch_run, "onnxruntime_int8", "int8 ONNX Runtime", _INT8_SESSIONS, INT8_CHECK_TOLERANCE, make
+    )
 
 
-def _checked(model: torch.nn.Module, images: torch.Tensor, torch_run, backend: str, label: str,
-             sessions: weakref.WeakKeyDictionary, tolerance: float, make_session):
+def _checked(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    torch_run,
+    backend: str,
+    label: str,
+    sessions: weakref.WeakKeyDictionary,
+    tolerance: float,
+    make_session,
+):
     """The runner of the session ``make_session()`` makes (and caches in ``sessions``) if its probabilities stay
     within ``tolerance`` of torch's on ``images`` (the first batch), else ``torch_run`` with a warning. The check
     runs once per session: a cached one (same weights, same input shape) is trusted."""
@@ -333,8 +377,9 @@ def _checked(model: torch.nn.Module, images: torch.Tensor, torch_run, backend: s
         log.warning("inference backend %s unavailable for this model (%s); using torch", backend, error)
         return torch_run
     if not difference <= tolerance:
-        log.warning("%s differs from torch by %.2g (> %g) on the first batch; using torch", label, difference,
-                    tolerance)
+        log.warning(
+            "%s differs from torch by %.2g (> %g) on the first batch; using torch", label, difference, tolerance
+        )
         sessions.pop(model, None)
         return torch_run
     log.info("%s: largest probability difference from torch on the first batch %.2g", backend, difference)

@@ -1,6 +1,7 @@
 """A run directory and its provenance: prepared once (a finished run is never overwritten), run.json and the
 resolved config written at the first start, every resume recorded beside them, and what a resume or a requeued
 cluster job continues from."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,7 @@ def safe_name(text: str) -> str:
     a short hash of the whole, so two long names stay apart)."""
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._-")
     if len(name) > MAX_NAME_LENGTH:
-        name = name[:MAX_NAME_LENGTH - 9].rstrip("._-") + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name[: MAX_NAME_LENGTH - 9].rstrip("._-") + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name
 
 
@@ -89,7 +90,7 @@ def run_name(cfg: DictConfig) -> str:
         checkpoint = Path(str(cfg.get("ckpt_path") or ""))
         run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
         stamp = _TIMESTAMP.match(run.name)
-        return safe_name((run.name[stamp.end():] if stamp else "") or checkpoint.stem or cfg.task_name)
+        return safe_name((run.name[stamp.end() :] if stamp else "") or checkpoint.stem or cfg.task_name)
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     overrides = [o for o in (hydra.overrides.task if hydra else []) if "=" in o]
     parts = [str(cfg.program.name)]
@@ -130,11 +131,14 @@ def prepare_run_directory(cfg: DictConfig, resuming: bool = False) -> Path:
 
     lock_run_directory(output_dir)  # a second run in this directory is refused (cxr.run_lock)
     if (output_dir / "metrics.json").exists():
-        raise RunDirectoryError(f"{output_dir} already holds a finished run (metrics.json); a new run never "
-                                "overwrites one: choose another hydra.run.dir")
+        raise RunDirectoryError(
+            f"{output_dir} already holds a finished run (metrics.json); a new run never "
+            "overwrites one: choose another hydra.run.dir"
+        )
     if not resuming and any((output_dir / "checkpoints").glob("*.ckpt")):
-        raise RunDirectoryError(f"{output_dir} holds an unfinished run; resume it with: python train.py "
-                                f"resume={output_dir}")
+        raise RunDirectoryError(
+            f"{output_dir} holds an unfinished run; resume it with: python train.py resume={output_dir}"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     # this start's resolved config (a resume's differs from config.yaml, the first start's): what DDP ranks 1..N-1 run
     write_text(output_dir / ".hydra" / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -172,8 +176,15 @@ def _record_resume(cfg: DictConfig, output_dir: Path) -> None:
     if provenance.get("status") == "failed":  # this start may finish it: the failure moves to its resume entry
         provenance.pop("status")
         previous = {"after_failure": provenance.pop("failure", None)}
-    resumes.append({**run_provenance(), "config": config_name, "ckpt_path": cfg.get("ckpt_path"),
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **previous})
+    resumes.append(
+        {
+            **run_provenance(),
+            "config": config_name,
+            "ckpt_path": cfg.get("ckpt_path"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **previous,
+        }
+    )
     write_json(output_dir / "run.json", provenance)
 
 
@@ -199,8 +210,9 @@ def mark_failed(output_dir: Path, reason: str) -> None:
     run_json = output_dir / "run.json"
     try:
         provenance = json.loads(run_json.read_text()) if run_json.is_file() else run_provenance()
-        provenance.update(status="failed", failure={
-            "reason": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        provenance.update(
+            status="failed", failure={"reason": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        )
         write_json(run_json, provenance)
     except (OSError, ValueError) as error:  # the run's own error matters more than this record
         log.warning("could not mark %s failed: %s", run_json, error)
@@ -210,8 +222,9 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and "://" in str(ckpt_path):
-        raise ConfigError(f"ckpt_path={ckpt_path}: only local checkpoint files are loaded (download it and give "
-                          "its path)")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: only local checkpoint files are loaded (download it and give its path)"
+        )
     if ckpt_path != "last":
         return ckpt_path
     last = output_dir / "checkpoints" / "last.ckpt"
@@ -233,8 +246,11 @@ def resume_arguments(argv: list[str]) -> list[str]:
     from cxr.replay import replayable
 
     others = [a for a in argv if not a.startswith("resume=")]
-    stored = [o for o in OmegaConf.to_container(OmegaConf.load(overrides_file))
-              if override_key(o) not in ("ckpt_path", "resume")]  # this run's own (a resume adds them)
+    stored = [
+        o
+        for o in OmegaConf.to_container(OmegaConf.load(overrides_file))
+        if override_key(o) not in ("ckpt_path", "resume")
+    ]  # this run's own (a resume adds them)
     previous = replayable(stored, f"resume={run_dir}: {overrides_file.name}", given=others)
     return [*previous, *others, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 
@@ -255,9 +271,14 @@ def requeued_job(cfg: DictConfig) -> dict | None:
         import json
 
         return json.loads((output_dir / "metrics.json").read_text())
-    if (cfg.get("ckpt_path") is None and os.environ.get("SUBMITIT_EXECUTOR")
-            and (output_dir / "checkpoints" / "last.ckpt").is_file() and not (output_dir / "metrics.json").exists()):
-        log.warning("requeued %s job: resuming %s from checkpoints/last.ckpt", os.environ["SUBMITIT_EXECUTOR"],
-                    output_dir)
+    if (
+        cfg.get("ckpt_path") is None
+        and os.environ.get("SUBMITIT_EXECUTOR")
+        and (output_dir / "checkpoints" / "last.ckpt").is_file()
+        and not (output_dir / "metrics.json").exists()
+    ):
+        log.warning(
+            "requeued %s job: resuming %s from checkpoints/last.ckpt", os.environ["SUBMITIT_EXECUTOR"], output_dir
+        )
         with open_dict(cfg):
             cfg.ckpt_path = "last"

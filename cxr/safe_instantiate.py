@@ -5,6 +5,7 @@ what is built; left unchecked, a crafted file could name any callable (``os.syst
 anywhere in such a config must resolve to a class or function defined in one of ``ALLOWED_MODULES``; anything
 else is refused with :class:`UnsafeTargetError`, naming the key, before anything is imported or called.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -38,8 +39,10 @@ def check_target(target: Any, key: str, allowed: Sequence[str] = ALLOWED_MODULES
     if not isinstance(target, str) or not target:
         raise UnsafeTargetError(f"{where}: a _target_ must be a dotted path (allowed: {', '.join(ALLOWED_MODULES)})")
     if not _within(target, allowed):
-        raise UnsafeTargetError(f"{where} is not allowed: only {', '.join(a + '.*' for a in allowed)} can be built "
-                                "from a config or checkpoint")
+        raise UnsafeTargetError(
+            f"{where} is not allowed: only {', '.join(a + '.*' for a in allowed)} can be built "
+            "from a config or checkpoint"
+        )
     from hydra._internal.utils import _locate  # Hydra's own resolution, so we check what instantiate would call
 
     try:
@@ -49,8 +52,10 @@ def check_target(target: Any, key: str, allowed: Sequence[str] = ALLOWED_MODULES
     module = getattr(inspect.unwrap(obj), "__module__", None) or ""
     if not (inspect.isclass(obj) or inspect.isfunction(obj)) or not _within(module, allowed):
         found = f"{module}.{obj.__qualname__}" if hasattr(obj, "__qualname__") else f"a {type(obj).__name__}"
-        raise UnsafeTargetError(f"{where} resolves to {found}, not a class or function inside the allowlist "
-                                f"({', '.join(a + '.*' for a in allowed)})")
+        raise UnsafeTargetError(
+            f"{where} resolves to {found}, not a class or function inside the allowlist "
+            f"({', '.join(a + '.*' for a in allowed)})"
+        )
 
 
 def check_targets(config: Any, key: str, allowed: Sequence[str] = ALLOWED_MODULES) -> None:

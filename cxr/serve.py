@@ -18,6 +18,7 @@ Uploads are read into memory and never written to disk (multipart bodies are par
 form parser, which spools parts above 1 MiB to a temporary file). No DICOM patient field is read into a response or
 a log. SIGTERM or Ctrl-C: the HTTP server stops accepting, finishes the requests in flight, then the workers stop.
 """
+
 # no `from __future__ import annotations`: LitServe builds the FastAPI route from decode_request's annotation
 import base64
 import hashlib
@@ -43,6 +44,7 @@ except ImportError:  # pragma: no cover - serve() says what to install
     def Depends(dependency):
         return dependency
 
+
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("web") / "index.html"
 ROUTES = ("/", "/predict", "/cam", "/health", "/ready", "/metrics")
@@ -57,24 +59,24 @@ _SERVICE: "Service | None" = None
 class Service:
     """What the HTTP process needs to read uploads, and what every answer says about the model."""
 
-    preprocessing: object                # cxr.data.dataset.Preprocessing
-    model: dict                          # name, version, sha256, file, backend, outputs, thresholds, ...
+    preprocessing: object  # cxr.data.dataset.Preprocessing
+    model: dict  # name, version, sha256, file, backend, outputs, thresholds, ...
     max_upload_bytes: int
     cam_size: int
     decode_threads: int
-    limiter: object = None               # anyio.CapacityLimiter, made in the HTTP process
+    limiter: object = None  # anyio.CapacityLimiter, made in the HTTP process
 
 
 @dataclass
 class Upload:
     """A decoded upload as it travels to the model worker: prepared pixels, never the file nor its header."""
 
-    pixels: np.ndarray                   # H x W x C uint8, prepared as in training
+    pixels: np.ndarray  # H x W x C uint8, prepared as in training
     format: str
     warnings: list = field(default_factory=list)
     photometric: str | None = None
-    display: np.ndarray | None = None    # cam_size x cam_size grey, for the Grad-CAM overlay
-    output: str | None = None            # /cam?output=<name>: that overlay as image/png
+    display: np.ndarray | None = None  # cam_size x cam_size grey, for the Grad-CAM overlay
+    output: str | None = None  # /cam?output=<name>: that overlay as image/png
 
 
 class UploadError(Exception):
@@ -122,9 +124,16 @@ def file_part(body: bytes, content_type: str) -> bytes:
     def on_part_data(data, start, end):
         parts[-1]["data"] += data[start:end]
 
-    parser = MultipartParser(boundary, callbacks={
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data})
+    parser = MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+        },
+    )
     try:
         parser.write(body)
         parser.finalize()
@@ -173,13 +182,24 @@ def _photometric(data: bytes) -> str | None:
 
     try:
         with quiet_pydicom():
-            value = str(pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
-                                        specific_tags=["PhotometricInterpretation"]).get(
-                "PhotometricInterpretation", "")).strip().upper()
+            value = (
+                str(
+                    pydicom.dcmread(
+                        io.BytesIO(data),
+                        force=True,
+                        stop_before_pixels=True,
+                        specific_tags=["PhotometricInterpretation"],
+                    ).get("PhotometricInterpretation", "")
+                )
+                .strip()
+                .upper()
+            )
     except Exception:  # it was decoded already; the attribute is only informative
         return None
-    notes = {"MONOCHROME1": "MONOCHROME1, inverted so that bone is bright",
-             "MONOCHROME2": "MONOCHROME2, shown as stored"}
+    notes = {
+        "MONOCHROME1": "MONOCHROME1, inverted so that bone is bright",
+        "MONOCHROME2": "MONOCHROME2, shown as stored",
+    }
     return notes.get(value, f"{value}, converted to grey" if value else None)
 
 
@@ -196,8 +216,10 @@ async def read_upload(request: Request) -> Upload:
         declared = int(request.headers.get("content-length") or 0)
     except ValueError:
         declared = 0
-    too_large = (f"The upload is larger than the limit of {limit / 2**20:.0f} MiB: send a single radiograph "
-                 "(PNG, JPEG or DICOM).")
+    too_large = (
+        f"The upload is larger than the limit of {limit / 2**20:.0f} MiB: send a single radiograph "
+        "(PNG, JPEG or DICOM)."
+    )
     if declared > limit + slack:
         raise HTTPException(413, too_large)
     body = bytearray()
@@ -213,14 +235,16 @@ async def read_upload(request: Request) -> Upload:
             raise UploadError(413, too_large)
         if service.limiter is None:
             service.limiter = anyio.CapacityLimiter(service.decode_threads)
-        upload = await anyio.to_thread.run_sync(decode_upload, data, service, request.url.path == "/cam",
-                                                limiter=service.limiter)
+        upload = await anyio.to_thread.run_sync(
+            decode_upload, data, service, request.url.path == "/cam", limiter=service.limiter
+        )
     except UploadError as error:
         raise HTTPException(error.status, error.sentence) from None
     upload.output = request.query_params.get("output")
     if upload.output is not None and upload.output not in service.model["outputs"]:
-        raise HTTPException(404, f"No output named {upload.output!r}: this model has "
-                                 f"{', '.join(service.model['outputs'])}.")
+        raise HTTPException(
+            404, f"No output named {upload.output!r}: this model has {', '.join(service.model['outputs'])}."
+        )
     return upload
 
 
@@ -234,14 +258,22 @@ def _metrics():
         _METRICS = {
             "requests": Counter("cxr_serve_requests", "HTTP requests answered", ["endpoint", "status"]),
             "errors": Counter("cxr_serve_errors", "HTTP requests answered with a 4xx or 5xx", ["endpoint", "status"]),
-            "latency": Histogram("cxr_serve_request_seconds", "Time from request to answer", ["endpoint"],
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)),
-            "in_flight": Gauge("cxr_serve_requests_in_flight", "Requests being answered", ["endpoint"],
-                               multiprocess_mode="livesum"),
-            "batch": Histogram("cxr_serve_batch_size", "Requests per model call", ["endpoint"],
-                               buckets=BATCH_BUCKETS),
-            "inference": Histogram("cxr_serve_inference_seconds", "Model time per batch", ["endpoint"],
-                                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)),
+            "latency": Histogram(
+                "cxr_serve_request_seconds",
+                "Time from request to answer",
+                ["endpoint"],
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            ),
+            "in_flight": Gauge(
+                "cxr_serve_requests_in_flight", "Requests being answered", ["endpoint"], multiprocess_mode="livesum"
+            ),
+            "batch": Histogram("cxr_serve_batch_size", "Requests per model call", ["endpoint"], buckets=BATCH_BUCKETS),
+            "inference": Histogram(
+                "cxr_serve_inference_seconds",
+                "Model time per batch",
+                ["endpoint"],
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            ),
         }
     return _METRICS
 
@@ -305,15 +337,24 @@ def model_card(ckpt_path: str | Path, predictor) -> dict:
     program, task = details.get("program"), details.get("task", "binary")
     name = f"{run_directory(path).name}/{path.name}"
     if path.suffix.lower() == ".onnx":
-        version = (f"ONNX export of {details.get('checkpoint', '?')} "
-                   f"(cxr metadata format {details.get('format_version')})")
+        version = (
+            f"ONNX export of {details.get('checkpoint', '?')} (cxr metadata format {details.get('format_version')})"
+        )
     else:
         version = f"cxr {cxr.__version__} checkpoint" + (f", epoch {details['epoch']}" if "epoch" in details else "")
-    return {"name": name, "version": version, "sha256": digest.hexdigest(), "file": path.name, "program": program,
-            "task": task, "outputs": list(predictor.names), "thresholds": dict(zip(predictor.names,
-                                                                                predictor.thresholds)),
-            "operating_point": predictor.threshold_source, "backend": predictor.backend,
-            "intended_use": INTENDED_USE}
+    return {
+        "name": name,
+        "version": version,
+        "sha256": digest.hexdigest(),
+        "file": path.name,
+        "program": program,
+        "task": task,
+        "outputs": list(predictor.names),
+        "thresholds": dict(zip(predictor.names, predictor.thresholds)),
+        "operating_point": predictor.threshold_source,
+        "backend": predictor.backend,
+        "intended_use": INTENDED_USE,
+    }
 
 
 class _ModelAPI(LitAPI):
@@ -328,8 +369,7 @@ class _ModelAPI(LitAPI):
 
         _ignore_interrupts()
         device = "cpu" if device in ("cpu", None) else device
-        self.predictor = load_predictor(self.settings["ckpt_path"], backend, self.settings.get("threshold"),
-                                        device)
+        self.predictor = load_predictor(self.settings["ckpt_path"], backend, self.settings.get("threshold"), device)
         self.model = {**self.settings["model"], "backend": self.predictor.backend}
         self.endpoint = self.api_path
         self.metrics = _metrics()
@@ -353,16 +393,28 @@ class _ModelAPI(LitAPI):
 
     def _outputs(self, probabilities) -> list[dict]:
         p = self.predictor
-        return [{"name": name, "probability": float(probabilities[k]),
-                 "decision": int(probabilities[k] > p.thresholds[k]), "threshold": p.thresholds[k]}
-                for k, name in enumerate(p.names)]
+        return [
+            {
+                "name": name,
+                "probability": float(probabilities[k]),
+                "decision": int(probabilities[k] > p.thresholds[k]),
+                "threshold": p.thresholds[k],
+            }
+            for k, name in enumerate(p.names)
+        ]
 
     def _answer(self, upload: Upload, probabilities, batch_size: int) -> dict:
-        return {"outputs": self._outputs(probabilities), "operating_point": self.model["operating_point"],
-                "decision_rule": "decision 1 when probability > threshold",
-                "input": {"format": upload.format, "photometric": upload.photometric},
-                "warnings": upload.warnings, "model": self.model,
-                "preprocessing": dict(self.predictor.preprocessing.__dict__), "batch_size": batch_size}
+        return {
+            "outputs": self._outputs(probabilities),
+            "operating_point": self.model["operating_point"],
+            "decision_rule": "decision 1 when probability > threshold",
+            "input": {"format": upload.format, "photometric": upload.photometric},
+            "warnings": upload.warnings,
+            "model": self.model,
+            "preprocessing": dict(self.predictor.preprocessing.__dict__),
+            "batch_size": batch_size,
+        }
+
 
 class PredictAPI(_ModelAPI):
     """POST /predict: probabilities and decisions, batched."""
@@ -370,8 +422,9 @@ class PredictAPI(_ModelAPI):
     def setup(self, device):
         self._load(device, self.settings.get("backend", "auto"))
         p = self.predictor.preprocessing
-        warm = torch.from_numpy(np.random.default_rng(0).random((2, p.channels, p.image_size, p.image_size),
-                                                                 dtype=np.float32))
+        warm = torch.from_numpy(
+            np.random.default_rng(0).random((2, p.channels, p.image_size, p.image_size), dtype=np.float32)
+        )
         self.predictor.probabilities(warm)  # ONNX export and its check against torch, before /ready
 
     def predict(self, uploads):
@@ -383,6 +436,7 @@ class PredictAPI(_ModelAPI):
     def encode_response(self, output):
         upload, probabilities, batch_size = output
         return self._answer(upload, probabilities, batch_size)
+
 
 class CamAPI(_ModelAPI):
     """POST /cam: the Grad-CAM overlay PNG per output (the PyTorch model), batched."""
@@ -396,8 +450,9 @@ class CamAPI(_ModelAPI):
         started = time.perf_counter()
         images = self._images(uploads)
         probabilities = self.predictor.probabilities(images)
-        maps = cam_maps(self.predictor.model, images.to(next(self.predictor.model.parameters()).device),
-                        len(self.predictor.names))
+        maps = cam_maps(
+            self.predictor.model, images.to(next(self.predictor.model.parameters()).device), len(self.predictor.names)
+        )
         self._observe(len(uploads), time.perf_counter() - started)
         return [(u, p, m, len(uploads)) for u, p, m in zip(uploads, probabilities, maps)]
 
@@ -431,17 +486,28 @@ def build_server(cfg, model: dict):
     from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
     ls = _litserve()
-    settings = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "backend": str(cfg.backend), "model": model,
-                "threshold": None if cfg.get("threshold") is None else
-                (list(cfg.threshold) if not isinstance(cfg.threshold, (int, float)) else float(cfg.threshold))}
+    settings = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "backend": str(cfg.backend),
+        "model": model,
+        "threshold": None
+        if cfg.get("threshold") is None
+        else (list(cfg.threshold) if not isinstance(cfg.threshold, (int, float)) else float(cfg.threshold)),
+    }
     apis = [PredictAPI(settings, "/predict", int(cfg.max_batch_size), float(cfg.batch_timeout))]
     with_cam = bool(cfg.cam) and Path(cfg.ckpt_path).suffix.lower() != ".onnx"
     if with_cam:
         apis.append(CamAPI(settings, "/cam", int(cfg.cam_max_batch_size), float(cfg.batch_timeout)))
     accelerator = "cuda" if str(cfg.device).startswith("cuda") or (cfg.device == "auto" and _cuda()) else "cpu"
-    server = ls.LitServer(apis, accelerator=accelerator, devices=1, workers_per_device=1,
-                          timeout=float(cfg.request_timeout), healthcheck_path="/ready",
-                          model_metadata={k: model[k] for k in ("name", "version", "sha256", "outputs")})
+    server = ls.LitServer(
+        apis,
+        accelerator=accelerator,
+        devices=1,
+        workers_per_device=1,
+        timeout=float(cfg.request_timeout),
+        healthcheck_path="/ready",
+        model_metadata={k: model[k] for k in ("name", "version", "sha256", "outputs")},
+    )
     app = server.app
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]  # LitServe's plain "/"
     page = PAGE.read_text(encoding="utf-8")
@@ -463,10 +529,14 @@ def build_server(cfg, model: dict):
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     if not with_cam:
+
         @app.post("/cam")
         async def no_cam():
-            why = ("Grad-CAM needs a checkpoint (.ckpt): this service runs an ONNX file" if cfg.cam else
-                   "Grad-CAM is switched off (cam=false)")
+            why = (
+                "Grad-CAM needs a checkpoint (.ckpt): this service runs an ONNX file"
+                if cfg.cam
+                else "Grad-CAM is switched off (cam=false)"
+            )
             raise HTTPException(501, why + ".")
 
     app.add_middleware(MetricsMiddleware)
@@ -501,8 +571,13 @@ def serve(cfg) -> int:
     max_upload = int(float(cfg.max_upload_mb) * 2**20)
     from cxr.data.inputs import MAX_INPUT_BYTES
 
-    _SERVICE = Service(predictor.preprocessing, model, min(max_upload, MAX_INPUT_BYTES), int(cfg.cam_size),
-                       max(1, int(cfg.decode_threads)))
+    _SERVICE = Service(
+        predictor.preprocessing,
+        model,
+        min(max_upload, MAX_INPUT_BYTES),
+        int(cfg.cam_size),
+        max(1, int(cfg.decode_threads)),
+    )
     del predictor
     with tempfile.TemporaryDirectory(prefix="cxr-serve-metrics-") as metrics_dir:
         # before prometheus_client is imported in any process of the service (it picks its storage on import)
@@ -519,10 +594,19 @@ def serve(cfg) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         server.uvicorn_graceful_timeout = int(cfg.graceful_timeout)
-        print(f"serving {model['name']} ({', '.join(model['outputs'])}; backend {cfg.backend}) on "
-              f"http://{host}:{port}/ - Ctrl-C stops", flush=True)
-        server.run(host=host, port=port, num_api_servers=1, generate_client_file=False,
-                   log_level=str(cfg.log_level), timeout_keep_alive=int(cfg.get("keep_alive", 75)))
+        print(
+            f"serving {model['name']} ({', '.join(model['outputs'])}; backend {cfg.backend}) on "
+            f"http://{host}:{port}/ - Ctrl-C stops",
+            flush=True,
+        )
+        server.run(
+            host=host,
+            port=port,
+            num_api_servers=1,
+            generate_client_file=False,
+            log_level=str(cfg.log_level),
+            timeout_keep_alive=int(cfg.get("keep_alive", 75)),
+        )
     print("stopped", flush=True)
     return 0
 

@@ -2,6 +2,7 @@
 per-epoch metrics; this module adds what a tracking server shows of a finished run: its name, the whole resolved
 config, the final metrics with their confidence intervals, and the run's files (figures, model card, metrics.json)
 as artifacts."""
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,16 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_SUFFIXES = (".json", ".md", ".csv", ".yaml", ".png", ".txt", ".html", ".log")  # not checkpoints: log_model does
+ARTIFACT_SUFFIXES = (
+    ".json",
+    ".md",
+    ".csv",
+    ".yaml",
+    ".png",
+    ".txt",
+    ".html",
+    ".log",
+)  # not checkpoints: log_model does
 
 
 def mlflow_logger(store: str, artifact_location: str | None = None, **kwargs):
@@ -44,9 +54,16 @@ def flat_metrics(results: dict, prefix: str = "") -> dict[str, float]:
 
 def run_files(output_dir: Path) -> list[Path]:
     """The files of a run directory worth keeping beside it in a tracking server (figures, reports, tables)."""
-    return sorted(p for p in output_dir.rglob("*") if p.is_file() and p.suffix in ARTIFACT_SUFFIXES
-                  and not any(part.startswith(".") or part in ("checkpoints", "wandb", "tensorboard")
-                              for part in p.relative_to(output_dir).parts))
+    return sorted(
+        p
+        for p in output_dir.rglob("*")
+        if p.is_file()
+        and p.suffix in ARTIFACT_SUFFIXES
+        and not any(
+            part.startswith(".") or part in ("checkpoints", "wandb", "tensorboard")
+            for part in p.relative_to(output_dir).parts
+        )
+    )
 
 
 def run_name(cfg: DictConfig, output_dir: Path) -> str:
@@ -79,8 +96,11 @@ def log_run_files(loggers: list, cfg: DictConfig, output_dir: Path, results: dic
             run.config.update(config, allow_val_change=True)
             run.summary.update(final)
             files = run_files(output_dir)
-            figures = {f"figures/{path.relative_to(output_dir).with_suffix('').as_posix()}": wandb.Image(str(path))
-                       for path in files if path.suffix == ".png"}  # in the run's media panel
+            figures = {
+                f"figures/{path.relative_to(output_dir).with_suffix('').as_posix()}": wandb.Image(str(path))
+                for path in files
+                if path.suffix == ".png"
+            }  # in the run's media panel
             if figures:
                 run.log(figures)
             artifact = wandb.Artifact(f"run-{run.id}", type="run-files")

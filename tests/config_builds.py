@@ -2,6 +2,7 @@
 strategy, model, callbacks, loggers, DataModule, and for a sweep Hydra's sweeper and launcher (a submitit launcher
 down to its executor and, for SLURM, its sbatch script). Used by the preset test and by the documented-commands
 test for ``<!-- ci: compose -->`` blocks, so a misplaced key fails where it would fail on a GPU or a cluster."""
+
 from __future__ import annotations
 
 import copy
@@ -27,6 +28,7 @@ TRAINING_CONFIGS = ("train",)  # the configs whose jobs build a Trainer, a model
 @dataclass
 class Built:
     """What one command line's config built: per job, the objects by name; for a sweep, the sweeper and launcher."""
+
     jobs: list[dict] = field(default_factory=list)
     sweeper: object = None
     launcher: object = None
@@ -48,8 +50,11 @@ def _on_cpu(cfg: DictConfig) -> None:
     so a misplaced key still fails. ImageNet weights that are not cached would need the network: random init."""
     with open_dict(cfg):
         trainer = cfg.get("trainer")
-        if trainer is not None and trainer.get("accelerator") in ("gpu", "cuda", "auto") \
-                and not torch.cuda.is_available():
+        if (
+            trainer is not None
+            and trainer.get("accelerator") in ("gpu", "cuda", "auto")
+            and not torch.cuda.is_available()
+        ):
             trainer.accelerator = "cpu"
         model = cfg.get("model")
         if model is not None and model.get("weights") == "imagenet":
@@ -72,8 +77,13 @@ def _build_job(cfg: DictConfig, config_name: str) -> dict:
 
     _on_cpu(job)
     trainer, callbacks = build_trainer(job)
-    return {"config": job, "trainer": trainer, "callbacks": callbacks, "model": instantiate(job.model),
-            "datamodule": instantiate(job.data)}
+    return {
+        "config": job,
+        "trainer": trainer,
+        "callbacks": callbacks,
+        "model": instantiate(job.model),
+        "datamodule": instantiate(job.data),
+    }
 
 
 def _build_executor(built: Built, cfg: DictConfig, job_overrides: list[str]) -> None:
@@ -86,8 +96,10 @@ def _build_executor(built: Built, cfg: DictConfig, job_overrides: list[str]) -> 
         raise _Submitted(executor)
 
     # no srun here: SlurmExecutor's "are we on a cluster" check passes, nothing is submitted
-    with mock.patch.object(submitit.AutoExecutor, "map_array", stop), \
-            mock.patch.object(SlurmExecutor, "affinity", classmethod(lambda cls: 1)):
+    with (
+        mock.patch.object(submitit.AutoExecutor, "map_array", stop),
+        mock.patch.object(SlurmExecutor, "affinity", classmethod(lambda cls: 1)),
+    ):
         try:
             built.launcher.launch([job_overrides], initial_job_idx=0)
         except _Submitted as submitted:
@@ -132,8 +144,10 @@ def _build_sweep(built: Built, loader, config_name: str, overrides: list[str], o
     callbacks = Callbacks(master)
     callbacks.on_multirun_start(config=master, config_name=config_name)
     built.sweeper = Plugins.instance().instantiate_sweeper(
-        config=master, hydra_context=HydraContext(config_loader=loader, callbacks=callbacks),
-        task_function=lambda cfg: None)
+        config=master,
+        hydra_context=HydraContext(config_loader=loader, callbacks=callbacks),
+        task_function=lambda cfg: None,
+    )
     sweeper = built.sweeper
     while getattr(sweeper, "sweeper", None) is not None:  # a plugin's class around its implementation (Optuna's)
         sweeper = sweeper.sweeper
@@ -173,4 +187,3 @@ def config_groups() -> dict[str, list[str]]:
 
 def top_level_configs() -> list[str]:
     return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
-

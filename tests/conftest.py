@@ -1,4 +1,5 @@
 """Shared fixtures: configs composed with Hydra's compose API, a small demo dataset, the real NIH sample."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,13 @@ def require_real_data(path: Path = SHARED_DATA) -> Path:
 
 def DEMO_OVERRIDES(root: Path) -> list[str]:
     """Point data=demo at the small session demo set (same generator arguments, so it is not rebuilt)."""
-    return [f"data.root={root}", f"data.labels={root}/Data_Entry_demo.csv", "data.demo.n_patients=40",
-            "data.demo.images_per_patient=[1,4]", "data.demo.image_size=96"]
+    return [
+        f"data.root={root}",
+        f"data.labels={root}/Data_Entry_demo.csv",
+        "data.demo.n_patients=40",
+        "data.demo.images_per_patient=[1,4]",
+        "data.demo.image_size=96",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 Every lossless variant displays (after modality LUT, window, MONOCHROME1 inversion) as the PNG's exact pixels.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +11,18 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (JPEG2000Lossless, RLELossless, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
-                         generate_uid)
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from tests.conftest import NIH_SAMPLE
 
-SOURCE_PNG = NIH_SAMPLE / "images" / "00000075_000.png"   # 256 x 256, spans 0-255
-NARROW_PNG = NIH_SAMPLE / "images" / "00000013_003.png"   # 256 x 256, 0-211: stretching its min-max changes it
+SOURCE_PNG = NIH_SAMPLE / "images" / "00000075_000.png"  # 256 x 256, spans 0-255
+NARROW_PNG = NIH_SAMPLE / "images" / "00000013_003.png"  # 256 x 256, 0-211: stretching its min-max changes it
 PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH = "Doe^Janeidentifying", "PID-7731-SECRET", "19510203"
 
 
@@ -30,9 +36,17 @@ def _window(low: float, high: float) -> tuple[float, float]:
     return low + (high - low) / 2 + 0.5, high - low + 1
 
 
-def dataset(stored: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2", *, modality: str = "DX",
-            view: str = "PA", rescale: tuple[float, float] | None = None, window: tuple[float, float] | None = None,
-            frames: int = 1) -> Dataset:
+def dataset(
+    stored: np.ndarray,
+    bits_stored: int,
+    photometric: str = "MONOCHROME2",
+    *,
+    modality: str = "DX",
+    view: str = "PA",
+    rescale: tuple[float, float] | None = None,
+    window: tuple[float, float] | None = None,
+    frames: int = 1,
+) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -66,8 +80,9 @@ def lossless_variants(png: np.ndarray) -> dict[str, Dataset]:
         "mono2_8bit_window": dataset(png, 8, window=_window(0, 255)),
         "mono2_12bit_window": dataset(p * 16, 12, window=_window(0, 255 * 16)),
         "mono1_12bit_window": dataset(4080 - p * 16, 12, "MONOCHROME1", window=_window(0, 4080)),
-        "mono2_16bit_rescale_window": dataset(p * 257, 16, rescale=(0.5, -1000.0),
-                                              window=_window(-1000.0, 255 * 257 * 0.5 - 1000.0)),
+        "mono2_16bit_rescale_window": dataset(
+            p * 257, 16, rescale=(0.5, -1000.0), window=_window(-1000.0, 255 * 257 * 0.5 - 1000.0)
+        ),
         "mono2_8bit_no_window": dataset(png, 8),  # no window: the Bits Stored range, 0-255 as stored
         "mono2_12bit_no_window": dataset(np.rint(png / 255 * 4095).astype(np.uint16), 12),
         "mono2_16bit_no_window": dataset(p * 257, 16),
@@ -80,8 +95,10 @@ def lossless_variants(png: np.ndarray) -> dict[str, Dataset]:
 def write_as_stored(folder: Path, png: np.ndarray) -> dict[str, Path]:
     """``png`` in 8-bit MONOCHROME2 DICOMs without a VOI window: explicit VR little endian, RLE, JPEG 2000."""
     folder.mkdir(parents=True, exist_ok=True)
-    return {name: save(dataset(png, 8), folder / f"{name}.dcm", syntax) for name, syntax in
-            (("explicit_le", None), ("rle", RLELossless), ("j2k", JPEG2000Lossless))}
+    return {
+        name: save(dataset(png, 8), folder / f"{name}.dcm", syntax)
+        for name, syntax in (("explicit_le", None), ("rle", RLELossless), ("j2k", JPEG2000Lossless))
+    }
 
 
 def _with_voi_lut(ds: Dataset) -> Dataset:
@@ -103,8 +120,9 @@ def write_lossless_set(folder: Path, png: np.ndarray) -> dict[str, Path]:
     for name in ("mono2_12bit_window", "mono1_12bit_window", "mono2_16bit_rescale_window"):
         files[f"{name}_rle"] = save(lossless_variants(png)[name], folder / f"{name}_rle.dcm", RLELossless)
         files[f"{name}_j2k"] = save(lossless_variants(png)[name], folder / f"{name}_j2k.dcm", JPEG2000Lossless)
-    files["mono2_8bit_j2k"] = save(lossless_variants(png)["mono2_8bit_window"], folder / "mono2_8bit_j2k.dcm",
-                                   JPEG2000Lossless)
+    files["mono2_8bit_j2k"] = save(
+        lossless_variants(png)["mono2_8bit_window"], folder / "mono2_8bit_j2k.dcm", JPEG2000Lossless
+    )
     # Bits Stored respected: 12 bits stored in 16 with the 4 unused high bits set (garbage a reader must mask)
     ds = lossless_variants(png)["mono2_12bit_window"]
     ds.PixelData = ((png.astype(np.uint16) * 16) | np.uint16(0xF000)).astype("<u2").tobytes()
@@ -134,8 +152,9 @@ def write_broken_set(folder: Path, png: np.ndarray) -> dict[str, Path]:
     truncated.write_bytes(whole[: len(whole) // 2])
     files["truncated"] = truncated
     files["invalid_values"] = invalid_values(folder / "invalid_values.dcm", png)
-    files["lateral_ct"] = save(dataset(png, 8, modality="CT", view="LL", window=_window(0, 255)),
-                               folder / "lateral_ct.dcm")
+    files["lateral_ct"] = save(
+        dataset(png, 8, modality="CT", view="LL", window=_window(0, 255)), folder / "lateral_ct.dcm"
+    )
     return files
 
 

@@ -1,5 +1,6 @@
 """The commands of README.md and docs/*.md, read as docs/development-commands.md ("Documented commands") says:
 fenced ``bash`` blocks, one command per line, placeholders from a fixed vocabulary, ``<!-- ci: ... -->`` markers."""
+
 from __future__ import annotations
 
 import re
@@ -14,17 +15,28 @@ FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^\s`]*)")
 # entry points whose runs train: debug=fdr is appended (and a search runs hydra.sweeper.n_trials=2)
 TRAINING_PROGRAMS = ("train.py", "cxr-train")
 # entry point -> the Hydra config it composes (what a compose block builds)
-CONFIG_OF = {"train.py": "train", "cxr-train": "train", "cxr.check": "train", "cxr-check": "train",
-             "cxr.prepare": "train", "evaluate.py": "evaluate", "cxr-evaluate": "evaluate",
-             "predict.py": "predict", "cxr-predict": "predict", "export.py": "export", "cxr-export": "export"}
+CONFIG_OF = {
+    "train.py": "train",
+    "cxr-train": "train",
+    "cxr.check": "train",
+    "cxr-check": "train",
+    "cxr.prepare": "train",
+    "evaluate.py": "evaluate",
+    "cxr-evaluate": "evaluate",
+    "predict.py": "predict",
+    "cxr-predict": "predict",
+    "export.py": "export",
+    "cxr-export": "export",
+}
 
 
 @dataclass
 class Command:
     """One documented command as the test runs it."""
-    source: str                     # file:line
-    text: str                       # the segments to run (after dropping set-up segments), comment removed
-    argv: list[str]                 # the last segment, split as the shell splits it
+
+    source: str  # file:line
+    text: str  # the segments to run (after dropping set-up segments), comment removed
+    argv: list[str]  # the last segment, split as the shell splits it
     exports: list[str] = field(default_factory=list)  # the block's `export ...` lines before it
 
     @property
@@ -63,8 +75,8 @@ class Command:
 @dataclass
 class Block:
     path: Path
-    line: int                       # of the opening fence, 1-based
-    mode: str                       # run, compose or skip
+    line: int  # of the opening fence, 1-based
+    mode: str  # run, compose or skip
     reason: str
     commands: list[Command]
 
@@ -116,9 +128,12 @@ def is_setup(segment: str) -> bool:
         words = words[1:]
         if words[:1] == ["-m"]:
             words = words[1:]
-    return bool(words) and (words[0] in (".", "source", "venv", "pytest", "virtualenv")
-                            or words[:2] == ["pip", "install"] or Path(words[0]).name == "pip"
-                            and words[1:2] == ["install"])
+    return bool(words) and (
+        words[0] in (".", "source", "venv", "pytest", "virtualenv")
+        or words[:2] == ["pip", "install"]
+        or Path(words[0]).name == "pip"
+        and words[1:2] == ["install"]
+    )
 
 
 def block_commands(lines: list[tuple[int, str]], source: Path) -> list[Command]:
@@ -140,8 +155,14 @@ def block_commands(lines: list[tuple[int, str]], source: Path) -> list[Command]:
         segments = [s for s in split_and(line) if not is_setup(s)]
         if not segments:
             continue
-        commands.append(Command(source=f"{source.name}:{first}", text=" && ".join(segments),
-                                argv=shlex.split(segments[-1]), exports=list(exports)))
+        commands.append(
+            Command(
+                source=f"{source.name}:{first}",
+                text=" && ".join(segments),
+                argv=shlex.split(segments[-1]),
+                exports=list(exports),
+            )
+        )
     return commands
 
 
@@ -164,8 +185,10 @@ def documented_blocks(paths: list[Path]) -> list[Block]:
                 previous = next((text[j] for j in range(i - 1, -1, -1) if text[j].strip()), "")
                 marker = MARKER.search(previous)
                 mode, reason = (marker.group(1), marker.group(2)) if marker else ("run", "")
-                lines = [(n + 1, text[n][len(indent):] if text[n].startswith(indent) else text[n].lstrip())
-                         for n in range(i + 1, end)]
+                lines = [
+                    (n + 1, text[n][len(indent) :] if text[n].startswith(indent) else text[n].lstrip())
+                    for n in range(i + 1, end)
+                ]
                 blocks.append(Block(path, i + 1, mode, reason, block_commands(lines, path)))
             i = end + 1
     return blocks

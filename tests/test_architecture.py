@@ -1,5 +1,6 @@
 """The code's structure, as docs/development.md describes it: the layers (import-linter's contracts in
 pyproject.toml, function-local imports included), the packages the wheel ships, and ruff's lint and format."""
+
 from __future__ import annotations
 
 import subprocess
@@ -21,16 +22,23 @@ def _run(*command: str) -> subprocess.CompletedProcess:
 
 def test_each_layer_imports_only_the_layers_below_it():
     pytest.importorskip("importlinter", reason="import-linter is in the dev extra (pip install -e '.[dev]')")
-    result = _run(sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
-                  "sys.exit(lint_imports_command())", "--no-cache")
+    result = _run(
+        sys.executable,
+        "-c",
+        "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+        "--no-cache",
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
 
 
 def test_the_wheel_lists_every_package_and_ships_conf_as_cxr_conf():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = {".".join(init.parent.relative_to(REPO).parts) for top in ("cxr", "hydra_plugins")
-                for init in (REPO / top).rglob("__init__.py")}
+    packages = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for top in ("cxr", "hydra_plugins")
+        for init in (REPO / top).rglob("__init__.py")
+    }
     assert packages - set(setuptools["packages"]) == set(), "add these packages to [tool.setuptools] packages"
     assert setuptools["package-dir"] == {"cxr.conf": "conf"} and (REPO / "conf" / "train.yaml").is_file()
     assert not (REPO / "cxr" / "conf").exists()

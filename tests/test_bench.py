@@ -1,5 +1,6 @@
 """python -m cxr.bench: every measure runs in a tiny mode and the JSON document has the promised structure.
 No timing is asserted (figures depend on the machine and on whatever else runs on it)."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,25 @@ from cxr.bench.__main__ import main
 from cxr.bench.core import Row, interleaved, table
 
 ROW_KEYS = {"measure", "unit", "baseline", "fast", "ratio", "target", "met", "note", "details"}
-MEASURES = ("train step", "inference", "loader only", "epoch from cache", "epoch streaming", "Lightning Trainer",
-            "NIH scale", "train step vs Keras", "matmul peak", "thesis net vs matmul peak", "DenseNet-121",
-            "download + verify", "preparation", "epoch from shards vs PNGs", "epoch from shards vs cache",
-            "shard formats", "GPU train step")
+MEASURES = (
+    "train step",
+    "inference",
+    "loader only",
+    "epoch from cache",
+    "epoch streaming",
+    "Lightning Trainer",
+    "NIH scale",
+    "train step vs Keras",
+    "matmul peak",
+    "thesis net vs matmul peak",
+    "DenseNet-121",
+    "download + verify",
+    "preparation",
+    "epoch from shards vs PNGs",
+    "epoch from shards vs cache",
+    "shard formats",
+    "GPU train step",
+)
 # DDP and the service start subprocesses: tests/test_distributed.py and tests/test_serve.py run them
 IN_PROCESS = tuple(s for s in SECTIONS if s not in ("ddp", "serve"))
 
@@ -77,7 +93,7 @@ def test_inference_rows_report_agreement(document):
 
 def test_table_is_printed(document):
     printed = document[2]
-    header = printed[printed.index("measure"):].splitlines()[0].split()
+    header = printed[printed.index("measure") :].splitlines()[0].split()
     assert header == ["measure", "baseline", "fast", "ratio", "target", "met"]
 
 

@@ -1,4 +1,5 @@
 """Tests for cxr.evaluation.bootstrap: patient-level bootstrap intervals and the paired AUROC difference."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,15 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from cxr.evaluation.bootstrap import (CI_METRICS, PatientResampler, _AurocTable, paired_auroc_difference,
-                                      patient_bootstrap, patient_codes, resample_indices)
+from cxr.evaluation.bootstrap import (
+    CI_METRICS,
+    PatientResampler,
+    _AurocTable,
+    paired_auroc_difference,
+    patient_bootstrap,
+    patient_codes,
+    resample_indices,
+)
 from cxr.evaluation.metrics import auroc, binary_metrics
 
 
@@ -150,7 +158,7 @@ def test_resample_metrics_match_binary_metrics_on_the_resampled_rows():
     for _ in range(20):
         indices = resampler.draw(rng)
         expected = auroc(labels[indices], scores[indices])
-        assert (np.isnan(table(indices)) if expected is None else table(indices) == pytest.approx(expected))
+        assert np.isnan(table(indices)) if expected is None else table(indices) == pytest.approx(expected)
 
 
 def test_single_class_resamples_are_skipped_for_auroc():
@@ -172,17 +180,26 @@ def test_inputs_as_lists_arrays_series_and_tensors_agree():
     reference = patient_bootstrap(labels, scores, patients, n_resamples=100)
     index = np.arange(len(labels))[::-1]  # a non-default index must not matter (positions count)
     assert patient_bootstrap(list(labels), list(scores), list(patients), n_resamples=100) == reference
-    assert patient_bootstrap(pd.Series(labels, index=index), pd.Series(scores, index=index),
-                             pd.Series(patients, index=index), n_resamples=100) == reference
-    assert patient_bootstrap(torch.tensor(labels).bool(), torch.tensor(scores), patients,
-                             n_resamples=100) == reference
+    assert (
+        patient_bootstrap(
+            pd.Series(labels, index=index),
+            pd.Series(scores, index=index),
+            pd.Series(patients, index=index),
+            n_resamples=100,
+        )
+        == reference
+    )
+    assert patient_bootstrap(torch.tensor(labels).bool(), torch.tensor(scores), patients, n_resamples=100) == reference
 
 
-@pytest.mark.parametrize("call", [
-    lambda: patient_bootstrap([0, 1, 1], [0.1, 0.2], ["a", "b", "c"]),
-    lambda: patient_bootstrap([0, 1], [0.1, 0.2], ["a", "b", "c"]),
-    lambda: paired_auroc_difference([0, 1], [0.1, 0.2], [0.1], ["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: patient_bootstrap([0, 1, 1], [0.1, 0.2], ["a", "b", "c"]),
+        lambda: patient_bootstrap([0, 1], [0.1, 0.2], ["a", "b", "c"]),
+        lambda: paired_auroc_difference([0, 1], [0.1, 0.2], [0.1], ["a", "b"]),
+    ],
+)
 def test_unequal_lengths_raise(call):
     with pytest.raises(ValueError, match="equal lengths"):
         call()
@@ -208,19 +225,36 @@ def test_deterministic_for_a_seed_and_different_for_another():
     assert patient_bootstrap(labels, scores, patients, n_resamples=200, seed=1) == first
     other = patient_bootstrap(labels, scores, patients, n_resamples=200, seed=2)
     assert other["auroc"]["value"] == first["auroc"]["value"]
-    assert (other["auroc"]["ci_low"], other["auroc"]["ci_high"]) != (first["auroc"]["ci_low"], first["auroc"]["ci_high"])
-    paired = paired_auroc_difference(labels, scores, scores ** 2 + 0.01 * np.sin(np.arange(len(scores))),
-                                     patients, n_resamples=200, seed=1)
-    assert paired_auroc_difference(labels, scores, scores ** 2 + 0.01 * np.sin(np.arange(len(scores))),
-                                   patients, n_resamples=200, seed=1) == paired
+    assert (other["auroc"]["ci_low"], other["auroc"]["ci_high"]) != (
+        first["auroc"]["ci_low"],
+        first["auroc"]["ci_high"],
+    )
+    paired = paired_auroc_difference(
+        labels, scores, scores**2 + 0.01 * np.sin(np.arange(len(scores))), patients, n_resamples=200, seed=1
+    )
+    assert (
+        paired_auroc_difference(
+            labels, scores, scores**2 + 0.01 * np.sin(np.arange(len(scores))), patients, n_resamples=200, seed=1
+        )
+        == paired
+    )
 
 
 # ------------------------------------------------------------------------------------ paired difference
 def test_identical_predictions_have_zero_difference_and_p_one():
     labels, scores, patients = clustered(seed=14)
     result = paired_auroc_difference(labels, scores, scores.copy(), patients, n_resamples=300)
-    assert set(result) == {"difference", "ci_low", "ci_high", "p_value", "auroc_a", "auroc_b", "n",
-                           "n_patients", "n_resamples"}
+    assert set(result) == {
+        "difference",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "auroc_a",
+        "auroc_b",
+        "n",
+        "n_patients",
+        "n_resamples",
+    }
     assert result["difference"] == 0.0 and result["ci_low"] == 0.0 and result["ci_high"] == 0.0
     assert result["p_value"] == 1.0
     assert result["auroc_a"] == result["auroc_b"] == pytest.approx(auroc(labels, scores))

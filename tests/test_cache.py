@@ -1,5 +1,6 @@
 """data.cache: decoded once, reused without decoding, rebuilt on any change, identical to on-the-fly decoding,
 and a stale, truncated or half-built cache is never read."""
+
 from __future__ import annotations
 
 import json
@@ -106,7 +107,11 @@ def test_built_once_then_reused_without_decoding(tmp_path, pngs, decode_counter,
     assert second.array_path == first.array_path
     assert np.array_equal(np.asarray(second.array), np.asarray(first.array))
     assert sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache").iterdir()) == [
-        "colour.npy", "json", "lock", "npy"]  # _write_images makes coloured RGB and RGBA images
+        "colour.npy",
+        "json",
+        "lock",
+        "npy",
+    ]  # _write_images makes coloured RGB and RGBA images
 
 
 def test_only_the_chunk_of_a_changed_image_is_decoded_again(tmp_path, pngs, decode_counter, monkeypatch):
@@ -138,8 +143,10 @@ def test_rebuilt_when_the_image_list_or_size_change_and_shared_across_channels(t
         assert np.array_equal(grey[i], images_module.load_image(path, channels=1, size=32))
     # normalisation is not part of the key: another divisor reuses the same pixels
     decode_counter["n"] = 0
-    assert open_or_build(pngs, Preprocessing(channels=3, image_size=32, pixel_divisor=1.0), cache_dir).array_path \
+    assert (
+        open_or_build(pngs, Preprocessing(channels=3, image_size=32, pixel_divisor=1.0), cache_dir).array_path
         == base.array_path
+    )
     assert decode_counter["n"] == 0
 
 
@@ -206,8 +213,9 @@ def test_a_failed_build_leaves_nothing_that_looks_valid_and_resumes(tmp_path, pn
     assert sorted(progress["chunks"]) == ["0", "2"]  # chunks before the failure are kept for the next run
     monkeypatch.setattr(images_module, "load_image", real)
     decode_counter["n"] = 0
-    monkeypatch.setattr(images_module, "load_image", lambda path, *a, **k: (decode_counter["paths"].add(path),
-                                                                           real(path, *a, **k))[1])
+    monkeypatch.setattr(
+        images_module, "load_image", lambda path, *a, **k: (decode_counter["paths"].add(path), real(path, *a, **k))[1]
+    )
     resumed = open_or_build(pngs, RGB, cache_dir)
     assert decode_counter["paths"] == {pngs[4], pngs[5]}  # only the chunk that had failed
     for i, path in enumerate(pngs):
@@ -263,9 +271,13 @@ def test_dataset_reads_the_cache_in_its_own_row_order(tmp_path, pngs, monkeypatc
 
 def test_to_tensor_equals_torch_arithmetic_for_every_pixel_value():
     pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
-    for p in (Preprocessing(pixel_divisor=255.0), Preprocessing(pixel_divisor=1.0),
-              Preprocessing(pixel_divisor=255.0, mean=0.485, std=0.229) if "mean" in Preprocessing.__dataclass_fields__
-              else Preprocessing(pixel_divisor=3.0)):
+    for p in (
+        Preprocessing(pixel_divisor=255.0),
+        Preprocessing(pixel_divisor=1.0),
+        Preprocessing(pixel_divisor=255.0, mean=0.485, std=0.229)
+        if "mean" in Preprocessing.__dataclass_fields__
+        else Preprocessing(pixel_divisor=3.0),
+    ):
         expected = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float()
         if p.pixel_divisor != 1:
             expected = expected / p.pixel_divisor

@@ -1,5 +1,6 @@
 """Callbacks that a resumed run depends on: the random state saved in checkpoints, and input grids that draw
 augmented images without moving the random streams."""
+
 from __future__ import annotations
 
 import random
@@ -31,9 +32,13 @@ def test_random_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
 
 def test_input_grid_draws_augmented_images_without_moving_the_random_streams(tmp_path, demo_root):
-    datamodule = ChestXrayDataModule(str(demo_root / "Data_Entry_demo.csv"), str(demo_root),
-                                     {"method": "thesis", "train": 0.6, "val": 0.2, "seed": 100},
-                                     {"channels": 1, "image_size": 32}, augmentation=AUGMENTATION)
+    datamodule = ChestXrayDataModule(
+        str(demo_root / "Data_Entry_demo.csv"),
+        str(demo_root),
+        {"method": "thesis", "train": 0.6, "val": 0.2, "seed": 100},
+        {"channels": 1, "image_size": 32},
+        augmentation=AUGMENTATION,
+    )
     datamodule.setup("fit")
     logger = TensorBoardLogger(tmp_path)
     trainer = SimpleNamespace(loggers=[logger], datamodule=datamodule, ckpt_path=None)
@@ -85,8 +90,9 @@ def test_last_checkpoint_is_written_every_epoch_even_without_a_new_best(make_cfg
     for callback in callbacks:
         callback.dirpath = str(tmp_path / "checkpoints")
     loader = DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
-    trainer = L.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(Scripted(), loader, loader)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)

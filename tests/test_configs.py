@@ -1,4 +1,5 @@
 """Every config group composes, and the composed configs say what the thesis programs are."""
+
 from __future__ import annotations
 
 import pytest
@@ -64,8 +65,11 @@ def test_other_groups_set_what_they_say(make_cfg):
     assert overfit.callbacks.early_stopping is None and overfit.trainer.overfit_batches == 3
     assert overfit.trainer.max_epochs == 30
     limit = make_cfg(["debug=limit"])
-    assert (limit.trainer.max_epochs, limit.trainer.limit_train_batches, limit.trainer.limit_val_batches) == (3, 0.2,
-                                                                                                            0.5)
+    assert (limit.trainer.max_epochs, limit.trainer.limit_train_batches, limit.trainer.limit_val_batches) == (
+        3,
+        0.2,
+        0.5,
+    )
     sample = make_cfg(["experiment=thesis_nih_sample"])
     assert sample.data.name == "nih" and sample.data.split.scale is True
     assert sample.data.root.endswith("shared/data/nih") and sample.data.external.root.endswith("nih/full-res")
@@ -80,8 +84,15 @@ def test_each_program_says_which_checkpoint_is_evaluated(make_cfg, program, chec
 
 
 def test_any_key_can_be_overridden(make_cfg):
-    cfg = make_cfg(["model.optimizer.lr=0.01", "data.batch_size=32", "data.split.seed=7", "seed=3",
-                    "program.preprocessing.image_size=120"])
+    cfg = make_cfg(
+        [
+            "model.optimizer.lr=0.01",
+            "data.batch_size=32",
+            "data.split.seed=7",
+            "seed=3",
+            "program.preprocessing.image_size=120",
+        ]
+    )
     assert cfg.model.optimizer.lr == 0.01 and cfg.data.batch_size == 32 and cfg.data.split.seed == 7
     assert cfg.model.net.image_size == 120 and cfg.data.preprocessing.image_size == 120
 

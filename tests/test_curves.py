@@ -4,8 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.evaluation.curves import (average_precision, calibration_bins, expected_calibration_error,
-                                   precision_recall_curve, roc_curve)
+from cxr.evaluation.curves import (
+    average_precision,
+    calibration_bins,
+    expected_calibration_error,
+    precision_recall_curve,
+    roc_curve,
+)
 from cxr.evaluation.metrics import auroc, binary_metrics
 
 
@@ -67,11 +72,14 @@ def test_single_class_or_empty_returns_none(labels, probabilities):
     assert average_precision(labels, probabilities) is None
 
 
-@pytest.mark.parametrize("labels, probabilities", [
-    ([0, 1, 1], [0.2, 0.5]),          # length mismatch
-    ([0, 1], [0.2, np.nan]),         # NaN probability
-    ([0, 2], [0.2, 0.4]),            # label outside {0, 1}
-])
+@pytest.mark.parametrize(
+    "labels, probabilities",
+    [
+        ([0, 1, 1], [0.2, 0.5]),  # length mismatch
+        ([0, 1], [0.2, np.nan]),  # NaN probability
+        ([0, 2], [0.2, 0.4]),  # label outside {0, 1}
+    ],
+)
 def test_invalid_inputs_raise(labels, probabilities):
     with pytest.raises(ValueError):
         roc_curve(labels, probabilities)

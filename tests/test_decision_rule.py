@@ -1,6 +1,7 @@
 """One decision rule everywhere: p > threshold is class 1, so a tie (p exactly 0.5, what an untrained or dead network
 outputs) is class 0, in the training metrics (torchmetrics), evaluation, bootstrap, operating points, figures and
 the comparison report, as Keras' predict_classes ((p > 0.5).astype('int32'))."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,10 @@ def test_training_metrics_agree_with_the_evaluation_on_the_tie():
 def test_a_zero_logit_is_class_0_in_training():
     from cxr.models.classifier import BinaryClassifier
 
-    model = BinaryClassifier(net={"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 1,
-                                  "image_size": 48}, optimizer={"_target_": "torch.optim.Adam"})
+    model = BinaryClassifier(
+        net={"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 1, "image_size": 48},
+        optimizer={"_target_": "torch.optim.Adam"},
+    )
     for layer in (model.net.classifier[-1],):  # the output layer answers 0 whatever the input: p = 0.5
         torch.nn.init.zeros_(layer.weight)
     images, targets = torch.rand(4, 1, 48, 48), torch.tensor([0.0, 1.0, 1.0, 0.0])

@@ -7,8 +7,13 @@ import pytest
 from matplotlib.container import BarContainer
 
 from cxr.evaluation.curves import calibration_bins, expected_calibration_error
-from cxr.evaluation.figures import (calibration_figure, probability_histogram_figure, roc_overlay_figure,
-                                    roc_pr_figure, save_figure)
+from cxr.evaluation.figures import (
+    calibration_figure,
+    probability_histogram_figure,
+    roc_overlay_figure,
+    roc_pr_figure,
+    save_figure,
+)
 from cxr.evaluation.metrics import auroc, binary_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -125,8 +130,13 @@ def test_probability_histogram_two_classes_same_bins_and_thresholds(data, tmp_pa
         assert sum(patch.get_height() for patch in container) == pytest.approx(1.0)
         assert 0 < container.patches[0].get_alpha() < 1
     n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
-    assert _legend_texts(ax) == [f"No Finding (n={n0})", f"Finding (n={n1})",
-                                 "default (t=0.50)", "youden (t=0.43)", "sens90 (t=0.20)"]
+    assert _legend_texts(ax) == [
+        f"No Finding (n={n0})",
+        f"Finding (n={n1})",
+        "default (t=0.50)",
+        "youden (t=0.43)",
+        "sens90 (t=0.20)",
+    ]
     assert [_line(ax, label).get_xdata()[0] for label in _legend_texts(ax)[2:]] == [0.5, 0.43, 0.2]
     _assert_png(figure, tmp_path / "histogram.png")
 
@@ -147,8 +157,12 @@ def test_roc_overlay_figure(data, tmp_path):
     figure = roc_overlay_figure(runs, title="comparison")
     (ax,) = figure.axes
     assert ax.get_title() == "comparison" and ax.get_xlabel().startswith("false positive rate")
-    assert _legend_texts(ax) == ["chance", f"run A (AUROC = {auroc(labels, probabilities):.3f})",
-                                 f"run B (AUROC = {auroc(labels, noisy):.3f})", "broken (AUROC n/a)"]
+    assert _legend_texts(ax) == [
+        "chance",
+        f"run A (AUROC = {auroc(labels, probabilities):.3f})",
+        f"run B (AUROC = {auroc(labels, noisy):.3f})",
+        "broken (AUROC n/a)",
+    ]
     line_a = _line(ax, _legend_texts(ax)[1])
     assert line_a.get_xdata()[0] == 0 and line_a.get_xdata()[-1] == 1
     assert len(_line(ax, "broken (AUROC n/a)").get_xdata()) == 0

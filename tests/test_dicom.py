@@ -1,4 +1,5 @@
 """DICOM reading (cxr.data.dicom): fixtures made from a real NIH PNG, and pydicom's own bundled test files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -81,30 +82,41 @@ def test_pydicom_bundled_lossless_encodings_agree():
     """pydicom's MR_small in RLE, JPEG 2000 lossless, JPEG-LS lossless, big endian, implicit VR: one image."""
     reference = read_dicom(get_testdata_file("MR_small.dcm"))
     assert reference.pixels.std() > 10 and any("modality MR" in w for w in reference.warnings)
-    for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                 "MR_small_bigendian.dcm", "MR_small_implicit.dcm"):
+    for name in (
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ):
         assert np.array_equal(read_dicom(get_testdata_file(name)).pixels, reference.pixels), name
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("JPGExtended.dcm", "modality NM"),               # 12-bit JPEG extended (lossy), one frame
-    ("693_J2KI.dcm", "modality CT"),                  # JPEG 2000 (lossy), 14 bits, window
-    ("examples_palette.dcm", "PALETTE COLOR"),        # colour: converted to grey with a warning
-    ("SC_rgb_jpeg_dcmtk.dcm", "YBR_FULL"),            # JPEG baseline, YBR colour
-    ("SC_rgb_jpeg_gdcm.dcm", "RGB"),                  # JPEG lossless (process 14), colour
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("JPGExtended.dcm", "modality NM"),  # 12-bit JPEG extended (lossy), one frame
+        ("693_J2KI.dcm", "modality CT"),  # JPEG 2000 (lossy), 14 bits, window
+        ("examples_palette.dcm", "PALETTE COLOR"),  # colour: converted to grey with a warning
+        ("SC_rgb_jpeg_dcmtk.dcm", "YBR_FULL"),  # JPEG baseline, YBR colour
+        ("SC_rgb_jpeg_gdcm.dcm", "RGB"),  # JPEG lossless (process 14), colour
+    ],
+)
 def test_pydicom_bundled_compressed_files_decode(name, expected):
     image = read_dicom(get_testdata_file(name))
     assert image.pixels.dtype == np.uint8 and image.pixels.ndim == 2 and image.pixels.std() > 1
     assert any(expected in w for w in image.warnings), image.warnings
 
 
-@pytest.mark.parametrize("name, message", [
-    ("SC_rgb_rle_2frame.dcm", "multi-frame"),
-    ("rtplan.dcm", "without pixel data"),
-    ("MR_truncated.dcm", "cannot decode the pixel data"),
-    ("waveform_ecg.dcm", "without pixel data"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("SC_rgb_rle_2frame.dcm", "multi-frame"),
+        ("rtplan.dcm", "without pixel data"),
+        ("MR_truncated.dcm", "cannot decode the pixel data"),
+        ("waveform_ecg.dcm", "without pixel data"),
+    ],
+)
 def test_pydicom_bundled_non_images_are_refused(name, message):
     with pytest.raises(DicomReadError, match=message):
         read_dicom(get_testdata_file(name))
@@ -163,8 +175,10 @@ def test_corrupted_dicoms_never_stop_a_run(tmp_path):
 
     rng = np.random.default_rng(0)
     stored = (rng.random((32, 32)) * 4080).astype(np.uint16)
-    originals = [save(dataset(stored, 12, window=_window(0, 4080)), tmp_path / f"{i}.dcm", syntax).read_bytes()
-                 for i, syntax in enumerate((None, RLELossless, JPEG2000Lossless))]
+    originals = [
+        save(dataset(stored, 12, window=_window(0, 4080)), tmp_path / f"{i}.dcm", syntax).read_bytes()
+        for i, syntax in enumerate((None, RLELossless, JPEG2000Lossless))
+    ]
     paths = []
     for i in range(150):
         data = bytearray(originals[i % 3])

@@ -1,5 +1,6 @@
 """Scaling up: trainer configs (GPU, DDP), DDP with 2 CPU processes (gloo) against one process, DDP inside a Hydra
 multirun, the SLURM launcher config, submitit_local multiruns with a preempted and requeued job."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,17 @@ from tests.test_train import run_script
 # (Adam divides by the gradient's running RMS, which turns rounding noise in near-zero gradients into lr-sized
 # steps). Measured on this machine after 2 epochs: weights within 5e-4, test probabilities within 2e-4, the same
 # validation AUROC every epoch, validation loss within 1e-4.
-PARITY = ["program=C", "trainer.max_epochs=2", "callbacks.early_stopping=null", "trainer.deterministic=true",
-          "model.optimizer._target_=torch.optim.SGD", "~model.optimizer.eps", "model.optimizer.lr=0.01",
-          "data_check=false", "logger=csv"]
+PARITY = [
+    "program=C",
+    "trainer.max_epochs=2",
+    "callbacks.early_stopping=null",
+    "trainer.deterministic=true",
+    "model.optimizer._target_=torch.optim.SGD",
+    "~model.optimizer.eps",
+    "model.optimizer.lr=0.01",
+    "data_check=false",
+    "logger=csv",
+]
 WEIGHT_TOLERANCE, PROBABILITY_TOLERANCE, LOSS_TOLERANCE = 2e-3, 2e-3, 1e-3
 
 
@@ -40,16 +49,20 @@ def test_trainer_configs_for_gpu_and_ddp(make_cfg):
     assert ddp.trainer.strategy.run_config == f"{ddp.paths.output_dir}/.hydra/resolved.yaml"
     assert ddp.data.pin_memory and ddp.trainer.precision == "auto"
     cpu = make_cfg(["trainer=ddp_cpu"])
-    assert (cpu.trainer.accelerator, cpu.trainer.devices, cpu.trainer.strategy.process_group_backend) == \
-        ("cpu", 2, "gloo")
+    assert (cpu.trainer.accelerator, cpu.trainer.devices, cpu.trainer.strategy.process_group_backend) == (
+        "cpu",
+        2,
+        "gloo",
+    )
     strategy = instantiate(cpu.trainer.strategy)
     from cxr.distributed import JobDDPStrategy
 
     assert isinstance(strategy, JobDDPStrategy) and strategy.run_config.endswith(".hydra/resolved.yaml")
 
 
-@pytest.mark.parametrize("cuda, bf16, expected", [(True, True, "bf16-mixed"), (True, False, "16-mixed"),
-                                                  (False, False, "16-mixed")])
+@pytest.mark.parametrize(
+    "cuda, bf16, expected", [(True, True, "bf16-mixed"), (True, False, "16-mixed"), (False, False, "16-mixed")]
+)
 def test_gpu_precision_auto_prefers_bf16_where_supported(monkeypatch, cuda, bf16, expected):
     from cxr import inference
 
@@ -73,8 +86,11 @@ def test_ddp_ranks_rerun_the_jobs_own_config_not_sys_argv(tmp_path, monkeypatch)
     run_config.write_text("seed: 1\n")
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "model.optimizer.lr=1e-3,2e-3"])
     started = []
-    monkeypatch.setattr(subprocess_script.subprocess, "Popen",
-                        lambda command, env, cwd=None: started.append((command, env)) or mock.Mock())
+    monkeypatch.setattr(
+        subprocess_script.subprocess,
+        "Popen",
+        lambda command, env, cwd=None: started.append((command, env)) or mock.Mock(),
+    )
     with mock.patch.dict(os.environ, {}, clear=False):
         os.environ.pop("LOCAL_RANK", None)
         _JobLauncher(str(run_config), LightningEnvironment(), num_processes=3, num_nodes=1)._call_children_scripts()
@@ -96,10 +112,8 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, demo_root):
     """2 gloo processes x batch 5 against 1 process x batch 10: one run directory, the same metrics within the
     stated tolerances, validation AUROC over all processes' predictions, files written by rank 0 only."""
     single, double = tmp_path / "one", tmp_path / "two"
-    one = _train_in_subprocess(demo_root, single, *PARITY, "trainer=ddp_cpu", "trainer.devices=1",
-                               "data.batch_size=10")
-    two = _train_in_subprocess(demo_root, double, *PARITY, "trainer=ddp_cpu", "trainer.devices=2",
-                               "data.batch_size=5")
+    one = _train_in_subprocess(demo_root, single, *PARITY, "trainer=ddp_cpu", "trainer.devices=1", "data.batch_size=10")
+    two = _train_in_subprocess(demo_root, double, *PARITY, "trainer=ddp_cpu", "trainer.devices=2", "data.batch_size=5")
     assert (one["processes"], two["processes"]) == (1, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no directory per rank
     checkpoints = sorted(p.name for p in (double / "checkpoints").iterdir())
@@ -111,12 +125,15 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, demo_root):
     assert (first["val/auroc"] - second["val/auroc"]).abs().max() <= 1e-6
     assert (first["val/loss"] - second["val/loss"]).abs().max() <= LOSS_TOLERANCE
     assert (first["train/loss"] - second["train/loss"]).abs().max() <= LOSS_TOLERANCE
-    weights = [torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-               for run in (single, double)]
+    weights = [
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        for run in (single, double)
+    ]
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) <= WEIGHT_TOLERANCE
     p1, p2 = (pd.read_csv(run / "predictions_test.csv") for run in (single, double))
-    assert p1["image"].equals(p2["image"]) and (p1["probability"] - p2["probability"]).abs().max() \
-        <= PROBABILITY_TOLERANCE
+    assert (
+        p1["image"].equals(p2["image"]) and (p1["probability"] - p2["probability"]).abs().max() <= PROBABILITY_TOLERANCE
+    )
     assert two["test"]["n"] == one["test"]["n"] == two["split"]["test"]["images"]
     assert two["validation"]["auroc_last"] == pytest.approx(second["val/auroc"].iloc[-1])
 
@@ -124,25 +141,36 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, demo_root):
     # per-process AUROCs, nor over Lightning's padded duplicates)
     from sklearn.metrics import roc_auc_score
 
-    from cxr.models.checkpoints import load_classifier
     from cxr.inference import predict_probabilities
+    from cxr.models.checkpoints import load_classifier
 
     cfg = OmegaConf.load(double / "config.yaml")
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model, _ = load_classifier(double / "checkpoints" / "last.ckpt")
     probabilities = predict_probabilities(model, datamodule.eval_dataloader("val"), "eager")
-    assert roc_auc_score(datamodule.rows("val")["target"], probabilities) == \
-        pytest.approx(second["val/auroc"].iloc[-1], abs=1e-6)
+    assert roc_auc_score(datamodule.rows("val")["target"], probabilities) == pytest.approx(
+        second["val/auroc"].iloc[-1], abs=1e-6
+    )
 
 
 @pytest.mark.slow
 def test_ddp_inside_a_multirun_trains_each_job_once_in_its_own_directory(tmp_path, demo_root):
     """Plain Lightning `ddp` would rerun the sweep in rank 1 (more directories, other hyper-parameters)."""
     sweep_dir, run_dir = tmp_path / "multirun", tmp_path / "never"
-    result = run_script(["train.py", "-m", "trainer=ddp_cpu", "model.optimizer.lr=0.001,0.002", "debug=fdr",
-                         "logger=csv", *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}",
-                         f"hydra.run.dir={run_dir}"])
+    result = run_script(
+        [
+            "train.py",
+            "-m",
+            "trainer=ddp_cpu",
+            "model.optimizer.lr=0.001,0.002",
+            "debug=fdr",
+            "logger=csv",
+            *DEMO_OVERRIDES(demo_root),
+            f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # each job's directory: its number and run name (the program and the swept value)
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0_A-lr0.001", "1_A-lr0.002"]
@@ -156,21 +184,29 @@ def test_ddp_inside_a_multirun_trains_each_job_once_in_its_own_directory(tmp_pat
 def test_slurm_launcher_config_gives_one_task_per_gpu_and_a_requeue_signal(tmp_path, monkeypatch):
     """The sbatch script submitit would submit for hydra/launcher=slurm trainer=ddp (a fake srun on PATH: submitit
     only checks that it exists)."""
+    import submitit
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import open_dict
 
     from tests.conftest import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", return_hydra_config=True, overrides=[
-            "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-            "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=600"])
+        cfg = compose(
+            "train",
+            return_hydra_config=True,
+            overrides=[
+                "hydra/launcher=slurm",
+                "trainer=ddp",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.timeout_min=600",
+            ],
+        )
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir, cfg.hydra.runtime.cwd, cfg.hydra.job.name = str(tmp_path), str(REPO), "train"
     HydraConfig.instance().set_config(cfg)
@@ -182,14 +218,21 @@ def test_slurm_launcher_config_gives_one_task_per_gpu_and_a_requeue_signal(tmp_p
     (fake / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     # what hydra_submitit_launcher.BaseSubmititLauncher.launch does with the parameters
-    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm",
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(
+        folder=tmp_path / "submitit", cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
     params.pop("submitit_folder")
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "id")
-    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--time=600",
-                 "--signal=USR2@120"):
+    for line in (
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--partition=gpu",
+        "--time=600",
+        "--signal=USR2@120",
+    ):
         assert f"#SBATCH {line}\n" in script
     assert executor._executor.max_num_timeout == 10
 
@@ -234,12 +277,32 @@ def test_submitit_local_multirun_with_a_preempted_job_requeued_and_resumed_exact
     sends before the time limit or on preemption). Submitit requeues the job, which resumes from last.ckpt in the
     same run directory and ends exactly as an uninterrupted run."""
     sweep_dir = tmp_path / "sweep"
-    settings = [*DEMO_OVERRIDES(demo_root), "program=B", "trainer.max_epochs=4", "callbacks.early_stopping=null",
-                "trainer.deterministic=true", "logger=csv", "data_check=false"]
+    settings = [
+        *DEMO_OVERRIDES(demo_root),
+        "program=B",
+        "trainer.max_epochs=4",
+        "callbacks.early_stopping=null",
+        "trainer.deterministic=true",
+        "logger=csv",
+        "data_check=false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "seed=1,2",
-                                *settings, f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=submitit_local",
+            "seed=1,2",
+            *settings,
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         last = sweep_dir / "0_B-seed1" / "checkpoints" / "last.ckpt"
         deadline = time.monotonic() + 600
@@ -256,7 +319,9 @@ def test_submitit_local_multirun_with_a_preempted_job_requeued_and_resumed_exact
             process.kill()
     assert process.returncode == 0, stderr[-3000:]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == [
-        "0_B-seed1", "1_B-seed2"]
+        "0_B-seed1",
+        "1_B-seed2",
+    ]
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
     assert "Requeued" in logs and "requeued local job: resuming" in logs
     for job, seed in (("0_B-seed1", 1), ("1_B-seed2", 2)):
@@ -324,9 +389,19 @@ def test_gpu_loader_settings_work_with_the_preprocessing_cache(make_cfg, tmp_pat
     """trainer=gpu's loader (workers, pinned memory, persistent workers) reading data.cache, run on the CPU here."""
     from cxr.jobs.train import train
 
-    cfg = make_cfg(["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.benchmark=false",
-                    "data.cache=true", f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=2", "debug=fdr",
-                    "logger=csv"])
+    cfg = make_cfg(
+        [
+            "trainer=gpu",
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "trainer.benchmark=false",
+            "data.cache=true",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.num_workers=2",
+            "debug=fdr",
+            "logger=csv",
+        ]
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
@@ -342,8 +417,15 @@ def test_ddp_run_resumes_exactly_across_processes(tmp_path, demo_root):
     """Program D (random augmentation: each process draws its own) on 2 gloo processes: a run stopped after epoch 2
     (its metrics.json removed, as if it died before evaluating) and resumed with `resume=` to 3 epochs ends
     bit-for-bit like an uninterrupted 3-epoch run."""
-    settings = ["program=D", "trainer=ddp_cpu", "data.batch_size=8", "callbacks.early_stopping=null",
-                "trainer.deterministic=true", "data_check=false", "logger=csv"]
+    settings = [
+        "program=D",
+        "trainer=ddp_cpu",
+        "data.batch_size=8",
+        "callbacks.early_stopping=null",
+        "trainer.deterministic=true",
+        "data_check=false",
+        "logger=csv",
+    ]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     _train_in_subprocess(demo_root, reference, *settings, "trainer.max_epochs=3")
     _train_in_subprocess(demo_root, resumed, *settings, "trainer.max_epochs=2")

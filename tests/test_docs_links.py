@@ -1,6 +1,7 @@
 """The documentation a newcomer reads holds together: every relative link of README.md and docs/*.md resolves to a
 file of the repository (and a ``#anchor`` to one of its headings, by GitHub's slug rules), and the README stays
 short."""
+
 from __future__ import annotations
 
 import re
@@ -111,7 +112,9 @@ def test_docs_pages_are_linked_from_the_index():
 def test_github_slug_rules():
     """The slugs the link check compares against, on headings of the kinds the pages use."""
     assert github_slug("Export: ONNX and TorchScript") == "export-onnx-and-torchscript"
-    assert github_slug("The thesis' question from a multi-label model") == "the-thesis-question-from-a-multi-label-model"
+    assert (
+        github_slug("The thesis' question from a multi-label model") == "the-thesis-question-from-a-multi-label-model"
+    )
     assert github_slug("Evaluating `evaluate.py` runs") == "evaluating-evaluatepy-runs"
     assert github_slug("The real NIH ChestX-ray14 data") == "the-real-nih-chestx-ray14-data"
     assert github_slug("What A, B and C share") == "what-a-b-and-c-share"
@@ -122,9 +125,13 @@ def test_the_check_finds_a_broken_link(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     page = tmp_path / "docs" / "a.md"
     page.parent.mkdir()
-    page.write_text("# A page\n\n## Real heading\n\n```bash\n[in code](missing.md)\n```\n"
-                    "[ok](#real-heading) [bad](#no-such) [gone](missing.md) `[code](x.md)` [out](../../x.md)\n",
-                    encoding="utf-8")
-    assert broken_links(page) == ["docs/a.md:8: #no-such: no heading of docs/a.md has the anchor #no-such",
-                                  "docs/a.md:8: missing.md: missing.md does not exist",
-                                  "docs/a.md:8: ../../x.md: leaves the repository"]
+    page.write_text(
+        "# A page\n\n## Real heading\n\n```bash\n[in code](missing.md)\n```\n"
+        "[ok](#real-heading) [bad](#no-such) [gone](missing.md) `[code](x.md)` [out](../../x.md)\n",
+        encoding="utf-8",
+    )
+    assert broken_links(page) == [
+        "docs/a.md:8: #no-such: no heading of docs/a.md has the anchor #no-such",
+        "docs/a.md:8: missing.md: missing.md does not exist",
+        "docs/a.md:8: ../../x.md: leaves the repository",
+    ]

@@ -2,6 +2,7 @@
 each line of a ``bash`` block in a subprocess, in one temporary working directory (a user following the docs),
 with ``python`` meaning this interpreter and ``debug=fdr`` appended where it trains; ``<!-- ci: compose -->``
 blocks are composed and their objects built on the CPU without training."""
+
 from __future__ import annotations
 
 import os
@@ -38,11 +39,14 @@ def test_documented_commands_use_known_placeholders_and_programs():
         for command in block.commands:
             unknown = command.placeholders - set(PLACEHOLDERS)
             if unknown:
-                problems.append(f"{command.source}: unknown placeholder(s) {sorted(unknown)} (use "
-                                f"{', '.join(f'<{p}>' for p in PLACEHOLDERS)})")
+                problems.append(
+                    f"{command.source}: unknown placeholder(s) {sorted(unknown)} (use "
+                    f"{', '.join(f'<{p}>' for p in PLACEHOLDERS)})"
+                )
             if block.mode == "compose" and command.entry_point not in CONFIG_OF:
-                problems.append(f"{command.source}: a compose block holds only entry points with a config "
-                                f"({command.text})")
+                problems.append(
+                    f"{command.source}: a compose block holds only entry points with a config ({command.text})"
+                )
         if block.mode == "skip" and not block.reason:
             problems.append(f"{block.source}: <!-- ci: skip REASON --> needs its reason")
     assert not problems, "\n".join(problems)
@@ -50,16 +54,35 @@ def test_documented_commands_use_known_placeholders_and_programs():
 
 def test_the_parser_reads_lines_as_the_convention_says(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("\n".join([
-        "```bash", "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && python train.py",
-        "export CXR_NIH_ROOT=<nih>", "python train.py data=nih \\", "  program=C   # a comment",
-        "python -m pytest -q", "python predict.py ckpt_path=<ckpt> 'inputs=\"<images>/*.png\"' # glob", "```",
-        "", "<!-- ci: compose -->", "", "```bash", "python train.py -m trainer=ddp program=C,D", "```",
-        "```text", "python not.py", "```"]))
+    page.write_text(
+        "\n".join(
+            [
+                "```bash",
+                "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && python train.py",
+                "export CXR_NIH_ROOT=<nih>",
+                "python train.py data=nih \\",
+                "  program=C   # a comment",
+                "python -m pytest -q",
+                "python predict.py ckpt_path=<ckpt> 'inputs=\"<images>/*.png\"' # glob",
+                "```",
+                "",
+                "<!-- ci: compose -->",
+                "",
+                "```bash",
+                "python train.py -m trainer=ddp program=C,D",
+                "```",
+                "```text",
+                "python not.py",
+                "```",
+            ]
+        )
+    )
     run, compose = documented_blocks([page])
     assert [c.text for c in run.commands] == [
-        "python train.py", "python train.py data=nih    program=C",
-        "python predict.py ckpt_path=<ckpt> 'inputs=\"<images>/*.png\"'"]
+        "python train.py",
+        "python train.py data=nih    program=C",
+        "python predict.py ckpt_path=<ckpt> 'inputs=\"<images>/*.png\"'",
+    ]
     assert run.commands[1].exports == ["export CXR_NIH_ROOT=<nih>"] and run.commands[0].exports == []
     assert run.commands[1].trains and not run.commands[2].trains
     assert run.commands[2].placeholders == {"ckpt", "images", "nih"} and run.commands[2].entry_point == "predict.py"
@@ -87,17 +110,22 @@ class Workspace:
             wrapper = bin_dir / name
             wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
             wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-        self.env = {**os.environ, "PYTHONPATH": str(REPO),
-                    "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]),
+        }
         for key in ("HYDRA_FULL_ERROR", "CXR_NIH_ROOT", "CXR_NIH_LABELS"):
             self.env.pop(key, None)
         self.values: dict[str, str] = {}
 
     def run(self, text: str, source: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(["bash", "-c", text], cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                                timeout=TIMEOUT_S)
-        assert result.returncode == 0, (f"{source}: `{text}` exited {result.returncode}\n"
-                                        f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        result = subprocess.run(
+            ["bash", "-c", text], cwd=self.cwd, env=self.env, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+        assert result.returncode == 0, (
+            f"{source}: `{text}` exited {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
         return result
 
     def value(self, name: str) -> str:
@@ -121,8 +149,13 @@ class Workspace:
         """A run killed (SIGKILL, as a crash or an out-of-memory kill) once its first epoch's last.ckpt exists."""
         runs = self.cwd / "outputs/train/runs"
         before = set(runs.glob("*"))
-        process = subprocess.Popen([sys.executable, "train.py", "debug=limit", "trainer.max_epochs=50"],
-                                   cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "train.py", "debug=limit", "trainer.max_epochs=50"],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + TIMEOUT_S
         made: list[Path] = []
         while time.monotonic() < deadline and process.poll() is None:
@@ -192,8 +225,9 @@ def as_run(command: Command) -> str:
     if command.trains and not any(a.startswith("resume=") for a in command.arguments):  # resume: the run's own
         if not any(a.startswith(("debug=", "+debug=")) for a in command.arguments):
             text += " debug=fdr"
-        if any(a.startswith("hparams_search=") for a in command.arguments) \
-                and not any(a.startswith("hydra.sweeper.n_trials=") for a in command.arguments):
+        if any(a.startswith("hparams_search=") for a in command.arguments) and not any(
+            a.startswith("hydra.sweeper.n_trials=") for a in command.arguments
+        ):
             text += " hydra.sweeper.n_trials=2"
     return text
 
@@ -228,6 +262,7 @@ def test_documented_block_builds(block: Block, tmp_path, monkeypatch):
                 monkeypatch.setenv(key, value)
         arguments = [fill(a, values) for a in command.arguments]
         overrides = [a for a in arguments if not a.startswith("-")]  # -m, --multirun; a module's own --flags
-        built = build_command(CONFIG_OF[command.entry_point], overrides, multirun=command.multirun,
-                              output_dir=tmp_path / "run")
+        built = build_command(
+            CONFIG_OF[command.entry_point], overrides, multirun=command.multirun, output_dir=tmp_path / "run"
+        )
         assert built.jobs, command.source

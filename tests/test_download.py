@@ -1,5 +1,6 @@
 """python -m cxr.download against a local HTTP server (tests/range_server.py) serving generated archives:
 download, verify, extract, resume after a dropped connection, catch a corrupted archive, then train on it."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxr.bench.range_server import RangeServer
 from cxr.data.download import METADATA_FILES, download_release, read_manifest, shipped, write_metadata
 from cxr.data.extract import safe_extract
 from cxr.errors import DownloadError
 from tests.conftest import NIH_META, REPO, require_real_data
-from cxr.bench.range_server import RangeServer
 
 N_ARCHIVES = 3
 
@@ -49,8 +50,14 @@ def release(tmp_path_factory):
         chunk = pngs[i::N_ARCHIVES]
         name = f"images_{i + 1:02d}.tar.gz"
         files[name] = make_tarball({f"images/{p.name}": p.read_bytes() for p in chunk})
-        rows.append({"archive": name, "url": f"https://example.invalid/{name}",
-                     "md5": hashlib.md5(files[name]).hexdigest(), "images": len(chunk)})
+        rows.append(
+            {
+                "archive": name,
+                "url": f"https://example.invalid/{name}",
+                "md5": hashlib.md5(files[name]).hexdigest(),
+                "images": len(chunk),
+            }
+        )
     files["Data_Entry_2017_v2020.csv"] = labels.read_bytes()
     test_patients = set(sorted(table["Patient ID"].unique())[::4])
     in_test = table["Patient ID"].isin(test_patients)
@@ -58,14 +65,22 @@ def release(tmp_path_factory):
     files["train_val_list.txt"] = "".join(f"{n}\n" for n in table.loc[~in_test, "Image Index"]).encode()
     manifest = base / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    manifest.with_suffix(".sha256").write_text("".join(  # what --mirror verifies the metadata against
-        f"{hashlib.sha256(files[name]).hexdigest()}  {name}\n" for name in METADATA_FILES))
+    manifest.with_suffix(".sha256").write_text(
+        "".join(  # what --mirror verifies the metadata against
+            f"{hashlib.sha256(files[name]).hexdigest()}  {name}\n" for name in METADATA_FILES
+        )
+    )
     tarballs = base / "tarballs"
     tarballs.mkdir()
     for name in rows:
         (tarballs / name["archive"]).write_bytes(files[name["archive"]])
-    return {"files": files, "manifest": manifest, "n_images": len(pngs), "tarballs": tarballs,
-            "names": sorted(p.name for p in pngs)}
+    return {
+        "files": files,
+        "manifest": manifest,
+        "n_images": len(pngs),
+        "tarballs": tarballs,
+        "names": sorted(p.name for p in pngs),
+    }
 
 
 def archive_requests(server: RangeServer) -> list[tuple[str, str | None]]:
@@ -74,8 +89,14 @@ def archive_requests(server: RangeServer) -> list[tuple[str, str | None]]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cxr.download", "nih", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cxr.download", "nih", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -84,8 +105,9 @@ def test_download_from_an_empty_folder_then_train(release, tmp_path, make_cfg):
 
     target = tmp_path / "nih"
     with RangeServer(release["files"]) as server:
-        result = run_cli("--mirror", server.url, "--manifest", str(release["manifest"]), "--to", str(target),
-                         "--no-progress")
+        result = run_cli(
+            "--mirror", server.url, "--manifest", str(release["manifest"]), "--to", str(target), "--no-progress"
+        )
     print(result.stdout, result.stderr)
     assert result.returncode == 0
     for name in METADATA_FILES:
@@ -93,11 +115,23 @@ def test_download_from_an_empty_folder_then_train(release, tmp_path, make_cfg):
     on_disk = sorted(p.name for p in target.glob("images_0*/images/*.png"))
     assert on_disk == release["names"]
     assert sorted(p.name for p in target.iterdir() if p.name.startswith("images_")) == [
-        "images_001", "images_002", "images_003"]
-    assert not [p for p in (target / ".download").iterdir() if p.name.endswith((".tar.gz", ".part"))]  # archives deleted after extraction
+        "images_001",
+        "images_002",
+        "images_003",
+    ]
+    assert not [
+        p for p in (target / ".download").iterdir() if p.name.endswith((".tar.gz", ".part"))
+    ]  # archives deleted after extraction
 
-    cfg = make_cfg(["data=nih", f"data.root={target}", f"data.labels={target}/Data_Entry_2017_v2020.csv",
-                    "split=official", "debug=fdr"])
+    cfg = make_cfg(
+        [
+            "data=nih",
+            f"data.root={target}",
+            f"data.labels={target}/Data_Entry_2017_v2020.csv",
+            "split=official",
+            "debug=fdr",
+        ]
+    )
     metrics = train(cfg)
     splits = pd.read_csv(Path(cfg.paths.output_dir) / "splits.csv")
     test_names = set(release["files"]["test_list.txt"].decode().split())
@@ -133,11 +167,28 @@ def test_ctrl_c_keeps_the_partial_file_and_the_same_command_resumes(release, tmp
     import time
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "cxr.download", "nih", "--manifest", str(release["manifest"]), "--to",
-               str(tmp_path), "--no-progress", "--jobs", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "cxr.download",
+        "nih",
+        "--manifest",
+        str(release["manifest"]),
+        "--to",
+        str(tmp_path),
+        "--no-progress",
+        "--jobs",
+        "1",
+    ]
     with RangeServer(release["files"], throttle=(2048, 0.05)) as server:
-        process = subprocess.Popen([*command, "--mirror", server.url], cwd=REPO, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [*command, "--mirror", server.url],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         part = tmp_path / ".download" / "images_01.tar.gz.part"
         deadline = time.monotonic() + 120
         while not (part.exists() and part.stat().st_size > 0) and time.monotonic() < deadline:
@@ -149,8 +200,9 @@ def test_ctrl_c_keeps_the_partial_file_and_the_same_command_resumes(release, tmp
         kept = part.stat().st_size
         assert 0 < kept < len(release["files"]["images_01.tar.gz"])
         server.throttle = None
-        again = subprocess.run([*command, "--mirror", server.url], cwd=REPO, env=env, capture_output=True,
-                               text=True, timeout=300)
+        again = subprocess.run(
+            [*command, "--mirror", server.url], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        )
     assert again.returncode == 0, again.stderr
     assert ("images_01.tar.gz", f"bytes={kept}-") in server.requests
     assert len(list(tmp_path.glob("images_*/images/*.png"))) == release["n_images"]
@@ -166,18 +218,21 @@ def test_a_server_without_range_support_restarts_the_file(release, tmp_path):
 def test_a_corrupted_archive_is_fetched_again_once(release, tmp_path):
     with RangeServer(release["files"]) as server:
         server.corrupt["images_02.tar.gz"] = 1
-        results = download_release(tmp_path, release["manifest"], server.url, progress=False,
-                                   echo=lambda _: None)
-    assert {r.archive.name: r.refetched for r in results} == {"images_01.tar.gz": False,
-                                                             "images_02.tar.gz": True, "images_03.tar.gz": False}
+        results = download_release(tmp_path, release["manifest"], server.url, progress=False, echo=lambda _: None)
+    assert {r.archive.name: r.refetched for r in results} == {
+        "images_01.tar.gz": False,
+        "images_02.tar.gz": True,
+        "images_03.tar.gz": False,
+    }
     assert len(list(tmp_path.glob("images_*/images/*.png"))) == release["n_images"]
 
 
 def test_an_archive_corrupted_twice_is_reported_in_one_line(release, tmp_path):
     with RangeServer(release["files"]) as server:
         server.corrupt["images_03.tar.gz"] = 2
-        result = run_cli("--mirror", server.url, "--manifest", str(release["manifest"]), "--to", str(tmp_path),
-                         "--no-progress")
+        result = run_cli(
+            "--mirror", server.url, "--manifest", str(release["manifest"]), "--to", str(tmp_path), "--no-progress"
+        )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("cxr.download: images_03.tar.gz: MD5 ") and "twice in a row" in line
@@ -199,8 +254,9 @@ def test_complete_archives_are_skipped_and_a_deleted_image_refetches_its_archive
 
 
 def test_archives_from_a_local_folder(release, tmp_path):
-    results = download_release(tmp_path / "nih", release["manifest"], source_dir=release["tarballs"],
-                               progress=False, echo=lambda _: None)
+    results = download_release(
+        tmp_path / "nih", release["manifest"], source_dir=release["tarballs"], progress=False, echo=lambda _: None
+    )
     assert {r.status for r in results} == {"copied"}
     assert len(list((tmp_path / "nih").glob("images_*/images/*.png"))) == release["n_images"]
     assert (release["tarballs"] / "images_01.tar.gz").exists()  # the user's own files are never deleted
@@ -226,14 +282,16 @@ def test_a_member_leaving_the_folder_is_refused(tmp_path):
 def test_unreachable_mirror_and_bad_manifest_fail_in_one_line(release, tmp_path):
     with RangeServer({}) as server:
         url = server.url  # closed on exit: nothing listens there any more
-    result = run_cli("--mirror", url, "--manifest", str(release["manifest"]), "--to", str(tmp_path / "x"),
-                     "--no-progress")
+    result = run_cli(
+        "--mirror", url, "--manifest", str(release["manifest"]), "--to", str(tmp_path / "x"), "--no-progress"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"cxr.download: {url}Data_Entry_2017_v2020.csv: ")
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    result = run_cli("--from", str(tmp_path), "--manifest", str(release["manifest"]), "--to", str(blocked / "nih"),
-                     "--no-progress")
+    result = run_cli(
+        "--from", str(tmp_path), "--manifest", str(release["manifest"]), "--to", str(blocked / "nih"), "--no-progress"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("cxr.download: ") and str(blocked) in result.stderr
     bad = tmp_path / "bad.csv"
@@ -246,8 +304,10 @@ def test_disk_needed_for_the_release():
     from cxr.data.download import disk_needed
 
     archives = read_manifest()
-    gb = {key: disk_needed(archives, 3, keep, local) / 1e9 for key, (keep, local) in
-          {"default": (False, False), "keep": (True, False), "from": (False, True)}.items()}
+    gb = {
+        key: disk_needed(archives, 3, keep, local) / 1e9
+        for key, (keep, local) in {"default": (False, False), "keep": (True, False), "from": (False, True)}.items()
+    }
     assert 44 < gb["from"] < 47 and 56 < gb["default"] < 59 and 89 < gb["keep"] < 92
 
 
@@ -257,8 +317,11 @@ def test_shipped_metadata_is_the_official_release(tmp_path):
     assert [a.folder for a in archives][::11] == ["images_001", "images_012"]
     written = write_metadata(tmp_path)
     assert [p.name for p in written] == list(METADATA_FILES)
-    assert len((tmp_path / "train_val_list.txt").read_text().split()) + \
-        len((tmp_path / "test_list.txt").read_text().split()) == 112_120
+    assert (
+        len((tmp_path / "train_val_list.txt").read_text().split())
+        + len((tmp_path / "test_list.txt").read_text().split())
+        == 112_120
+    )
     if NIH_META.exists():
         require_real_data(NIH_META)
         for name in ("train_val_list.txt", "test_list.txt"):

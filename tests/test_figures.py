@@ -81,14 +81,20 @@ def _line_labels(ax):
 
 
 def test_training_curves_full_history():
-    history = pd.DataFrame({
-        "epoch": [1, 2, 3],
-        "train/acc": [0.6, 0.7, 0.8], "val/acc": [0.55, 0.65, 0.7],
-        "train/loss": [0.9, 0.6, 0.4], "val/loss": [1.0, 0.8, 0.7],
-        "train/auroc": [np.nan, np.nan, np.nan], "val/auroc": [0.6, 0.8, 0.75],
-    })
-    figure = training_curves_figure(history, title="D-seed2: training curves", scored_epoch=2,
-                                    scored_by="best by val/auroc")
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train/acc": [0.6, 0.7, 0.8],
+            "val/acc": [0.55, 0.65, 0.7],
+            "train/loss": [0.9, 0.6, 0.4],
+            "val/loss": [1.0, 0.8, 0.7],
+            "train/auroc": [np.nan, np.nan, np.nan],
+            "val/auroc": [0.6, 0.8, 0.75],
+        }
+    )
+    figure = training_curves_figure(
+        history, title="D-seed2: training curves", scored_epoch=2, scored_by="best by val/auroc"
+    )
     acc_ax, loss_ax, auroc_ax = figure.axes
     scored = "scored: epoch 2 (best by val/auroc)"
     assert _line_labels(acc_ax) == _line_labels(loss_ax) == ["train", "validation", scored]

@@ -1,4 +1,5 @@
 """Tests for cxr.data.images (decoding, indexing) and cxr.data.table.attach_image_paths."""
+
 from __future__ import annotations
 
 import re
@@ -8,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr.data.table import attach_image_paths
 from cxr.data.images import ImageIndexError, ImageReadError, index_images, load_image
 from cxr.data.labels import read_labels
+from cxr.data.table import attach_image_paths
 from tests.conftest import NIH_SAMPLE, require_real_data
 
 RNG_SEED = 0

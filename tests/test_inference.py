@@ -4,6 +4,7 @@ fast path (channels_last + fused Adam; bf16 autocast), on a briefly trained thes
 Tolerances (probabilities of class 1): fp32 backends max |diff| < 1e-5 (ONNX Runtime < 1e-4), bf16 < 0.02, int8
 < 0.05; AUROC differences < 1e-6 for fp32 backends, < 0.02 for bf16, < 0.05 for int8.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,18 +27,25 @@ AUROC_TOLERANCE = {"torch": 1e-6, "onnxruntime": 1e-6, "torch_bf16": 0.02, "onnx
 BASELINE = TrainPath("baseline", False, False, "32-true")
 DEFAULT = TrainPath("default", "auto", True, "32-true")
 BF16 = TrainPath("bf16", "auto", True, "bf16-mixed")
-needs_onnxruntime = pytest.mark.skipif(not inference.onnxruntime_available(),
-                                       reason="onnxruntime not installed (pip install -e '.[fast]')")
+needs_onnxruntime = pytest.mark.skipif(
+    not inference.onnxruntime_available(), reason="onnxruntime not installed (pip install -e '.[fast]')"
+)
 
 
 @pytest.fixture(scope="module")
 def demo_data(demo_root):
-    datamodule = ChestXrayDataModule(str(demo_root / "Data_Entry_demo.csv"), str(demo_root),
-                                     {"method": "thesis", "train": 0.6, "val": 0.2, "seed": 100}, PREPROCESSING)
+    datamodule = ChestXrayDataModule(
+        str(demo_root / "Data_Entry_demo.csv"),
+        str(demo_root),
+        {"method": "thesis", "train": 0.6, "val": 0.2, "seed": 100},
+        PREPROCESSING,
+    )
     datamodule.setup("fit")
     train = datamodule.datasets["train"]
-    batches = [(torch.stack([train[i][0] for i in range(s, min(s + 10, len(train)))]), train.targets[s:s + 10])
-               for s in range(0, len(train), 10)]
+    batches = [
+        (torch.stack([train[i][0] for i in range(s, min(s + 10, len(train)))]), train.targets[s : s + 10])
+        for s in range(0, len(train), 10)
+    ]
     evaluation = list(datamodule.eval_dataloader("test")) + list(datamodule.eval_dataloader("val"))
     return batches, evaluation
 
@@ -71,21 +79,40 @@ def _check_agreement(model, loader, backend):
     return reference, fast
 
 
-@pytest.mark.parametrize("backend", ["torch", "torch_bf16", pytest.param("onnxruntime", marks=needs_onnxruntime),
-                                     pytest.param("onnxruntime_int8", marks=needs_onnxruntime), "auto"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        "torch_bf16",
+        pytest.param("onnxruntime", marks=needs_onnxruntime),
+        pytest.param("onnxruntime_int8", marks=needs_onnxruntime),
+        "auto",
+    ],
+)
 def test_inference_backends_agree_with_the_eager_baseline(trained, demo_data, backend):
     reference, _ = _check_agreement(trained, demo_data[1], backend)
     assert reference.max() - reference.min() > 1e-3  # a model whose outputs differ between images
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("backend", ["torch", "torch_bf16", pytest.param("onnxruntime", marks=needs_onnxruntime),
-                                     pytest.param("onnxruntime_int8", marks=needs_onnxruntime)])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        "torch_bf16",
+        pytest.param("onnxruntime", marks=needs_onnxruntime),
+        pytest.param("onnxruntime_int8", marks=needs_onnxruntime),
+    ],
+)
 def test_inference_backends_agree_on_real_nih_images(trained, backend):
     require_real_data(NIH_SAMPLE)
     labels = pd.read_csv(NIH_SAMPLE / "labels.csv").head(48)
-    table = pd.DataFrame({"path": [str(NIH_SAMPLE / "images" / name) for name in labels["Image Index"]],
-                          "target": (labels["Finding Labels"] != "No Finding").astype(int)})
+    table = pd.DataFrame(
+        {
+            "path": [str(NIH_SAMPLE / "images" / name) for name in labels["Image Index"]],
+            "target": (labels["Finding Labels"] != "No Finding").astype(int),
+        }
+    )
     dataset = ChestXrayDataset(table, Preprocessing(**PREPROCESSING))
     loader = torch.utils.data.DataLoader(dataset, batch_size=10)
     _check_agreement(trained, loader, backend)
@@ -103,7 +130,7 @@ def test_regrouped_batches_keep_loader_order(trained, batch_size):
     images = torch.rand(23, 3, 150, 150, generator=torch.Generator().manual_seed(3))
     loader = [(images[a:b], None, None) for a, b in ((0, 10), (10, 13), (13, 23))]
     with torch.inference_mode():
-        one_by_one = np.array([torch.sigmoid(trained(images[i:i + 1])).item() for i in range(23)], dtype=np.float32)
+        one_by_one = np.array([torch.sigmoid(trained(images[i : i + 1])).item() for i in range(23)], dtype=np.float32)
     got = inference.predict_probabilities(trained, loader, "torch", batch_size=batch_size)
     assert got.shape == (23,) and np.abs(got - one_by_one).max() < 1e-5
     assert inference.predict_probabilities(trained, [], "torch").shape == (0,)
@@ -158,14 +185,16 @@ def test_evaluation_runner_uses_the_configured_backend(trained, demo_data, monke
 
     class Data:
         def rows(self, name):
-            return pd.DataFrame({"image": range(len(_labels(loaders[name]))), "patient_id": 0,
-                                 "target": _labels(loaders[name])})
+            return pd.DataFrame(
+                {"image": range(len(_labels(loaders[name]))), "patient_id": 0, "target": _labels(loaders[name])}
+            )
 
         def eval_dataloader(self, name):
             return loaders[name]
 
-    frame = runner.predictions_frame(trained, Data(), "test", {"inference_backend": "torch",
-                                                                "inference_batch_size": 32})
+    frame = runner.predictions_frame(
+        trained, Data(), "test", {"inference_backend": "torch", "inference_batch_size": 32}
+    )
     assert seen == [("torch", 32)] and len(frame) == len(_labels(loaders["test"]))
     runner.predictions_frame(trained, Data(), "test")
     assert seen[-1] == ("auto", 64) and calibrations == [None, None]
@@ -189,8 +218,9 @@ def test_classifier_fast_options(trained):
     from cxr.models.classifier import BinaryClassifier
 
     net = {"_target_": "cxr.models.thesis_cnn.ThesisCNN"}
-    model = BinaryClassifier(net=net, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3}, fused_optimizer=True,
-                             channels_last="auto")
+    model = BinaryClassifier(
+        net=net, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3}, fused_optimizer=True, channels_last="auto"
+    )
     assert model.configure_optimizers().defaults.get("fused") is True
     plain = BinaryClassifier(net=net, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3})
     assert not plain.configure_optimizers().defaults.get("fused")
@@ -210,8 +240,10 @@ def test_precision_auto_picks_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     assert inference.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
 
 
-@pytest.mark.skipif(not inference.cpu_supports_bf16(),
-                    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX): trainer=cpu_fast trains in 32-true here")
+@pytest.mark.skipif(
+    not inference.cpu_supports_bf16(),
+    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX): trainer=cpu_fast trains in 32-true here",
+)
 def test_cpu_fast_trainer_config_trains_in_bf16(make_cfg):
     from cxr.jobs.train import train
 

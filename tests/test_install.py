@@ -1,5 +1,6 @@
 """``pip install .`` (not editable) works: the package, its configs (pkg://cxr.conf) and the console scripts run from
 another directory, without the checkout on the path."""
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,34 @@ from tests.conftest import DEMO_OVERRIDES, REPO
 def test_a_non_editable_install_runs_from_another_directory(tmp_path, demo_root):
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
     top_level = {".git", "outputs", "data", ".venv", "build", ".pytest_cache", "tests", "multirun"}
-    shutil.copytree(REPO, source, ignore=lambda folder, names: [
-        name for name in names if (Path(folder) == REPO and name in top_level) or name == "__pycache__"
-        or name.endswith(".egg-info")])
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=lambda folder, names: [
+            name
+            for name in names
+            if (Path(folder) == REPO and name in top_level) or name == "__pycache__" or name.endswith(".egg-info")
+        ],
+    )
     site = tmp_path / "site"
     # --no-deps: torch & co. come from the running environment; --no-build-isolation: no download of setuptools
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              "--target", str(site), str(source)], capture_output=True, text=True, timeout=600)
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     assert (site / "cxr" / "conf" / "program" / "_thesis.yaml").is_file()
     shutil.rmtree(source)
@@ -51,14 +73,25 @@ def test_a_non_editable_install_runs_from_another_directory(tmp_path, demo_root)
 
     # the search's sweeper ships as hydra_plugins/cxr_optuna_sweeper in the wheel: Hydra finds it only there
     assert (site / "hydra_plugins" / "cxr_optuna_sweeper" / "optuna_sweeper.py").is_file()
-    search = run(str(site / "bin" / "cxr-train"), "hparams_search=optuna_D", "debug=fdr", "hydra.sweeper.n_trials=1",
-                 "logger=csv", "data_check=false", *DEMO_OVERRIDES(demo_root))
+    search = run(
+        str(site / "bin" / "cxr-train"),
+        "hparams_search=optuna_D",
+        "debug=fdr",
+        "hydra.sweeper.n_trials=1",
+        "logger=csv",
+        "data_check=false",
+        *DEMO_OVERRIDES(demo_root),
+    )
     assert search.returncode == 0, search.stderr[-3000:]
     assert list((elsewhere / "outputs" / "search" / "cxr_D_demo").glob("*/0_*/metrics.json"))  # <time>/<n>_<run name>/
 
-    failing = run(str(site / "bin" / "cxr-evaluate"), f"ckpt_path={elsewhere / 'none.ckpt'}",
-                  f"hydra.run.dir={elsewhere / 'eval'}")
+    failing = run(
+        str(site / "bin" / "cxr-evaluate"),
+        f"ckpt_path={elsewhere / 'none.ckpt'}",
+        f"hydra.run.dir={elsewhere / 'eval'}",
+    )
     assert failing.returncode == 1 and failing.stderr.strip().splitlines()[-1].startswith("error: checkpoint not found")
-    compare = run(str(site / "bin" / "cxr-compare"), str(run_dir), "--out", str(elsewhere / "report"),
-                  "--n-resamples", "10")
+    compare = run(
+        str(site / "bin" / "cxr-compare"), str(run_dir), "--out", str(elsewhere / "report"), "--n-resamples", "10"
+    )
     assert compare.returncode == 0 and (elsewhere / "report" / "report.md").is_file(), compare.stderr[-2000:]

@@ -4,6 +4,7 @@ The loss and optimiser pieces are checked against Keras' formulas without Tensor
 trains the thesis' own Keras model (``pip install -e ".[parity]"``, skipped without it) and cxr's ThesisCNN from the
 same weights on the same real NIH batches, with the loss and optimiser that the program's config selects.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ from cxr.models.optimizers import KerasAdam
 from cxr.models.thesis_cnn import ThesisCNN
 from tests.conftest import NIH_SAMPLE, compose_config, require_real_data
 
-needs_tensorflow = pytest.mark.skipif(not tensorflow_available(),
-                                      reason='TensorFlow is not installed: pip install -e ".[parity]"')
+needs_tensorflow = pytest.mark.skipif(
+    not tensorflow_available(), reason='TensorFlow is not installed: pip install -e ".[parity]"'
+)
 STEPS = 20
 
 
@@ -33,8 +35,10 @@ def test_keras_bce_matches_bce_inside_the_clip_and_stops_outside():
     # inside [1e-7, 1 - 1e-7]: the exact cross-entropy and its gradient (sigmoid(z) - y) / n
     inside = slice(0, 4)
     expected = F.binary_cross_entropy_with_logits(logits[inside].detach(), targets[inside], reduction="none")
-    per_item = -(targets * torch.log(torch.sigmoid(logits).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON))
-                 + (1 - targets) * torch.log(1 - torch.sigmoid(logits).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)))
+    per_item = -(
+        targets * torch.log(torch.sigmoid(logits).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON))
+        + (1 - targets) * torch.log(1 - torch.sigmoid(logits).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON))
+    )
     assert torch.allclose(per_item[inside].detach(), expected, atol=1e-5)
     assert torch.allclose(grad[inside], (torch.sigmoid(logits[inside]) - targets[inside]).detach() / 7, atol=1e-6)
     # saturated: the loss is capped near -log(1e-7) (float32: 1 - 1e-7 rounds to 1 - 1.19e-7) and no gradient flows
@@ -58,10 +62,17 @@ def test_keras_bce_pos_weight_scales_class1_terms():
 @pytest.mark.parametrize("fused", [False, True])
 def test_keras_adam_is_the_keras_update(fused):
     """Keras: m, v as usual; p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps) (epsilon hat)."""
-    grads = [torch.tensor([1e-6, -3e-6, 0.2, 0.0]), torch.tensor([-2e-6, 1e-6, 0.1, 5e-7]),
-             torch.tensor([4e-7, 2e-6, -0.3, 1e-6])]
+    grads = [
+        torch.tensor([1e-6, -3e-6, 0.2, 0.0]),
+        torch.tensor([-2e-6, 1e-6, 0.1, 5e-7]),
+        torch.tensor([4e-7, 2e-6, -0.3, 1e-6]),
+    ]
     lr, b1, b2, eps = 3e-4, 0.9, 0.999, 1e-7
-    keras_p, m, v = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    keras_p, m, v = (
+        torch.zeros(4, dtype=torch.float64),
+        torch.zeros(4, dtype=torch.float64),
+        torch.zeros(4, dtype=torch.float64),
+    )
     param = torch.nn.Parameter(torch.zeros(4))
     torch_param = torch.nn.Parameter(torch.zeros(4))
     optimizer = KerasAdam([param], lr=lr, eps=eps, fused=fused)
@@ -69,7 +80,7 @@ def test_keras_adam_is_the_keras_update(fused):
     for t, g in enumerate(grads, start=1):
         m = b1 * m + (1 - b1) * g.double()
         v = b2 * v + (1 - b2) * g.double() ** 2
-        keras_p -= lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
+        keras_p -= lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (v.sqrt() + eps)
         param.grad, torch_param.grad = g.clone(), g.clone()
         optimizer.step()
         plain.step()
@@ -81,12 +92,18 @@ def test_keras_adam_is_the_keras_update(fused):
     restored.load_state_dict(optimizer.state_dict())
     restored.param_groups[0]["params"][0].grad = grads[0].clone()
     restored.step()
-    assert restored.param_groups[0]["eps"] == pytest.approx(eps / math.sqrt(1 - b2 ** 4))
+    assert restored.param_groups[0]["eps"] == pytest.approx(eps / math.sqrt(1 - b2**4))
 
 
-@pytest.mark.parametrize(("program", "loss", "optimizer"), [
-    ("A", "keras_bce", "cxr.models.optimizers.KerasAdam"), ("B", "keras_bce", "cxr.models.optimizers.KerasAdam"),
-    ("C", "keras_bce", "cxr.models.optimizers.KerasAdam"), ("D", "bce_with_logits", "torch.optim.Adam")])
+@pytest.mark.parametrize(
+    ("program", "loss", "optimizer"),
+    [
+        ("A", "keras_bce", "cxr.models.optimizers.KerasAdam"),
+        ("B", "keras_bce", "cxr.models.optimizers.KerasAdam"),
+        ("C", "keras_bce", "cxr.models.optimizers.KerasAdam"),
+        ("D", "bce_with_logits", "torch.optim.Adam"),
+    ],
+)
 def test_programs_select_their_loss_and_optimizer(tmp_path, program, loss, optimizer):
     import hydra
     from hydra.utils import get_class
@@ -119,10 +136,15 @@ def real_batches(program: str, n: int):
     from cxr.data.dataset import ChestXrayDataset, Preprocessing
 
     labels = pd.read_csv(NIH_SAMPLE / "labels.csv").iloc[:n]
-    table = pd.DataFrame({"path": [str(NIH_SAMPLE / "images" / name) for name in labels["Image Index"]],
-                          "target": (labels["Finding Labels"] != "No Finding").astype(int)})
-    preprocessing = (Preprocessing(3, 150, "nearest", 255.0) if program in ("A", "C")
-                     else Preprocessing(1, 150, "nearest", 1.0))
+    table = pd.DataFrame(
+        {
+            "path": [str(NIH_SAMPLE / "images" / name) for name in labels["Image Index"]],
+            "target": (labels["Finding Labels"] != "No Finding").astype(int),
+        }
+    )
+    preprocessing = (
+        Preprocessing(3, 150, "nearest", 255.0) if program in ("A", "C") else Preprocessing(1, 150, "nearest", 1.0)
+    )
     dataset = ChestXrayDataset(table, preprocessing)
     return torch.stack([dataset[i][0] for i in range(n)]), dataset.targets
 

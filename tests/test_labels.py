@@ -1,4 +1,5 @@
 """Tests for cxr.data.labels: every NIH label-file layout into one normalised table, and clear errors."""
+
 from __future__ import annotations
 
 import re
@@ -128,8 +129,11 @@ def test_extra_spaces_and_unknown_columns_are_tolerated(tmp_path):
 @pytest.mark.real_data
 @pytest.mark.parametrize(
     "name, has_metadata, rows",
-    [("nih_box_2017_head.csv", True, 12), ("kaggle_sample_labels_head.csv", True, 20),
-     ("thesis_two_column_labels.csv", False, 3)],
+    [
+        ("nih_box_2017_head.csv", True, 12),
+        ("kaggle_sample_labels_head.csv", True, 20),
+        ("thesis_two_column_labels.csv", False, 3),
+    ],
 )
 def test_real_format_heads(name, has_metadata, rows):
     require_real_data(FORMATS)

@@ -1,5 +1,6 @@
 """Leakage between sets (cxr.data.leakage), held-out external sets (data.exclude) and the one labelled table
 that the data check and the DataModule share (cxr.data.table)."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,8 @@ def test_overlaps_count_test_patients_and_external_images_and_patients():
     split = pd.Series(["train", "test", "train", "val", "test", "test"])
     external = table(["c", "x", "y"], [2, 3, 9])
     overlaps = find_overlaps(main, split, external)
-    assert overlaps["test_patients"] == {"count": 1, "of": 2, "first": [1]}       # patient 1: train a, test b
-    assert overlaps["external_images"] == {"count": 1, "of": 3, "first": ["c"]}   # c is a training image
+    assert overlaps["test_patients"] == {"count": 1, "of": 2, "first": [1]}  # patient 1: train a, test b
+    assert overlaps["external_images"] == {"count": 1, "of": 3, "first": ["c"]}  # c is a training image
     assert overlaps["external_patients"] == {"count": 2, "of": 3, "first": [2, 3]}  # 2 (train), 3 (val)
 
 
@@ -38,9 +39,11 @@ def test_without_patient_ids_only_image_overlap_is_measured():
 
 
 def test_refusal_is_one_line_with_counts_first_offenders_and_the_override():
-    overlaps = {"test_patients": {"count": 3, "of": 10, "first": [4, 5, 6]},
-                "external_images": {"count": 2, "of": 8, "first": ["x.png", "y.png"]},
-                "external_patients": {"count": 0, "of": 8, "first": []}}
+    overlaps = {
+        "test_patients": {"count": 3, "of": 10, "first": [4, 5, 6]},
+        "external_images": {"count": 2, "of": 8, "first": ["x.png", "y.png"]},
+        "external_patients": {"count": 0, "of": 8, "first": []},
+    }
     record, refusal = judge(overlaps, ALLOW_DEFAULT, "patient")
     assert "\n" not in refusal
     assert "3 of 10 test patients also have images in train/val (first: 4, 5, 6)" in refusal
@@ -71,9 +74,14 @@ def external_copy(demo_root, tmp_path) -> dict:
 
 
 def datamodule(demo_root, external, split="thesis", **settings) -> ChestXrayDataModule:
-    return ChestXrayDataModule(str(demo_root / "Data_Entry_demo.csv"), str(demo_root),
-                               {"method": split, "train": 0.6, "val": 0.2, "seed": 100}, PREPROCESSING,
-                               external=external, **settings)
+    return ChestXrayDataModule(
+        str(demo_root / "Data_Entry_demo.csv"),
+        str(demo_root),
+        {"method": split, "train": 0.6, "val": 0.2, "seed": 100},
+        PREPROCESSING,
+        external=external,
+        **settings,
+    )
 
 
 def test_datamodule_refuses_an_external_set_that_overlaps_training(demo_root, external_copy):
@@ -82,19 +90,22 @@ def test_datamodule_refuses_an_external_set_that_overlaps_training(demo_root, ex
 
 
 def test_exclude_holds_the_external_patients_out_of_every_split(demo_root, external_copy):
-    dm = datamodule(demo_root, external_copy, split="patient", allow_overlap=ALLOW_DEFAULT,
-                    exclude="external_patients")
+    dm = datamodule(demo_root, external_copy, split="patient", allow_overlap=ALLOW_DEFAULT, exclude="external_patients")
     dm.setup("fit")
     external_patients = set(dm.external_table["patient_id"])
     assert not external_patients & set(dm.table["patient_id"])
     assert dm.leakage["excluded_images"] >= 12 and dm.leakage["excluded_patients"] == len(external_patients)
     assert {k: dm.leakage[k]["count"] for k in ("test_patients", "external_images", "external_patients")} == {
-        "test_patients": 0, "external_images": 0, "external_patients": 0}
+        "test_patients": 0,
+        "external_images": 0,
+        "external_patients": 0,
+    }
 
 
 def test_allowed_overlap_is_recorded(demo_root, external_copy):
-    dm = datamodule(demo_root, external_copy, allow_overlap={**ALLOW_DEFAULT, "external_images": True,
-                                                            "external_patients": True})
+    dm = datamodule(
+        demo_root, external_copy, allow_overlap={**ALLOW_DEFAULT, "external_images": True, "external_patients": True}
+    )
     dm.setup("fit")
     assert dm.leakage["external_images"]["count"] > 0 and dm.leakage["external_images"]["allowed"]
     assert dm.leakage["test_patients"]["allowed"] and dm.leakage["exclude"] is None
@@ -128,6 +139,7 @@ def test_the_check_and_the_datamodule_read_index_split_and_judge_leakage_once(ma
         def wrapper(*args, **kwargs):
             calls[name] += 1
             return function(*args, **kwargs)
+
         return wrapper
 
     read, index = counted("read_labels", labels_module.read_labels), counted("index_images", images_module.index_images)
@@ -144,7 +156,8 @@ def test_the_check_and_the_datamodule_read_index_split_and_judge_leakage_once(ma
     output_dir = Path(cfg.paths.output_dir)
     splits = pd.read_csv(output_dir / "splits.csv")
     shared = set(splits.loc[splits["split"] == "test", "patient"]) & set(
-        splits.loc[splits["split"].isin(["train", "val"]), "patient"])
+        splits.loc[splits["split"].isin(["train", "val"]), "patient"]
+    )
     saved = json.loads((output_dir / "metrics.json").read_text())["leakage"]["test_patients"]
     assert saved["count"] == len(shared) > 0 and saved["first"] == sorted(shared)[:5]
 
@@ -164,7 +177,8 @@ def test_nih_sample_preset_external_set_is_unseen(make_cfg):
 
     report = run_check(cfg, data=dm.labelled_data())
     assert report.facts["unlabelled_files"] == 0 and report.get("excluded").message.startswith(
-        "held out of labels.csv (data.exclude): 48 images of 48 patients")
+        "held out of labels.csv (data.exclude): 48 images of 48 patients"
+    )
     assert dm.leakage["external_images"]["count"] == dm.leakage["external_patients"]["count"] == 0
     assert dm.leakage["test_patients"]["allowed"] and dm.leakage["test_patients"]["count"] > 0  # split=thesis
 

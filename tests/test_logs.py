@@ -1,5 +1,6 @@
 """Quiet logs, visible progress: a bar only on a terminal, plain progress lines in the log otherwise, and known
 library noise filtered in one place (cxr.cli.quiet_library_noise)."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,12 @@ def test_progress_bar_only_on_a_terminal(make_cfg, terminal, tmp_path):
     with open(tmp_path / "stdout.txt", "w") as file:
         assert progress_bar_enabled(None, terminal) and not progress_bar_enabled(None, file)
         assert progress_bar_enabled(True, file) and not progress_bar_enabled(False, terminal)
-        bars = [instantiate(cfg.trainer, logger=False, enable_progress_bar=progress_bar_enabled(None, stream))
-                .progress_bar_callback for stream in (terminal, file)]
+        bars = [
+            instantiate(
+                cfg.trainer, logger=False, enable_progress_bar=progress_bar_enabled(None, stream)
+            ).progress_bar_callback
+            for stream in (terminal, file)
+        ]
     assert bars[0] is not None and bars[1] is None
     with pytest.raises(ValueError, match="every_n_steps=-1"):
         ProgressLog(every_n_steps=-1)
@@ -49,10 +54,16 @@ def test_known_library_noise_is_filtered_and_other_warnings_are_logged(caplog):
         quiet_library_noise()
         try:
             with caplog.at_level(logging.INFO):
-                warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) "
-                              "and treespec.is_leaf()` instead.", FutureWarning)
-                warnings.warn("The number of training batches (6) is smaller than the logging interval "
-                              "Trainer(log_every_n_steps=10).", UserWarning)
+                warnings.warn(
+                    "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) "
+                    "and treespec.is_leaf()` instead.",
+                    FutureWarning,
+                )
+                warnings.warn(
+                    "The number of training batches (6) is smaller than the logging interval "
+                    "Trainer(log_every_n_steps=10).",
+                    UserWarning,
+                )
                 logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: For seamless cloud ...")
                 warnings.warn("a warning a user should read", UserWarning)
         finally:
@@ -66,11 +77,25 @@ def test_training_without_a_terminal_logs_progress_lines_and_no_noise(demo_root,
     """python train.py with stdout and stderr on pipes (a batch job): train.log gets a line every N steps and one per
     epoch, no carriage-return redraws, none of the filtered library messages."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *DEMO_OVERRIDES(demo_root), "debug=limit", "trainer.max_epochs=2",
-         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1.0", "callbacks.progress_log.every_n_steps=1",
-         "logger=csv", "evaluation.bootstrap.n_resamples=20"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=600)
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            *DEMO_OVERRIDES(demo_root),
+            "debug=limit",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1.0",
+            "callbacks.progress_log.every_n_steps=1",
+            "logger=csv",
+            "evaluation.bootstrap.n_resamples=20",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     (log_file,) = tmp_path.glob("outputs/train/runs/*/train.log")
     log = log_file.read_text(encoding="utf-8")
@@ -78,9 +103,14 @@ def test_training_without_a_terminal_logs_progress_lines_and_no_noise(demo_root,
     steps = [line for line in lines if "[cxr.callbacks]" in line and " step " in line]
     epochs = [line for line in lines if "[cxr.callbacks]" in line and " done: " in line]
     assert [line.split(" - ")[1].split(" (")[0] for line in steps] == [
-        "epoch 1/2 step 1/4", "epoch 1/2 step 2/4", "epoch 2/2 step 3/4", "epoch 2/2 step 4/4"]
-    assert len(epochs) == 2 and all("train loss" in line and "val AUROC" in line and "elapsed" in line
-                                    for line in epochs)
+        "epoch 1/2 step 1/4",
+        "epoch 1/2 step 2/4",
+        "epoch 2/2 step 3/4",
+        "epoch 2/2 step 4/4",
+    ]
+    assert len(epochs) == 2 and all(
+        "train loss" in line and "val AUROC" in line and "elapsed" in line for line in epochs
+    )
     assert "epoch 2/2 done: 2 steps (4 in all)" in epochs[1]
     assert "\r" not in log and "\r" not in result.stdout and "\r" not in result.stderr
     for text in (log, result.stdout, result.stderr):

@@ -1,4 +1,5 @@
 """Tests for cxr.evaluation.metrics: confusion matrix, (balanced) accuracy and AUROC of a binary classifier."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Multi-label task, the evaluation: per-finding average precision and bootstrap CIs, paired differences, the
 any-finding score and thresholds, compare.py over multi-label runs, and ten-crop test-time averaging."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr.evaluation.multilabel import (_AveragePrecisionTable, any_finding_score, finding_thresholds,
-                                       multilabel_bootstrap, paired_multilabel_difference)
+from cxr.evaluation.multilabel import (
+    _AveragePrecisionTable,
+    any_finding_score,
+    finding_thresholds,
+    multilabel_bootstrap,
+    paired_multilabel_difference,
+)
 from cxr.models.classifier import Classifier
 from tests.multilabel_fixtures import ADAM, FINDINGS3, SMALL_CNN
 
@@ -43,8 +49,9 @@ def test_multilabel_bootstrap_per_finding_and_mean_auroc():
         assert entry["auroc"]["ci_low"] < entry["auroc"]["value"] < entry["auroc"]["ci_high"]
         assert entry["average_precision"]["ci_low"] < entry["average_precision"]["value"]
     assert result["findings"]["Mass"]["auroc"]["value"] is None and result["mean_auroc"]["n_findings"] == 2
-    assert result["mean_auroc"]["value"] == pytest.approx(np.mean([result["findings"][f]["auroc"]["value"]
-                                                                   for f in FINDINGS3[:2]]))
+    assert result["mean_auroc"]["value"] == pytest.approx(
+        np.mean([result["findings"][f]["auroc"]["value"] for f in FINDINGS3[:2]])
+    )
     assert result["n_patients"] == 40
 
 
@@ -69,7 +76,7 @@ def test_any_finding_score_rules_and_per_finding_thresholds():
     from cxr.evaluation.multilabel import at_threshold
 
     labels = np.array([[0, 1], [0, 0], [0, 1], [0, 0]])
-    probabilities = np.array([[.1, .9], [.2, .1], [.3, .8], [.4, .2]])
+    probabilities = np.array([[0.1, 0.9], [0.2, 0.1], [0.3, 0.8], [0.4, 0.2]])
     thresholds = finding_thresholds(labels, probabilities, ["A", "B"])
     assert thresholds["A"] is None and 0.2 <= thresholds["B"] < 0.8  # p > threshold means the finding
     point = at_threshold(labels[:, 1], probabilities[:, 1], thresholds["B"])
@@ -103,8 +110,13 @@ def test_compare_pairs_multilabel_runs_per_finding_and_against_a_binary_run(tmp_
 
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 2, (80, 2))
-    _fake_run(tmp_path / "runs" / "ml_good", "A", labels, np.clip(0.5 * labels + 0.5 * rng.random((80, 2)), 0, 1),
-              ["Effusion", "Mass"])
+    _fake_run(
+        tmp_path / "runs" / "ml_good",
+        "A",
+        labels,
+        np.clip(0.5 * labels + 0.5 * rng.random((80, 2)), 0, 1),
+        ["Effusion", "Mass"],
+    )
     _fake_run(tmp_path / "runs" / "ml_poor", "A", labels, rng.random((80, 2)), ["Effusion", "Mass"])
     _fake_run(tmp_path / "runs" / "binary_D", "D", labels.max(axis=1), rng.random(80))
     report = compare([tmp_path / "runs"], out=tmp_path / "report", n_resamples=100)

@@ -1,5 +1,6 @@
 """Multi-label task, the models: torchvision backbones and their weights, the classifier's K outputs and loss, the
 binary path unchanged, model presets, the CPU fast path and a frozen backbone."""
+
 from __future__ import annotations
 
 import urllib.error
@@ -95,13 +96,14 @@ def test_multilabel_classifier_has_k_outputs_and_per_finding_pos_weight_loss():
     torch.manual_seed(0)
     model = Classifier(net=SMALL_CNN, optimizer=ADAM, task="multilabel", findings=FINDINGS3)
     assert model.hparams.task == "multilabel" and model.hparams.findings == FINDINGS3
-    images, targets = torch.rand(4, 1, 32, 32), torch.tensor([[1., 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]])
+    images, targets = torch.rand(4, 1, 32, 32), torch.tensor([[1.0, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]])
     probabilities = model.predict_step((images, targets, None), 0)
     assert probabilities.shape == (4, 3) and bool(((probabilities > 0) & (probabilities < 1)).all())
     model.pos_weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
     logits = model(images)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets,
-                                                                    pos_weight=torch.tensor([1.0, 2.0, 3.0]))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, targets, pos_weight=torch.tensor([1.0, 2.0, 3.0])
+    )
     assert torch.allclose(model.loss(logits, targets), expected)
 
 
@@ -113,11 +115,12 @@ def test_binary_classifier_is_the_thesis_path_unchanged():
     model = BinaryClassifier(net=SMALL_CNN, optimizer=ADAM, class_weight=2.5)
     torch.manual_seed(3)
     reference = ThesisCNN(in_channels=1, image_size=32, filters=[4, 8], hidden=8)
-    images, targets = torch.rand(6, 1, 32, 32), torch.tensor([0., 1, 1, 0, 1, 0])
+    images, targets = torch.rand(6, 1, 32, 32), torch.tensor([0.0, 1, 1, 0, 1, 0])
     logits = model(images)
     assert logits.shape == (6,) and torch.equal(logits, reference(images))
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(reference(images), targets,
-                                                                    pos_weight=torch.tensor(2.5))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        reference(images), targets, pos_weight=torch.tensor(2.5)
+    )
     assert torch.equal(model.loss(logits, targets), expected)
     assert model.hparams.task == "binary" and model.hparams.findings == ["finding"]
 
@@ -146,7 +149,7 @@ def test_imagenet_weights_for_the_thesis_network_are_refused():
 def test_torchvision_backbone_trains_on_the_cpu_fast_path_channels_last_and_bf16():
     net = {"_target_": "cxr.models.backbones.TorchvisionNet", "name": "resnet18", "in_channels": 1}
     model = Classifier(net=net, optimizer=ADAM, task="multilabel", findings=FINDINGS3, channels_last=True)
-    images, targets = torch.rand(4, 1, 64, 64), torch.tensor([[1., 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]])
+    images, targets = torch.rand(4, 1, 64, 64), torch.tensor([[1.0, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(images)
     assert logits.dtype == torch.bfloat16 and logits.shape == (4, 3)
@@ -162,10 +165,13 @@ def test_model_presets_name_their_torchvision_network(make_cfg, preset):
     assert cfg.model.findings == cfg.task.findings and len(cfg.model.findings) == 14
 
 
-@pytest.mark.parametrize("overrides, outputs", [
-    (["task=multilabel", "task.findings=[Mass,Nodule]"], 2),
-    (["program=D"], 1),
-])
+@pytest.mark.parametrize(
+    "overrides, outputs",
+    [
+        (["task=multilabel", "task.findings=[Mass,Nodule]"], 2),
+        (["program=D"], 1),
+    ],
+)
 def test_any_torchvision_model_by_name_composes_into_a_classifier(make_cfg, overrides, outputs):
     from hydra.utils import instantiate
 

@@ -1,5 +1,6 @@
 """Multi-label task, end to end: the binary programs' results unchanged, training on the marked demo data, and
 (real_data) the CheXNet preset on the NIH sample with the official lists."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,22 @@ from omegaconf import open_dict
 
 from tests.conftest import NIH_META, NIH_SAMPLE, require_real_data
 
-
 # ------------------------------------------------------------------------------------------------ end to end
 # test-split AUROC and predicted probabilities of `debug=fdr` runs on the session demo set (tests/conftest.py), as
 # the code before the multi-label task gave them (commit 2a18474): the binary programs must not move.
 BINARY_BEFORE = {
-    "A": {"auroc": 0.43529411764705883, "prob_sum": 11.334091230000002,
-          "prob_first": [0.29769972, 0.30713528, 0.30204928, 0.32049495, 0.30944443], "n": 37},
-    "D": {"auroc": 0.3, "prob_sum": 3.4649944699999997,
-          "prob_first": [0.37786368, 0.37683383, 0.38826317, 0.38953817, 0.3733248], "n": 9},
+    "A": {
+        "auroc": 0.43529411764705883,
+        "prob_sum": 11.334091230000002,
+        "prob_first": [0.29769972, 0.30713528, 0.30204928, 0.32049495, 0.30944443],
+        "n": 37,
+    },
+    "D": {
+        "auroc": 0.3,
+        "prob_sum": 3.4649944699999997,
+        "prob_first": [0.37786368, 0.37683383, 0.38826317, 0.38953817, 0.3733248],
+        "n": 9,
+    },
 }
 
 
@@ -31,8 +39,11 @@ def test_binary_programs_give_the_results_they_gave_before_multilabel(make_cfg, 
 
     # A-C have since moved, deliberately, to Keras 2's clipped loss and Adam (Keras parity, tests/test_keras_parity.py):
     # set back to the loss and optimizer of commit 2a18474, so that this test isolates the multi-label refactor
-    recipe_then = (["program.training.loss=bce_with_logits", "program.training.optimizer=torch.optim.Adam"]
-                   if program in ("A", "B", "C") else [])
+    recipe_then = (
+        ["program.training.loss=bce_with_logits", "program.training.optimizer=torch.optim.Adam"]
+        if program in ("A", "B", "C")
+        else []
+    )
     cfg = make_cfg([f"program={program}", "debug=fdr", "logger=csv", *recipe_then])
     metrics = train(cfg)
     predictions = pd.read_csv(Path(cfg.paths.output_dir) / "predictions_test.csv")
@@ -53,8 +64,15 @@ def marked_demo(tmp_path_factory) -> Path:
 
 
 def marked_demo_overrides(root: Path) -> list[str]:
-    return ["data=demo", f"data.root={root}", f"data.labels={root}/Data_Entry_demo.csv", "data.demo.n_patients=40",
-            "data.demo.images_per_patient=[1,4]", "data.demo.image_size=96", "evaluation.bootstrap.n_resamples=100"]
+    return [
+        "data=demo",
+        f"data.root={root}",
+        f"data.labels={root}/Data_Entry_demo.csv",
+        "data.demo.n_patients=40",
+        "data.demo.images_per_patient=[1,4]",
+        "data.demo.image_size=96",
+        "evaluation.bootstrap.n_resamples=100",
+    ]
 
 
 def check_multilabel_run(output_dir: Path, findings: list[str]) -> dict:
@@ -76,10 +94,12 @@ def check_multilabel_run(output_dir: Path, findings: list[str]) -> dict:
     assert np.allclose(predictions["probability"], probabilities.max(axis=1), atol=1e-6)
     assert (predictions["label"] == predictions[[f"label_{f}" for f in findings]].max(axis=1)).all()
     table = pd.read_csv(output_dir / "findings_test.csv")
-    assert table["finding"].tolist()[:len(findings)] == findings and "CheXNet 2017" in table.columns
+    assert table["finding"].tolist()[: len(findings)] == findings and "CheXNet 2017" in table.columns
     assert (output_dir / "roc_findings_test.png").stat().st_size > 0
-    assert "splits differ" in (output_dir / "findings_test.md").read_text() or \
-        "differ from NIH's official split" in (output_dir / "findings_test.md").read_text()
+    assert (
+        "splits differ" in (output_dir / "findings_test.md").read_text()
+        or "differ from NIH's official split" in (output_dir / "findings_test.md").read_text()
+    )
     return metrics
 
 
@@ -97,9 +117,16 @@ def test_multilabel_task_runs_end_to_end_on_the_marked_demo(make_cfg, marked_dem
 def test_history_has_each_epochs_own_multilabel_training_auroc(make_cfg, marked_demo):
     from cxr.jobs.train import train
 
-    cfg = make_cfg(marked_demo_overrides(marked_demo) + ["task=multilabel", "trainer.max_epochs=3", "logger=csv",
-                                                         "+trainer.limit_train_batches=4",
-                                                         "evaluation.bootstrap.n_resamples=10"])
+    cfg = make_cfg(
+        marked_demo_overrides(marked_demo)
+        + [
+            "task=multilabel",
+            "trainer.max_epochs=3",
+            "logger=csv",
+            "+trainer.limit_train_batches=4",
+            "evaluation.bootstrap.n_resamples=10",
+        ]
+    )
     train(cfg)
     output_dir = Path(cfg.paths.output_dir)
     history = pd.read_csv(output_dir / "history.csv")
@@ -114,8 +141,10 @@ def test_history_has_each_epochs_own_multilabel_training_auroc(make_cfg, marked_
 def test_chexnet_preset_runs_on_the_demo_without_weights(make_cfg, marked_demo):
     from cxr.jobs.train import train
 
-    cfg = make_cfg(marked_demo_overrides(marked_demo) + ["experiment=chexnet", "model.weights=none", "debug=fdr",
-                                                         "evaluation.inference_backend=torch"])
+    cfg = make_cfg(
+        marked_demo_overrides(marked_demo)
+        + ["experiment=chexnet", "model.weights=none", "debug=fdr", "evaluation.inference_backend=torch"]
+    )
     assert cfg.data.split.method == "official" and cfg.program.preprocessing.image_size == 224
     assert cfg.model.net.name == "densenet121" and list(cfg.program.preprocessing.mean) == [0.485, 0.456, 0.406]
     with open_dict(cfg):  # the recipe as composed, on smaller images to keep the test short on 2 CPU cores
@@ -131,8 +160,16 @@ def test_chexnet_preset_runs_on_the_real_nih_sample_with_the_official_lists(make
     from cxr.jobs.train import train
 
     require_real_data(NIH_SAMPLE)
-    cfg = make_cfg(["experiment=chexnet_nih_sample", "model.weights=none", "debug=fdr", "data_check=false",
-                    "evaluation.inference_backend=torch", "evaluation.bootstrap.n_resamples=100"])
+    cfg = make_cfg(
+        [
+            "experiment=chexnet_nih_sample",
+            "model.weights=none",
+            "debug=fdr",
+            "data_check=false",
+            "evaluation.inference_backend=torch",
+            "evaluation.bootstrap.n_resamples=100",
+        ]
+    )
     assert cfg.model.net.name == "densenet121" and cfg.data.split.method == "official"
     with open_dict(cfg):  # DenseNet-121 on 500 images at 224 px takes minutes on 2 shared CPU cores
         cfg.program.preprocessing.image_size = 64
@@ -141,11 +178,14 @@ def test_chexnet_preset_runs_on_the_real_nih_sample_with_the_official_lists(make
     # the sample's images in NIH's test_list.txt, less the external set's patients that the preset holds out
     labels = pd.read_csv(NIH_SAMPLE / "labels.csv")
     official_test = set((NIH_META / "test_list.txt").read_text().split())
-    held_out = set(labels.loc[labels["Image Index"].isin([f.name for f in (NIH_SAMPLE / "full-res").glob("*.png")]),
-                              "Patient ID"])
+    held_out = set(
+        labels.loc[labels["Image Index"].isin([f.name for f in (NIH_SAMPLE / "full-res").glob("*.png")]), "Patient ID"]
+    )
     expected = labels["Image Index"].isin(official_test) & ~labels["Patient ID"].isin(held_out)
     assert metrics["split"]["test"]["images"] == int(expected.sum()) > 0
     # the mean is over the findings with positives and negatives among those test images
     test_findings = labels.loc[expected, "Finding Labels"].str.split("|")
-    scored = {f for f in cfg.task.findings if 0 < test_findings.map(lambda found: f in found).sum() < len(test_findings)}
+    scored = {
+        f for f in cfg.task.findings if 0 < test_findings.map(lambda found: f in found).sum() < len(test_findings)
+    }
     assert metrics["test"]["mean_auroc"]["n_findings"] == len(scored) >= 10

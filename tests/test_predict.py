@@ -1,4 +1,5 @@
 """predict.py, export.py and the model card, on a checkpoint trained here (one epoch of program D on the demo set)."""
+
 from __future__ import annotations
 
 import json
@@ -16,17 +17,33 @@ from PIL import Image
 
 pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
 
-from cxr.models.checkpoints import load_classifier
 from cxr.data.dataset import Preprocessing
-from cxr.jobs.export import export
 from cxr.data.inputs import collect_inputs, prepare_input
 from cxr.errors import PredictError
-from cxr.jobs.predict import (Predictor, load_predictor, onnx_metadata, operating_points, output_names, predict,
-                         predict_rows)
+from cxr.jobs.export import export
+from cxr.jobs.predict import (
+    Predictor,
+    load_predictor,
+    onnx_metadata,
+    operating_points,
+    output_names,
+    predict,
+    predict_rows,
+)
 from cxr.jobs.train import train
+from cxr.models.checkpoints import load_classifier
 from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data
-from tests.dicom_fixtures import (NARROW_PNG, PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, source_pixels,
-                                  write_as_stored, write_broken_set, write_lossless_set)
+from tests.dicom_fixtures import (
+    NARROW_PNG,
+    PATIENT_BIRTH,
+    PATIENT_ID,
+    PATIENT_NAME,
+    SOURCE_PNG,
+    source_pixels,
+    write_as_stored,
+    write_broken_set,
+    write_lossless_set,
+)
 
 PROBABILITY_TOLERANCE = 1e-6  # same pixels -> same input tensor; only the batch composition differs
 
@@ -35,8 +52,12 @@ PROBABILITY_TOLERANCE = 1e-6  # same pixels -> same input tensor; only the batch
 def trained_run(demo_root, tmp_path_factory) -> Path:
     """A finished training run with a real checkpoint and metrics.json (about 20 s on 2 cores)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_config("train", DEMO_OVERRIDES(demo_root) + [
-        "program=D", "trainer.max_epochs=1", "logger=csv", "evaluation.bootstrap.n_resamples=50"], run)
+    cfg = compose_config(
+        "train",
+        DEMO_OVERRIDES(demo_root)
+        + ["program=D", "trainer.max_epochs=1", "logger=csv", "evaluation.bootstrap.n_resamples=50"],
+        run,
+    )
     train(cfg)
     return run
 
@@ -75,9 +96,10 @@ def test_operating_point_comes_from_the_run_else_05(trained_run, tmp_path):
 def test_per_finding_operating_points_of_a_multilabel_run(tmp_path):
     """metrics.json of a multi-label run: metrics["test"]["findings"][finding]["operating_point"]["threshold"]."""
     (tmp_path / "checkpoints").mkdir()
-    findings = {"Effusion": {"auroc": {"value": 0.8}, "operating_point": {"chosen_on": "youden on val",
-                                                                          "threshold": 0.23}},
-                "Mass": {"auroc": {"value": None}, "operating_point": {"threshold": None}}}
+    findings = {
+        "Effusion": {"auroc": {"value": 0.8}, "operating_point": {"chosen_on": "youden on val", "threshold": 0.23}},
+        "Mass": {"auroc": {"value": None}, "operating_point": {"threshold": None}},
+    }
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"task": "multilabel", "findings": findings}}))
     thresholds, source = operating_points(tmp_path / "checkpoints" / "best.ckpt", ["Effusion", "Mass"])
     assert thresholds == [0.23, 0.5] and "youden on val" in source and "0.5 for Mass" in source
@@ -91,10 +113,24 @@ def test_model_card_of_a_multilabel_run(make_cfg, tmp_path):
     cfg = make_cfg([])
     with open_dict(cfg):
         cfg.task = {"name": "multilabel", "findings": ["Effusion", "Mass"]}
-    metrics = {"program": "D", "data": "demo", "params": 1, "checkpoint": None, "epochs_trained": 1,
-               "test": {"n": 9, "task": "multilabel", "mean_auroc": {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8},
-                        "findings": {"Effusion": {"auroc": {"value": 0.71, "ci_low": 0.61, "ci_high": 0.81},
-                                                  "operating_point": {"threshold": 0.2, "sensitivity": 0.8}}}}}
+    metrics = {
+        "program": "D",
+        "data": "demo",
+        "params": 1,
+        "checkpoint": None,
+        "epochs_trained": 1,
+        "test": {
+            "n": 9,
+            "task": "multilabel",
+            "mean_auroc": {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8},
+            "findings": {
+                "Effusion": {
+                    "auroc": {"value": 0.71, "ci_low": 0.61, "ci_high": 0.81},
+                    "operating_point": {"threshold": 0.2, "sensitivity": 0.8},
+                }
+            },
+        },
+    }
     card = model_card(cfg, metrics, tmp_path)
     assert "multi-label: one probability per finding (2: Effusion, Mass)" in card
     assert "| Effusion | 0.710 [0.610, 0.810] | n/a | 0.200 | 0.800 | n/a |" in card
@@ -156,8 +192,9 @@ def _snapshot(folder: Path) -> dict:
 @pytest.mark.real_data
 def test_predict_mixed_folder_one_row_per_input(trained_run, mixed_folder, tmp_path):
     before = _snapshot(mixed_folder)
-    cfg = predict_cfg(tmp_path, [f"ckpt_path={checkpoint_of(trained_run)}", f"inputs={mixed_folder}", "json=true",
-                                 "cam=true"])
+    cfg = predict_cfg(
+        tmp_path, [f"ckpt_path={checkpoint_of(trained_run)}", f"inputs={mixed_folder}", "json=true", "cam=true"]
+    )
     status = predict(cfg)
     out = Path(cfg.paths.output_dir)
     assert status == 1 and _snapshot(mixed_folder) == before  # failures reported; nothing written beside inputs
@@ -208,16 +245,20 @@ def test_lossless_dicoms_of_a_png_predict_the_png_probability(trained_run, tmp_p
     dicoms = write_as_stored(inputs / "dicom", source_pixels(NARROW_PNG))
     work = tmp_path / "work"
     work.mkdir()
-    result = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt_path={checkpoint_of(trained_run)}",
-                             f"inputs={inputs}"], cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "predict.py"), f"ckpt_path={checkpoint_of(trained_run)}", f"inputs={inputs}"],
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     (predictions,) = work.glob("outputs/predict/runs/*/predictions.csv")
     p = pd.read_csv(predictions).set_index("path")["probability_finding"]
     assert len(p) == 4 and all(abs(p[str(d)] - p[str(png)]) <= PROBABILITY_TOLERANCE for d in dicoms.values())
 
-    cfg = predict_cfg(tmp_path, [f"ckpt_path={checkpoint_of(trained_run)}", f"inputs={inputs}",
-                                 "dicom.window=minmax"])
+    cfg = predict_cfg(tmp_path, [f"ckpt_path={checkpoint_of(trained_run)}", f"inputs={inputs}", "dicom.window=minmax"])
     assert predict(cfg) == 0
     stretched = pd.read_csv(Path(cfg.paths.output_dir) / "predictions.csv").set_index("path")["probability_finding"]
     assert stretched[str(png)] == pytest.approx(p[str(png)], abs=PROBABILITY_TOLERANCE)
@@ -235,10 +276,21 @@ def test_multilabel_outputs_and_grad_cam_per_finding(tmp_path):
     from cxr.evaluation.gradcam import write_cam_report
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    predictor = Predictor(Preprocessing(channels=1, image_size=32), ["Effusion", "Mass", "Nodule"], [0.2, 0.5, 0.8],
-                          "given", "torch", model=net.eval())
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+    predictor = Predictor(
+        Preprocessing(channels=1, image_size=32),
+        ["Effusion", "Mass", "Nodule"],
+        [0.2, 0.5, 0.8],
+        "given",
+        "torch",
+        model=net.eval(),
+    )
     for i in range(3):
         Image.fromarray((np.random.default_rng(i).random((40, 40)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
@@ -260,18 +312,33 @@ def test_multilabel_onnx_export_runs_alone_with_its_metadata(tmp_path):
     class Classifier(torch.nn.Module):  # a forward with len(images), as the multi-label LightningModule has
         def __init__(self):
             super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                           torch.nn.Flatten(), torch.nn.Linear(4, 3))
+            self.net = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 4, 3),
+                torch.nn.ReLU(),
+                torch.nn.AdaptiveAvgPool2d(1),
+                torch.nn.Flatten(),
+                torch.nn.Linear(4, 3),
+            )
 
         def forward(self, images):
             return self.net(images).reshape(len(images), -1)
 
     torch.manual_seed(0)
     net = Classifier().eval()
-    preprocessing = {"channels": 1, "image_size": 32, "resample": "bilinear", "pixel_divisor": 255.0,
-                     "mean": 0.5, "std": 0.25}
-    meta = {"preprocessing": preprocessing, "output_names": ["Effusion", "Mass", "Nodule"],
-            "thresholds": [0.1, 0.5, 0.9], "threshold_source": "test"}
+    preprocessing = {
+        "channels": 1,
+        "image_size": 32,
+        "resample": "bilinear",
+        "pixel_divisor": 255.0,
+        "mean": 0.5,
+        "std": 0.25,
+    }
+    meta = {
+        "preprocessing": preprocessing,
+        "output_names": ["Effusion", "Mass", "Nodule"],
+        "thresholds": [0.1, 0.5, 0.9],
+        "threshold_source": "test",
+    }
     export_onnx(graph_module(net, 3), torch.zeros(2, 1, 32, 32), tmp_path / "m.onnx", meta)  # batch 2, run on 5
     for i in range(5):
         Image.fromarray((np.random.default_rng(i).random((40, 50)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
@@ -300,8 +367,11 @@ def test_bad_model_argument_is_one_clear_error(tmp_path):
 def test_export_onnx_and_torchscript_reproduce_the_checkpoint(trained_run, mixed_folder, tmp_path):
     """Parity at export time, metadata embedded, and predict.py from the .onnx alone agrees with the checkpoint."""
     ckpt = checkpoint_of(trained_run)
-    onnx_cfg = compose_config("export", [f"ckpt_path={ckpt}", "format=onnx",
-                                         f"parity_inputs={NIH_SAMPLE / 'images'}", "parity_n=32"], tmp_path / "onnx")
+    onnx_cfg = compose_config(
+        "export",
+        [f"ckpt_path={ckpt}", "format=onnx", f"parity_inputs={NIH_SAMPLE / 'images'}", "parity_n=32"],
+        tmp_path / "onnx",
+    )
     report = export(onnx_cfg)
     onnx_file = Path(report["export"])
     stored = json.loads(onnx_file.with_name("model.onnx.parity.json").read_text())
@@ -338,8 +408,14 @@ def test_predict_command_line_exit_statuses_and_no_patient_data_in_logs(trained_
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def run(*arguments):
-        return subprocess.run([sys.executable, "predict.py", *arguments, f"hydra.run.dir={tmp_path / 'run'}"],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "predict.py", *arguments, f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     result = run(f"ckpt_path={tmp_path / 'none.ckpt'}", "inputs=x")
     assert result.returncode == 2
@@ -351,8 +427,9 @@ def test_predict_command_line_exit_statuses_and_no_patient_data_in_logs(trained_
     result = run(f"ckpt_path={checkpoint_of(trained_run)}", f"inputs=@{tmp_path / 'list.txt'}")  # as documented
     assert result.returncode == 0, result.stderr
     assert "2 input(s): 2 predicted, 0 failed" in result.stdout
-    logged = [result.stdout, result.stderr] + [f.read_text(errors="replace") for f in (tmp_path / "run").rglob("*")
-                                               if f.is_file()]
+    logged = [result.stdout, result.stderr] + [
+        f.read_text(errors="replace") for f in (tmp_path / "run").rglob("*") if f.is_file()
+    ]
     assert any("invalid_values.dcm" in text for text in logged)
     for secret in (PATIENT_NAME, PATIENT_ID, "not-a-date"):
         assert not any(secret in text for text in logged), secret

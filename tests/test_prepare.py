@@ -1,5 +1,6 @@
 """python -m cxr.prepare: one pass over the configured dataset into the cache (and shards), reused afterwards;
 caches listed and pruned; bad input in one line."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ def test_prepare_builds_once_then_training_reads_it(make_cfg, tmp_path, monkeypa
 
     monkeypatch.setattr(images_module, "load_image", fail)
     monkeypatch.setattr(dataset_module, "load_image", fail)
-    datamodule = instantiate(make_cfg(["data.cache=true", f"data.cache_dir={tmp_path / 'cache'}",
-                                       "program=B"]).data)  # another program with the same size and filter
+    datamodule = instantiate(
+        make_cfg(["data.cache=true", f"data.cache_dir={tmp_path / 'cache'}", "program=B"]).data
+    )  # another program with the same size and filter
     datamodule.setup("fit")
     assert len(datamodule.datasets["train"][0][0]) == 1
 
@@ -57,14 +59,25 @@ def test_list_marks_what_is_in_use_and_prune_deletes_the_rest(make_cfg, tmp_path
 
 def run_cli(tmp_path, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cxr.prepare", f"paths.log_dir={tmp_path}/outputs", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cxr.prepare", f"paths.log_dir={tmp_path}/outputs", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_command_line_reports_bad_input_in_one_line_and_writes_no_run_directory(tmp_path):
-    result = run_cli(tmp_path, "data=nih", f"data.root={tmp_path}/nowhere", f"data.labels={tmp_path}/none.csv",
-                     f"data.cache_dir={tmp_path}/cache")
+    result = run_cli(
+        tmp_path,
+        "data=nih",
+        f"data.root={tmp_path}/nowhere",
+        f"data.labels={tmp_path}/none.csv",
+        f"data.cache_dir={tmp_path}/cache",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("cxr.prepare: ")
     assert f"{tmp_path}/none.csv" in result.stderr
@@ -75,8 +88,15 @@ def test_command_line_reports_bad_input_in_one_line_and_writes_no_run_directory(
 @pytest.mark.real_data
 def test_prepare_the_real_sample_with_shards(tmp_path):
     require_real_data(NIH_SAMPLE)
-    result = run_cli(tmp_path, "experiment=thesis_nih_sample", "program=C", f"data.cache_dir={tmp_path}/cache",
-                     f"data.shards_dir={tmp_path}/shards", "--shards", "--workers=2")
+    result = run_cli(
+        tmp_path,
+        "experiment=thesis_nih_sample",
+        "program=C",
+        f"data.cache_dir={tmp_path}/cache",
+        f"data.shards_dir={tmp_path}/shards",
+        "--shards",
+        "--workers=2",
+    )
     print(result.stdout, result.stderr[-3000:])
     assert result.returncode == 0
     # the preset holds the external set's patients out (data.exclude): 915 of the 963 labelled images are split,

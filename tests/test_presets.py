@@ -1,6 +1,7 @@
 """Every option of every config group builds: composed as the command line composes it and its objects made on the
 CPU (Trainer with its strategy, model, callbacks, loggers, DataModule; for sweeps the sweeper and the launcher), so
 a key in the wrong place fails here and not on a GPU node. New presets are found by listing conf/."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,8 +60,23 @@ def test_every_preset_builds(group, option, tmp_path, monkeypatch):
 
 def test_every_preset_is_found():
     groups = config_groups()
-    assert {"trainer", "model", "task", "experiment", "program", "data", "split", "logger", "callbacks", "debug",
-            "evaluation", "hparams_search", "hydra/launcher", "hydra/sweeper", "paths"} <= set(groups)
+    assert {
+        "trainer",
+        "model",
+        "task",
+        "experiment",
+        "program",
+        "data",
+        "split",
+        "logger",
+        "callbacks",
+        "debug",
+        "evaluation",
+        "hparams_search",
+        "hydra/launcher",
+        "hydra/sweeper",
+        "paths",
+    } <= set(groups)
     assert "_thesis" not in groups["program"] and "_common" not in groups["data"]
     assert {"ddp", "ddp_cpu", "gpu"} <= set(groups["trainer"])
     assert {"basic", "slurm", "submitit_local"} <= set(groups["hydra/launcher"])

@@ -1,4 +1,5 @@
 """Program C for a few epochs on the real NIH sample, with the full-resolution originals as external set."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ from tests.test_train import check_run_directory
 @pytest.mark.real_data
 def test_program_c_trains_on_the_real_nih_sample(tmp_path):
     require_real_data(NIH_SAMPLE)
-    cfg = compose_config("train", ["experiment=thesis_nih_sample", "program=C", "trainer.max_epochs=3",
-                                   "callbacks.early_stopping=null"], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        ["experiment=thesis_nih_sample", "program=C", "trainer.max_epochs=3", "callbacks.early_stopping=null"],
+        tmp_path / "run",
+    )
     try:
         metrics = train(cfg)
     finally:
@@ -45,9 +49,11 @@ def test_program_c_trains_on_the_real_nih_sample(tmp_path):
     assert (output_dir / saved["checkpoint"]).is_file()
     for name in ("test", "external"):  # the saved numbers are those of the saved predictions (sklearn recomputes)
         predictions = pd.read_csv(output_dir / f"predictions_{name}.csv")
-        assert saved[name]["auroc"] == pytest.approx(roc_auc_score(predictions["label"], predictions["probability"]),
-                                                     abs=1e-9)
+        assert saved[name]["auroc"] == pytest.approx(
+            roc_auc_score(predictions["label"], predictions["probability"]), abs=1e-9
+        )
         predicted = (predictions["probability"] > 0.5).astype(int)  # the decision rule: a tie is class 0
-        assert saved[name]["confusion_matrix"] == confusion_matrix(predictions["label"], predicted,
-                                                                   labels=[0, 1]).tolist()
+        assert (
+            saved[name]["confusion_matrix"] == confusion_matrix(predictions["label"], predicted, labels=[0, 1]).tolist()
+        )
         assert set(predictions["image"]) == set(splits.loc[splits["split"] == "test", "image"]) or name != "test"

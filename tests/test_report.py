@@ -1,4 +1,5 @@
 """compare.py and cxr.evaluation.report: hand-made run directories with known numbers, then two real runs."""
+
 from __future__ import annotations
 
 import json
@@ -45,29 +46,43 @@ def collapsed_random() -> np.ndarray:
 
 def write_run(directory: Path, program: str, seed: int, probabilities, task: str = "train", channels: int = 3):
     directory.mkdir(parents=True)
-    config = {"task_name": task, "seed": seed, "ckpt_path": "/somewhere/best.ckpt" if task == "evaluate" else None,
-              "paths": {"output_dir": str(directory)},
-              "program": {"name": program, "preprocessing": {"channels": channels, "pixel_divisor": 255}},
-              "data": {"name": "demo", "split": {"method": "thesis", "seed": 100}, "batch_size": 10},
-              "trainer": {"max_epochs": 5, "default_root_dir": str(directory)},
-              "callbacks": {"model_checkpoint": {"dirpath": str(directory / "checkpoints")}}}
+    config = {
+        "task_name": task,
+        "seed": seed,
+        "ckpt_path": "/somewhere/best.ckpt" if task == "evaluate" else None,
+        "paths": {"output_dir": str(directory)},
+        "program": {"name": program, "preprocessing": {"channels": channels, "pixel_divisor": 255}},
+        "data": {"name": "demo", "split": {"method": "thesis", "seed": 100}, "batch_size": 10},
+        "trainer": {"max_epochs": 5, "default_root_dir": str(directory)},
+        "callbacks": {"model_checkpoint": {"dirpath": str(directory / "checkpoints")}},
+    }
     OmegaConf.save(OmegaConf.create(config), directory / "config.yaml")
     test = binary_metrics(LABELS, probabilities)
     test["ci"] = patient_bootstrap(LABELS, probabilities, PATIENTS, n_resamples=50)
     test["operating_point"] = {"chosen_on": "youden on val", **binary_metrics(LABELS, probabilities, 0.3)}
     test["calibration"] = {"ece": 0.1, "n_bins": 10}
     half = np.arange(len(LABELS)) < 30
-    test["subgroups"] = {"sex": {sex: binary_metrics(LABELS[mask], probabilities[mask])
-                                 for sex, mask in (("F", half), ("M", ~half))}}
-    metrics = {"program": program, "data": "demo", "params": 6_811_969, "checkpoint": "checkpoints/best.ckpt",
-               "epochs_trained": 5, "split": {"train": {"images": 3000, "patients": 1200, "class1_share": 0.46},
-                                              "test": {"images": 60, "patients": 30, "class1_share": 0.33}},
-               "test": test}
+    test["subgroups"] = {
+        "sex": {sex: binary_metrics(LABELS[mask], probabilities[mask]) for sex, mask in (("F", half), ("M", ~half))}
+    }
+    metrics = {
+        "program": program,
+        "data": "demo",
+        "params": 6_811_969,
+        "checkpoint": "checkpoints/best.ckpt",
+        "epochs_trained": 5,
+        "split": {
+            "train": {"images": 3000, "patients": 1200, "class1_share": 0.46},
+            "test": {"images": 60, "patients": 30, "class1_share": 0.33},
+        },
+        "test": test,
+    }
     if task == "evaluate":
         metrics["preprocessing"] = {"channels": channels, "pixel_divisor": 255}
     (directory / "metrics.json").write_text(json.dumps(metrics))
     pd.DataFrame({"image": IMAGES, "patient": PATIENTS, "label": LABELS, "probability": probabilities}).to_csv(
-        directory / "predictions_test.csv", index=False)
+        directory / "predictions_test.csv", index=False
+    )
     (directory / "roc_pr_test.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # referenced, never copied
 
 
@@ -90,7 +105,7 @@ def parse_table(markdown: str, first_header: str) -> list[dict]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     split = lambda line: [cell.strip() for cell in line.strip().strip("|").split(" | ")]  # noqa: E731
     headers, rows = split(lines[start]), []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(dict(zip(headers, split(line))))
@@ -118,8 +133,13 @@ def test_runs_table_has_the_thesis_table_3_columns_and_the_majority_rate(fake_ru
     for column in ("channels", "size train set", "accuracy class 0", "accuracy class 1"):  # thesis Table 3
         assert column in rows[A1]
     a1, a2, b1, ev = rows[A1], rows[A2], rows[B1], rows[EVAL]
-    assert (a1["program"], a1["seed"], a1["channels"], a1["size train set"], a1["test n"]) == ("A", "1", "3", "3000",
-                                                                                                "60")
+    assert (a1["program"], a1["seed"], a1["channels"], a1["size train set"], a1["test n"]) == (
+        "A",
+        "1",
+        "3",
+        "3000",
+        "60",
+    )
     assert (a1["accuracy"], a1["accuracy class 0"], a1["accuracy class 1"]) == ("100.0%", "100.0%", "100.0%")
     assert (a2["accuracy class 0"], a2["accuracy class 1"], a2["accuracy"]) == ("80.0%", "100.0%", "86.7%")
     assert a1["AUROC [95% CI]"] == "1.000 [1.000, 1.000]" and a2["balanced accuracy [95% CI]"].startswith("90.0% [")
@@ -170,7 +190,10 @@ def test_seed_summary_gives_mean_and_sd_of_runs_that_differ_only_in_seed(fake_ru
     row = parse_table((report.directory / "report.md").read_text(), "program")[0]
     assert (row["n runs"], row["seeds"], row["AUROC"]) == ("2", "1, 2", "1.000 ± 0.000")
     assert (row["balanced accuracy"], row["accuracy class 0"], row["accuracy class 1"]) == (
-        "95.0 ± 7.1%", "90.0 ± 14.1%", "100.0 ± 0.0%")
+        "95.0 ± 7.1%",
+        "90.0 ± 14.1%",
+        "100.0 ± 0.0%",
+    )
 
 
 def test_subgroups_figures_and_a_self_contained_html(fake_runs, tmp_path):
@@ -217,10 +240,11 @@ def test_compare_lists_the_directories_it_skipped_and_why(fake_runs, tmp_path, c
     printed = capsys.readouterr().out
     written = (tmp_path / "report" / "report.md").read_text()
     assert "skipped 3 directories without a finished run:" in printed and "## Skipped directories" in written
-    for directory, reason in ((failed, "failed: data.root is not set"),
-                              (killed, "unfinished: no metrics.json (killed or still running?); resume: python "
-                                       f"train.py resume={killed}"),
-                              (predicted, "a predict run, not a training or evaluation run")):
+    for directory, reason in (
+        (failed, "failed: data.root is not set"),
+        (killed, f"unfinished: no metrics.json (killed or still running?); resume: python train.py resume={killed}"),
+        (predicted, "a predict run, not a training or evaluation run"),
+    ):
         assert f"  {directory}: {reason}" in printed.splitlines()
         assert f"| {os.path.relpath(directory, tmp_path / 'report')} | {reason} |" in written
     assert "Comparison of 4 runs" in written  # the skipped directories are not runs
@@ -228,17 +252,20 @@ def test_compare_lists_the_directories_it_skipped_and_why(fake_runs, tmp_path, c
 
 def run_compare(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "compare.py", *map(str, args)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "compare.py", *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_compare_script(fake_runs, tmp_path):
-    result = run_compare(fake_runs / "multirun", fake_runs / "evaluate_A", "--out", tmp_path / "report",
-                         "--n-resamples", 50, "--seed", 3)
+    result = run_compare(
+        fake_runs / "multirun", fake_runs / "evaluate_A", "--out", tmp_path / "report", "--n-resamples", 50, "--seed", 3
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("| run | kind | program |") and f"| {B1} |" in result.stdout
     assert (tmp_path / "report" / "report.html").is_file() and "50 patient resamples (seed 3)" in (
-        tmp_path / "report" / "report.md").read_text()
+        tmp_path / "report" / "report.md"
+    ).read_text()
 
     missing = run_compare(tmp_path / "nowhere", "--out", tmp_path / "report2")
     assert missing.returncode == 2 and missing.stdout == ""
@@ -257,8 +284,14 @@ def test_report_on_two_real_runs(make_cfg, tmp_path):
 
     run_dirs = []
     for program in ("A", "B"):
-        cfg = make_cfg([f"program={program}", "trainer.max_epochs=1", "callbacks.early_stopping=null",
-                        "evaluation.bootstrap.n_resamples=50"])
+        cfg = make_cfg(
+            [
+                f"program={program}",
+                "trainer.max_epochs=1",
+                "callbacks.early_stopping=null",
+                "evaluation.bootstrap.n_resamples=50",
+            ]
+        )
         train(cfg)
         run_dirs.append(Path(cfg.paths.output_dir))
     report = compare(run_dirs, out=tmp_path / "report", n_resamples=200)
@@ -283,9 +316,22 @@ def test_a_sweep_of_programs_is_compared_under_their_names(tmp_path, demo_root):
 
     sweep_dir = tmp_path / "multirun"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    trained = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", "program=C,D", "debug=fdr",
-                              *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    trained = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "-m",
+            "program=C,D",
+            "debug=fdr",
+            *DEMO_OVERRIDES(demo_root),
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert sorted(d.name for d in sweep_dir.iterdir() if d.is_dir()) == ["0_C", "1_D"]
     for run, name in ((sweep_dir / "0_C", "C"), (sweep_dir / "1_D", "D")):

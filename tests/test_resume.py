@@ -1,6 +1,7 @@
 """Reproducibility and crash recovery with real subprocesses: same seed -> identical outputs; a run killed with
 SIGKILL mid-training and resumed with ``train.py resume=<run dir>`` ends exactly like an uninterrupted one, for a
 thesis program (B) and for program D (augmentation, class weights, LR schedule, input grids drawn at fit start)."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ EPOCHS = 5
 
 
 def settings(demo_root: Path, run_dir: Path, program: str = "B") -> list[str]:
-    return ["train.py", *DEMO_OVERRIDES(demo_root), f"program={program}", f"trainer.max_epochs={EPOCHS}",
-            "callbacks.early_stopping=null", "trainer.deterministic=true", f"hydra.run.dir={run_dir}"]
+    return [
+        "train.py",
+        *DEMO_OVERRIDES(demo_root),
+        f"program={program}",
+        f"trainer.max_epochs={EPOCHS}",
+        "callbacks.early_stopping=null",
+        "trainer.deterministic=true",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -63,12 +71,18 @@ def reference_run_d(tmp_path_factory, demo_root):
 
 @pytest.mark.parametrize("program", ["B", "D"])
 def test_killed_run_resumes_to_the_same_result(program, request, tmp_path, demo_root):
-    reference = request.getfixturevalue("reference_runs")[0] if program == "B" else request.getfixturevalue(
-        "reference_run_d")
+    reference = (
+        request.getfixturevalue("reference_runs")[0] if program == "B" else request.getfixturevalue("reference_run_d")
+    )
     run_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, *settings(demo_root, run_dir, program)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, *settings(demo_root, run_dir, program)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 600
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -107,8 +121,14 @@ def test_killed_run_resumes_to_the_same_result(program, request, tmp_path, demo_
 def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path, demo_root):
     run_dir = tmp_path / "terminated"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, *settings(demo_root, run_dir)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, *settings(demo_root, run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 600
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """hparams_search=optuna_D: cxr's Optuna sweeper (hydra_plugins/cxr_optuna_sweeper) on Optuna 4+: a study in SQLite
 under outputs/ that a second call continues, several workers share, and whose hopeless trials are pruned."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,12 @@ def test_search_preset_maximises_validation_auroc_of_program_d(make_cfg):
     assert cfg.program.name == "D" and sweeper.direction == "maximize" and cfg.hydra.mode == RunMode.MULTIRUN
     assert sweeper._target_ == "hydra_plugins.cxr_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner" and sweeper.monitor == "val/auroc"
-    assert {"program.training.lr", "program.training.batch_size", "program.training.augmentation.degrees",
-            "program.training.class_weight"} <= set(sweeper.params)
+    assert {
+        "program.training.lr",
+        "program.training.batch_size",
+        "program.training.augmentation.degrees",
+        "program.training.class_weight",
+    } <= set(sweeper.params)
 
 
 def test_the_search_space_reads_hydra_sweep_syntax_as_optuna_distributions():
@@ -29,9 +34,16 @@ def test_the_search_space_reads_hydra_sweep_syntax_as_optuna_distributions():
 
     from cxr.jobs.search import search_space
 
-    distributions, fixed = search_space(["a=tag(log, interval(1e-5, 3e-3))", "b=choice(8, 16, 32)",
-                                         "c=choice(1.0, balanced)", "d=range(1, 4)", "e=interval(0.0, 0.5)",
-                                         "seed=3"])
+    distributions, fixed = search_space(
+        [
+            "a=tag(log, interval(1e-5, 3e-3))",
+            "b=choice(8, 16, 32)",
+            "c=choice(1.0, balanced)",
+            "d=range(1, 4)",
+            "e=interval(0.0, 0.5)",
+            "seed=3",
+        ]
+    )
     assert distributions["a"] == FloatDistribution(1e-5, 3e-3, log=True)
     assert distributions["b"] == CategoricalDistribution([8, 16, 32])
     assert distributions["c"] == CategoricalDistribution([1.0, "balanced"])
@@ -81,8 +93,14 @@ def test_results_of_a_study_with_one_complete_trial_say_why_there_is_no_importan
 def _train(cwd, *args: str) -> subprocess.Popen:
     """``python train.py ...`` as a user types it, in ``cwd`` (no hydra.sweep.dir, no storage given)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _finish(process: subprocess.Popen) -> str:
@@ -99,8 +117,14 @@ def _study(cwd, name: str = "cxr_D_demo"):
 
 @pytest.mark.slow
 def test_documented_search_runs_from_a_fresh_directory_and_a_second_call_continues_it(tmp_path, demo_root):
-    command = ["hparams_search=optuna_D", "debug=fdr", "hydra.sweeper.n_trials=2", "logger=csv", "data_check=false",
-               *DEMO_OVERRIDES(demo_root)]
+    command = [
+        "hparams_search=optuna_D",
+        "debug=fdr",
+        "hydra.sweeper.n_trials=2",
+        "logger=csv",
+        "data_check=false",
+        *DEMO_OVERRIDES(demo_root),
+    ]
     _finish(_train(tmp_path, *command))
     _finish(_train(tmp_path, *command))
     study = _study(tmp_path)
@@ -113,8 +137,10 @@ def test_documented_search_runs_from_a_fresh_directory_and_a_second_call_continu
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["program"] == "D" and metrics["search"] == {"study": "cxr_D_demo", "trial": trial.number}
         assert trial.value == pytest.approx(metrics["validation"]["auroc_best"])  # validation, not test
-        assert f"program.training.lr={trial.params['program.training.lr']}" in (run / ".hydra" / "overrides.yaml"
-                                                                                ).read_text()
+        assert (
+            f"program.training.lr={trial.params['program.training.lr']}"
+            in (run / ".hydra" / "overrides.yaml").read_text()
+        )
     latest = sweeps[-1]
     best = study.best_trial
     assert f"best_trial: {best.number}" in (latest / "best.yaml").read_text()
@@ -129,14 +155,28 @@ def test_a_hopeless_trial_is_pruned_and_its_run_directory_says_so(tmp_path, demo
     import optuna
 
     (tmp_path / "outputs" / "search").mkdir(parents=True)
-    study = optuna.create_study(study_name="cxr_D_demo", direction="maximize",
-                                storage=f"sqlite:///{tmp_path / 'outputs' / 'search' / 'cxr_D_demo.db'}")
+    study = optuna.create_study(
+        study_name="cxr_D_demo",
+        direction="maximize",
+        storage=f"sqlite:///{tmp_path / 'outputs' / 'search' / 'cxr_D_demo.db'}",
+    )
     study.enqueue_trial({"program.training.lr": 1000.0})  # the hopeless trial first
-    _finish(_train(tmp_path, "hparams_search=optuna_D", "debug=fdr", "hydra.sweeper.n_trials=2", "logger=csv",
-                   "data_check=false", "program.training.lr=choice(1000.0, 0.001)",
-                   "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "~hydra.sweeper.pruner.n_startup_trials",
-                   "~hydra.sweeper.pruner.n_warmup_steps", "+hydra.sweeper.pruner.lower=0.5001",
-                   *DEMO_OVERRIDES(demo_root)))
+    _finish(
+        _train(
+            tmp_path,
+            "hparams_search=optuna_D",
+            "debug=fdr",
+            "hydra.sweeper.n_trials=2",
+            "logger=csv",
+            "data_check=false",
+            "program.training.lr=choice(1000.0, 0.001)",
+            "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+            "~hydra.sweeper.pruner.n_startup_trials",
+            "~hydra.sweeper.pruner.n_warmup_steps",
+            "+hydra.sweeper.pruner.lower=0.5001",
+            *DEMO_OVERRIDES(demo_root),
+        )
+    )
     trials = _study(tmp_path).trials
     hopeless = trials[0]
     assert hopeless.params["program.training.lr"] == 1000.0
@@ -150,8 +190,14 @@ def test_a_hopeless_trial_is_pruned_and_its_run_directory_says_so(tmp_path, demo
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicate_trials(tmp_path, demo_root):
-    command = ["hparams_search=optuna_D", "debug=fdr", "hydra.sweeper.n_trials=3", "logger=csv", "data_check=false",
-               *DEMO_OVERRIDES(demo_root)]
+    command = [
+        "hparams_search=optuna_D",
+        "debug=fdr",
+        "hydra.sweeper.n_trials=3",
+        "logger=csv",
+        "data_check=false",
+        *DEMO_OVERRIDES(demo_root),
+    ]
     workers = [_train(tmp_path, *command), _train(tmp_path, *command)]  # both at once, like two SLURM jobs
     for worker in workers:
         _finish(worker)

@@ -1,6 +1,7 @@
 """python -m cxr.serve as users run it: a subprocess on loopback, real HTTP, a checkpoint trained here (one epoch of
 program D on the demo set), the answers compared with predict.py's, every bad upload, the page in headless Chromium,
 and a graceful shutdown with requests in flight (last: it stops the module's server)."""
+
 from __future__ import annotations
 
 import base64
@@ -25,11 +26,20 @@ pytest.importorskip("pydicom", reason="pip install -e '.[predict]'")
 pytest.importorskip("litserve", reason="pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="pip install -e '.[serve]'")
 
-from cxr.jobs.train import train  # noqa: E402
 from cxr.jobs.predict import predict  # noqa: E402
-from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data  # noqa: E402
-from tests.dicom_fixtures import (PATIENT_BIRTH, PATIENT_ID, PATIENT_NAME, SOURCE_PNG, dataset,  # noqa: E402
-                                  save, source_pixels, write_broken_set, write_lossless_set)
+from cxr.jobs.train import train  # noqa: E402
+from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, compose_config, require_real_data  # noqa: E402
+from tests.dicom_fixtures import (
+    PATIENT_BIRTH,
+    PATIENT_ID,
+    PATIENT_NAME,
+    SOURCE_PNG,
+    dataset,  # noqa: E402
+    save,
+    source_pixels,
+    write_broken_set,
+    write_lossless_set,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]  # trains a checkpoint and runs the service (about a minute)
 PROBABILITY_TOLERANCE = 1e-5  # same prepared pixels; only the batch composition differs (ONNX Runtime kernels)
@@ -46,8 +56,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def checkpoint(demo_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_config("train", DEMO_OVERRIDES(demo_root) + [
-        "program=D", "trainer.max_epochs=1", "logger=csv", "evaluation.bootstrap.n_resamples=50"], run)
+    cfg = compose_config(
+        "train",
+        DEMO_OVERRIDES(demo_root)
+        + ["program=D", "trainer.max_epochs=1", "logger=csv", "evaluation.bootstrap.n_resamples=50"],
+        run,
+    )
     train(cfg)
     return run / json.loads((run / "metrics.json").read_text())["checkpoint"]
 
@@ -87,9 +101,22 @@ def service(checkpoint, tmp_path_factory):
     env = {**os.environ, "TMPDIR": str(home / "tmp")}
     log = open(home / "service.log", "wb")
     # a 2 s batching window: concurrent requests share batches, and the shutdown test finds them in flight
-    process = subprocess.Popen([sys.executable, "-m", "cxr.serve", f"ckpt_path={checkpoint}", f"port={port}",
-                                "batch_timeout=2.0", "max_batch_size=8", f"max_upload_mb={MAX_UPLOAD_MB}"],
-                               cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cxr.serve",
+            f"ckpt_path={checkpoint}",
+            f"port={port}",
+            "batch_timeout=2.0",
+            "max_batch_size=8",
+            f"max_upload_mb={MAX_UPLOAD_MB}",
+        ],
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -132,10 +159,14 @@ def test_health_ready_page_and_metrics(service):
 
 
 def test_concurrent_answers_equal_predict_py(service, checkpoint, inputs, tmp_path):
-    good = {k: v for k, v in inputs.items() if k in ("png", "jpeg", "thumbnail", "lateral_ct")
-            or v.parent.name == "dicom"}
-    cfg = compose_config("predict", [f"ckpt_path={checkpoint}", f"inputs=[{','.join(map(str, good.values()))}]",
-                                     "progress=false"], tmp_path / "predict")
+    good = {
+        k: v for k, v in inputs.items() if k in ("png", "jpeg", "thumbnail", "lateral_ct") or v.parent.name == "dicom"
+    }
+    cfg = compose_config(
+        "predict",
+        [f"ckpt_path={checkpoint}", f"inputs=[{','.join(map(str, good.values()))}]", "progress=false"],
+        tmp_path / "predict",
+    )
     assert predict(cfg) == 0
     expected = pd.read_csv(tmp_path / "predict" / "predictions.csv", keep_default_na=False).set_index("path")
     jobs = [(path, i % 2 == 1) for i, path in enumerate(list(good.values()) * 2)]  # raw and multipart, twice each
@@ -243,9 +274,18 @@ def test_web_page_in_headless_chromium(service, inputs, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     try:
@@ -253,9 +293,13 @@ def test_web_page_in_headless_chromium(service, inputs, tmp_path):
         driver.find_element(By.ID, "file").send_keys(str(inputs["mono1_12bit_window"]))
         wait = WebDriverWait(driver, 120)
         row = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.finding"))[0]
-        cam = wait.until(lambda d: [i for i in d.find_elements(By.CSS_SELECTOR, "img.cam")
-                                    if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
-                                                        i) == 320])[0]
+        cam = wait.until(
+            lambda d: [
+                i
+                for i in d.find_elements(By.CSS_SELECTOR, "img.cam")
+                if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) == 320
+            ]
+        )[0]
         expected = post(service["url"] + "/predict", inputs["mono1_12bit_window"]).json()["outputs"][0]
         cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
         assert cells[:3] == ["finding", f"{expected['probability']:.3f}", f"{expected['threshold']:.3f}"]
@@ -273,8 +317,13 @@ def test_bench_serve_section_as_documented(tmp_path):
     """``python -m cxr.bench --only serve`` with a few requests: its own service, 0 errors, the rows it promises."""
     require_real_data()
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "cxr.bench", "--only", "serve", "--tiny", "--serve-requests", "6",
-                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "cxr.bench", "--only", "serve", "--tiny", "--serve-requests", "6", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {row["measure"]: row for row in json.loads(out.read_text())["rows"]}
     for c in (1, 8, 32):

@@ -1,9 +1,9 @@
 """data.format=shards (LitData): the same images and labels as the PNG path, reshuffled per epoch, split across
 ranks and workers without duplicates or gaps, resumable mid-epoch; train.py runs on them."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -75,8 +75,9 @@ def test_rgb_programs_read_the_stored_grey_plane_as_three_channels(make_cfg, tmp
     assert a[0].shape[0] == 3 and torch.equal(a[0], b[0]) and a[1:] == b[1:]
     # one shard folder per split, written once; the greyscale program (same split sizes) reads the same shards
     folders = sorted(p.name for p in (tmp_path / "shards").iterdir())
-    assert len(folders) == 3 and all(json.loads((tmp_path / "shards" / f / "cxr-shards.json").read_text())
-                                     ["n_images"] > 0 for f in folders)
+    assert len(folders) == 3 and all(
+        json.loads((tmp_path / "shards" / f / "cxr-shards.json").read_text())["n_images"] > 0 for f in folders
+    )
     grey = _datamodule(make_cfg, tmp_path, "program=B", "data.format=shards")
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == folders
     assert torch.equal(grey.datasets["test"][0][0], b[0][:1] * 255)  # B: one channel, raw 0-255
@@ -148,8 +149,14 @@ def test_multilabel_shards_carry_the_multi_hot_targets(make_cfg, tmp_path):
 def test_train_runs_on_shards(make_cfg, tmp_path):
     from cxr.jobs.train import train
 
-    cfg = make_cfg(["data.format=shards", f"data.cache_dir={tmp_path / 'cache'}",
-                    f"data.shards_dir={tmp_path / 'shards'}", "debug=fdr"])
+    cfg = make_cfg(
+        [
+            "data.format=shards",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"data.shards_dir={tmp_path / 'shards'}",
+            "debug=fdr",
+        ]
+    )
     metrics = train(cfg)
     assert metrics["test"]["n"] > 0
 
@@ -160,8 +167,9 @@ def test_a_lightning_checkpoint_taken_mid_epoch_resumes_the_epoch_where_it_stopp
     checkpoint saved after 3 of an epoch's batches sees exactly that epoch's remaining images."""
     import lightning as L
 
-    datamodule = _datamodule(make_cfg, tmp_path, "program=B", "data.format=shards",
-                             "program.preprocessing.image_size=16")
+    datamodule = _datamodule(
+        make_cfg, tmp_path, "program=B", "data.format=shards", "program.preprocessing.image_size=16"
+    )
 
     class Recorder(L.LightningModule):
         def __init__(self):
@@ -175,7 +183,8 @@ def test_a_lightning_checkpoint_taken_mid_epoch_resumes_the_epoch_where_it_stopp
             if len(self.seen) <= 3 * datamodule.batch_size and batch_idx == 2:
                 self.trainer.save_checkpoint(tmp_path / "mid.ckpt")
             return torch.nn.functional.binary_cross_entropy_with_logits(
-                self.layer(images.flatten(1)).squeeze(1), targets)
+                self.layer(images.flatten(1)).squeeze(1), targets
+            )
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -183,18 +192,25 @@ def test_a_lightning_checkpoint_taken_mid_epoch_resumes_the_epoch_where_it_stopp
     def fit(ckpt_path=None) -> list[int]:
         L.seed_everything(5)
         model = Recorder()
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer = L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         trainer.fit(model, train_dataloaders=datamodule.train_dataloader(), ckpt_path=ckpt_path)
         return model.seen
 
     full = fit()
     assert sorted(full) == list(range(len(datamodule.datasets["train"])))
     rest = fit(tmp_path / "mid.ckpt")
-    assert full[:3 * datamodule.batch_size] + rest == full
+    assert full[: 3 * datamodule.batch_size] + rest == full
 
 
-DDP_SCRIPT = '''
+DDP_SCRIPT = """
 import json, sys
 import lightning as L
 import torch
@@ -229,7 +245,7 @@ class Recorder(L.LightningModule):
 trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 trainer.fit(Recorder())
-'''
+"""
 
 
 @pytest.mark.slow
@@ -250,8 +266,14 @@ def test_two_ddp_processes_share_each_epoch_without_duplicates(both, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, str(script), folder, str(tmp_path / "seen"), drop_last], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script), folder, str(tmp_path / "seen"), drop_last],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"seen.{rank}.json").read_text()) for rank in (0, 1)]
     orders = []

@@ -1,4 +1,5 @@
 """Tests for cxr.data.splits: the thesis' seeded shuffle, patient-disjoint splits, NIH's official lists."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,13 @@ import pytest
 from cxr.artifacts import file_digest
 from cxr.data.labels import read_labels
 from cxr.data.splits import (
-    SplitError, file_split, make_split, official_split, patient_split, resolve_size, summarise_split,
+    SplitError,
+    file_split,
+    make_split,
+    official_split,
+    patient_split,
+    resolve_size,
+    summarise_split,
     thesis_split,
 )
 from tests.conftest import NIH_META, NIH_SAMPLE, require_real_data
@@ -20,11 +27,13 @@ def make_table(n_patients: int = 120, max_images: int = 5, seed: int = 0, with_p
     counts = rng.integers(1, max_images + 1, size=n_patients)
     patients = np.repeat(np.arange(1, n_patients + 1), counts)
     follow_up = np.concatenate([np.arange(c) for c in counts])
-    table = pd.DataFrame({
-        "image": [f"{p:08d}_{f:03d}.png" for p, f in zip(patients, follow_up)],
-        "patient_id": pd.array(patients, dtype="Int64"),
-        "target": np.arange(len(patients)) % 2,
-    })
+    table = pd.DataFrame(
+        {
+            "image": [f"{p:08d}_{f:03d}.png" for p, f in zip(patients, follow_up)],
+            "patient_id": pd.array(patients, dtype="Int64"),
+            "target": np.arange(len(patients)) % 2,
+        }
+    )
     if not with_patients:
         table["patient_id"] = pd.array([pd.NA] * len(table), dtype="Int64")
     return table
@@ -44,8 +53,8 @@ def thesis_reference(n: int, n_train: int, n_val: int, seed: int = 100) -> np.nd
     np.random.shuffle(args)
     split = np.empty(n, dtype=object)
     split[args[:n_train]] = "train"
-    split[args[n_train:n_train + n_val]] = "val"
-    split[args[n_train + n_val:]] = "test"
+    split[args[n_train : n_train + n_val]] = "val"
+    split[args[n_train + n_val :]] = "test"
     return split
 
 
@@ -218,7 +227,7 @@ def thesis_preparation_code(labels_csv, alpha: int, beta: int) -> dict[str, dict
     for i, row in enumerate(metadata):
         im_name = row[0]
         label = row[1]
-        if label == 'No Finding':
+        if label == "No Finding":
             label = 0
         else:
             label = 1
@@ -233,22 +242,33 @@ def thesis_preparation_code(labels_csv, alpha: int, beta: int) -> dict[str, dict
     labels = labels[args]
 
     y_train, y_val, y_test = labels[:alpha], labels[alpha:beta], labels[beta:]
-    return {"train": dict(zip(paths[:alpha], y_train.tolist())), "val": dict(zip(paths[alpha:beta], y_val.tolist())),
-            "test": dict(zip(paths[beta:], y_test.tolist()))}
+    return {
+        "train": dict(zip(paths[:alpha], y_train.tolist())),
+        "val": dict(zip(paths[alpha:beta], y_val.tolist())),
+        "test": dict(zip(paths[beta:], y_test.tolist())),
+    }
 
 
 @pytest.mark.real_data
 @pytest.mark.parametrize("program, thesis_train", [("A", 3000), ("C", 4606)])
-def test_thesis_split_of_the_real_label_file_equals_the_thesis_code(make_cfg, restore_numpy_rng, program,
-                                                                    thesis_train):
+def test_thesis_split_of_the_real_label_file_equals_the_thesis_code(make_cfg, restore_numpy_rng, program, thesis_train):
     """End to end: the label file through cxr's table, image index and split (the DataModule a run uses) gives
     the images and labels of each split that the thesis' own preparation code gives."""
     from hydra.utils import instantiate
 
     require_real_data(NIH_SAMPLE)
     # the whole label file, as the thesis split it (the preset's held-out external patients and set removed)
-    datamodule = instantiate(make_cfg(["experiment=thesis_nih_sample", f"program={program}", "data.exclude=null",
-                                       "data.external.root=null", "data.external.labels=null"]).data)
+    datamodule = instantiate(
+        make_cfg(
+            [
+                "experiment=thesis_nih_sample",
+                f"program={program}",
+                "data.exclude=null",
+                "data.external.root=null",
+                "data.external.labels=null",
+            ]
+        ).data
+    )
     datamodule.setup("fit")
     n = len(pd.read_csv(NIH_SAMPLE / "labels.csv"))
     alpha = round(thesis_train / 5606 * n)  # the thesis' counts scaled to the sample (experiment preset)
@@ -267,18 +287,23 @@ def test_file_split_reapplies_a_saved_split_and_leaves_unlisted_images_out(tmp_p
     saved = table.assign(split=split)[["image", "patient_id", "split"]].rename(columns={"patient_id": "patient"})
     saved.to_csv(tmp_path / "splits.csv", index=False)
     assert make_split(table, "file", path=tmp_path / "splits.csv", train=0.9, seed=1).tolist() == split.tolist()
-    extra = pd.concat([table, pd.DataFrame({"image": ["unlisted.png"], "patient_id": [999], "target": [1]})],
-                      ignore_index=True)
+    extra = pd.concat(
+        [table, pd.DataFrame({"image": ["unlisted.png"], "patient_id": [999], "target": [1]})], ignore_index=True
+    )
     applied = file_split(extra, tmp_path / "splits.csv")
     assert applied.iloc[-1] is None and applied.iloc[:-1].tolist() == split.tolist()
 
 
 def test_file_split_refuses_images_that_are_gone(tmp_path):
     table = make_table(n_patients=30)
-    table.assign(split=thesis_split(table, train=0.6, val=0.2))[["image", "split"]].to_csv(tmp_path / "splits.csv",
-                                                                                           index=False)
-    with pytest.raises(SplitError, match=r"splits\.csv: 3 of \d+ images of the saved split are not among the "
-                                         r"labelled images found on disk \(first: "):
+    table.assign(split=thesis_split(table, train=0.6, val=0.2))[["image", "split"]].to_csv(
+        tmp_path / "splits.csv", index=False
+    )
+    with pytest.raises(
+        SplitError,
+        match=r"splits\.csv: 3 of \d+ images of the saved split are not among the "
+        r"labelled images found on disk \(first: ",
+    ):
         file_split(table.iloc[3:], tmp_path / "splits.csv")
     with pytest.raises(SplitError, match="saved split not found"):
         file_split(table, tmp_path / "nothing.csv")
@@ -309,7 +334,8 @@ def test_make_split_empty_val(method):
 def test_make_split_dispatches():
     table = make_table()
     assert make_split(table, "thesis", train=0.6, val=0.2, seed=4).equals(
-        thesis_split(table, train=0.6, val=0.2, seed=4))
+        thesis_split(table, train=0.6, val=0.2, seed=4)
+    )
 
 
 def test_make_split_zero_train():

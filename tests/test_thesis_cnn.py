@@ -1,5 +1,6 @@
 """The thesis network as Keras built it (Glorot-uniform weights, zero biases, 150 -> 7 after four conv/pool blocks)
 and trained it (EarlyStopping(monitor='acc', min_delta=0.0005, patience=2) on the training accuracy)."""
+
 from __future__ import annotations
 
 import math
@@ -35,15 +36,20 @@ def test_glorot_uniform_weights_and_zero_biases(channels):
 def test_per_layer_output_shapes_150_to_7():
     net = ThesisCNN(in_channels=3, image_size=150)
     shapes = []
-    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((type(m).__name__, tuple(o.shape[1:]))))
-             for m in [*net.features, *net.classifier]]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: shapes.append((type(m).__name__, tuple(o.shape[1:]))))
+        for m in [*net.features, *net.classifier]
+    ]
     net(torch.zeros(2, 3, 150, 150))
     for hook in hooks:
         hook.remove()
     expected = []  # Keras model.summary() of the thesis network
     for filters, size in ((32, 148), (64, 72), (128, 34), (256, 15)):
-        expected += [("Conv2d", (filters, size, size)), ("MaxPool2d", (filters, size // 2, size // 2)),
-                     ("ReLU", (filters, size // 2, size // 2))]  # pool then ReLU: they commute
+        expected += [
+            ("Conv2d", (filters, size, size)),
+            ("MaxPool2d", (filters, size // 2, size // 2)),
+            ("ReLU", (filters, size // 2, size // 2)),
+        ]  # pool then ReLU: they commute
     expected += [("Flatten", (256 * 7 * 7,)), ("Linear", (512,)), ("ReLU", (512,)), ("Linear", (1,))]
     assert shapes == expected
 
@@ -98,8 +104,15 @@ def test_early_stopping_stops_where_keras_would(make_cfg, name):
     accuracies = SEQUENCES[name]
     cfg = make_cfg(["program=A"])
     stopping = instantiate(cfg.callbacks.early_stopping)  # the thesis programs' own configuration
-    trainer = L.Trainer(max_epochs=len(accuracies), callbacks=[stopping], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=len(accuracies),
+        callbacks=[stopping],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(ScriptedAccuracy(accuracies))
     assert trainer.current_epoch == keras_early_stopping_epochs(accuracies)
 
@@ -107,6 +120,13 @@ def test_early_stopping_stops_where_keras_would(make_cfg, name):
 def test_the_scripted_sequences_cover_stopping_and_not_stopping():
     epochs = {name: keras_early_stopping_epochs(values) for name, values in SEQUENCES.items()}
     # worked by hand from Keras' rule: improvement = acc - 0.0005 > best; stop at the 2nd epoch in a row without one
-    assert epochs == {"improves then plateaus": 5, "creeps below min_delta": 3, "creeps above min_delta": 6,
-                      "one bad epoch recovers": 6, "two bad epochs after recovering": 6, "best is not the last": 4,
-                      "improves by less than min_delta over best": 4, "never stops": 5}
+    assert epochs == {
+        "improves then plateaus": 5,
+        "creeps below min_delta": 3,
+        "creeps above min_delta": 6,
+        "one bad epoch recovers": 6,
+        "two bad epochs after recovering": 6,
+        "best is not the last": 4,
+        "improves by less than min_delta over best": 4,
+        "never stops": 5,
+    }

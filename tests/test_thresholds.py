@@ -1,5 +1,6 @@
 """Tests for cxr.evaluation.thresholds (choosing a threshold on validation, applying it to test) and the
 binary_metrics keys f1/ppv/npv and the argsort-based auroc of cxr.evaluation.metrics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,10 @@ def test_youden_unique_optimum():
     labels = [0, 0, 1, 0, 1, 1, 1]
     probabilities = [0.2, 0.3, 0.5, 0.6, 0.9, 0.7, 0.8]
     assert youden_threshold(labels, probabilities) == 0.6
-    j = {t: sensitivity(labels, probabilities, t) + binary_metrics(labels, probabilities, t)["accuracy_class0"] - 1
-         for t in probabilities}
+    j = {
+        t: sensitivity(labels, probabilities, t) + binary_metrics(labels, probabilities, t)["accuracy_class0"] - 1
+        for t in probabilities
+    }
     assert max(j, key=j.get) == 0.6 and j[0.6] == pytest.approx(3 / 4)
 
 
@@ -59,8 +62,13 @@ def test_youden_agrees_with_brute_force():
     labels = rng.integers(0, 2, 300)
     probabilities = np.round(np.clip(rng.normal(0.4 + 0.2 * labels, 0.2), 0, 1), 2)
     best = max(
-        (binary_metrics(labels, probabilities, t)["accuracy_class1"]
-         + binary_metrics(labels, probabilities, t)["accuracy_class0"] - 1, -abs(t - 0.5), -t)
+        (
+            binary_metrics(labels, probabilities, t)["accuracy_class1"]
+            + binary_metrics(labels, probabilities, t)["accuracy_class0"]
+            - 1,
+            -abs(t - 0.5),
+            -t,
+        )
         for t in np.unique(probabilities)
     )
     chosen = youden_threshold(labels, probabilities)
@@ -70,8 +78,7 @@ def test_youden_agrees_with_brute_force():
 
 
 # ----------------------------------------------------------------------------------------- sensitivity
-@pytest.mark.parametrize("target, expected", [(1.0, 0.3), (0.75, 0.4), (0.7, 0.4), (0.5, 0.6), (0.25, 0.7),
-                                              (0.0, 0.8)])
+@pytest.mark.parametrize("target, expected", [(1.0, 0.3), (0.75, 0.4), (0.7, 0.4), (0.5, 0.6), (0.25, 0.7), (0.0, 0.8)])
 def test_sensitivity_threshold_hand_made(target, expected):
     assert sensitivity_threshold(VAL_LABELS, VAL_PROBABILITIES, target) == expected
 

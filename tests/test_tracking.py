@@ -1,5 +1,6 @@
 """logger=mlflow and logger=wandb beside the others: per-epoch metrics, final metrics with CIs, the resolved config,
 the run's name and its files as artifacts, in MLflow's local SQLite store and in a W&B offline run folder."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,10 +9,15 @@ import pytest
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No tracking library reaches the network: W&B offline, MLflow and W&B telemetry off, caches in tmp."""
-    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "DO_NOT_TRACK": "1",
-                       "MLFLOW_DISABLE_TELEMETRY": "true", "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
-                       "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"), "WANDB_DATA_DIR": str(tmp_path / "wandb-data")
-                       }.items():
+    for key, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
@@ -35,9 +41,16 @@ def test_one_run_is_tracked_in_mlflow_and_in_a_wandb_offline_folder(make_cfg, tm
 
     store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     (tmp_path / "mlflow").mkdir()
-    cfg = make_cfg(["logger=[csv,mlflow,wandb]", "trainer.max_epochs=2", "data_check=false",
-                    "evaluation.bootstrap.n_resamples=20", f"logger.mlflow.store={store}",
-                    f"logger.mlflow.artifact_location={tmp_path / 'mlflow' / 'artifacts'}"])
+    cfg = make_cfg(
+        [
+            "logger=[csv,mlflow,wandb]",
+            "trainer.max_epochs=2",
+            "data_check=false",
+            "evaluation.bootstrap.n_resamples=20",
+            f"logger.mlflow.store={store}",
+            f"logger.mlflow.artifact_location={tmp_path / 'mlflow' / 'artifacts'}",
+        ]
+    )
     metrics = train(cfg)
     run_dir = tmp_path / "run1"
 

@@ -1,4 +1,5 @@
 """End-to-end: train.py's job in-process with fast_dev_run, a multirun in a subprocess, evaluate.py round trip."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,18 @@ from cxr.jobs.train import train
 from cxr.run_dir import RunDirectoryError, failure_recorded, prepare_run_directory
 from tests.conftest import DEMO_OVERRIDES, REPO
 
-EVAL_SET_KEYS = {"n", "n_class0", "n_class1", "threshold", "accuracy", "accuracy_class0", "accuracy_class1",
-                 "balanced_accuracy", "auroc", "confusion_matrix"}
+EVAL_SET_KEYS = {
+    "n",
+    "n_class0",
+    "n_class1",
+    "threshold",
+    "accuracy",
+    "accuracy_class0",
+    "accuracy_class1",
+    "balanced_accuracy",
+    "auroc",
+    "confusion_matrix",
+}
 
 
 def check_run_directory(output_dir: Path, sets=("test",)) -> dict:
@@ -38,8 +49,7 @@ def check_run_directory(output_dir: Path, sets=("test",)) -> dict:
     return metrics
 
 
-@pytest.mark.parametrize("program, channels, params", [("A", 3, 6_811_969), ("B", 1, 6_811_393),
-                                                       ("C", 3, 6_811_969)])
+@pytest.mark.parametrize("program, channels, params", [("A", 3, 6_811_969), ("B", 1, 6_811_393), ("C", 3, 6_811_969)])
 def test_fast_dev_run_of_each_program(make_cfg, program, channels, params):
     cfg = make_cfg([f"program={program}", "debug=fdr"])
     metrics = train(cfg)
@@ -110,9 +120,16 @@ def run_script(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess
 @pytest.mark.slow
 def test_multirun_over_programs_in_a_subprocess(tmp_path, demo_root):
     sweep_dir = tmp_path / "multirun"
-    result = run_script([
-        "train.py", "-m", "program=A,B,C", "debug=fdr", *DEMO_OVERRIDES(demo_root), f"hydra.sweep.dir={sweep_dir}",
-    ])
+    result = run_script(
+        [
+            "train.py",
+            "-m",
+            "program=A,B,C",
+            "debug=fdr",
+            *DEMO_OVERRIDES(demo_root),
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = {d.name: json.loads((d / "metrics.json").read_text()) for d in sweep_dir.iterdir() if d.is_dir()}
     assert {name: m["program"] for name, m in runs.items()} == {"0_A": "A", "1_B": "B", "2_C": "C"}  # job_name
@@ -123,12 +140,22 @@ def test_evaluate_script_inherits_the_training_overrides(tmp_path, demo_root):
     """evaluate.py with only ckpt_path finds the program, data and split the checkpoint was trained with."""
     data = DEMO_OVERRIDES(demo_root)
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    result = run_script(["train.py", "program=C", "split=patient", "trainer.max_epochs=1", "logger=csv",
-                         *data, f"hydra.run.dir={train_dir}"])
+    result = run_script(
+        [
+            "train.py",
+            "program=C",
+            "split=patient",
+            "trainer.max_epochs=1",
+            "logger=csv",
+            *data,
+            f"hydra.run.dir={train_dir}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((train_dir / "metrics.json").read_text())
-    result = run_script(["evaluate.py", f"ckpt_path={train_dir / 'checkpoints' / 'last.ckpt'}",
-                         f"hydra.run.dir={eval_dir}"])
+    result = run_script(
+        ["evaluate.py", f"ckpt_path={train_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={eval_dir}"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["split"] == trained["split"]
@@ -201,8 +228,9 @@ def test_evaluate_scores_the_runs_own_test_split_and_refuses_a_changed_label_fil
     assert evaluated["test"]["confusion_matrix"] == trained["test"]["confusion_matrix"]
     assert evaluated["checkpoint_epoch"] == trained["checkpoint_epoch"] == 1
     # ... unless asked: split_from=config splits anew
-    anew = evaluate(make_cfg([*data, f"ckpt_path={ckpt}", "data.split.seed=7", "split_from=config"],
-                             config_name="evaluate"))
+    anew = evaluate(
+        make_cfg([*data, f"ckpt_path={ckpt}", "data.split.seed=7", "split_from=config"], config_name="evaluate")
+    )
     assert anew["split_from"] == "config" and anew["split"]["test"] != trained["split"]["test"]
 
     # a changed label file is refused
@@ -229,9 +257,18 @@ def test_last_checkpoint_is_the_end_of_fit_even_when_the_best_is_older(make_cfg)
     the end of fit (what evaluation.checkpoint=last scores and resume= continues from)."""
     import torch
 
-    cfg = make_cfg(["program=B", "trainer.max_epochs=3", "+trainer.limit_train_batches=2",
-                    "+trainer.limit_val_batches=1", "callbacks.early_stopping=null", "~logger",
-                    "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"])  # best: epoch 1
+    cfg = make_cfg(
+        [
+            "program=B",
+            "trainer.max_epochs=3",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1",
+            "callbacks.early_stopping=null",
+            "~logger",
+            "callbacks.model_checkpoint.monitor=epoch",
+            "callbacks.model_checkpoint.mode=min",
+        ]
+    )  # best: epoch 1
     metrics = train(cfg)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch001.ckpt", "last.ckpt"]
@@ -251,8 +288,9 @@ def test_run_names_say_what_differs(make_cfg):
     long = [safe_name("D-" + "x" * 100 + tail) for tail in ("a", "b")]
     assert long[0] != long[1] and all(len(n) <= MAX_NAME_LENGTH and "/" not in n for n in long)
     # evaluate.py, predict.py, export.py: the name of the run whose checkpoint they read
-    evaluation = make_cfg(["ckpt_path=/runs/2026-12-06_10-11-12-123456_D-seed2/checkpoints/best-epoch002.ckpt"],
-                          config_name="evaluate")
+    evaluation = make_cfg(
+        ["ckpt_path=/runs/2026-12-06_10-11-12-123456_D-seed2/checkpoints/best-epoch002.ckpt"], config_name="evaluate"
+    )
     assert run_name(evaluation) == "D-seed2"
 
 
@@ -263,13 +301,23 @@ def test_checkpoints_count_epochs_from_one_and_keep_what_is_asked(make_cfg):
     from cxr.errors import ConfigError
     from cxr.run_dir import directory_size
 
-    short = ["program=B", "seed=2", "trainer.max_epochs=2", "+trainer.limit_train_batches=2",
-             "+trainer.limit_val_batches=2", "callbacks.early_stopping=null", "data_check=false"]
+    short = [
+        "program=B",
+        "seed=2",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=2",
+        "callbacks.early_stopping=null",
+        "data_check=false",
+    ]
     cfg = make_cfg([*short, "callbacks.checkpoint.keep=all"])
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
-    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["epoch001.ckpt", "epoch002.ckpt",
-                                                                            "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == [
+        "epoch001.ckpt",
+        "epoch002.ckpt",
+        "last.ckpt",
+    ]
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2] and metrics["checkpoint_epoch"] == 2
     provenance = json.loads((run / "run.json").read_text())
     assert provenance["run_name"] == metrics["run_name"] == "B-seed2"

@@ -1,4 +1,5 @@
 """The dataset validation pass: every problem class on tiny datasets, the command line, and the real NIH sample."""
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,14 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from cxr.jobs.check import run_check
 from cxr.data.validation import ValidationReport, validate
+from cxr.jobs.check import run_check
 from tests.conftest import NIH_SAMPLE, REPO, compose_config, require_real_data
 
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-          "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 SPLIT = {"method": "thesis", "seed": 100, "train": 0.5, "val": 0.25}
 
 
@@ -27,8 +30,9 @@ def name(i: int) -> str:
 def write_labels(path: Path, names: list[str], findings: list[str] | None = None, header: str = HEADER) -> Path:
     """A label CSV in the 2020 NIH layout (two images per patient)."""
     findings = findings or ["No Finding" if i % 2 else "Effusion" for i in range(len(names))]
-    rows = [f"{n},{f},{i % 2},{i // 2 + 1},50,M,PA,2500,2048,0.143,0.143"
-            for i, (n, f) in enumerate(zip(names, findings))]
+    rows = [
+        f"{n},{f},{i % 2},{i // 2 + 1},50,M,PA,2500,2048,0.143,0.143" for i, (n, f) in enumerate(zip(names, findings))
+    ]
     path.write_text(header + "\n" + "".join(row + "\n" for row in rows))
     return path
 
@@ -70,8 +74,9 @@ def test_clean_dataset_is_ok(tmp_path):
     assert report.get("rows").message == "rows: 8 in labels.csv, 4 patient ids, class-1 (finding) share 0.500"
     assert report.get("images").message == f"images: 8 of 8 listed in labels.csv found under {root}"
     assert str(report.get("modes_sizes")) == "INFO image modes and sizes: L 16x16: 8"
-    assert str(report.get("split")) == ("INFO split=thesis: train 4 images / 3 patients, val 2 images / 2 patients, "
-                                        "test 2 images / 2 patients")
+    assert str(report.get("split")) == (
+        "INFO split=thesis: train 4 images / 3 patients, val 2 images / 2 patients, test 2 images / 2 patients"
+    )
     assert report.get("overlap").message.startswith("patients in more than one split: ")
     assert report.lines()[-1] == "OK: training can start (0 error(s), 0 warning(s))"
 
@@ -83,7 +88,8 @@ def test_missing_image_is_an_error(tmp_path):
     assert not report.ok
     assert str(report.get("missing")) == (
         f"ERROR missing images: 1 of 8 images listed in labels.csv are not under {root} (first: {names[3]}); "
-        "fix data.root, or skip them with data.missing=drop")
+        "fix data.root, or skip them with data.missing=drop"
+    )
     assert report.lines()[-1].startswith("FAILED")
 
 
@@ -113,7 +119,8 @@ def test_truncated_png(tmp_path):
     assert not report.ok and levels(report) == {"truncated": "ERROR"}
     assert str(report.get("truncated")) == (
         f"ERROR truncated images: 1 of 8 found end before their image data does (first: {names[2]}); "
-        f"cannot read image {path}: image file is truncated")
+        f"cannot read image {path}: image file is truncated"
+    )
 
 
 def test_not_an_image_with_png_name(tmp_path):
@@ -123,14 +130,18 @@ def test_not_an_image_with_png_name(tmp_path):
     assert not report.ok and levels(report) == {"unreadable": "ERROR"}
     assert str(report.get("unreadable")) == (
         f"ERROR unreadable images: 1 of 8 found cannot be decoded (first: {names[4]}); "
-        f"cannot read image {root / names[4]}: cannot identify image file '{root / names[4]}'")
+        f"cannot read image {root / names[4]}: cannot identify image file '{root / names[4]}'"
+    )
 
 
-@pytest.mark.parametrize("mode, size, shown", [
-    ("RGBA", (16, 16), ("RGBA 16x16: 1",)),
-    ("I;16", (16, 16), ("I;16 16x16: 1", "I 16x16: 1")),
-    ("L", (1, 1), ("L 1x1: 1",)),
-])
+@pytest.mark.parametrize(
+    "mode, size, shown",
+    [
+        ("RGBA", (16, 16), ("RGBA 16x16: 1",)),
+        ("I;16", (16, 16), ("I;16 16x16: 1", "I 16x16: 1")),
+        ("L", (1, 1), ("L 1x1: 1",)),
+    ],
+)
 def test_unusual_but_readable_images_are_facts(tmp_path, mode, size, shown):
     labels, root, names = dataset(tmp_path)
     write_png(root / names[0], mode=mode, size=size)
@@ -140,14 +151,19 @@ def test_unusual_but_readable_images_are_facts(tmp_path, mode, size, shown):
     assert message.startswith("image modes and sizes: L 16x16: 7, ") and message.endswith(shown)
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda p: write_labels(p, [name(0)], header=HEADER.replace("Finding Labels", "Diagnosis")),
-     "missing required column 'Finding Labels'"),
-    (lambda p: write_labels(p, [name(0), name(1)], ["Effusion", "Flu"]), "line 3: unknown finding 'Flu'"),
-    (lambda p: write_labels(p, [name(0), name(1), name(0)]), f"image '{name(0)}' is listed 2 times (lines 2, 4)"),
-    (lambda p: write_labels(p, [name(0), "../x.png"]), "line 3: image name '../x.png' has a path component"),
-    (lambda p: write_labels(p, [name(0), "/tmp/x.png"]), "line 3: image name '/tmp/x.png' has a path component"),
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (
+            lambda p: write_labels(p, [name(0)], header=HEADER.replace("Finding Labels", "Diagnosis")),
+            "missing required column 'Finding Labels'",
+        ),
+        (lambda p: write_labels(p, [name(0), name(1)], ["Effusion", "Flu"]), "line 3: unknown finding 'Flu'"),
+        (lambda p: write_labels(p, [name(0), name(1), name(0)]), f"image '{name(0)}' is listed 2 times (lines 2, 4)"),
+        (lambda p: write_labels(p, [name(0), "../x.png"]), "line 3: image name '../x.png' has a path component"),
+        (lambda p: write_labels(p, [name(0), "/tmp/x.png"]), "line 3: image name '/tmp/x.png' has a path component"),
+    ],
+)
 def test_unusable_label_file_is_one_error(tmp_path, make, expected):
     _, root, _ = dataset(tmp_path)
     labels = make(tmp_path / "bad.csv")
@@ -176,8 +192,11 @@ def test_vocabulary_warnings(tmp_path):
     assert report.ok
     assert str(report.get("vocabulary.sex")) == f"WARNING sex outside M/F: 1 of 8 rows (first: {names[0]}: 'X')"
     assert str(report.get("vocabulary.view_position")) == (
-        f"WARNING view_position outside PA/AP: 1 of 8 rows (first: {names[0]}: 'LL')")
-    assert str(report.get("vocabulary.age")) == f"WARNING ages outside 0-120 years: 1 of 8 rows (first: {names[0]}: 150)"
+        f"WARNING view_position outside PA/AP: 1 of 8 rows (first: {names[0]}: 'LL')"
+    )
+    assert (
+        str(report.get("vocabulary.age")) == f"WARNING ages outside 0-120 years: 1 of 8 rows (first: {names[0]}: 150)"
+    )
 
 
 def test_all_images_missing_with_drop_leaves_nothing_to_split(tmp_path):
@@ -209,16 +228,19 @@ def test_split_sizes_larger_than_the_data(tmp_path):
     report = check(labels, root, split={**SPLIT, "train": 3000, "val": 500})
     assert not report.ok
     assert report.get("split").message.startswith(
-        "split sizes train=3000 + val=500 (3500 images) exceed the 8 labelled images")
+        "split sizes train=3000 + val=500 (3500 images) exceed the 8 labelled images"
+    )
 
 
 def test_split_settings_the_method_does_not_take(tmp_path):
     labels, root, _ = dataset(tmp_path)
-    report = check(labels, root, split={"method": "official", "train": 5, "val": 0.1,
-                                        "train_val_list": "a.txt", "test_list": "b.txt"})
+    report = check(
+        labels,
+        root,
+        split={"method": "official", "train": 5, "val": 0.1, "train_val_list": "a.txt", "test_list": "b.txt"},
+    )
     assert not report.ok
-    assert "settings do not fit this method" in report.get("split").message and "'train'" in report.get(
-        "split").message
+    assert "settings do not fit this method" in report.get("split").message and "'train'" in report.get("split").message
 
 
 def test_patient_split_without_patient_ids(tmp_path):
@@ -266,22 +288,38 @@ def test_run_check_on_the_demo_config(make_cfg):
 def test_run_check_validates_the_external_set(tmp_path, demo_root):
     labels, root, names = dataset(tmp_path / "external")
     (root / names[0]).unlink()
-    cfg = compose_config("train", [f"data.root={demo_root}", f"data.labels={demo_root}/Data_Entry_demo.csv",
-                                   "data.demo.n_patients=40", "data.demo.images_per_patient=[1,4]",
-                                   "data.demo.image_size=96", f"data.external.root={root}",
-                                   f"data.external.labels={labels}"], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        [
+            f"data.root={demo_root}",
+            f"data.labels={demo_root}/Data_Entry_demo.csv",
+            "data.demo.n_patients=40",
+            "data.demo.images_per_patient=[1,4]",
+            "data.demo.image_size=96",
+            f"data.external.root={root}",
+            f"data.external.labels={labels}",
+        ],
+        tmp_path / "run",
+    )
     GlobalHydra.instance().clear()
     report = run_check(cfg, workers=2)
     assert not report.ok and levels(report) == {"external.missing": "ERROR"}
     assert report.get("external.missing").message.startswith(
-        "external: missing images: 1 of 8 images listed in labels.csv")
+        "external: missing images: 1 of 8 images listed in labels.csv"
+    )
     assert report.get("external.split") is None  # the external set is not split
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "cxr.check", "data=nih", f"paths.log_dir={tmp_path}/outputs",
-                             *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "cxr.check", "data=nih", f"paths.log_dir={tmp_path}/outputs", *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     print(result.stdout, result.stderr)
     assert not (tmp_path / "outputs").exists() and not (REPO / "check.log").exists()  # no run directory
     return result
@@ -291,16 +329,18 @@ def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_command_line_fails_on_a_bad_dataset_and_passes_a_clean_one(tmp_path):
     labels, root, names = dataset(tmp_path / "bad")
     (root / names[5]).unlink()
-    bad = run_cli(tmp_path, f"data.root={root}", f"data.labels={labels}", "data.split.train=0.5",
-                  "data.split.val=0.25")
+    bad = run_cli(tmp_path, f"data.root={root}", f"data.labels={labels}", "data.split.train=0.5", "data.split.val=0.25")
     assert bad.returncode == 1
-    assert (f"ERROR missing images: 1 of 8 images listed in labels.csv are not under {root} (first: {names[5]})"
-            in bad.stdout)
+    assert (
+        f"ERROR missing images: 1 of 8 images listed in labels.csv are not under {root} (first: {names[5]})"
+        in bad.stdout
+    )
     assert bad.stdout.strip().splitlines()[-1].startswith("FAILED")
 
     labels, root, _ = dataset(tmp_path / "clean")
-    clean = run_cli(tmp_path, f"data.root={root}", f"data.labels={labels}", "data.split.train=0.5",
-                    "data.split.val=0.25")
+    clean = run_cli(
+        tmp_path, f"data.root={root}", f"data.labels={labels}", "data.split.train=0.5", "data.split.val=0.25"
+    )
     assert clean.returncode == 0
     assert "INFO image modes and sizes: L 16x16: 8" in clean.stdout and "ERROR" not in clean.stdout
 
@@ -308,8 +348,12 @@ def test_command_line_fails_on_a_bad_dataset_and_passes_a_clean_one(tmp_path):
 @pytest.mark.real_data
 def test_real_nih_sample_validates(tmp_path):
     require_real_data(NIH_SAMPLE)
-    report = validate(NIH_SAMPLE / "labels.csv", NIH_SAMPLE, {**SPLIT, "train": 4606, "val": 500, "scale": True,
-                                                              "pool": 5606, "seed": 100}, workers=None)
+    report = validate(
+        NIH_SAMPLE / "labels.csv",
+        NIH_SAMPLE,
+        {**SPLIT, "train": 4606, "val": 500, "scale": True, "pool": 5606, "seed": 100},
+        workers=None,
+    )
     print("\n".join(report.lines()))
     assert report.ok and levels(report) == {}
     assert report.facts["rows"] == report.facts["images_found"] == 963 and report.facts["patients"] == 566
@@ -344,7 +388,7 @@ def test_a_changed_or_added_image_is_decoded_again(tmp_path):
     cached_check(labels, root, cache)
     info = (root / names[2]).stat()
     os.utime(root / names[2], ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))  # touched
-    write_png(root / names[5], size=(20, 20), seed=99)                                    # replaced
+    write_png(root / names[5], size=(20, 20), seed=99)  # replaced
     report = cached_check(labels, root, cache)
     assert report.facts["images_decoded"] == 2 and report.facts["modes_sizes"] == {"L 16x16": 7, "L 20x20": 1}
 

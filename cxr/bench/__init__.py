@@ -24,6 +24,7 @@ Measures, in one run, with every figure the median of several interleaved repeti
 Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
 settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,33 @@ from pathlib import Path
 from cxr.bench.core import FULL, QUICK, TINY, Row, Sizes, machine_info, table
 
 log = logging.getLogger(__name__)
-SECTIONS = ("train", "inference", "limits", "densenet", "loader", "epoch", "lightning", "nih", "download", "prepare",
-            "shards", "ddp", "gpu", "serve")
+SECTIONS = (
+    "train",
+    "inference",
+    "limits",
+    "densenet",
+    "loader",
+    "epoch",
+    "lightning",
+    "nih",
+    "download",
+    "prepare",
+    "shards",
+    "ddp",
+    "gpu",
+    "serve",
+)
 
 
-def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, image_dir=None,
-        shared=None, echo=print, serve_requests: int | None = None) -> dict:
+def run(
+    sizes: Sizes = FULL,
+    out: str | Path | None = None,
+    sections=SECTIONS,
+    image_dir=None,
+    shared=None,
+    echo=print,
+    serve_requests: int | None = None,
+) -> dict:
     """Run the selected measures; return (and write to ``out``) the result document."""
     from cxr.bench import compute, dataset, distributed, limits, loading, scale, serving
 
@@ -58,8 +80,9 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
         "shards": lambda: dataset.bench_shards(sizes, image_dir),
         "ddp": lambda: distributed.bench_ddp(sizes),
         "gpu": lambda: distributed.bench_gpu(sizes),
-        "serve": lambda: serving.bench_serve(sizes, serve_requests,
-                                             Path(shared) / "nih" / "images" if shared else None),
+        "serve": lambda: serving.bench_serve(
+            sizes, serve_requests, Path(shared) / "nih" / "images" if shared else None
+        ),
     }
     started = time.time()
     machine = machine_info()
@@ -82,8 +105,12 @@ def run(sizes: Sizes = FULL, out: str | Path | None = None, sections=SECTIONS, i
     document = {
         "machine": machine,
         "versions": machine["versions"],
-        "settings": {"mode": sizes.name, **{k: v for k, v in vars(sizes).items() if k != "name"},
-                     "sections": list(sections), "statistic": "median of interleaved repetitions after warm-up"},
+        "settings": {
+            "mode": sizes.name,
+            **{k: v for k, v in vars(sizes).items() if k != "name"},
+            "sections": list(sections),
+            "statistic": "median of interleaved repetitions after warm-up",
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": seconds,
         "rows": [row.as_dict() for row in rows],

@@ -1,4 +1,5 @@
 """``python -m cxr.bench [--quick] [--out FILE.json] [--only train,inference,...]``"""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     parser.add_argument("--images", help="folder of 1024x1024 PNGs (default ../shared/data/nih/full-res)")
     parser.add_argument("--shared", help="the shared data folder (default ../shared/data)")
-    parser.add_argument("--serve-requests", type=int, default=None,
-                        help="requests per concurrency level of --only serve (default 2000; 20 with --tiny)")
+    parser.add_argument(
+        "--serve-requests",
+        type=int,
+        default=None,
+        help="requests per concurrency level of --only serve (default 2000; 20 with --tiny)",
+    )
     args = parser.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",")) if args.only else SECTIONS
     unknown = set(sections) - set(SECTIONS)
@@ -27,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
-    document = run(sizes, args.out, sections, image_dir=args.images, shared=args.shared,
-                   echo=lambda text: print(text, flush=True), serve_requests=args.serve_requests)
+    document = run(
+        sizes,
+        args.out,
+        sections,
+        image_dir=args.images,
+        shared=args.shared,
+        echo=lambda text: print(text, flush=True),
+        serve_requests=args.serve_requests,
+    )
     return 1 if document["errors"] else 0
 
 

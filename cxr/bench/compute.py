@@ -1,4 +1,5 @@
 """Compute measures: a training step, inference per backend, and Lightning's overhead over a plain loop."""
+
 from __future__ import annotations
 
 import copy
@@ -11,16 +12,22 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from cxr.bench.core import CONFIG_DIR, REPO, Row, Sizes, interleaved, median, speedup
+from cxr.bench.core import CONFIG_DIR, Row, Sizes, interleaved, median, speedup
 
-NET = {"_target_": "cxr.models.thesis_cnn.ThesisCNN", "in_channels": 3, "image_size": 150,
-       "filters": [32, 64, 128, 256], "hidden": 512}
+NET = {
+    "_target_": "cxr.models.thesis_cnn.ThesisCNN",
+    "in_channels": 3,
+    "image_size": 150,
+    "filters": [32, 64, 128, 256],
+    "hidden": 512,
+}
 ADAM = {"_target_": "torch.optim.Adam", "lr": 3.0e-4, "eps": 1.0e-7}
 
 
 @dataclass(frozen=True)
 class TrainPath:
     """How a training step runs: memory format, fused optimizer, Lightning precision."""
+
     name: str
     channels_last: bool | str
     fused_optimizer: bool
@@ -31,8 +38,11 @@ class TrainPath:
         return self.precision.startswith("bf16")
 
     def describe(self) -> dict:
-        return {"channels_last": self.channels_last, "fused_optimizer": self.fused_optimizer,
-                "precision": self.precision}
+        return {
+            "channels_last": self.channels_last,
+            "fused_optimizer": self.fused_optimizer,
+            "precision": self.precision,
+        }
 
 
 def train_paths() -> dict[str, TrainPath]:
@@ -47,8 +57,9 @@ def train_paths() -> dict[str, TrainPath]:
     return {
         "baseline": TrainPath("baseline", False, False, "32-true"),
         "default": TrainPath("default", channels_last, fused, str(resolve_precision(cpu.get("precision"), "cpu"))),
-        "fast": TrainPath("fast", channels_last, fused,
-                          str(resolve_precision(fast.get("precision", cpu.get("precision")), "cpu"))),
+        "fast": TrainPath(
+            "fast", channels_last, fused, str(resolve_precision(fast.get("precision", cpu.get("precision")), "cpu"))
+        ),
     }
 
 
@@ -56,12 +67,14 @@ def classifier(path: TrainPath, seed: int = 0):
     from cxr.models.classifier import BinaryClassifier
 
     torch.manual_seed(seed)
-    return BinaryClassifier(net=NET, optimizer=ADAM, channels_last=path.channels_last,
-                            fused_optimizer=path.fused_optimizer)
+    return BinaryClassifier(
+        net=NET, optimizer=ADAM, channels_last=path.channels_last, fused_optimizer=path.fused_optimizer
+    )
 
 
-def bce_step(net, optimizer: torch.optim.Optimizer, bf16: bool, images: torch.Tensor,
-             targets: torch.Tensor) -> torch.Tensor:
+def bce_step(
+    net, optimizer: torch.optim.Optimizer, bf16: bool, images: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """One training step: forward (under bf16 autocast if asked), BCE on the logits, backward, optimizer step."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = net(images)
@@ -87,8 +100,7 @@ def stepper(path: TrainPath, seed: int = 0):
 
 def random_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 3, 150, 150, generator=generator),
-            (torch.rand(n, generator=generator) > 0.5).float())
+    return (torch.rand(n, 3, 150, 150, generator=generator), (torch.rand(n, generator=generator) > 0.5).float())
 
 
 def bench_train_step(sizes: Sizes) -> list[Row]:
@@ -99,40 +111,85 @@ def bench_train_step(sizes: Sizes) -> list[Row]:
     paths = train_paths()
     images, targets = random_batch(10)
     steps = {name: stepper(path) for name, path in paths.items()}
-    candidates = {name: (lambda s=s: [s(images, targets) for _ in range(sizes.train_steps)])
-                  for name, s in steps.items()}
+    candidates = {
+        name: (lambda s=s: [s(images, targets) for _ in range(sizes.train_steps)]) for name, s in steps.items()
+    }
     candidates.update(peer.keras_training(images, targets, sizes.train_steps))
     times = interleaved(candidates, sizes.reps, sizes.warmup)
     rate = {name: 10 * sizes.train_steps / median(t) for name, t in times.items()}
     ratio = {name: speedup(times, name, "baseline") for name in times}
-    details = {"img_per_s": rate, "speedup": ratio, "paths": {n: p.describe() for n, p in paths.items()}, "batch": 10,
-               "steps_per_round": sizes.train_steps}
+    details = {
+        "img_per_s": rate,
+        "speedup": ratio,
+        "paths": {n: p.describe() for n, p in paths.items()},
+        "batch": 10,
+        "steps_per_round": sizes.train_steps,
+    }
     rows = [
-        Row("train step, default config (fp32)", "img/s", rate["baseline"], rate["default"], ratio=ratio["default"],
+        Row(
+            "train step, default config (fp32)",
+            "img/s",
+            rate["baseline"],
+            rate["default"],
+            ratio=ratio["default"],
             details=details,
-            note=f"default = {_describe(paths['default'])}"),
-        Row("train step, fast path (trainer=cpu_fast)", "img/s", rate["baseline"], rate["fast"], ">= 1.5x",
-            ratio["fast"] >= 1.5, ratio["fast"], details=details, note=f"fast = {_describe(paths['fast'])}"),
+            note=f"default = {_describe(paths['default'])}",
+        ),
+        Row(
+            "train step, fast path (trainer=cpu_fast)",
+            "img/s",
+            rate["baseline"],
+            rate["fast"],
+            ">= 1.5x",
+            ratio["fast"] >= 1.5,
+            ratio["fast"],
+            details=details,
+            note=f"fast = {_describe(paths['fast'])}",
+        ),
     ]
     if "keras fit" in times:
         # the faster of fit and train_on_batch (same compiled step), so that Keras' per-call set-up is not counted
         keras = max(("keras fit", "keras train_on_batch"), key=rate.get)
-        details["keras"] = {"tensorflow": peer.tensorflow_version(), "timed": keras,
-                            "vs_keras": {n: speedup(times, n, keras) for n in paths}}
+        details["keras"] = {
+            "tensorflow": peer.tensorflow_version(),
+            "timed": keras,
+            "vs_keras": {n: speedup(times, n, keras) for n in paths},
+        }
         for name, label in (("default", "default config"), ("fast", "cpu_fast")):
             vs = details["keras"]["vs_keras"][name]
             # the target is the fast path's: fp32 Keras (oneDNN) already runs near the fp32 peak of the cores
             target = ">= 2x" if name == "fast" else "-"
-            rows.append(Row(f"train step vs Keras fit, {label}", "img/s", rate[keras], rate[name], target,
-                            vs >= 2.0 if name == "fast" else None, vs, details=details,
-                            note=f"Keras {details['keras']['tensorflow']} thesis model, {keras} "
-                                 f"(fit {rate['keras fit']:.1f} img/s), same rounds" + (
-                                     "; below 2x: on the project's CPU the convolutions run near the bf16 peak, "
-                                     "the rest is the fp32 master weights' memory traffic (docs/performance.md)"
-                                     if name == "fast" and vs < 2.0 and paths["fast"].bf16 else "")))
+            rows.append(
+                Row(
+                    f"train step vs Keras fit, {label}",
+                    "img/s",
+                    rate[keras],
+                    rate[name],
+                    target,
+                    vs >= 2.0 if name == "fast" else None,
+                    vs,
+                    details=details,
+                    note=f"Keras {details['keras']['tensorflow']} thesis model, {keras} "
+                    f"(fit {rate['keras fit']:.1f} img/s), same rounds"
+                    + (
+                        "; below 2x: on the project's CPU the convolutions run near the bf16 peak, "
+                        "the rest is the fp32 master weights' memory traffic (docs/performance.md)"
+                        if name == "fast" and vs < 2.0 and paths["fast"].bf16
+                        else ""
+                    ),
+                )
+            )
     else:
-        rows.append(Row("train step vs Keras fit", "img/s", None, None, ">= 2x",
-                        note='skipped: TensorFlow not installed (pip install -e ".[parity]")'))
+        rows.append(
+            Row(
+                "train step vs Keras fit",
+                "img/s",
+                None,
+                None,
+                ">= 2x",
+                note='skipped: TensorFlow not installed (pip install -e ".[parity]")',
+            )
+        )
     return rows
 
 
@@ -164,26 +221,76 @@ def bench_inference(sizes: Sizes) -> list[Row]:
     n = batch * sizes.infer_batches
     rate = {b: n / median(t) for b, t in times.items()}
     ratio = {b: speedup(times, b, "eager") for b in times}
-    details = {"img_per_s": rate, "speedup": ratio, "max_abs_probability_difference_vs_eager": agreement,
-               "batch": batch, "auto_backend": chosen}
-    rows = [Row(f"inference {b}", "img/s", rate["eager"], rate[b], ratio=ratio[b], details=details,
-                note=f"max |p - p_eager| = {agreement[b]:.1e}") for b in backends if b not in ("eager", "auto")]
-    rows.append(Row(f"inference default (auto -> {chosen})", "img/s", rate["eager"], rate["auto"], ">= 3.5x",
-                    ratio["auto"] >= 3.5, ratio["auto"], details=details,
-                    note=f"max |p - p_eager| = {agreement['auto']:.1e}; baseline = eager fp32 NCHW"))
+    details = {
+        "img_per_s": rate,
+        "speedup": ratio,
+        "max_abs_probability_difference_vs_eager": agreement,
+        "batch": batch,
+        "auto_backend": chosen,
+    }
+    rows = [
+        Row(
+            f"inference {b}",
+            "img/s",
+            rate["eager"],
+            rate[b],
+            ratio=ratio[b],
+            details=details,
+            note=f"max |p - p_eager| = {agreement[b]:.1e}",
+        )
+        for b in backends
+        if b not in ("eager", "auto")
+    ]
+    rows.append(
+        Row(
+            f"inference default (auto -> {chosen})",
+            "img/s",
+            rate["eager"],
+            rate["auto"],
+            ">= 3.5x",
+            ratio["auto"] >= 3.5,
+            ratio["auto"],
+            details=details,
+            note=f"max |p - p_eager| = {agreement['auto']:.1e}; baseline = eager fp32 NCHW",
+        )
+    )
     if keras_runs:
         keras = max(keras_runs, key=rate.get)  # the faster of predict and predict_on_batch
         fast = "onnxruntime_int8" if "onnxruntime_int8" in times else "torch_bf16"
-        details["keras"] = {"tensorflow": peer.tensorflow_version(), "timed": keras,
-                            "vs_keras": {b: speedup(times, b, keras) for b in backends if b != "eager"}}
-        note = (f"Keras {details['keras']['tensorflow']} thesis model, {keras} (batch {batch}; predict "
-                f"{rate['keras predict']:.0f} img/s), same rounds")
+        details["keras"] = {
+            "tensorflow": peer.tensorflow_version(),
+            "timed": keras,
+            "vs_keras": {b: speedup(times, b, keras) for b in backends if b != "eager"},
+        }
+        note = (
+            f"Keras {details['keras']['tensorflow']} thesis model, {keras} (batch {batch}; predict "
+            f"{rate['keras predict']:.0f} img/s), same rounds"
+        )
         vs = details["keras"]["vs_keras"]
-        rows.append(Row(f"inference default (auto -> {chosen}) vs Keras predict", "img/s", rate[keras], rate["auto"],
-                        ratio=vs["auto"], details=details, note=note + "; fp32 both, near the fp32 peak"))
-        rows.append(Row(f"inference fast path ({fast}) vs Keras predict", "img/s", rate[keras], rate[fast], ">= 2x",
-                        vs[fast] >= 2.0, vs[fast], details=details,
-                        note=note + f"; max |p - p_eager| = {agreement[fast]:.1e}"))
+        rows.append(
+            Row(
+                f"inference default (auto -> {chosen}) vs Keras predict",
+                "img/s",
+                rate[keras],
+                rate["auto"],
+                ratio=vs["auto"],
+                details=details,
+                note=note + "; fp32 both, near the fp32 peak",
+            )
+        )
+        rows.append(
+            Row(
+                f"inference fast path ({fast}) vs Keras predict",
+                "img/s",
+                rate[keras],
+                rate[fast],
+                ">= 2x",
+                vs[fast] >= 2.0,
+                vs[fast],
+                details=details,
+                note=note + f"; max |p - p_eager| = {agreement[fast]:.1e}",
+            )
+        )
     return rows
 
 
@@ -234,8 +341,9 @@ def bench_lightning_overhead(sizes: Sizes) -> list[Row]:
     from cxr.data.dataset import collate_batch
 
     path = train_paths()["default"]
-    loader = DataLoader(in_memory_dataset(sizes.lightning_images), batch_size=10, shuffle=True, num_workers=0,
-                        collate_fn=collate_batch)
+    loader = DataLoader(
+        in_memory_dataset(sizes.lightning_images), batch_size=10, shuffle=True, num_workers=0, collate_fn=collate_batch
+    )
     step = stepper(path, seed=1)
     batches = iter(())
 
@@ -251,27 +359,59 @@ def bench_lightning_overhead(sizes: Sizes) -> list[Row]:
 
     model, timer = classifier(path), _alternating_timer(plain_step)
     epochs = sizes.lightning_epochs * max(1, sizes.epoch_reps - 1)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, precision=path.precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        precision=path.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     started = time.perf_counter()
     trainer.fit(model, train_dataloaders=loader)
     fit_seconds = time.perf_counter() - started - sum(timer.plain)
     warm = len(loader)  # the first epoch of each is warm-up
-    lightning, plain = timer.lightning[warm:] or timer.lightning, timer.plain[warm:len(timer.lightning)] or timer.plain
+    lightning, plain = (
+        timer.lightning[warm:] or timer.lightning,
+        timer.plain[warm : len(timer.lightning)] or timer.plain,
+    )
     pairs = [a / b for a, b in zip(lightning, plain)]  # each Lightning cycle against the plain step right before it
     overhead = 100.0 * (median(pairs) - 1.0)
     per_image = {"plain": median(plain) / 10, "lightning": median(lightning) / 10}
-    details = {"plain_step_s": median(plain), "lightning_step_s": median(lightning), "steps_compared": len(pairs),
-               "overhead_percent_median_of_pairs": overhead,
-               "overhead_percent_sum": 100.0 * (sum(lightning) / sum(plain[:len(lightning)]) - 1.0),
-               "fit_s": fit_seconds, "images_per_epoch": len(loader.dataset), "epochs": epochs,
-               "path": path.describe(),
-               "fit_overhead_percent": 100.0 * (fit_seconds / sum(timer.plain) - 1.0)}
-    note = (f"overhead {overhead:+.1f}% per step (Lightning's batch cycle incl. fetching, hooks and logging vs a "
-            f"plain step, alternating); whole fit() incl. set-up {details['fit_overhead_percent']:+.1f}%")
-    return [Row("Lightning Trainer vs plain loop (step)", "img/s", 1 / per_image["plain"], 1 / per_image["lightning"],
-                "overhead <= 5%", overhead <= 5.0, 1.0 / (1.0 + overhead / 100.0), note=note, details=details)]
+    details = {
+        "plain_step_s": median(plain),
+        "lightning_step_s": median(lightning),
+        "steps_compared": len(pairs),
+        "overhead_percent_median_of_pairs": overhead,
+        "overhead_percent_sum": 100.0 * (sum(lightning) / sum(plain[: len(lightning)]) - 1.0),
+        "fit_s": fit_seconds,
+        "images_per_epoch": len(loader.dataset),
+        "epochs": epochs,
+        "path": path.describe(),
+        "fit_overhead_percent": 100.0 * (fit_seconds / sum(timer.plain) - 1.0),
+    }
+    note = (
+        f"overhead {overhead:+.1f}% per step (Lightning's batch cycle incl. fetching, hooks and logging vs a "
+        f"plain step, alternating); whole fit() incl. set-up {details['fit_overhead_percent']:+.1f}%"
+    )
+    return [
+        Row(
+            "Lightning Trainer vs plain loop (step)",
+            "img/s",
+            1 / per_image["plain"],
+            1 / per_image["lightning"],
+            "overhead <= 5%",
+            overhead <= 5.0,
+            1.0 / (1.0 + overhead / 100.0),
+            note=note,
+            details=details,
+        )
+    ]
 
 
 def bench_densenet(sizes: Sizes) -> list[Row]:
@@ -294,6 +434,7 @@ def bench_densenet(sizes: Sizes) -> list[Row]:
 
         def step():
             bce_step(net, optimizer, path.bf16, x, targets)
+
         return step, net
 
     built = {name: train_step(path) for name, path in paths.items()}
@@ -311,26 +452,59 @@ def bench_densenet(sizes: Sizes) -> list[Row]:
         def run(x=x, model=model, bf16=path.bf16):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return torch.sigmoid(model(x).float())
+
         infer[name] = run
     reference = infer["baseline"]()
     agreement = {name: float((run() - reference).abs().max()) for name, run in infer.items()}
     times_i = interleaved(infer, sizes.densenet_reps, 1)
     infer_rate = {name: batch / median(t) for name, t in times_i.items()}
     infer_ratio = {name: speedup(times_i, name, "baseline") for name in times_i}
-    details = {"batch": batch, "image_size": size, "train_img_per_s": train_rate, "train_speedup": train_ratio,
-               "inference_img_per_s": infer_rate, "inference_speedup": infer_ratio,
-               "max_abs_probability_difference_vs_fp32": agreement,
-               "paths": {n: p.describe() for n, p in paths.items()}}
+    details = {
+        "batch": batch,
+        "image_size": size,
+        "train_img_per_s": train_rate,
+        "train_speedup": train_ratio,
+        "inference_img_per_s": infer_rate,
+        "inference_speedup": infer_ratio,
+        "max_abs_probability_difference_vs_fp32": agreement,
+        "paths": {n: p.describe() for n, p in paths.items()},
+    }
     label = f"DenseNet-121 {size} px"
     return [
-        Row(f"{label} train, default (fp32)", "img/s", train_rate["baseline"], train_rate["default"],
-            ratio=train_ratio["default"], details=details, note=f"default = {_describe(paths['default'])}"),
-        Row(f"{label} train, cpu_fast", "img/s", train_rate["baseline"], train_rate["fast"],
-            ratio=train_ratio["fast"], details=details, note=f"fast = {_describe(paths['fast'])}"),
-        Row(f"{label} inference, default (fp32)", "img/s", infer_rate["baseline"], infer_rate["default"],
-            ratio=infer_ratio["default"], details=details,
-            note=f"channels_last; max |p - p_fp32| = {agreement['default']:.1e}"),
-        Row(f"{label} inference, cpu_fast", "img/s", infer_rate["baseline"], infer_rate["fast"],
-            ratio=infer_ratio["fast"], details=details,
-            note=f"{paths['fast'].precision}; max |p - p_fp32| = {agreement['fast']:.1e}"),
+        Row(
+            f"{label} train, default (fp32)",
+            "img/s",
+            train_rate["baseline"],
+            train_rate["default"],
+            ratio=train_ratio["default"],
+            details=details,
+            note=f"default = {_describe(paths['default'])}",
+        ),
+        Row(
+            f"{label} train, cpu_fast",
+            "img/s",
+            train_rate["baseline"],
+            train_rate["fast"],
+            ratio=train_ratio["fast"],
+            details=details,
+            note=f"fast = {_describe(paths['fast'])}",
+        ),
+        Row(
+            f"{label} inference, default (fp32)",
+            "img/s",
+            infer_rate["baseline"],
+            infer_rate["default"],
+            ratio=infer_ratio["default"],
+            details=details,
+            note=f"channels_last; max |p - p_fp32| = {agreement['default']:.1e}",
+        ),
+        Row(
+            f"{label} inference, cpu_fast",
+            "img/s",
+            infer_rate["baseline"],
+            infer_rate["fast"],
+            ratio=infer_ratio["fast"],
+            details=details,
+            note=f"{paths['fast'].precision}; max |p - p_fp32| = {agreement['fast']:.1e}",
+        ),
     ]

@@ -1,5 +1,6 @@
 """Dataset measures: download + verify against a local HTTP server, one-pass preparation img/s (with the projected
 time for the 112,120-image release), epoch img/s from shards vs the cache vs PNGs, and LitData vs WebDataset."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,11 +50,12 @@ def bench_download(sizes: Sizes, image_dir=None) -> list[Row]:
                     tar.add(path, arcname=f"images/{Path(path).name}")
             name = f"images_{i + 1:02d}.tar.gz"
             files[name] = buffer.getvalue()
-            rows.append({"archive": name, "url": "", "md5": hashlib.md5(files[name]).hexdigest(),
-                         "images": len(chunk)})
+            rows.append({"archive": name, "url": "", "md5": hashlib.md5(files[name]).hexdigest(), "images": len(chunk)})
         names = [Path(p).name for p in paths]
-        files["Data_Entry_2017_v2020.csv"] = ("Image Index,Finding Labels,Patient ID\n" + "".join(
-            f"{name},No Finding,{i}\n" for i, name in enumerate(names))).encode()
+        files["Data_Entry_2017_v2020.csv"] = (
+            "Image Index,Finding Labels,Patient ID\n"
+            + "".join(f"{name},No Finding,{i}\n" for i, name in enumerate(names))
+        ).encode()
         files["train_val_list.txt"] = "".join(f"{name}\n" for name in names[1:]).encode()
         files["test_list.txt"] = f"{names[0]}\n".encode()
         manifest = tmp / "manifest.csv"
@@ -68,10 +70,17 @@ def bench_download(sizes: Sizes, image_dir=None) -> list[Row]:
                 times.append(time.perf_counter() - started)
     seconds = median(times)
     n = sum(r["images"] for r in rows)
-    return [Row("download + verify + extract (local server)", "MB/s", None, total / 1e6 / seconds,
-                note=f"{n} images in 3 archives, {total / 1e6:.1f} MB, 3 in parallel: {n / seconds:.0f} img/s; "
-                     "a real download is bound by the network instead",
-                details={"bytes": total, "images": n, "seconds": seconds, "img_per_s": n / seconds})]
+    return [
+        Row(
+            "download + verify + extract (local server)",
+            "MB/s",
+            None,
+            total / 1e6 / seconds,
+            note=f"{n} images in 3 archives, {total / 1e6:.1f} MB, 3 in parallel: {n / seconds:.0f} img/s; "
+            "a real download is bound by the network instead",
+            details={"bytes": total, "images": n, "seconds": seconds, "img_per_s": n / seconds},
+        )
+    ]
 
 
 def bench_prepare(sizes: Sizes, image_dir=None) -> list[Row]:
@@ -94,12 +103,24 @@ def bench_prepare(sizes: Sizes, image_dir=None) -> list[Row]:
     best = max(rates, key=rates.get)
     hours = RELEASE_IMAGES / rates[best] / 3600
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return [Row("preparation: decode + resize into the cache", "img/s", rates[1], rates[best],
-                ratio=rates[best] / rates[1],
-                note=f"baseline 1 process, fast {best} processes; projected for the {RELEASE_IMAGES:,}-image release: "
-                     f"{hours:.1f} h on this machine (load average {load:.1f})",
-                details={"img_per_s_by_workers": rates, "seconds_by_workers": seconds, "images": len(paths),
-                         "projected_release_hours": hours, "load_average": load})]
+    return [
+        Row(
+            "preparation: decode + resize into the cache",
+            "img/s",
+            rates[1],
+            rates[best],
+            ratio=rates[best] / rates[1],
+            note=f"baseline 1 process, fast {best} processes; projected for the {RELEASE_IMAGES:,}-image release: "
+            f"{hours:.1f} h on this machine (load average {load:.1f})",
+            details={
+                "img_per_s_by_workers": rates,
+                "seconds_by_workers": seconds,
+                "images": len(paths),
+                "projected_release_hours": hours,
+                "load_average": load,
+            },
+        )
+    ]
 
 
 def _write_webdataset(folder: Path, cached, targets) -> None:
@@ -140,21 +161,33 @@ def bench_shards(sizes: Sizes, image_dir=None) -> list[Row]:
         if webdataset is not None:
             _write_webdataset(tmp / "wds", cached, targets)
         wds_write = time.perf_counter() - started
-        size = {"litdata": sum(p.stat().st_size for p in lit.iterdir()),
-                "webdataset": sum(p.stat().st_size for p in (tmp / "wds").iterdir()) if webdataset else None}
+        size = {
+            "litdata": sum(p.stat().st_size for p in lit.iterdir()),
+            "webdataset": sum(p.stat().st_size for p in (tmp / "wds").iterdir()) if webdataset else None,
+        }
 
         png = DataLoader(ChestXrayDataset(table, preprocessing), batch_size=10, shuffle=True, collate_fn=collate_batch)
-        cache = DataLoader(ChestXrayDataset(table, preprocessing, source=cached), batch_size=10, shuffle=True,
-                           collate_fn=collate_batch)
+        cache = DataLoader(
+            ChestXrayDataset(table, preprocessing, source=cached), batch_size=10, shuffle=True, collate_fn=collate_batch
+        )
         shards = shard_loader(ChestXrayShards(lit, preprocessing, seed=0), 10, 0, collate_batch)
 
         def webdataset_epoch():
             import webdataset as wds
 
             urls = sorted(str(p) for p in (tmp / "wds").glob("*.tar"))
-            stream = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode().shuffle(1000).map(
-                lambda s: (preprocessing.to_tensor(np.repeat(s["pixels.npy"], 3, axis=2)),
-                           torch.tensor(float(s["cls"])), int(s["__key__"])))
+            stream = (
+                wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+                .decode()
+                .shuffle(1000)
+                .map(
+                    lambda s: (
+                        preprocessing.to_tensor(np.repeat(s["pixels.npy"], 3, axis=2)),
+                        torch.tensor(float(s["cls"])),
+                        int(s["__key__"]),
+                    )
+                )
+            )
             return sum(len(b[0]) for b in DataLoader(stream, batch_size=10, collate_fn=collate_batch))
 
         def drain(loader):
@@ -166,18 +199,47 @@ def bench_shards(sizes: Sizes, image_dir=None) -> list[Row]:
         times = interleaved(candidates, sizes.epoch_reps, 1)
     n = len(paths)
     rate = {name: n / median(t) for name, t in times.items()}
-    details = {"img_per_s": rate, "images": n, "write_s": {"litdata": lit_write, "webdataset": wds_write},
-               "bytes": size}
+    details = {
+        "img_per_s": rate,
+        "images": n,
+        "write_s": {"litdata": lit_write, "webdataset": wds_write},
+        "bytes": size,
+    }
     return [
-        Row("epoch from shards vs PNGs (loader only)", "img/s", rate["png"], rate["litdata"],
-            ratio=rate["litdata"] / rate["png"], details=details,
-            note=f"cache {rate['cache']:.0f} img/s; 1024 px PNGs decoded per epoch vs 150 px shards"),
-        Row("epoch from shards vs cache (loader only)", "img/s", rate["cache"], rate["litdata"],
-            ratio=rate["litdata"] / rate["cache"], details=details),
-        Row("shard formats: WebDataset vs LitData (read)", "img/s", rate["webdataset"], rate["litdata"],
-            ratio=rate["litdata"] / rate["webdataset"], details=details,
+        Row(
+            "epoch from shards vs PNGs (loader only)",
+            "img/s",
+            rate["png"],
+            rate["litdata"],
+            ratio=rate["litdata"] / rate["png"],
+            details=details,
+            note=f"cache {rate['cache']:.0f} img/s; 1024 px PNGs decoded per epoch vs 150 px shards",
+        ),
+        Row(
+            "epoch from shards vs cache (loader only)",
+            "img/s",
+            rate["cache"],
+            rate["litdata"],
+            ratio=rate["litdata"] / rate["cache"],
+            details=details,
+        ),
+        Row(
+            "shard formats: WebDataset vs LitData (read)",
+            "img/s",
+            rate["webdataset"],
+            rate["litdata"],
+            ratio=rate["litdata"] / rate["webdataset"],
+            details=details,
             note=f"write {wds_write:.1f} s vs {lit_write:.1f} s, {size['webdataset'] / 1e6:.1f} MB vs "
-                 f"{size['litdata'] / 1e6:.1f} MB ({n} images, 150 px grey plane)") if webdataset is not None else
-        Row("shard formats: WebDataset vs LitData (read)", "img/s", None, rate["litdata"],
-            note="skipped: webdataset is not installed (pip install -e '.[dev]')", details=details),
+            f"{size['litdata'] / 1e6:.1f} MB ({n} images, 150 px grey plane)",
+        )
+        if webdataset is not None
+        else Row(
+            "shard formats: WebDataset vs LitData (read)",
+            "img/s",
+            None,
+            rate["litdata"],
+            note="skipped: webdataset is not installed (pip install -e '.[dev]')",
+            details=details,
+        ),
     ]

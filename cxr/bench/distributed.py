@@ -6,6 +6,7 @@ The DDP row runs the Lightning Trainer in a subprocess (``python -m cxr.bench.di
 default model settings; the first epoch is warm-up. Each process trains on its share of the same images, so
 total img/s compares directly; Lightning gives each of N processes cpu_count / N threads.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,18 +52,36 @@ def _train(processes: int, images: int, epochs: int, out: str) -> None:
     loader = DataLoader(in_memory_dataset(images), batch_size=BATCH, shuffle=True, collate_fn=collate_batch)
     timer = _epoch_timer()
     strategy = "ddp" if processes > 1 else "auto"  # plain Lightning ddp is fine here: no Hydra sweep to rerun
-    trainer = L.Trainer(accelerator="cpu", devices=processes, strategy=strategy, max_epochs=epochs,
-                        precision=path.precision, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=processes,
+        strategy=strategy,
+        max_epochs=epochs,
+        precision=path.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     trainer.fit(classifier(path), train_dataloaders=loader)
     if trainer.is_global_zero:
         timed = timer.seconds[1:] or timer.seconds  # the first epoch is warm-up
         per_process = -(-images // processes)  # Lightning's DistributedSampler gives each process ceil(n / N)
-        Path(out).write_text(json.dumps({
-            "processes": processes, "epoch_s": timer.seconds, "median_epoch_s": median(timed),
-            "images_per_process_per_epoch": per_process, "torch_threads_per_process": torch.get_num_threads(),
-            "precision": path.precision}))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "processes": processes,
+                    "epoch_s": timer.seconds,
+                    "median_epoch_s": median(timed),
+                    "images_per_process_per_epoch": per_process,
+                    "torch_threads_per_process": torch.get_num_threads(),
+                    "precision": path.precision,
+                }
+            )
+        )
 
 
 def _measure(processes: int, sizes: Sizes) -> dict:
@@ -73,9 +92,14 @@ def _measure(processes: int, sizes: Sizes) -> dict:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
             env.pop(key, None)  # a fresh process group
-        result = subprocess.run([sys.executable, "-m", "cxr.bench.distributed", str(processes), str(images),
-                                 str(epochs), str(out)], cwd=folder, env=env, capture_output=True, text=True,
-                                timeout=1800)
+        result = subprocess.run(
+            [sys.executable, "-m", "cxr.bench.distributed", str(processes), str(images), str(epochs), str(out)],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         if result.returncode != 0 or not out.is_file():
             raise RuntimeError(f"DDP measurement with {processes} process(es) failed: {result.stderr[-2000:]}")
         measured = json.loads(out.read_text())
@@ -88,14 +112,29 @@ def _measure(processes: int, sizes: Sizes) -> dict:
 def bench_ddp(sizes: Sizes) -> list[Row]:
     """Training img/s with 1 process vs DDP with 2 CPU processes (gloo): per process and in total."""
     one, two = _measure(1, sizes), _measure(2, sizes)
-    note = (f"2 processes: {two['img_per_s_per_process']:.1f} img/s per process, {two['img_per_s_total']:.1f} "
-            f"total ({two['torch_threads_per_process']} torch thread(s) each) vs 1 process "
-            f"{one['img_per_s_total']:.1f} img/s ({one['torch_threads_per_process']} threads); batch {BATCH} per "
-            f"process, {one['precision']}")
-    return [Row("DDP 2 CPU processes vs 1 (train, total)", "img/s", one["img_per_s_total"], two["img_per_s_total"],
-                note=note, details={"1": one, "2": two}),
-            Row("DDP 2 CPU processes vs 1 (train, per process)", "img/s", one["img_per_s_per_process"],
-                two["img_per_s_per_process"], details={"1": one, "2": two})]
+    note = (
+        f"2 processes: {two['img_per_s_per_process']:.1f} img/s per process, {two['img_per_s_total']:.1f} "
+        f"total ({two['torch_threads_per_process']} torch thread(s) each) vs 1 process "
+        f"{one['img_per_s_total']:.1f} img/s ({one['torch_threads_per_process']} threads); batch {BATCH} per "
+        f"process, {one['precision']}"
+    )
+    return [
+        Row(
+            "DDP 2 CPU processes vs 1 (train, total)",
+            "img/s",
+            one["img_per_s_total"],
+            two["img_per_s_total"],
+            note=note,
+            details={"1": one, "2": two},
+        ),
+        Row(
+            "DDP 2 CPU processes vs 1 (train, per process)",
+            "img/s",
+            one["img_per_s_per_process"],
+            two["img_per_s_per_process"],
+            details={"1": one, "2": two},
+        ),
+    ]
 
 
 def _gpu_step(net, batch: int, size: int, dtype):
@@ -127,8 +166,15 @@ def bench_gpu(sizes: Sizes) -> list[Row]:
     import torch
 
     if not torch.cuda.is_available():
-        return [Row("GPU train step (thesis net, DenseNet-121)", "img/s", None, None,
-                    note="skipped: no CUDA GPU visible (run python -m cxr.bench on a GPU machine)")]
+        return [
+            Row(
+                "GPU train step (thesis net, DenseNet-121)",
+                "img/s",
+                None,
+                None,
+                note="skipped: no CUDA GPU visible (run python -m cxr.bench on a GPU machine)",
+            )
+        ]
     import torchvision
 
     from cxr.inference import gpu_supports_bf16
@@ -136,9 +182,14 @@ def bench_gpu(sizes: Sizes) -> list[Row]:
 
     mixed = torch.bfloat16 if gpu_supports_bf16() else torch.float16
     label = "bf16-mixed" if mixed == torch.bfloat16 else "16-mixed"
-    nets = {"thesis net (150 px, batch 64)": (lambda: ThesisCNN(in_channels=3, image_size=150), 64, 150),
-            "DenseNet-121 (224 px, batch 32)": (lambda: torchvision.models.densenet121(weights=None, num_classes=1),
-                                                32, 224)}
+    nets = {
+        "thesis net (150 px, batch 64)": (lambda: ThesisCNN(in_channels=3, image_size=150), 64, 150),
+        "DenseNet-121 (224 px, batch 32)": (
+            lambda: torchvision.models.densenet121(weights=None, num_classes=1),
+            32,
+            224,
+        ),
+    }
     rows = []
     for name, (build, batch, size) in nets.items():
         steps = {"fp32": _gpu_step(build(), batch, size, None), label: _gpu_step(build(), batch, size, mixed)}
@@ -153,8 +204,16 @@ def bench_gpu(sizes: Sizes) -> list[Row]:
                 if round_ >= sizes.warmup:
                     times[key].append(time.perf_counter() - started)
         rate = {key: batch * max(3, sizes.train_steps) / median(t) for key, t in times.items()}
-        rows.append(Row(f"GPU train step, {name}: fp32 vs {label}", "img/s", rate["fp32"], rate[label],
-                        note=torch.cuda.get_device_name(), details={"img_per_s": rate, "batch": batch}))
+        rows.append(
+            Row(
+                f"GPU train step, {name}: fp32 vs {label}",
+                "img/s",
+                rate["fp32"],
+                rate[label],
+                note=torch.cuda.get_device_name(),
+                details={"img_per_s": rate, "batch": batch},
+            )
+        )
     return rows
 
 

@@ -1,4 +1,5 @@
 """Data measures: loader-only throughput and a full training epoch from disk, streaming vs the data.cache array."""
+
 from __future__ import annotations
 
 import tempfile
@@ -45,8 +46,11 @@ def _datasets(paths: list[str], loops: int, cache_dir: Path):
     cached = open_or_build(paths, preprocessing, cache_dir)
     build = time.perf_counter() - started
     rows = np.tile(np.arange(len(paths)), loops)
-    return (ChestXrayDataset(table, preprocessing), ChestXrayDataset(table, preprocessing, source=cached,
-                                                                     source_rows=rows), build)
+    return (
+        ChestXrayDataset(table, preprocessing),
+        ChestXrayDataset(table, preprocessing, source=cached, source_rows=rows),
+        build,
+    )
 
 
 def _loader(dataset, workers: int, shuffle: bool = False):
@@ -54,8 +58,15 @@ def _loader(dataset, workers: int, shuffle: bool = False):
 
     from cxr.data.dataset import collate_batch
 
-    return DataLoader(dataset, batch_size=10, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0,
-                      prefetch_factor=2 if workers else None, collate_fn=collate_batch)  # as the datamodule's
+    return DataLoader(
+        dataset,
+        batch_size=10,
+        shuffle=shuffle,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None,
+        collate_fn=collate_batch,
+    )  # as the datamodule's
 
 
 def _drain(loader) -> int:
@@ -70,18 +81,33 @@ def bench_loader(sizes: Sizes, image_dir=None, scratch: Path | None = None) -> l
         streaming, cached, build = _datasets(paths, sizes.loader_loops, scratch / "cache")
         loaders = {f"streaming, {w} worker(s)": _loader(streaming, w) for w in sizes.worker_counts}
         loaders["cached, 0 workers"] = _loader(cached, 0)
-        times = interleaved({name: (lambda l=l: _drain(l)) for name, l in loaders.items()}, sizes.reps,
-                            max(1, sizes.warmup))
+        times = interleaved(
+            {name: (lambda l=l: _drain(l)) for name, l in loaders.items()}, sizes.reps, max(1, sizes.warmup)
+        )
         del loaders
     n = len(streaming)
     rate = {name: n / median(t) for name, t in times.items()}
     best = max((k for k in rate if k.startswith("streaming")), key=rate.get)
-    details = {"img_per_s": rate, "images_per_round": n, "files": len(paths), "cache_build_s": build,
-               "cache_build_img_per_s": len(paths) / build if build else None,
-               "source": "synthetic 1024x1024" if "synthetic" in paths[0] else str(Path(paths[0]).parent)}
+    details = {
+        "img_per_s": rate,
+        "images_per_round": n,
+        "files": len(paths),
+        "cache_build_s": build,
+        "cache_build_img_per_s": len(paths) / build if build else None,
+        "source": "synthetic 1024x1024" if "synthetic" in paths[0] else str(Path(paths[0]).parent),
+    }
     note = f"baseline = best streaming ({best}); cache built once in {build:.1f} s ({len(paths)} files)"
-    return [Row("loader only: streaming PNG vs cache", "img/s", rate[best], rate["cached, 0 workers"],
-                ratio=speedup(times, "cached, 0 workers", best), details=details, note=note)]
+    return [
+        Row(
+            "loader only: streaming PNG vs cache",
+            "img/s",
+            rate[best],
+            rate["cached, 0 workers"],
+            ratio=speedup(times, "cached, 0 workers", best),
+            details=details,
+            note=note,
+        )
+    ]
 
 
 def bench_epoch(sizes: Sizes, image_dir=None, scratch: Path | None = None) -> list[Row]:
@@ -92,8 +118,10 @@ def bench_epoch(sizes: Sizes, image_dir=None, scratch: Path | None = None) -> li
         scratch = Path(scratch or tmp)
         paths = full_resolution_images(image_dir, scratch / "png")
         streaming, cached, _ = _datasets(paths, sizes.epoch_loops, scratch / "cache")
-        batches = [(torch.stack([cached[i][0] for i in range(s, min(s + 10, len(cached)))]),
-                    cached.targets[s:s + 10]) for s in range(0, len(cached), 10)]
+        batches = [
+            (torch.stack([cached[i][0] for i in range(s, min(s + 10, len(cached)))]), cached.targets[s : s + 10])
+            for s in range(0, len(cached), 10)
+        ]
         step = stepper(path)
         loaders = {f"streaming, {w} worker(s)": _loader(streaming, w, shuffle=True) for w in sizes.worker_counts}
         loaders["cached, 0 workers"] = _loader(cached, 0, shuffle=True)
@@ -114,8 +142,12 @@ def bench_epoch(sizes: Sizes, image_dir=None, scratch: Path | None = None) -> li
     fraction = {name: speedup(times, name, "compute only") for name in times}  # per round, then the median
     best = max((k for k in fraction if k.startswith("streaming")), key=fraction.get)
     n = len(streaming)
-    details = {"fraction_of_compute_only": fraction, "epoch_s": {k: median(t) for k, t in times.items()},
-               "images_per_epoch": n, "path": path.describe()}
+    details = {
+        "fraction_of_compute_only": fraction,
+        "epoch_s": {k: median(t) for k, t in times.items()},
+        "images_per_epoch": n,
+        "path": path.describe(),
+    }
     bound = ""
     if "streaming, 0 worker(s)" in times:
         # decoding and training share the cores: with the decode time d (one core, from the 0-worker epoch) and
@@ -123,13 +155,33 @@ def bench_epoch(sizes: Sizes, image_dir=None, scratch: Path | None = None) -> li
         cores = torch.get_num_threads()
         decode = max(median(times["streaming, 0 worker(s)"]) - compute, 0.0)
         details["bound_on_these_cores"] = compute / (compute + decode / cores)
-        bound = (f"; bound on {cores} cores {details['bound_on_these_cores']:.2f} (decoding {1e3 * decode / n:.1f} "
-                 f"ms of one core per image)")
+        bound = (
+            f"; bound on {cores} cores {details['bound_on_these_cores']:.2f} (decoding {1e3 * decode / n:.1f} "
+            f"ms of one core per image)"
+        )
     return [
-        Row("epoch from cache / compute-only", "img/s", n / compute, n / median(times["cached, 0 workers"]),
-            ">= 0.9x", fraction["cached, 0 workers"] >= 0.9, fraction["cached, 0 workers"], details=details),
-        Row("epoch streaming / compute-only", "img/s", n / compute, n / median(times[best]), ">= 0.8x",
-            fraction[best] >= 0.8, fraction[best], details=details,
-            note="fraction by workers: " + ", ".join(f"{k.split(', ')[1]} {v:.2f}" for k, v in fraction.items()
-                                                      if k.startswith("stream")) + " (1024 px PNGs decoded)" + bound),
+        Row(
+            "epoch from cache / compute-only",
+            "img/s",
+            n / compute,
+            n / median(times["cached, 0 workers"]),
+            ">= 0.9x",
+            fraction["cached, 0 workers"] >= 0.9,
+            fraction["cached, 0 workers"],
+            details=details,
+        ),
+        Row(
+            "epoch streaming / compute-only",
+            "img/s",
+            n / compute,
+            n / median(times[best]),
+            ">= 0.8x",
+            fraction[best] >= 0.8,
+            fraction[best],
+            details=details,
+            note="fraction by workers: "
+            + ", ".join(f"{k.split(', ')[1]} {v:.2f}" for k, v in fraction.items() if k.startswith("stream"))
+            + " (1024 px PNGs decoded)"
+            + bound,
+        ),
     ]

@@ -1,5 +1,6 @@
 """The Keras peer: the thesis' own Keras model (TensorFlow optional, ``.[parity]``), timed inside the PyTorch
 measures' round-robin so that the ratio to Keras comes from the same rounds."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,7 @@ def keras_inference(images: torch.Tensor, batch: int) -> dict:
     x = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
     return {
         "keras predict": lambda: model.predict(x, batch_size=batch, verbose=0),
-        "keras predict_on_batch": lambda: [model.predict_on_batch(x[i:i + batch]) for i in range(0, len(x), batch)],
+        "keras predict_on_batch": lambda: [model.predict_on_batch(x[i : i + batch]) for i in range(0, len(x), batch)],
     }
 
 

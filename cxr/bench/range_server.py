@@ -1,6 +1,7 @@
 """A local HTTP server for the download benchmark and tests: serves files from memory with Range support (Python's
 SimpleHTTPRequestHandler has none), and can misbehave on purpose: drop the connection half-way through a file,
 or serve corrupted bytes a given number of times."""
+
 from __future__ import annotations
 
 import threading
@@ -58,7 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
         if server.throttle:  # slow server: a few KB at a time, so a test can interrupt the client mid-transfer
             step, pause = server.throttle
             for start in range(0, len(payload), step):
-                self.wfile.write(payload[start:start + step])
+                self.wfile.write(payload[start : start + step])
                 self.wfile.flush()
                 time.sleep(pause)
             return
@@ -80,7 +81,7 @@ class RangeServer:
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/"
 
-    def __enter__(self) -> "RangeServer":
+    def __enter__(self) -> RangeServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -1,6 +1,7 @@
 """(6) NIH scale: read the official 112,120-row label CSV, index 112,120 image files in the release layout
 (``images_001/images`` ... ``images_012/images``; symlinks cycling over the sample images) and split them, in a
 fresh subprocess whose peak RSS is read with ``getrusage(RUSAGE_CHILDREN)`` by a small launcher process."""
+
 from __future__ import annotations
 
 import json
@@ -86,11 +87,16 @@ print(json.dumps(result))
 def run_child(labels: Path, root: Path, split: dict, datamodule: bool = False) -> dict:
     """Index and split in a fresh subprocess; its timings, peak RSS (RUSAGE_CHILDREN) and wall time."""
     with_datamodule = "import cxr.data.datamodule  # torch + Lightning\nfrom cxr.data.table import attach_image_paths"
-    code = CHILD.format(extra_import=with_datamodule if datamodule else "",
-                        attach=ATTACH_DATAMODULE if datamodule else ATTACH_DATA_ONLY)
+    code = CHILD.format(
+        extra_import=with_datamodule if datamodule else "", attach=ATTACH_DATAMODULE if datamodule else ATTACH_DATA_ONLY
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", LAUNCHER, code, str(labels), str(root), json.dumps(split)],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, code, str(labels), str(root), json.dumps(split)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if done.returncode:
         raise RuntimeError(f"index+split child failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -100,14 +106,17 @@ def bench_nih_scale(sizes: Sizes, shared: Path | None = None) -> list[Row]:
     shared = Path(shared or SHARED_DATA)
     csv = shared / CSV
     if not csv.is_file():
-        return [Row("NIH scale: index + split", "s", None, None, "< 3 s, < 500 MB", None,
-                    note=f"skipped: {csv} not found")]
+        return [
+            Row("NIH scale: index + split", "s", None, None, "< 3 s, < 500 MB", None, note=f"skipped: {csv} not found")
+        ]
     sample_dir = next((d for d in (shared / "nih" / "images", shared / "nih" / "full-res") if d.is_dir()), None)
     samples = sorted(p.resolve() for p in sample_dir.glob("*.png")) if sample_dir else []
     lists = (shared / "nih-meta" / "train_val_list.txt", shared / "nih-meta" / "test_list.txt")
-    split = ({"method": "official", "train_val_list": str(lists[0]), "test_list": str(lists[1]), "val": 0.1,
-              "seed": 100} if all(p.is_file() for p in lists) else
-             {"method": "patient", "train": 0.7, "val": 0.1, "seed": 100})
+    split = (
+        {"method": "official", "train_val_list": str(lists[0]), "test_list": str(lists[1]), "val": 0.1, "seed": 100}
+        if all(p.is_file() for p in lists)
+        else {"method": "patient", "train": 0.7, "val": 0.1, "seed": 100}
+    )
     with tempfile.TemporaryDirectory(prefix="cxr-bench-nih-") as tmp:
         if not samples:
             from PIL import Image
@@ -120,13 +129,24 @@ def bench_nih_scale(sizes: Sizes, shared: Path | None = None) -> list[Row]:
         data_only = run_child(labels, Path(tmp) / "nih", split)
         with_lightning = run_child(labels, Path(tmp) / "nih", split, datamodule=True) if sizes.name == "full" else None
     seconds, rss = data_only["total_s"], data_only["maxrss_mb"]
-    details = {"data_modules_only": data_only, "with_datamodule_import": with_lightning, "symlinks_s": layout_s,
-               "split": split["method"], "rows": data_only["rows"]}
-    note = (f"{data_only['rows']} rows, split={split['method']}: read {data_only['read_s']:.2f} s, index "
-            f"{data_only['index_s']:.2f} s, split {data_only['split_s']:.2f} s; peak RSS of the child, data "
-            "modules only")
+    details = {
+        "data_modules_only": data_only,
+        "with_datamodule_import": with_lightning,
+        "symlinks_s": layout_s,
+        "split": split["method"],
+        "rows": data_only["rows"],
+    }
+    note = (
+        f"{data_only['rows']} rows, split={split['method']}: read {data_only['read_s']:.2f} s, index "
+        f"{data_only['index_s']:.2f} s, split {data_only['split_s']:.2f} s; peak RSS of the child, data "
+        "modules only"
+    )
     if with_lightning:
-        note += (f"; via cxr.data.datamodule (imports torch + Lightning): {with_lightning['total_s']:.2f} s, "
-                 f"{with_lightning['maxrss_mb']:.0f} MB")
-    return [Row("NIH scale: index + split", "s", None, seconds, "< 3 s", seconds < 3.0, details=details, note=note),
-            Row("NIH scale: peak RSS", "MB", None, rss, "< 500 MB", rss < 500.0, details=details)]
+        note += (
+            f"; via cxr.data.datamodule (imports torch + Lightning): {with_lightning['total_s']:.2f} s, "
+            f"{with_lightning['maxrss_mb']:.0f} MB"
+        )
+    return [
+        Row("NIH scale: index + split", "s", None, seconds, "< 3 s", seconds < 3.0, details=details, note=note),
+        Row("NIH scale: peak RSS", "MB", None, rss, "< 500 MB", rss < 500.0, details=details),
+    ]

@@ -6,6 +6,7 @@ made from them, and reports throughput, p50/p95/p99 latency, errors, the batch s
 memory of all its processes (PSS, so that pages shared by forked processes count once): the peak, and the growth
 from after the warm-up to the end. The client runs on the same cores as the service.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,8 @@ def _checkpoint(path: Path) -> Path:
     """The thesis network (random weights, RGB 150 px as the thesis) as a checkpoint the service loads."""
     import torch
 
-    from cxr.models.classifier import BinaryClassifier
     from cxr.bench.compute import ADAM, NET
+    from cxr.models.classifier import BinaryClassifier
 
     torch.manual_seed(0)
     preprocessing = {"channels": 3, "image_size": 150, "resample": "nearest", "pixel_divisor": 255.0}
@@ -60,8 +61,10 @@ def _uploads(image_dir: Path, n: int = 40) -> list[tuple[str, bytes]]:
         if i % 2:
             pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (DigitalXRayImageStorageForPresentation,
-                                                                             generate_uid())
+            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (
+                DigitalXRayImageStorageForPresentation,
+                generate_uid(),
+            )
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds = Dataset()
             ds.file_meta, ds.Modality, ds.ViewPosition = meta, "DX", "PA"
@@ -145,11 +148,20 @@ async def _load(url: str, uploads, n: int, concurrency: int) -> dict:
         seconds = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     sizes = np.array(batch_sizes or [0])
-    return {"requests": n, "concurrency": concurrency, "seconds": seconds, "throughput": n / seconds,
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "errors": len(errors), "first_errors": errors[:3],
-            "batch_size_max": int(sizes.max()), "batch_size_mean": float(sizes.mean()),
-            "batch_size_counts": {int(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))}}
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "throughput": n / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "batch_size_max": int(sizes.max()),
+        "batch_size_mean": float(sizes.mean()),
+        "batch_size_counts": {int(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))},
+    }
 
 
 def _free_port() -> int:
@@ -164,14 +176,19 @@ def start_service(ckpt: Path, folder: Path, overrides=(), timeout: float = 300) 
 
     port = _free_port()
     log = open(folder / "service.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "cxr.serve", f"ckpt_path={ckpt}", f"port={port}", *overrides],
-                               cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cxr.serve", f"ckpt_path={ckpt}", f"port={port}", *overrides],
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the service exited with {process.returncode}: "
-                               f"{(folder / 'service.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"the service exited with {process.returncode}: {(folder / 'service.log').read_text()[-2000:]}"
+            )
         try:
             if httpx.get(url + "/ready", timeout=2).status_code == 200:
                 return process, url
@@ -212,19 +229,44 @@ def bench_serve(sizes: Sizes, requests: int | None = None, image_dir=None) -> li
             sampler.stop()
         finally:
             status = stop_service(process)
-    details = {"requests_per_level": n, "uploads": f"{len(uploads)} NIH PNGs, every other one as DICOM",
-               "levels": results, "warmup": warmup, "memory_mb": {"started": started_mb, "after_warmup": warm_mb,
-                                                                 "end": end_mb, "peak": sampler.peak},
-               "exit_status": status, "service": "python -m cxr.serve, default settings (thesis net, RGB 150 px)"}
+    details = {
+        "requests_per_level": n,
+        "uploads": f"{len(uploads)} NIH PNGs, every other one as DICOM",
+        "levels": results,
+        "warmup": warmup,
+        "memory_mb": {"started": started_mb, "after_warmup": warm_mb, "end": end_mb, "peak": sampler.peak},
+        "exit_status": status,
+        "service": "python -m cxr.serve, default settings (thesis net, RGB 150 px)",
+    }
     for c, r in results.items():
-        rows.append(Row(f"serve /predict, concurrency {c}", "req/s", None, r["throughput"], "0 errors",
-                        r["errors"] == 0, details=details,
-                        note=(f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms; "
-                              f"{r['errors']} errors of {n}; batch sizes mean {r['batch_size_mean']:.1f}, "
-                              f"max {r['batch_size_max']}")))
+        rows.append(
+            Row(
+                f"serve /predict, concurrency {c}",
+                "req/s",
+                None,
+                r["throughput"],
+                "0 errors",
+                r["errors"] == 0,
+                details=details,
+                note=(
+                    f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms; "
+                    f"{r['errors']} errors of {n}; batch sizes mean {r['batch_size_mean']:.1f}, "
+                    f"max {r['batch_size_max']}"
+                ),
+            )
+        )
     growth = 100.0 * (end_mb / warm_mb - 1.0)
-    rows.append(Row("serve memory (PSS of its processes), after warm-up -> end", "MB", warm_mb, end_mb,
-                    "growth <= 5%", growth <= 5.0, details=details,
-                    note=f"peak {sampler.peak:.0f} MB; {growth:+.1f}% over {n * len(CONCURRENCY)} requests; "
-                         f"graceful stop exit status {status}"))
+    rows.append(
+        Row(
+            "serve memory (PSS of its processes), after warm-up -> end",
+            "MB",
+            warm_mb,
+            end_mb,
+            "growth <= 5%",
+            growth <= 5.0,
+            details=details,
+            note=f"peak {sampler.peak:.0f} MB; {growth:+.1f}% over {n * len(CONCURRENCY)} requests; "
+            f"graceful stop exit status {status}",
+        )
+    )
     return rows

@@ -22,15 +22,16 @@ runs build once.
 This module holds the format: keys, file names, validity and reading. :mod:`cxr.data.cache_build` builds
 caches, :mod:`cxr.data.cache_admin` lists and prunes them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -38,8 +39,8 @@ from cxr.artifacts import file_digest
 from cxr.errors import UserError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2        # 2: one grey plane + coloured exceptions, chunk keys (resume, incremental rebuild)
-CHUNK = 256               # images per chunk: the unit of parallel work, of resuming and of incremental rebuilds
+FORMAT_VERSION = 2  # 2: one grey plane + coloured exceptions, chunk keys (resume, incremental rebuild)
+CHUNK = 256  # images per chunk: the unit of parallel work, of resuming and of incremental rebuilds
 
 
 class CacheError(UserError, RuntimeError):
@@ -49,12 +50,13 @@ class CacheError(UserError, RuntimeError):
 @dataclass(frozen=True)
 class CacheSpec:
     """What a cache depends on besides the image files: size and resample filter; ``channels`` is the reader's."""
+
     image_size: int
     channels: int
     resample: str
 
     @classmethod
-    def of(cls, preprocessing) -> "CacheSpec":
+    def of(cls, preprocessing) -> CacheSpec:
         get = preprocessing.get if isinstance(preprocessing, dict) else lambda k: getattr(preprocessing, k)
         return cls(int(get("image_size")), int(get("channels")), str(get("resample")))
 
@@ -80,11 +82,15 @@ def chunk_keys(paths: Sequence[str | os.PathLike], spec: CacheSpec) -> list[str]
     """One SHA-256 per chunk of :data:`CHUNK` images: preprocessing, Pillow version, paths, sizes and mtimes."""
     import PIL
 
-    head = json.dumps({"format": FORMAT_VERSION, "pillow": PIL.__version__, "size": spec.image_size,
-                       "resample": spec.resample}, sort_keys=True)
+    head = json.dumps(
+        {"format": FORMAT_VERSION, "pillow": PIL.__version__, "size": spec.image_size, "resample": spec.resample},
+        sort_keys=True,
+    )
     lines = _stats([os.fspath(p) for p in paths])
-    return [hashlib.sha256("\n".join([head, str(start), *lines[start:start + CHUNK]]).encode()).hexdigest()
-            for start in range(0, len(lines), CHUNK)]
+    return [
+        hashlib.sha256("\n".join([head, str(start), *lines[start : start + CHUNK]]).encode()).hexdigest()
+        for start in range(0, len(lines), CHUNK)
+    ]
 
 
 def content_key(paths: Sequence[str | os.PathLike], spec: CacheSpec, chunks: list[str] | None = None) -> str:
@@ -121,8 +127,10 @@ class CachedImages:
         if self._array is None:
             self._array = np.load(self.array_path, mmap_mode="r")
             if self._array.shape != self.stored_shape or self._array.dtype != np.uint8:
-                raise CacheError(f"{self.array_path}: shape {self._array.shape} {self._array.dtype}, "
-                                 f"metadata says {self.stored_shape} uint8")
+                raise CacheError(
+                    f"{self.array_path}: shape {self._array.shape} {self._array.dtype}, "
+                    f"metadata says {self.stored_shape} uint8"
+                )
         return self._array
 
     @property
@@ -149,10 +157,15 @@ class CachedImages:
 
 
 def cache_files(cache_dir: Path, name: str) -> dict[str, Path]:
-    return {"array": cache_dir / f"{name}.npy", "meta": cache_dir / f"{name}.json",
-            "colour": cache_dir / f"{name}.colour.npy", "lock": cache_dir / f"{name}.lock",
-            "part": cache_dir / f"{name}.part.npy", "progress": cache_dir / f"{name}.part-progress.json",
-            "part_colour": cache_dir / f"{name}.part-colour"}
+    return {
+        "array": cache_dir / f"{name}.npy",
+        "meta": cache_dir / f"{name}.json",
+        "colour": cache_dir / f"{name}.colour.npy",
+        "lock": cache_dir / f"{name}.lock",
+        "part": cache_dir / f"{name}.part.npy",
+        "progress": cache_dir / f"{name}.part-progress.json",
+        "part_colour": cache_dir / f"{name}.part-colour",
+    }
 
 
 def read_valid(files: dict[str, Path], key: str | None) -> tuple[dict, str | None]:
@@ -177,8 +190,9 @@ def read_valid(files: dict[str, Path], key: str | None) -> tuple[dict, str | Non
     return meta, None
 
 
-def open_cache(paths: Sequence[str | os.PathLike], spec: CacheSpec, cache_dir: str | Path,
-               key: str | None = None) -> CachedImages | None:
+def open_cache(
+    paths: Sequence[str | os.PathLike], spec: CacheSpec, cache_dir: str | Path, key: str | None = None
+) -> CachedImages | None:
     """The cache of ``paths`` if a valid one exists, else None (stale, incomplete and truncated ones too)."""
     files = cache_files(Path(cache_dir), cache_name(paths, spec))
     meta, reason = read_valid(files, key or content_key(paths, spec))

@@ -1,10 +1,11 @@
 """Cache inventory and maintenance (``python -m cxr.prepare --list`` / ``--prune``): the caches under a folder,
 finished or partial, with their size on disk; deleting those no configuration uses."""
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cxr.data.cache import cache_files, read_valid
 
@@ -20,11 +21,19 @@ def list_caches(cache_dir: str | Path) -> list[dict]:
         files = cache_files(cache_dir, name)
         meta, reason = read_valid(files, None)
         on_disk = [p for p in cache_dir.iterdir() if p.name.split(".", 1)[0] == name]
-        size = sum(p.stat().st_size if p.is_file() else sum(q.stat().st_size for q in p.iterdir())
-                   for p in on_disk)
+        size = sum(p.stat().st_size if p.is_file() else sum(q.stat().st_size for q in p.iterdir()) for p in on_disk)
         state = "complete" if reason is None else "partial" if files["progress"].exists() else f"invalid ({reason})"
-        found.append({"name": name, "state": state, "images": meta.get("n_images"), "bytes": size,
-                      "created": meta.get("created"), "first_image": meta.get("first_image"), "files": on_disk})
+        found.append(
+            {
+                "name": name,
+                "state": state,
+                "images": meta.get("n_images"),
+                "bytes": size,
+                "created": meta.get("created"),
+                "first_image": meta.get("first_image"),
+                "files": on_disk,
+            }
+        )
     return found
 
 

@@ -1,6 +1,7 @@
 """Building the preprocessing cache (its format: :mod:`cxr.data.cache`): decode the images in parallel into a
 partial array, resume an interrupted build, copy the chunks that did not change, and rename the result into place
 under a lock so that concurrent runs build once."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,25 +12,40 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from cxr.artifacts import file_digest
 from cxr.data import cache  # cache.CHUNK is read where it is used: tests make the chunks smaller
 from cxr.data import images as _images
-from cxr.data.cache import (FORMAT_VERSION, CachedImages, CacheError, CacheSpec, cache_files,
-                            cache_name, chunk_keys, content_key, open_cache, read_valid)
+from cxr.data.cache import (
+    FORMAT_VERSION,
+    CachedImages,
+    CacheError,
+    CacheSpec,
+    cache_files,
+    cache_name,
+    chunk_keys,
+    content_key,
+    open_cache,
+    read_valid,
+)
 
 log = logging.getLogger(__name__)
-PROGRESS_SECONDS = 10.0   # interval between progress log lines while building
-POOL_MIN_IMAGES = 64      # smaller lists are decoded in this process (a pool costs more than it saves)
+PROGRESS_SECONDS = 10.0  # interval between progress log lines while building
+POOL_MIN_IMAGES = 64  # smaller lists are decoded in this process (a pool costs more than it saves)
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # decode to grey by construction
 
 
-def open_or_build(paths: Sequence[str | os.PathLike], preprocessing, cache_dir: str | Path,
-                  workers: int | None = None, progress: bool = False) -> CachedImages:
+def open_or_build(
+    paths: Sequence[str | os.PathLike],
+    preprocessing,
+    cache_dir: str | Path,
+    workers: int | None = None,
+    progress: bool = False,
+) -> CachedImages:
     """Open the valid cache of ``paths`` under ``cache_dir``, building (or finishing) it first when needed."""
     spec = CacheSpec.of(preprocessing)
     paths = [os.fspath(p) for p in paths]
@@ -117,9 +133,13 @@ def _start_partial(files: dict[str, Path], n: int, spec: CacheSpec, key: str, ch
         state = json.loads(files["progress"].read_text())
         part = np.load(files["part"], mmap_mode="r")
         if tuple(part.shape) == shape and part.dtype == np.uint8:
-            progress = {int(s): k for s, k in state.get("chunks", {}).items()
-                        if int(s) % cache.CHUNK == 0 and int(s) // cache.CHUNK < len(chunks)
-                        and chunks[int(s) // cache.CHUNK] == k}
+            progress = {
+                int(s): k
+                for s, k in state.get("chunks", {}).items()
+                if int(s) % cache.CHUNK == 0
+                and int(s) // cache.CHUNK < len(chunks)
+                and chunks[int(s) // cache.CHUNK] == k
+            }
         del part
     except (OSError, ValueError):
         pass
@@ -135,8 +155,11 @@ def _start_partial(files: dict[str, Path], n: int, spec: CacheSpec, key: str, ch
     # a previous complete cache of this list: copy its chunks whose key is unchanged (only stale parts are decoded)
     old_meta, reason = read_valid(files, None)
     old_chunks = old_meta.get("chunk_keys", []) if reason is None and old_meta.get("shape") == list(shape) else []
-    reuse = [i for i, k in enumerate(chunks)
-             if i < len(old_chunks) and old_chunks[i] == k and i * cache.CHUNK not in progress]
+    reuse = [
+        i
+        for i, k in enumerate(chunks)
+        if i < len(old_chunks) and old_chunks[i] == k and i * cache.CHUNK not in progress
+    ]
     if reuse:
         old = CachedImages(files["array"], old_meta, 3)
         part = np.load(files["part"], mmap_mode="r+")
@@ -150,25 +173,47 @@ def _start_partial(files: dict[str, Path], n: int, spec: CacheSpec, key: str, ch
         part.flush()
         del part, old
     if resumed or reuse:
-        log.info("cache: %d of %d chunks already decoded (%d from an interrupted build, %d unchanged in the "
-                 "previous cache)", len(progress), len(chunks), resumed, len(reuse))
+        log.info(
+            "cache: %d of %d chunks already decoded (%d from an interrupted build, %d unchanged in the previous cache)",
+            len(progress),
+            len(chunks),
+            resumed,
+            len(reuse),
+        )
     _write_json(files["progress"], {"key": key, "chunks": {str(s): k for s, k in progress.items()}})
     return progress
 
 
-def build_cache(paths: Sequence[str], spec: CacheSpec, cache_dir: Path, key: str,
-                workers: int | None = None, chunks: list[str] | None = None, progress: bool = False) -> Path:
+def build_cache(
+    paths: Sequence[str],
+    spec: CacheSpec,
+    cache_dir: Path,
+    key: str,
+    workers: int | None = None,
+    chunks: list[str] | None = None,
+    progress: bool = False,
+) -> Path:
     """Decode every image not yet decoded into ``<name>.part.npy`` (in parallel), then rename it to ``<name>.npy``
     and write ``<name>.json``; returns the array path. ``progress`` shows a tqdm bar with the ETA."""
     files = cache_files(cache_dir, cache_name(paths, spec))
     chunks = chunk_keys(paths, spec) if chunks is None else chunks
     n = len(paths)
     done = _start_partial(files, n, spec, key, chunks)
-    jobs = [(str(files["part"]), paths[s:s + cache.CHUNK], s, spec) for s in range(0, n, cache.CHUNK) if s not in done]
+    jobs = [
+        (str(files["part"]), paths[s : s + cache.CHUNK], s, spec) for s in range(0, n, cache.CHUNK) if s not in done
+    ]
     todo = sum(len(job[1]) for job in jobs)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
-    log.info("cache: decoding %d of %d images to %s (%dx%d, %s) with %d process(es)", todo, n, files["array"],
-             spec.image_size, spec.image_size, spec.resample, workers)
+    log.info(
+        "cache: decoding %d of %d images to %s (%dx%d, %s) with %d process(es)",
+        todo,
+        n,
+        files["array"],
+        spec.image_size,
+        spec.image_size,
+        spec.resample,
+        workers,
+    )
     started = time.perf_counter()
     bar = None
     if progress:
@@ -195,20 +240,38 @@ def build_cache(paths: Sequence[str], spec: CacheSpec, cache_dir: Path, key: str
                 now = time.perf_counter()
                 if now - last_log >= PROGRESS_SECONDS or decoded == todo:
                     rate = decoded / max(now - started, 1e-9)
-                    log.info("cache: %d/%d images (%.0f%%), %.0f img/s, %.0f s left", n - todo + decoded, n,
-                             100 * (n - todo + decoded) / max(n, 1), rate, (todo - decoded) / rate if rate else 0)
+                    log.info(
+                        "cache: %d/%d images (%.0f%%), %.0f img/s, %.0f s left",
+                        n - todo + decoded,
+                        n,
+                        100 * (n - todo + decoded) / max(n, 1),
+                        rate,
+                        (todo - decoded) / rate if rate else 0,
+                    )
                     last_log = now
     finally:
         if bar is not None:
             bar.close()
     _finish(files, paths, spec, key, chunks, round(time.perf_counter() - started, 2), todo)
-    log.info("cache: %d images in %.1f s -> %s (%.1f MB)", todo, time.perf_counter() - started, files["array"],
-             files["array"].stat().st_size / 1e6)
+    log.info(
+        "cache: %d images in %.1f s -> %s (%.1f MB)",
+        todo,
+        time.perf_counter() - started,
+        files["array"],
+        files["array"].stat().st_size / 1e6,
+    )
     return files["array"]
 
 
-def _finish(files: dict[str, Path], paths: Sequence[str], spec: CacheSpec, key: str, chunks: list[str],
-            seconds: float, decoded: int) -> None:
+def _finish(
+    files: dict[str, Path],
+    paths: Sequence[str],
+    spec: CacheSpec,
+    key: str,
+    chunks: list[str],
+    seconds: float,
+    decoded: int,
+) -> None:
     """Partial files -> the cache: colour rows gathered, array fsynced, renamed, metadata written last."""
     n = len(paths)
     rows = sorted(int(p.stem) for p in files["part_colour"].glob("*.npy"))
@@ -224,12 +287,25 @@ def _finish(files: dict[str, Path], paths: Sequence[str], spec: CacheSpec, key: 
     files["meta"].unlink(missing_ok=True)  # from here the old cache must never look valid
     os.replace(files["part"], files["array"])  # array first: without a matching JSON it is never read
     stat = files["array"].stat()
-    meta = {"key": key, "format": FORMAT_VERSION, "shape": [n, *spec.stored_shape], "dtype": "uint8",
-            "image_size": spec.image_size, "resample": spec.resample, "n_images": n,
-            "file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns, "sha256": file_digest(files["array"]),
-            "colour_rows": rows, "colour_file_size": colour_size, "chunk_keys": chunks,
-            "first_image": paths[0] if paths else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "build_seconds": seconds, "images_decoded": decoded}
+    meta = {
+        "key": key,
+        "format": FORMAT_VERSION,
+        "shape": [n, *spec.stored_shape],
+        "dtype": "uint8",
+        "image_size": spec.image_size,
+        "resample": spec.resample,
+        "n_images": n,
+        "file_size": stat.st_size,
+        "file_mtime_ns": stat.st_mtime_ns,
+        "sha256": file_digest(files["array"]),
+        "colour_rows": rows,
+        "colour_file_size": colour_size,
+        "chunk_keys": chunks,
+        "first_image": paths[0] if paths else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "build_seconds": seconds,
+        "images_decoded": decoded,
+    }
     _write_json(files["meta"], meta)
     if not rows:
         files["colour"].unlink(missing_ok=True)

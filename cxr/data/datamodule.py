@@ -1,5 +1,6 @@
 """LightningDataModule: the data step's result (cxr.data.table: labelled table, split, leakage judged) -> datasets
 -> streaming DataLoaders."""
+
 from __future__ import annotations
 
 import logging
@@ -22,14 +23,31 @@ log = logging.getLogger(__name__)
 class ChestXrayDataModule(L.LightningDataModule):
     """NIH ChestX-ray14 (or any set in its label layout) for the thesis' binary No Finding / finding task."""
 
-    def __init__(self, labels: str, root: str, split: dict, preprocessing: dict, batch_size: int = 10,
-                 num_workers: int = 0, missing: str = "error", external: dict | None = None,
-                 demo: dict | None = None, pin_memory: bool = False, name: str = "data",
-                 augmentation: dict | None = None, cache: bool = False, cache_dir: str | None = None,
-                 format: str = "png", shards_dir: str | None = None,
-                 task: str = "binary", findings: list[str] | None = None,
-                 exclude: str | None = None, allow_overlap: dict | None = None, persistent_workers: bool = True,
-                 missing_patient_id: str = "refuse"):
+    def __init__(
+        self,
+        labels: str,
+        root: str,
+        split: dict,
+        preprocessing: dict,
+        batch_size: int = 10,
+        num_workers: int = 0,
+        missing: str = "error",
+        external: dict | None = None,
+        demo: dict | None = None,
+        pin_memory: bool = False,
+        name: str = "data",
+        augmentation: dict | None = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        format: str = "png",
+        shards_dir: str | None = None,
+        task: str = "binary",
+        findings: list[str] | None = None,
+        exclude: str | None = None,
+        allow_overlap: dict | None = None,
+        persistent_workers: bool = True,
+        missing_patient_id: str = "refuse",
+    ):
         super().__init__()
         self.missing_patient_id = missing_patient_id  # data.missing_patient_id: see cxr.data.patient_ids
         self.persistent_workers = bool(persistent_workers)  # train/val workers kept between epochs
@@ -42,8 +60,9 @@ class ChestXrayDataModule(L.LightningDataModule):
 
             unknown = [f for f in self.target_columns if f not in FINDINGS]
             if unknown or not self.target_columns:
-                raise ValueError(f"task.findings: unknown finding(s) {unknown or '(none given)'}; "
-                                 f"known: {', '.join(FINDINGS)}")
+                raise ValueError(
+                    f"task.findings: unknown finding(s) {unknown or '(none given)'}; known: {', '.join(FINDINGS)}"
+                )
         self.cache, self.cache_dir = bool(cache), cache_dir  # data.cache: see cxr.data.cache
         if format not in ("png", "shards"):
             raise ValueError(f"data.format={format!r}: choose png or shards")
@@ -70,14 +89,24 @@ class ChestXrayDataModule(L.LightningDataModule):
             from cxr.data.demo import ensure_demo_dataset
 
             ensure_demo_dataset(self.root, **self.demo)
-            log.warning("data=demo: SYNTHETIC images, not X-rays. Use real data with data=nih data.root=... "
-                        "data.labels=... (see README)")
+            log.warning(
+                "data=demo: SYNTHETIC images, not X-rays. Use real data with data=nih data.root=... "
+                "data.labels=... (see README)"
+            )
 
     def labelled_data(self) -> LabelledData:
         """The data step's result (labelled tables, split, leakage), made once and shared with the data check."""
         if self._data is None:
-            self._data = labelled_data(self.labels, self.root, self.split_settings, self.external, self.exclude,
-                                       self.missing, self.allow_overlap, self.missing_patient_id)
+            self._data = labelled_data(
+                self.labels,
+                self.root,
+                self.split_settings,
+                self.external,
+                self.exclude,
+                self.missing,
+                self.allow_overlap,
+                self.missing_patient_id,
+            )
         return self._data
 
     def setup(self, stage: str | None = None) -> None:
@@ -95,33 +124,47 @@ class ChestXrayDataModule(L.LightningDataModule):
         if refusal:
             raise LeakageError(refusal)
         excluded = main.excluded
-        self.leakage = {"exclude": self.exclude,
-                        "excluded_images": None if excluded is None else len(excluded),
-                        "excluded_patients": None if excluded is None else int(excluded["patient_id"].nunique()),
-                        **record}
+        self.leakage = {
+            "exclude": self.exclude,
+            "excluded_images": None if excluded is None else len(excluded),
+            "excluded_patients": None if excluded is None else int(excluded["patient_id"].nunique()),
+            **record,
+        }
         if self.missing_patient_id != "refuse":
             from cxr.data.patient_ids import count_per_image
 
-            self.leakage["missing_patient_id"] = {"policy": self.missing_patient_id, "images": sum(
-                count_per_image(t) for t in (table, external) if t is not None)}
+            self.leakage["missing_patient_id"] = {
+                "policy": self.missing_patient_id,
+                "images": sum(count_per_image(t) for t in (table, external) if t is not None),
+            }
         self.table = table
         self.summary = summarise_split(table, table["split"])
-        log.info("split=%s: %s", method, ", ".join(
-            f"{s} {self.summary[s]['images']} images / {self.summary[s]['patients']} patients" for s in SPLITS))
+        log.info(
+            "split=%s: %s",
+            method,
+            ", ".join(
+                f"{s} {self.summary[s]['images']} images / {self.summary[s]['patients']} patients" for s in SPLITS
+            ),
+        )
         log.info("patients in more than one split: %s", self.summary["patients_in_several_splits"])
         source = self._open_cache(table)  # None without data.cache
         for name in SPLITS:
             transform = augmentation_transform(**self.augmentation) if name == "train" and self.augmentation else None
             in_split = (table["split"] == name).to_numpy()
             rows = np.flatnonzero(in_split) if source is not None else None  # this split's rows of the cache
-            self.datasets[name] = ChestXrayDataset(table[in_split].reset_index(drop=True), self.preprocessing,
-                                                   transform, source=source, source_rows=rows,
-                                                   target_columns=self.target_columns)
+            self.datasets[name] = ChestXrayDataset(
+                table[in_split].reset_index(drop=True),
+                self.preprocessing,
+                transform,
+                source=source,
+                source_rows=rows,
+                target_columns=self.target_columns,
+            )
         if external is not None:
             self.external_table = external
-            self.datasets["external"] = ChestXrayDataset(external, self.preprocessing,
-                                                         source=self._open_cache(external),
-                                                         target_columns=self.target_columns)
+            self.datasets["external"] = ChestXrayDataset(
+                external, self.preprocessing, source=self._open_cache(external), target_columns=self.target_columns
+            )
         if self.format == "shards":
             self._read_shards()
 
@@ -135,8 +178,15 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise ValueError("data.format=shards needs data.shards_dir")
         spec = CacheSpec.of(self.preprocessing)
         for name, dataset in list(self.datasets.items()):
-            folder = open_or_write_shards(self.shards_dir, name, self.rows(name), dataset.source,
-                                          dataset.source_rows, spec, target_columns=self.target_columns)
+            folder = open_or_write_shards(
+                self.shards_dir,
+                name,
+                self.rows(name),
+                dataset.source,
+                dataset.source_rows,
+                spec,
+                target_columns=self.target_columns,
+            )
             if name == "train":
                 seed = int(torch.initial_seed() % 2**31)  # the run's seed (seed_everything) drives the epoch order
                 self.datasets[name] = ChestXrayShards(folder, self.preprocessing, dataset.transform, seed=seed)
@@ -171,10 +221,16 @@ class ChestXrayDataModule(L.LightningDataModule):
             from cxr.data.shards import shard_loader
 
             return shard_loader(self.datasets[name], self.batch_size, self.num_workers, collate_batch, self.pin_memory)
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_batch,
-                          sampler=sampler, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0
-                          and name in ("train", "val"))
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=collate_batch,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0 and name in ("train", "val"),
+        )
 
     def _distributed_validation_sampler(self, name: str = "val"):
         """Under DDP, the validation split is divided between the processes without the duplicates that Lightning's

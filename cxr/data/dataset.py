@@ -1,4 +1,5 @@
 """A torch Dataset that opens, resizes and scales chest X-rays on the fly (nothing is preloaded)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,15 @@ class ChestXrayDataset(Dataset):
     ``target_columns``: None for the binary ``target`` (a scalar per image), or the finding columns of a multi-label
     task (a 0/1 vector per image, in that order)."""
 
-    def __init__(self, table: pd.DataFrame, preprocessing: Preprocessing, transform=None,
-                 source=None, source_rows=None, target_columns: list[str] | None = None):
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        preprocessing: Preprocessing,
+        transform=None,
+        source=None,
+        source_rows=None,
+        target_columns: list[str] | None = None,
+    ):
         self.transform = transform  # applied to the float tensor (augmentation of the training split)
         self.paths = table["path"].astype(str).tolist()
         targets = table["target"] if target_columns is None else table[list(target_columns)]
@@ -68,8 +76,11 @@ class ChestXrayDataset(Dataset):
         self.preprocessing = preprocessing
         # data.cache: pre-decoded uint8 images (cxr.data.cache.CachedImages); item i is source[source_rows[i]]
         self.source = source
-        self.source_rows = None if source is None else np.asarray(
-            range(len(self.paths)) if source_rows is None else source_rows, dtype=np.int64)
+        self.source_rows = (
+            None
+            if source is None
+            else np.asarray(range(len(self.paths)) if source_rows is None else source_rows, dtype=np.int64)
+        )
         if self.source_rows is not None and len(self.source_rows) != len(self.paths):
             raise ValueError(f"{len(self.source_rows)} cache rows for {len(self.paths)} images")
 
@@ -99,21 +110,36 @@ def collate_batch(items):
 
     first = items[0][0] if items else None
     if get_worker_info() is not None or not all(
-            type(item[0]) is torch.Tensor and item[0].shape == first.shape and item[0].dtype == first.dtype
-            and item[0].device.type == "cpu" and not item[0].requires_grad for item in items):
+        type(item[0]) is torch.Tensor
+        and item[0].shape == first.shape
+        and item[0].dtype == first.dtype
+        and item[0].device.type == "cpu"
+        and not item[0].requires_grad
+        for item in items
+    ):
         return default_collate(items)
     images = torch.from_numpy(np.stack([item[0].numpy() for item in items]))
     return [images, *default_collate([tuple(item[1:]) for item in items])]
 
 
-def augmentation_transform(degrees: float = 0.0, translate: float = 0.0, scale=(1.0, 1.0),
-                           horizontal_flip: bool = False):
+def augmentation_transform(
+    degrees: float = 0.0, translate: float = 0.0, scale=(1.0, 1.0), horizontal_flip: bool = False
+):
     """Random affine (rotation in degrees, shift as a fraction of the size, zoom range) and optional flip."""
     from torchvision.transforms import v2
 
     identity = not degrees and not translate and (not scale or tuple(scale) == (1.0, 1.0))
-    steps = [] if identity else [v2.RandomAffine(degrees=degrees, translate=(translate, translate) if translate
-                                                 else None, scale=tuple(scale) if scale else None)]
+    steps = (
+        []
+        if identity
+        else [
+            v2.RandomAffine(
+                degrees=degrees,
+                translate=(translate, translate) if translate else None,
+                scale=tuple(scale) if scale else None,
+            )
+        ]
+    )
     if horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)

@@ -6,6 +6,7 @@ fluid at a lung base, ...), and about a third of the images with a finding have 
 can learn each one. The folder also holds NIH-style ``test_list.txt`` / ``train_val_list.txt`` (patient-disjoint:
 every fifth patient is in the test list) for ``split=official``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ DEMO_VERSION = 3  # bump when the generator changes; part of the sentinel so old
 MARKED_FINDINGS = ("Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumothorax")
 CSV_NAME = "Data_Entry_demo.csv"
 SENTINEL = ".complete"
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-          "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 # rough NIH prevalences (Infiltration common, Hernia rare); normalised to sampling weights
 _WEIGHTS = np.array([11.6, 2.5, 4.2, 2.1, 11.9, 2.2, 1.5, 0.2, 17.7, 5.2, 5.6, 3.0, 1.3, 4.7])
 _ORIGINAL = ("2500,2048,0.168,0.168", "2992,2991,0.143,0.143", "3056,2544,0.139,0.139", "2048,2500,0.168,0.168")
@@ -89,8 +92,9 @@ def _draw_marks(rng, img, x, y, cx, cy, s, lungs, marks) -> np.ndarray:
             img -= 0.22 * _soft_ellipse(x, y, outer, ly - 0.35 * b, 0.12 * s, 0.5 * b, 0.05)
         elif finding == "Mass":  # one large, sharp-edged bright disc
             r = rng.uniform(0.12, 0.17) * s
-            img += 0.35 * _soft_ellipse(x, y, lx + rng.uniform(-0.3, 0.3) * a, ly + rng.uniform(-0.3, 0.3) * b,
-                                        r, r, 0.03)
+            img += 0.35 * _soft_ellipse(
+                x, y, lx + rng.uniform(-0.3, 0.3) * a, ly + rng.uniform(-0.3, 0.3) * b, r, r, 0.03
+            )
         elif finding == "Nodule":  # several small bright dots
             for _ in range(int(rng.integers(3, 6))):
                 bx, by = lx + rng.uniform(-0.6, 0.6) * a, ly + rng.uniform(-0.6, 0.6) * b
@@ -110,8 +114,9 @@ def _marked_labels(rng: np.random.Generator) -> str:
     return "|".join(sorted(MARKED_FINDINGS[i] for i in picked))
 
 
-def _rows(rng: np.random.Generator, n_patients: int, lo: int, hi: int,
-          finding_marks: bool = False) -> list[tuple[str, bool]]:
+def _rows(
+    rng: np.random.Generator, n_patients: int, lo: int, hi: int, finding_marks: bool = False
+) -> list[tuple[str, bool]]:
     """CSV lines (without newline) and whether each image has a finding."""
     rows = []
     for patient in range(1, n_patients + 1):
@@ -130,24 +135,45 @@ def _rows(rng: np.random.Generator, n_patients: int, lo: int, hi: int,
                 labels = NO_FINDING
             view = "PA" if rng.random() < 0.6 else "AP"
             original = _ORIGINAL[rng.integers(len(_ORIGINAL))]
-            rows.append((f"{patient:08d}_{followup:03d}.png,{labels},{followup},{patient},"
-                         f"{age + followup // 2},{gender},{view},{original}", sick))
+            rows.append(
+                (
+                    f"{patient:08d}_{followup:03d}.png,{labels},{followup},{patient},"
+                    f"{age + followup // 2},{gender},{view},{original}",
+                    sick,
+                )
+            )
     return rows
 
 
-def ensure_demo_dataset(root: str | Path, n_patients: int = 160, images_per_patient: tuple[int, int] = (1, 6),
-                        image_size: int = 128, seed: int = 0, finding_marks: bool = False) -> Path:
+def ensure_demo_dataset(
+    root: str | Path,
+    n_patients: int = 160,
+    images_per_patient: tuple[int, int] = (1, 6),
+    image_size: int = 128,
+    seed: int = 0,
+    finding_marks: bool = False,
+) -> Path:
     """Generate (once) the synthetic demo dataset under root; return the path of its label CSV.
 
     ``finding_marks``: one distinct mark per finding of MARKED_FINDINGS (for task=multilabel)."""
     root = Path(root).expanduser().absolute()
     lo, hi = (int(v) for v in images_per_patient)
     if n_patients < 1 or not 1 <= lo <= hi or image_size < 16:
-        raise ValueError(f"bad demo dataset arguments: n_patients={n_patients}, "
-                         f"images_per_patient={images_per_patient}, image_size={image_size}")
-    stamp = json.dumps({"version": DEMO_VERSION, "n_patients": int(n_patients), "images_per_patient": [lo, hi],
-                        "image_size": int(image_size), "seed": int(seed),
-                        **({"finding_marks": True} if finding_marks else {})}, sort_keys=True)
+        raise ValueError(
+            f"bad demo dataset arguments: n_patients={n_patients}, "
+            f"images_per_patient={images_per_patient}, image_size={image_size}"
+        )
+    stamp = json.dumps(
+        {
+            "version": DEMO_VERSION,
+            "n_patients": int(n_patients),
+            "images_per_patient": [lo, hi],
+            "image_size": int(image_size),
+            "seed": int(seed),
+            **({"finding_marks": True} if finding_marks else {}),
+        },
+        sort_keys=True,
+    )
     sentinel = root / SENTINEL
     if sentinel.is_file() and sentinel.read_text() == stamp and (root / CSV_NAME).is_file():
         return root / CSV_NAME
@@ -156,8 +182,13 @@ def ensure_demo_dataset(root: str | Path, n_patients: int = 160, images_per_pati
 
     rng = np.random.default_rng(seed)
     rows = _rows(rng, n_patients, lo, hi, bool(finding_marks))
-    log.info("Generating a SYNTHETIC demo dataset (drawn shapes, not real X-rays) at %s: %d images of %d patients. "
-             "Use real data with data=nih data.root=... data.labels=...", root, len(rows), n_patients)
+    log.info(
+        "Generating a SYNTHETIC demo dataset (drawn shapes, not real X-rays) at %s: %d images of %d patients. "
+        "Use real data with data=nih data.root=... data.labels=...",
+        root,
+        len(rows),
+        n_patients,
+    )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

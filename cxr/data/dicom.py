@@ -23,6 +23,7 @@ at 8 bits (or scaled to fill 16 bits), comes back pixel for pixel (tests/test_di
 PNG predicts what the PNG predicts. Nothing that identifies the patient is read into the result: only pixel and
 acquisition attributes (modality, view position, photometric interpretation).
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,36 @@ DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 TRAINED_MODALITIES = ("CR", "DX")  # computed and digital radiography: what NIH ChestX-ray14 holds
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT", "LLD", "RLD")
 # the codes a warning may echo (DICOM PS3.3 defined terms); any other value is shown as "unrecognised"
-KNOWN_MODALITIES = ("CR", "DX", "CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "OT", "SC", "IO", "PX", "RG", "ES",
-                    "XC", "DOC", "SR", "PR", "KO", "SEG", "RTIMAGE", "OP", "OCT", "BMD", "DG", "ECG")
+KNOWN_MODALITIES = (
+    "CR",
+    "DX",
+    "CT",
+    "MR",
+    "US",
+    "NM",
+    "PT",
+    "XA",
+    "RF",
+    "MG",
+    "OT",
+    "SC",
+    "IO",
+    "PX",
+    "RG",
+    "ES",
+    "XC",
+    "DOC",
+    "SR",
+    "PR",
+    "KO",
+    "SEG",
+    "RTIMAGE",
+    "OP",
+    "OCT",
+    "BMD",
+    "DG",
+    "ECG",
+)
 KNOWN_VIEWS = ("PA", "AP", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LATERAL", "LAT")
 GREY = ("MONOCHROME1", "MONOCHROME2")
 WINDOWS = ("voi", "stored", "minmax")  # how stored values become 0-255 (module docstring, dicom.window)
@@ -62,7 +91,7 @@ class DicomReadError(UserError, OSError):
 class DicomImage:
     """The displayed 8-bit grey pixels and the reasons to doubt them (never patient data)."""
 
-    pixels: np.ndarray                      # H x W uint8, bone bright
+    pixels: np.ndarray  # H x W uint8, bone bright
     warnings: list[str] = field(default_factory=list)
 
 
@@ -88,13 +117,13 @@ def quiet_pydicom():
 def has_dicom_preamble(path: str | Path | bytes) -> bool:
     """Whether the file (or its bytes) holds 'DICM' after its 128-byte preamble (DICOM Part 10)."""
     if isinstance(path, (bytes, bytearray)):
-        return bytes(path[PREAMBLE_LENGTH:PREAMBLE_LENGTH + 4]) == b"DICM"
+        return bytes(path[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4]) == b"DICM"
     try:
         with open(path, "rb") as file:
             head = file.read(PREAMBLE_LENGTH + 4)
     except OSError:
         return False
-    return head[PREAMBLE_LENGTH:PREAMBLE_LENGTH + 4] == b"DICM"
+    return head[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] == b"DICM"
 
 
 def looks_like_dicom(path: str | Path | bytes) -> bool:
@@ -109,8 +138,12 @@ def looks_like_dicom(path: str | Path | bytes) -> bool:
     try:
         with quiet_pydicom():
             source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else path
-            dataset = pydicom.dcmread(source, force=True, stop_before_pixels=True, specific_tags=[
-                "SOPClassUID", "Modality", "Rows", "Columns", "PhotometricInterpretation"])
+            dataset = pydicom.dcmread(
+                source,
+                force=True,
+                stop_before_pixels=True,
+                specific_tags=["SOPClassUID", "Modality", "Rows", "Columns", "PhotometricInterpretation"],
+            )
             return any(tag.group in (0x0008, 0x0028) for tag in dataset.keys())
     except Exception:  # anything pydicom cannot parse is not a DICOM data set
         return False
@@ -166,7 +199,7 @@ def _stored_range(dataset) -> tuple[float, float]:
         return _lut_range(dataset.ModalityLUTSequence[0])  # every stored value maps into the LUT's entries
     bits = int(dataset.get("BitsStored") or dataset.get("BitsAllocated") or 8)
     signed = int(dataset.get("PixelRepresentation") or 0) == 1
-    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     ends = apply_modality_lut(np.array([low, high], dtype=np.float64), dataset)  # linear: Rescale Slope/Intercept
     return float(min(ends)), float(max(ends))
 
@@ -182,15 +215,18 @@ def _set_transfer_syntax(dataset) -> None:
     implicit, little = getattr(dataset, "original_encoding", (True, True))
     if meta is None:
         dataset.file_meta = meta = FileMetaDataset()
-    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
 
 
 def check_window(window: str) -> str:
     """``window`` itself when it is one of WINDOWS; ValueError naming the choices otherwise."""
     if window not in WINDOWS:
-        raise ValueError(f"dicom.window={window!r}: choose voi (the file's VOI LUT or window, else the stored "
-                         "range), stored (the Bits Stored range) or minmax (the image's own minimum and maximum)")
+        raise ValueError(
+            f"dicom.window={window!r}: choose voi (the file's VOI LUT or window, else the stored "
+            "range), stored (the Bits Stored range) or minmax (the image's own minimum and maximum)"
+        )
     return window
 
 
@@ -202,8 +238,9 @@ def read_dicom(path: str | Path | bytes, window: str = "voi", name: str = "uploa
         with quiet_pydicom():
             return _read_dicom(path, window, name)
     except ImportError as error:
-        raise DicomReadError(f"{path}: reading DICOM needs pydicom>=3 and the pylibjpeg plugins "
-                             "(pip install -e '.[predict]')") from error
+        raise DicomReadError(
+            f"{path}: reading DICOM needs pydicom>=3 and the pylibjpeg plugins (pip install -e '.[predict]')"
+        ) from error
 
 
 def _read_dicom(path: str | Path | bytes, window: str, name: str) -> DicomImage:
@@ -236,17 +273,21 @@ def _read_dicom(path: str | Path | bytes, window: str, name: str) -> DicomImage:
         raise DicomReadError(f"{path}: floating-point pixel data ({_describe(dataset)}) is not a radiograph")
     frames = _frames(dataset)
     if frames > 1:
-        raise DicomReadError(f"{path}: multi-frame DICOM ({frames} frames); the model reads single radiographs: "
-                             "export the frame you want as its own file")
+        raise DicomReadError(
+            f"{path}: multi-frame DICOM ({frames} frames); the model reads single radiographs: "
+            "export the frame you want as its own file"
+        )
     rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
     if rows * columns > MAX_INPUT_PIXELS:
-        raise DicomReadError(f"{path}: the image has {columns} x {rows} pixels, more than the limit of "
-                             f"{MAX_INPUT_PIXELS:,}")
+        raise DicomReadError(
+            f"{path}: the image has {columns} x {rows} pixels, more than the limit of {MAX_INPUT_PIXELS:,}"
+        )
     photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
     warnings: list[str] = []
     if photometric not in GREY + COLOUR:
-        raise DicomReadError(f"{path}: photometric interpretation {photometric or 'missing'!r} cannot be mapped "
-                             "to a grey X-ray")
+        raise DicomReadError(
+            f"{path}: photometric interpretation {photometric or 'missing'!r} cannot be mapped to a grey X-ray"
+        )
     try:
         dataset.pixel_array_options(correct_unused_bits=True)  # keep only the Bits Stored bits
         pixels = dataset.pixel_array

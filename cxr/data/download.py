@@ -17,6 +17,7 @@ The label file and the official split lists are written into ``DIR`` from the co
 (``cxr/data/nih_release/``), or fetched from ``--mirror``. Archives are processed in parallel threads (the work
 is network and zlib, both of which release the GIL).
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,11 +27,11 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urljoin
 
 import requests
@@ -44,9 +45,11 @@ MANIFEST_COLUMNS = ("archive", "url", "md5", "images")
 METADATA_FILES = ("Data_Entry_2017_v2020.csv", "train_val_list.txt", "test_list.txt")
 STATE_DIR = ".download"
 BLOCK = 1 << 20
-CONNECT_RETRIES = 3   # a dropped connection is resumed (Range) up to this many times per attempt
+CONNECT_RETRIES = 3  # a dropped connection is resumed (Range) up to this many times per attempt
 TIMEOUT_S = 60
-BYTES_PER_IMAGE = 405_000  # mean size of a 1024 px release PNG (the 48 originals of the NIH sample); tar.gz barely shrinks it
+BYTES_PER_IMAGE = (
+    405_000  # mean size of a 1024 px release PNG (the 48 originals of the NIH sample); tar.gz barely shrinks it
+)
 _STOP = threading.Event()  # set on Ctrl-C: every transfer stops after its current block, keeping its .part file
 
 
@@ -78,8 +81,10 @@ def read_manifest(path: str | Path | None = None) -> list[Archive]:
             reader = csv.DictReader(handle)
             missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise DownloadError(f"{path}: missing column(s) {', '.join(missing)} "
-                                    f"(need {', '.join(MANIFEST_COLUMNS)}; found {', '.join(reader.fieldnames or [])})")
+                raise DownloadError(
+                    f"{path}: missing column(s) {', '.join(missing)} "
+                    f"(need {', '.join(MANIFEST_COLUMNS)}; found {', '.join(reader.fieldnames or [])})"
+                )
             archives = []
             for line, row in enumerate(reader, start=2):
                 name, md5 = (row["archive"] or "").strip(), (row["md5"] or "").strip().lower()
@@ -139,8 +144,9 @@ class Progress:
             self.overall.close()
 
 
-def fetch(url: str, target: Path, progress: Progress | None = None, bar=None,
-          session: requests.Session | None = None) -> Path:
+def fetch(
+    url: str, target: Path, progress: Progress | None = None, bar=None, session: requests.Session | None = None
+) -> Path:
     """Download ``url`` to ``target`` via ``target.part``, resuming a partial file with an HTTP Range request."""
     part = target.with_name(target.name + ".part")
     session = session or requests.Session()
@@ -153,8 +159,10 @@ def fetch(url: str, target: Path, progress: Progress | None = None, bar=None,
                 if response.status_code == 416:  # the partial file is already whole (or longer than the file)
                     total = content_range_total(response.headers.get("Content-Range"))
                     if total is None:
-                        raise DownloadError(f"{url}: HTTP 416 with a malformed Content-Range "
-                                            f"{response.headers.get('Content-Range')!r:.80}; {part} kept")
+                        raise DownloadError(
+                            f"{url}: HTTP 416 with a malformed Content-Range "
+                            f"{response.headers.get('Content-Range')!r:.80}; {part} kept"
+                        )
                     if total == have:
                         break
                     part.unlink()
@@ -178,13 +186,19 @@ def fetch(url: str, target: Path, progress: Progress | None = None, bar=None,
             if response.headers.get("Content-Length") and part.stat().st_size < total:
                 raise requests.ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
             break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                urllib3.exceptions.HTTPError) as error:  # read1 raises urllib3's own (connection dropped, timeout)
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.HTTPError,
+        ) as error:  # read1 raises urllib3's own (connection dropped, timeout)
             if attempt == CONNECT_RETRIES:
                 kept = part.stat().st_size if part.exists() else 0
-                raise DownloadError(f"{url}: {short(error)} (after {CONNECT_RETRIES + 1} tries; {kept} bytes kept "
-                                    f"in {part}, the next run resumes from there)") from None
-            time.sleep(min(2 ** attempt, 10) * 0.1)
+                raise DownloadError(
+                    f"{url}: {short(error)} (after {CONNECT_RETRIES + 1} tries; {kept} bytes kept "
+                    f"in {part}, the next run resumes from there)"
+                ) from None
+            time.sleep(min(2**attempt, 10) * 0.1)
         except requests.HTTPError as error:
             raise DownloadError(f"{url}: HTTP {error.response.status_code} {error.response.reason}") from None
         except requests.RequestException as error:
@@ -211,7 +225,7 @@ def short(error: Exception) -> str:
 @dataclass
 class Result:
     archive: Archive
-    status: str       # "skipped" (already complete), "downloaded", "copied" (--from)
+    status: str  # "skipped" (already complete), "downloaded", "copied" (--from)
     bytes: int = 0
     seconds: float = 0.0
     refetched: bool = False
@@ -238,8 +252,14 @@ def archive_url(archive: Archive, mirror: str | None) -> str:
     return archive.url
 
 
-def get_archive(archive: Archive, root: Path, mirror: str | None = None, source_dir: Path | None = None,
-                keep: bool = False, progress: Progress | None = None) -> Result:
+def get_archive(
+    archive: Archive,
+    root: Path,
+    mirror: str | None = None,
+    source_dir: Path | None = None,
+    keep: bool = False,
+    progress: Progress | None = None,
+) -> Result:
     """Fetch (or take from ``source_dir``), verify, extract and count one archive; skip it when already complete."""
     if is_complete(root, archive):
         return Result(archive, "skipped")
@@ -254,8 +274,9 @@ def get_archive(archive: Archive, root: Path, mirror: str | None = None, source_
             if not local.is_file():
                 raise DownloadError(f"{archive.name}: not found in {source_dir}")
             if (digest := file_digest(local, "md5")) != archive.md5:
-                raise DownloadError(f"{local}: MD5 {digest} does not match the manifest's {archive.md5} "
-                                    "(a damaged or different file)")
+                raise DownloadError(
+                    f"{local}: MD5 {digest} does not match the manifest's {archive.md5} (a damaged or different file)"
+                )
             tarball, status = local, "copied"
         else:
             tarball, status = state / archive.name, "downloaded"
@@ -271,21 +292,26 @@ def get_archive(archive: Archive, root: Path, mirror: str | None = None, source_
                         break
                     tarball.unlink()
                     if attempt == 2:
-                        raise DownloadError(f"{archive.name}: MD5 {digest} does not match the manifest's "
-                                            f"{archive.md5} twice in a row ({url}); the file was deleted. Check "
-                                            "the mirror or the manifest")
+                        raise DownloadError(
+                            f"{archive.name}: MD5 {digest} does not match the manifest's "
+                            f"{archive.md5} twice in a row ({url}); the file was deleted. Check "
+                            "the mirror or the manifest"
+                        )
                     refetched = True
         folder = root / archive.folder
         extracted = safe_extract(tarball, folder)
         found = count_pngs(folder)
         if found != archive.images:
-            raise DownloadError(f"{archive.name}: {found} PNGs under {folder} after extraction ({extracted} in the "
-                                f"archive), the manifest says {archive.images}")
+            raise DownloadError(
+                f"{archive.name}: {found} PNGs under {folder} after extraction ({extracted} in the "
+                f"archive), the manifest says {archive.images}"
+            )
         size = tarball.stat().st_size
         if status == "downloaded" and not keep:
             tarball.unlink()
-        _state(root, archive).write_text(json.dumps({"md5": archive.md5, "images": archive.images,
-                                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        _state(root, archive).write_text(
+            json.dumps({"md5": archive.md5, "images": archive.images, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        )
         return Result(archive, status, size, time.perf_counter() - started, refetched)
     finally:
         if bar is not None:
@@ -300,8 +326,10 @@ def metadata_digests(manifest: str | Path | None = None) -> dict[str, str]:
     try:
         lines = path.read_text().splitlines()
     except OSError:
-        raise DownloadError(f"{path} not found: the label file and split lists fetched from --mirror are verified "
-                            f"against it (lines '<sha256>  <name>' for {', '.join(METADATA_FILES)})") from None
+        raise DownloadError(
+            f"{path} not found: the label file and split lists fetched from --mirror are verified "
+            f"against it (lines '<sha256>  <name>' for {', '.join(METADATA_FILES)})"
+        ) from None
     digests = {}
     for line in lines:
         digest, _, name = line.strip().partition("  ")
@@ -316,12 +344,15 @@ def verify_metadata(path: Path, digests: dict[str, str]) -> None:
     digest = file_digest(path, "sha256")
     if digest != expected:
         path.unlink(missing_ok=True)
-        raise DownloadError(f"{path.name}: SHA-256 {digest} is not the release's {expected or '(none listed)'}: "
-                            "a tampered or different file from the mirror was deleted")
+        raise DownloadError(
+            f"{path.name}: SHA-256 {digest} is not the release's {expected or '(none listed)'}: "
+            "a tampered or different file from the mirror was deleted"
+        )
 
 
-def write_metadata(root: Path, mirror: str | None = None, source_dir: Path | None = None,
-                   manifest: str | Path | None = None) -> list[Path]:
+def write_metadata(
+    root: Path, mirror: str | None = None, source_dir: Path | None = None, manifest: str | Path | None = None
+) -> list[Path]:
     """The label file and split lists into ``root``: from the mirror (verified against their SHA-256), from
     ``source_dir`` if it has them, else from the copies shipped with the package."""
     written = []
@@ -344,8 +375,9 @@ def write_metadata(root: Path, mirror: str | None = None, source_dir: Path | Non
 
 def check_release(root: Path, archives: list[Archive]) -> list[str]:
     """Problems left after the download: archive folders short of their count, labelled images not on disk."""
-    problems = [f"{a.folder}: {n} of {a.images} images" for a in archives
-                if (n := count_pngs(root / a.folder)) != a.images]
+    problems = [
+        f"{a.folder}: {n} of {a.images} images" for a in archives if (n := count_pngs(root / a.folder)) != a.images
+    ]
     labels = root / METADATA_FILES[0]
     if labels.is_file() and not problems:
         from cxr.data.images import index_images
@@ -358,8 +390,9 @@ def check_release(root: Path, archives: list[Archive]) -> list[str]:
             return problems + [f"{labels}: cannot be read as a label file ({error})"]
         absent = listed[~listed.isin(found.keys())]
         if len(absent) and len(found) >= len(listed):  # the whole release is on disk (not a partial manifest)
-            problems.append(f"{labels.name}: {len(absent)} labelled images are not on disk (first: "
-                            f"{', '.join(absent.head(3))})")
+            problems.append(
+                f"{labels.name}: {len(absent)} labelled images are not on disk (first: {', '.join(absent.head(3))})"
+            )
     return problems
 
 
@@ -371,12 +404,19 @@ def disk_needed(archives: list[Archive], jobs: int, keep: bool, local: bool = Fa
         return images
     if keep:
         return 2 * images
-    return images + sum(sorted((a.images * BYTES_PER_IMAGE for a in archives), reverse=True)[:max(1, jobs)])
+    return images + sum(sorted((a.images * BYTES_PER_IMAGE for a in archives), reverse=True)[: max(1, jobs)])
 
 
-def download_release(root: str | Path, manifest: str | Path | None = None, mirror: str | None = None,
-                     source_dir: str | Path | None = None, jobs: int = 3, keep: bool = False,
-                     progress: bool = True, echo: Callable[[str], None] = print) -> list[Result]:
+def download_release(
+    root: str | Path,
+    manifest: str | Path | None = None,
+    mirror: str | None = None,
+    source_dir: str | Path | None = None,
+    jobs: int = 3,
+    keep: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[Result]:
     """Everything of :mod:`cxr.download`: archives in parallel, metadata, final count. Raises DownloadError."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -389,8 +429,10 @@ def download_release(root: str | Path, manifest: str | Path | None = None, mirro
     needed = disk_needed(todo, jobs, keep, local=source is not None)
     free = shutil.disk_usage(root).free
     if needed > free:
-        echo(f"warning: {root} has {free / 1e9:.1f} GB free; the {len(todo)} archive(s) still to fetch need about "
-             f"{needed / 1e9:.1f} GB (estimate: {BYTES_PER_IMAGE // 1000} KB per image)")
+        echo(
+            f"warning: {root} has {free / 1e9:.1f} GB free; the {len(todo)} archive(s) still to fetch need about "
+            f"{needed / 1e9:.1f} GB (estimate: {BYTES_PER_IMAGE // 1000} KB per image)"
+        )
     bars = Progress(progress)
     results, failures = [], []
     _STOP.clear()
@@ -412,8 +454,10 @@ def download_release(root: str | Path, manifest: str | Path | None = None, mirro
         bars.close()
     for result in sorted(results, key=lambda r: r.archive.name):
         rate = f", {result.bytes / 1e6 / result.seconds:.1f} MB/s" if result.seconds and result.bytes else ""
-        echo(f"{result.archive.name}: {result.status}{' (re-fetched after an MD5 mismatch)' if result.refetched else ''}"
-             f" -> {root / result.archive.folder} ({result.archive.images} images{rate})")
+        echo(
+            f"{result.archive.name}: {result.status}{' (re-fetched after an MD5 mismatch)' if result.refetched else ''}"
+            f" -> {root / result.archive.folder} ({result.archive.images} images{rate})"
+        )
     if failures:
         raise DownloadError("; ".join(failures))
     problems = check_release(root, archives)

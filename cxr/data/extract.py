@@ -1,5 +1,6 @@
 """Archive extraction for :mod:`cxr.data.download`: a tar(.gz) unpacked only when every member stays inside its
 folder (checked, then :mod:`tarfile`'s ``data`` filter), and the PNGs a folder holds counted."""
+
 from __future__ import annotations
 
 import os
@@ -19,11 +20,15 @@ def safe_extract(archive: Path, destination: Path) -> int:
             for member in members:
                 where = (destination / member.name).resolve()
                 if member.name.startswith(("/", "\\")) or not where.is_relative_to(destination):
-                    raise DownloadError(f"{archive.name}: member {member.name!r} would be written outside "
-                                        f"{destination}; nothing extracted")
+                    raise DownloadError(
+                        f"{archive.name}: member {member.name!r} would be written outside "
+                        f"{destination}; nothing extracted"
+                    )
                 if member.issym() or member.islnk() or member.isdev():
-                    raise DownloadError(f"{archive.name}: member {member.name!r} is a link or device file; "
-                                        "an image archive holds only files and folders")
+                    raise DownloadError(
+                        f"{archive.name}: member {member.name!r} is a link or device file; "
+                        "an image archive holds only files and folders"
+                    )
             tar.extractall(destination, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DownloadError(f"{archive}: not a readable tar archive ({error})") from None

@@ -2,6 +2,7 @@
 
 NIH ships 8-bit grey PNGs, a few RGBA ones and some 16-bit grey ones; all come out as 8-bit ``L`` or ``RGB``.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """The inputs of ``predict.py`` and of the service (``python -m cxr.serve``): the files a user names (files, folders,
 globs, ``@list.txt`` / ``@list.csv`` lists) expanded into images, or an upload's bytes, each recognised as PNG, JPEG or
 DICOM by its content, checked against the size limits and prepared exactly as training prepared its images."""
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,14 @@ import torch
 from PIL import Image
 
 from cxr.data.dataset import Preprocessing
-from cxr.data.dicom import (MAX_INPUT_PIXELS, DicomReadError, has_dicom_preamble, is_dicom_name, looks_like_dicom,
-                            read_dicom)
+from cxr.data.dicom import (
+    MAX_INPUT_PIXELS,
+    DicomReadError,
+    has_dicom_preamble,
+    is_dicom_name,
+    looks_like_dicom,
+    read_dicom,
+)
 from cxr.data.images import IMAGE_EXTENSIONS, ImageReadError, prepare_image
 from cxr.data.input_limits import check_image_header, walk_once
 from cxr.errors import PredictError
@@ -23,7 +30,7 @@ PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 LIST_EXTENSIONS = (".txt", ".csv")
 LIST_PREFIX = "@"  # inputs=@list.txt: a file of image paths; a list is never guessed from its name
 MAX_INPUT_BYTES = 64 * 2**20  # the largest file read: an uncompressed 16-bit 4300 x 4300 DICOM is 37 MB
-Source = str | Path | bytes   # a file, or a file's bytes (an upload, never written to disk)
+Source = str | Path | bytes  # a file, or a file's bytes (an upload, never written to disk)
 
 
 def _head(source: Source, length: int = 132) -> bytes:
@@ -68,8 +75,12 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
             if name.startswith("."):
                 continue
             suffix = path.suffix.lower()
-            if (suffix in IMAGE_EXTENSIONS or is_dicom_name(path) or has_dicom_preamble(path)
-                    or (not suffix and looks_like_dicom(path))):  # other files only when their content is DICOM
+            if (
+                suffix in IMAGE_EXTENSIONS
+                or is_dicom_name(path)
+                or has_dicom_preamble(path)
+                or (not suffix and looks_like_dicom(path))
+            ):  # other files only when their content is DICOM
                 found.append(path)
                 continue
             skipped += 1
@@ -86,7 +97,7 @@ def _read_list(path: Path) -> list[Path]:
         header = [h.strip().lower() for h in rows[0]]
         column = header.index("path") if "path" in header else 0
         looks_like_header = "path" in header or not Path(rows[0][0]).suffix
-        entries = [r[column] for r in rows[1 if looks_like_header else 0:] if len(r) > column]
+        entries = [r[column] for r in rows[1 if looks_like_header else 0 :] if len(r) > column]
     else:
         entries = text.splitlines()
     entries = [e.strip() for e in entries if e.strip() and not e.strip().startswith("#")]
@@ -104,21 +115,24 @@ def collect_inputs(spec) -> tuple[list[Path], int]:
         item = str(item)
         path = Path(item).expanduser()
         if item.startswith(LIST_PREFIX):
-            listed = Path(item[len(LIST_PREFIX):]).expanduser()
+            listed = Path(item[len(LIST_PREFIX) :]).expanduser()
             if not listed.is_file():
                 raise PredictError(f"inputs={item}: list file not found: {listed}")
             try:
                 paths += _read_list(listed)
             except UnicodeDecodeError:
-                raise PredictError(f"inputs={item}: not a text file of image paths (one per line, or a CSV with "
-                                   "a column 'path')") from None
+                raise PredictError(
+                    f"inputs={item}: not a text file of image paths (one per line, or a CSV with a column 'path')"
+                ) from None
         elif path.is_dir():
             found, n_skipped = _walk(path)
             paths += found
             skipped += n_skipped
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS and sniff_format(path) is None:
-            raise PredictError(f"inputs={item}: not an image (PNG, JPEG or DICOM); to read it as a list of image "
-                               f"paths, give inputs={LIST_PREFIX}{item}")
+            raise PredictError(
+                f"inputs={item}: not an image (PNG, JPEG or DICOM); to read it as a list of image "
+                f"paths, give inputs={LIST_PREFIX}{item}"
+            )
         elif any(c in item for c in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
@@ -140,8 +154,9 @@ def collect_inputs(spec) -> tuple[list[Path], int]:
 
 def _check_pixels(size: tuple[int, int], label) -> None:
     if size[0] * size[1] > MAX_INPUT_PIXELS:
-        raise ImageReadError(f"{label}: the image has {size[0]} x {size[1]} pixels, more than the limit of "
-                             f"{MAX_INPUT_PIXELS:,}")
+        raise ImageReadError(
+            f"{label}: the image has {size[0]} x {size[1]} pixels, more than the limit of {MAX_INPUT_PIXELS:,}"
+        )
 
 
 def read_grey(path: Source, dicom_window: str = "voi", name: str = "upload") -> tuple[Image.Image, str, list[str]]:
@@ -181,8 +196,9 @@ def read_grey(path: Source, dicom_window: str = "voi", name: str = "upload") -> 
         raise ImageReadError(f"cannot read image {label}{size_note}: {error}") from error
 
 
-def prepare_input(path: Source, preprocessing: Preprocessing, dicom_window: str = "voi", name: str = "upload"
-                  ) -> tuple[torch.Tensor, str, list[str]]:
+def prepare_input(
+    path: Source, preprocessing: Preprocessing, dicom_window: str = "voi", name: str = "upload"
+) -> tuple[torch.Tensor, str, list[str]]:
     """One input (a file or its bytes) as the network's tensor, exactly as training prepared its images: decoded,
     then ``prepare_image`` as ``cxr.data.images.load_image`` does."""
     p = preprocessing
@@ -210,5 +226,10 @@ class InputImages(torch.utils.data.Dataset):
         except Exception as error:  # a malformed file can make a decoder fail in any way: one row, not the run
             message = f"cannot read {path}: {type(error).__name__}: {error}"
         message = "".join(c if c.isprintable() else "?" for c in (message.splitlines() or [""])[0])
-        return {"index": index, "image": None, "format": sniff_format(path) if path.exists() else "",
-                "warning": "", "error": message.removeprefix(f"{path}: ")}
+        return {
+            "index": index,
+            "image": None,
+            "format": sniff_format(path) if path.exists() else "",
+            "warning": "",
+            "error": message.removeprefix(f"{path}: "),
+        }

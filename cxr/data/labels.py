@@ -8,6 +8,7 @@ The normalised table has one row per image and these columns (a column the layou
 ``image, finding_labels, patient_id, age_years, sex, view_position, target`` and one 0/1 column per finding.
 ``target`` is the thesis' binary label: 0 for ``No Finding``, 1 for anything else.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,20 +21,45 @@ from cxr.errors import UserError
 
 NO_FINDING = "No Finding"
 FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
-    "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
 )
 TABLE_COLUMNS = ("image", "finding_labels", "patient_id", "age_years", "sex", "view_position", "target")
 
 # normalised header name (lower case, letters and digits only) -> table column
 _ALIASES = {
-    "imageindex": "image", "image": "image", "imagename": "image", "filename": "image", "path": "image",
-    "findinglabels": "finding_labels", "findinglabel": "finding_labels", "label": "finding_labels",
-    "labels": "finding_labels", "finding": "finding_labels", "findings": "finding_labels",
+    "imageindex": "image",
+    "image": "image",
+    "imagename": "image",
+    "filename": "image",
+    "path": "image",
+    "findinglabels": "finding_labels",
+    "findinglabel": "finding_labels",
+    "label": "finding_labels",
+    "labels": "finding_labels",
+    "finding": "finding_labels",
+    "findings": "finding_labels",
     "patientid": "patient_id",
-    "patientage": "age_years", "age": "age_years",
-    "patientgender": "sex", "patientsex": "sex", "gender": "sex", "sex": "sex",
-    "viewposition": "view_position", "view": "view_position",
+    "patientage": "age_years",
+    "age": "age_years",
+    "patientgender": "sex",
+    "patientsex": "sex",
+    "gender": "sex",
+    "sex": "sex",
+    "viewposition": "view_position",
+    "view": "view_position",
 }
 _AGE_UNITS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
 _AGE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([YMWDymwd]?)$")
@@ -72,8 +98,7 @@ def read_labels(path: str | Path) -> pd.DataFrame:
         raise LabelFileError(f"{path}: not a readable CSV label file ({error})") from error
     if len(raw.columns) and str(raw.columns[0]).strip().lower().endswith((".png", ".jpg", ".jpeg")):
         # no header row (a bare "image,label" list): the first line is data
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False, header=None,
-                          skipinitialspace=True)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False, header=None, skipinitialspace=True)
         raw.columns = ["image", "finding_labels", *map(str, raw.columns[2:])]
 
     columns: dict[str, str] = {}
@@ -155,9 +180,7 @@ def _multi_hot(findings: pd.Series, path: Path, lines: np.ndarray) -> pd.DataFra
     if NO_FINDING in dummies.columns:
         mixed = (dummies[NO_FINDING] == 1) & (dummies.drop(columns=NO_FINDING).sum(axis=1) > 0)
         if mixed.any():
-            raise LabelFileError(
-                f"{path}: line {lines[mixed.to_numpy()][0]}: '{NO_FINDING}' combined with a finding"
-            )
+            raise LabelFileError(f"{path}: line {lines[mixed.to_numpy()][0]}: '{NO_FINDING}' combined with a finding")
     return dummies.reindex(columns=list(FINDINGS), fill_value=0).astype("int8")
 
 

@@ -5,6 +5,7 @@ recorded in metrics.json (``leakage``) either way.
 Image names are unique within one label file (``read_labels`` refuses duplicates), so train, val and test can
 share patients but never an image.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -36,12 +37,14 @@ def find_overlaps(table: pd.DataFrame, split: pd.Series, external: pd.DataFrame 
         hit = patients[patients.isin(training["patient_id"])]
         overlaps["test_patients"] = _entry(hit.sort_values(), len(patients))
     if external is not None and len(external):
-        overlaps["external_images"] = _entry(external["image"][external["image"].isin(training["image"])],
-                                             len(external))
+        overlaps["external_images"] = _entry(
+            external["image"][external["image"].isin(training["image"])], len(external)
+        )
         if has_patients and not external["patient_id"].isna().any():
             patients = pd.Series(external["patient_id"].unique())
-            overlaps["external_patients"] = _entry(patients[patients.isin(training["patient_id"])].sort_values(),
-                                                   len(patients))
+            overlaps["external_patients"] = _entry(
+                patients[patients.isin(training["patient_id"])].sort_values(), len(patients)
+            )
     return overlaps
 
 
@@ -60,8 +63,9 @@ def allowed(kind: str, allow: dict, method: str | None) -> bool:
     if value == "auto":
         return method in ("thesis", "file")
     if not isinstance(value, bool):
-        raise ConfigError(f"data.allow_overlap.{kind}={value!r}: choose true, false" +
-                         (" or auto" if kind == "test_patients" else ""))
+        raise ConfigError(
+            f"data.allow_overlap.{kind}={value!r}: choose true, false" + (" or auto" if kind == "test_patients" else "")
+        )
     return value
 
 
@@ -72,19 +76,24 @@ def judge(overlaps: dict, allow: dict, method: str | None) -> tuple[dict, str | 
         ok = allowed(kind, allow, method)
         record[kind] = {**entry, "allowed": ok}
         if entry["count"] and not ok:
-            refused.append(f"{entry['count']} of {entry['of']} {KINDS[kind]} (first: "
-                           f"{', '.join(map(str, entry['first']))})")
+            refused.append(
+                f"{entry['count']} of {entry['of']} {KINDS[kind]} (first: {', '.join(map(str, entry['first']))})"
+            )
     if not refused:
         return record, None
     refused_kinds = [k for k, e in record.items() if e["count"] and not e["allowed"]]
     fixes = [f"data.allow_overlap.{kind}=true" for kind in refused_kinds]
-    hint = ("hold the external set out of training with data.exclude=external_patients, or allow it with "
-            if any(k.startswith("external") for k in refused_kinds) else "allow it with ")
+    hint = (
+        "hold the external set out of training with data.exclude=external_patients, or allow it with "
+        if any(k.startswith("external") for k in refused_kinds)
+        else "allow it with "
+    )
     return record, f"leakage between sets (split={method}): {'; '.join(refused)}; {hint}{' '.join(fixes)}"
 
 
-def check(table: pd.DataFrame, split: pd.Series, external: pd.DataFrame | None, allow: dict,
-          method: str | None) -> dict:
+def check(
+    table: pd.DataFrame, split: pd.Series, external: pd.DataFrame | None, allow: dict, method: str | None
+) -> dict:
     """Raise LeakageError on a refused overlap, else return the record for metrics.json."""
     record, refusal = judge(find_overlaps(table, split, external), allow, method)
     if refusal:

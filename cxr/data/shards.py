@@ -16,6 +16,7 @@ A split's folder is named by the split, size, resize filter, count and a hash of
 targets (and target columns); it is written to a temporary folder, then renamed and marked complete
 (``cxr-shards.json``), so a half-written set of shards is never read.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,27 +50,41 @@ def shard_targets(table: pd.DataFrame, target_columns: list[str] | None = None) 
     return table[list(target_columns)].to_numpy(dtype=np.float32)
 
 
-def shard_name(split: str, table: pd.DataFrame, cache_key: str, spec,
-               target_columns: list[str] | None = None) -> str:
+def shard_name(split: str, table: pd.DataFrame, cache_key: str, spec, target_columns: list[str] | None = None) -> str:
     """The folder of a split's shards: split, size, filter, count, and a hash of the cache key, names and targets."""
-    digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "cache": cache_key,
-                                        "images": table["image"].tolist(), "columns": target_columns,
-                                        "targets": shard_targets(table, target_columns).tolist()}).encode()
-                            ).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "cache": cache_key,
+                "images": table["image"].tolist(),
+                "columns": target_columns,
+                "targets": shard_targets(table, target_columns).tolist(),
+            }
+        ).encode()
+    ).hexdigest()
     return f"{split}-{spec.image_size}px-{spec.resample}-{len(table)}-{digest[:16]}"
 
 
 def _sample(i: int, cached, rows: np.ndarray, names: list[str], targets: np.ndarray) -> dict:
     """litdata.optimize's function: one sample from the cache (grey plane; RGB too for a coloured image)."""
     row = int(rows[i])
-    colour = np.array(cached.colour[cached.colour_rows[row]]) if row in cached.colour_rows else np.zeros(
-        (0, 0, 3), np.uint8)
+    colour = (
+        np.array(cached.colour[cached.colour_rows[row]]) if row in cached.colour_rows else np.zeros((0, 0, 3), np.uint8)
+    )
     target = np.asarray(targets[i], dtype=np.float32) if targets.ndim == 2 else int(targets[i])
     return {"index": i, "image": names[i], "target": target, "pixels": np.array(cached.array[row]), "colour": colour}
 
 
-def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, workers: int = 1,
-                 chunk_bytes: str | int = CHUNK_BYTES, target_columns: list[str] | None = None) -> Path:
+def write_shards(
+    output_dir: str | Path,
+    cached,
+    rows,
+    table: pd.DataFrame,
+    workers: int = 1,
+    chunk_bytes: str | int = CHUNK_BYTES,
+    target_columns: list[str] | None = None,
+) -> Path:
     """Write the images ``cached[rows]`` with the labels of ``table`` (same order) as LitData shards."""
     from litdata import optimize
 
@@ -77,15 +92,36 @@ def write_shards(output_dir: str | Path, cached, rows, table: pd.DataFrame, work
     tmp = output_dir.with_name(f"{output_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
-    fn = functools.partial(_sample, cached=cached, rows=np.asarray(rows, dtype=np.int64),
-                           names=table["image"].astype(str).tolist(), targets=shard_targets(table, target_columns))
-    optimize(fn=fn, inputs=list(range(len(table))), output_dir=str(tmp), chunk_bytes=chunk_bytes,
-             num_workers=max(1, workers), keep_data_ordered=True, verbose=False, start_method="fork")
+    fn = functools.partial(
+        _sample,
+        cached=cached,
+        rows=np.asarray(rows, dtype=np.int64),
+        names=table["image"].astype(str).tolist(),
+        targets=shard_targets(table, target_columns),
+    )
+    optimize(
+        fn=fn,
+        inputs=list(range(len(table))),
+        output_dir=str(tmp),
+        chunk_bytes=chunk_bytes,
+        num_workers=max(1, workers),
+        keep_data_ordered=True,
+        verbose=False,
+        start_method="fork",
+    )
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in tmp.iterdir())
-    (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "n_images": len(table), "bytes": size,
-                                          "write_seconds": round(seconds, 2),
-                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    (tmp / MARKER).write_text(
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "n_images": len(table),
+                "bytes": size,
+                "write_seconds": round(seconds, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
+    )
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(tmp, output_dir)
     log.info("shards: %d images -> %s (%.1f MB) in %.1f s", len(table), output_dir, size / 1e6, seconds)
@@ -107,17 +143,28 @@ def check_shard_index(folder: str | Path) -> None:
     try:
         formats = json.loads(index.read_text())["config"]["data_format"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ShardFormatError(f"{index}: not a readable LitData index ({type(error).__name__}); delete the "
-                               "folder and it is written again") from None
+        raise ShardFormatError(
+            f"{index}: not a readable LitData index ({type(error).__name__}); delete the folder and it is written again"
+        ) from None
     foreign = [f for f in formats if not isinstance(f, str) or f.split(":", 1)[0] not in OWN_SERIALIZERS]
     if foreign:
-        raise ShardFormatError(f"{index}: serializer(s) {', '.join(map(str, foreign))} are not cxr's own "
-                               f"({', '.join(OWN_SERIALIZERS)}); shards are read only as cxr writes them (delete "
-                               "the folder and it is written again)")
+        raise ShardFormatError(
+            f"{index}: serializer(s) {', '.join(map(str, foreign))} are not cxr's own "
+            f"({', '.join(OWN_SERIALIZERS)}); shards are read only as cxr writes them (delete "
+            "the folder and it is written again)"
+        )
 
 
-def open_or_write_shards(shards_dir: str | Path, split: str, table: pd.DataFrame, cached, rows, spec,
-                         workers: int = 1, target_columns: list[str] | None = None) -> Path:
+def open_or_write_shards(
+    shards_dir: str | Path,
+    split: str,
+    table: pd.DataFrame,
+    cached,
+    rows,
+    spec,
+    workers: int = 1,
+    target_columns: list[str] | None = None,
+) -> Path:
     """The shard folder of this split (written first when missing or incomplete)."""
     folder = Path(shards_dir) / shard_name(split, table, cached.meta["key"], spec, target_columns)
     try:
@@ -159,15 +206,27 @@ class ChestXrayShards(_StreamingDataset):
     ranks too, with counts per rank that may differ by up to a chunk.
     """
 
-    def __init__(self, folder: str | Path, preprocessing: Preprocessing, transform=None, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        preprocessing: Preprocessing,
+        transform=None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool | None = None,
+    ):
         if _StreamingDataset is object:
             raise ImportError("data.format=shards needs litdata: pip install litdata (or the cxr[shards] extra)")
         check_shard_index(folder)
         self._drop_last_setting = drop_last
         # LitData applies ``transform`` to every sample it reads: the dict becomes (image, target, index)
-        super().__init__(str(folder), shuffle=shuffle, seed=seed, drop_last=drop_last,
-                         transform=functools.partial(_to_item, preprocessing=preprocessing, transform=transform))
+        super().__init__(
+            str(folder),
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            transform=functools.partial(_to_item, preprocessing=preprocessing, transform=transform),
+        )
         self.preprocessing, self.augmentation = preprocessing, transform
 
     def detect_ranks(self) -> None:
@@ -214,8 +273,14 @@ def shard_loader(dataset, batch_size: int, num_workers: int = 0, collate_fn=None
 
     if isinstance(dataset, ChestXrayShards):
         dataset.detect_ranks()
-    return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
-                               pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    return StreamingDataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
 
 
 SHARD_NAME = re.compile(r"^(train|val|test|external)-\d+px-[a-z]+-\d+-[0-9a-f]{16}$")  # as shard_name makes them
@@ -223,8 +288,7 @@ SHARD_NAME = re.compile(r"^(train|val|test|external)-\d+px-[a-z]+-\d+-[0-9a-f]{1
 
 def is_cxr_shard_folder(folder: Path) -> bool:
     """A folder cxr made: named as :func:`shard_name` names them and holding cxr's marker file (never a link)."""
-    return (SHARD_NAME.match(folder.name) is not None and not folder.is_symlink()
-            and (folder / MARKER).is_file())
+    return SHARD_NAME.match(folder.name) is not None and not folder.is_symlink() and (folder / MARKER).is_file()
 
 
 def list_shards(shards_dir: str | Path) -> list[dict]:
@@ -237,6 +301,13 @@ def list_shards(shards_dir: str | Path) -> list[dict]:
             images = json.loads((folder / MARKER).read_text()).get("n_images")
         except (OSError, ValueError):
             images = None
-        found.append({"name": folder.name, "images": images, "folder": folder, "ours": is_cxr_shard_folder(folder),
-                      "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())})
+        found.append(
+            {
+                "name": folder.name,
+                "images": images,
+                "folder": folder,
+                "ours": is_cxr_shard_folder(folder),
+                "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+            }
+        )
     return found

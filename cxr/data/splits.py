@@ -4,6 +4,7 @@ Sizes are image counts (``3000``) or fractions of the labelled images (``0.5``);
 With ``scale=True``, counts are read as shares of ``pool`` (the thesis' 5,606-image sample) and scaled to the
 data at hand, so program C's 4606/500/500 becomes 82%/9%/9% of a smaller sample.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,9 @@ def _sizes(n: int, train, val, scale: bool, pool: int | None) -> tuple[int, int]
     return n_train, n_val
 
 
-def thesis_split(table: pd.DataFrame, train, val, seed: int = 100, scale: bool = False,
-                 pool: int | None = None) -> pd.Series:
+def thesis_split(
+    table: pd.DataFrame, train, val, seed: int = 100, scale: bool = False, pool: int | None = None
+) -> pd.Series:
     """The thesis' split: ``np.random.seed(seed); np.random.shuffle(rows)``, then contiguous train/val/test.
 
     Patients are ignored, as in the thesis, so one patient's images can land in several splits.
@@ -65,8 +67,8 @@ def thesis_split(table: pd.DataFrame, train, val, seed: int = 100, scale: bool =
     np.random.RandomState(seed).shuffle(order)  # same stream as np.random.seed(seed) + np.random.shuffle
     split = np.empty(n, dtype=object)
     split[order[:n_train]] = "train"
-    split[order[n_train:n_train + n_val]] = "val"
-    split[order[n_train + n_val:]] = "test"
+    split[order[n_train : n_train + n_val]] = "val"
+    split[order[n_train + n_val :]] = "test"
     return pd.Series(split, index=table.index, name="split")
 
 
@@ -94,8 +96,9 @@ def _assign_patients(patients: pd.Series, n_train: int, n_val: int, seed: int) -
     return patients.map(by_patient).rename("split")
 
 
-def patient_split(table: pd.DataFrame, train, val, seed: int = 100, scale: bool = False,
-                  pool: int | None = None) -> pd.Series:
+def patient_split(
+    table: pd.DataFrame, train, val, seed: int = 100, scale: bool = False, pool: int | None = None
+) -> pd.Series:
     """Patient-disjoint train/val/test with about the requested image counts."""
     patients = _require_patients(table, "patient")
     n_train, n_val = _sizes(len(table), train, val, scale, pool)
@@ -125,7 +128,8 @@ def official_split(table: pd.DataFrame, train_val_list, test_list, val=0.1, seed
         if n_val >= n_train_val:
             raise SplitError(f"split.val={val} takes all {n_train_val} train_val images")
         split[in_train_val] = _assign_patients(patients[in_train_val], n_train_val - n_val, n_val, seed).map(
-            {"train": "train", "val": "val", "test": "val"})
+            {"train": "train", "val": "val", "test": "val"}
+        )
     left_out = int(split.isna().sum())
     if left_out:
         log.info("official split: %d labelled images are in neither list and are left out", left_out)
@@ -150,8 +154,10 @@ def file_split(table: pd.DataFrame, path) -> pd.Series:
     absent = ~saved["image"].isin(table["image"])
     if absent.any():
         first = ", ".join(saved.loc[absent, "image"].head(5))
-        raise SplitError(f"{path}: {int(absent.sum())} of {len(saved)} images of the saved split are not among the "
-                         f"labelled images found on disk (first: {first})")
+        raise SplitError(
+            f"{path}: {int(absent.sum())} of {len(saved)} images of the saved split are not among the "
+            f"labelled images found on disk (first: {first})"
+        )
     split = table["image"].map(saved.set_index("image")["split"])
     return split.astype(object).where(split.notna(), None).rename("split")
 

@@ -4,6 +4,7 @@
 ``cxr.data.validation``) and the DataModule both receive its result, so the labels are read, the image folder
 indexed, "which labelled images are missing" decided, the split made and the leakage judged in one place.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,8 @@ class LabelledSet:
     labels: str
     root: str
     table: pd.DataFrame
-    n_files: int                   # image files found under root (labelled or not)
-    excluded: pd.DataFrame | None = None   # rows held out by data.exclude (image, patient_id, finding_labels, path)
+    n_files: int  # image files found under root (labelled or not)
+    excluded: pd.DataFrame | None = None  # rows held out by data.exclude (image, patient_id, finding_labels, path)
     _splits: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -47,8 +48,10 @@ class LabelledSet:
 
     def missing_message(self, name: str | None = None) -> str:
         missing = self.missing
-        return (f"{len(missing)} of {len(self.table)} images listed in {name or self.labels} are not under "
-                f"{self.root} (first: {', '.join(missing['image'].head(FIRST))})")
+        return (
+            f"{len(missing)} of {len(self.table)} images listed in {name or self.labels} are not under "
+            f"{self.root} (first: {', '.join(missing['image'].head(FIRST))})"
+        )
 
     def usable(self, missing: str = "error") -> pd.DataFrame:
         """The rows to train or evaluate on under the ``data.missing`` policy (``error`` raises, ``drop`` skips)."""
@@ -58,8 +61,12 @@ class LabelledSet:
         if n_missing and missing == "error":
             raise ImageIndexError(f"{self.missing_message()}; fix data.root, or skip them with data.missing=drop")
         if n_missing:
-            log.warning("data.missing=drop: dropped %d of %d labelled images not found under %s",
-                        n_missing, len(self.table), self.root)
+            log.warning(
+                "data.missing=drop: dropped %d of %d labelled images not found under %s",
+                n_missing,
+                len(self.table),
+                self.root,
+            )
         return self.present
 
     def split(self, settings: dict) -> pd.Series:
@@ -89,8 +96,9 @@ def with_image_paths(table: pd.DataFrame, labels: str | Path, root: str | Path) 
     return LabelledSet(str(labels), str(root), table.assign(path=paths), len(found))
 
 
-def attach_image_paths(table: pd.DataFrame, root: str | Path, missing: str = "error",
-                       labels: str | Path = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+def attach_image_paths(
+    table: pd.DataFrame, root: str | Path, missing: str = "error", labels: str | Path = ""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add a ``path`` column to an already read table; return (rows with an image, rows whose image is missing)."""
     if missing not in MISSING_POLICIES:
         raise ConfigError(f"data.missing={missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
@@ -109,17 +117,26 @@ def exclude_external(main: LabelledSet, external: LabelledSet, how: str) -> Labe
     else:
         patients = external.table["patient_id"].dropna()
         if len(patients) < len(external.table) or table["patient_id"].isna().any():
-            raise ConfigError(f"data.exclude=external_patients needs patient ids in {main.labels} and "
-                             f"{external.labels}; use data.exclude=external_images")
+            raise ConfigError(
+                f"data.exclude=external_patients needs patient ids in {main.labels} and "
+                f"{external.labels}; use data.exclude=external_images"
+            )
         hit = table["patient_id"].isin(patients)
     excluded = table.loc[hit, ["image", "patient_id", "finding_labels", "path"]].reset_index(drop=True)
-    log.info("data.exclude=%s: held %d images of %d patients out of %s", how, len(excluded),
-             excluded["patient_id"].nunique(), main.labels)
+    log.info(
+        "data.exclude=%s: held %d images of %d patients out of %s",
+        how,
+        len(excluded),
+        excluded["patient_id"].nunique(),
+        main.labels,
+    )
     return LabelledSet(main.labels, main.root, table.loc[~hit].reset_index(drop=True), main.n_files, excluded)
 
 
-DATA_KEY_EXAMPLES = {"data.labels": "the label file, e.g. data.labels=/data/nih/Data_Entry_2017_v2020.csv",
-                     "data.root": "the image folder, e.g. data.root=/data/nih"}
+DATA_KEY_EXAMPLES = {
+    "data.labels": "the label file, e.g. data.labels=/data/nih/Data_Entry_2017_v2020.csv",
+    "data.root": "the image folder, e.g. data.root=/data/nih",
+}
 
 
 def unset_data_keys(labels, root) -> str | None:
@@ -131,8 +148,9 @@ def unset_data_keys(labels, root) -> str | None:
     return f"{' and '.join(unset)} {verb} not set: give {'; and '.join(DATA_KEY_EXAMPLES[k] for k in unset)}"
 
 
-def build_sets(labels, root, external: dict | None = None, exclude: str | None = None,
-               missing_patient_id: str = "refuse") -> dict[str, LabelledSet]:
+def build_sets(
+    labels, root, external: dict | None = None, exclude: str | None = None, missing_patient_id: str = "refuse"
+) -> dict[str, LabelledSet]:
     """The labelled sets of a run: ``main`` and, when ``external.labels`` and ``external.root`` are set,
     ``external``; ``exclude`` (data.exclude) holds the external set out of the main table."""
     if unset := unset_data_keys(labels, root):
@@ -143,8 +161,9 @@ def build_sets(labels, root, external: dict | None = None, exclude: str | None =
         sets["external"] = labelled_set(external["labels"], external["root"], missing_patient_id)
     if exclude:
         if "external" not in sets:
-            raise ConfigError(f"data.exclude={exclude} needs an external set (data.external.labels, "
-                             "data.external.root)")
+            raise ConfigError(
+                f"data.exclude={exclude} needs an external set (data.external.labels, data.external.root)"
+            )
         sets["main"] = exclude_external(sets["main"], sets["external"], exclude)
     return sets
 
@@ -155,7 +174,7 @@ class LabelledData:
     judgement, each computed once; the data check reports on it and the DataModule trains on it."""
 
     sets: dict[str, LabelledSet]  # main and, with data.external, external
-    split_settings: dict          # data.split
+    split_settings: dict  # data.split
     external_missing: str = "error"  # data.external.missing (else data.missing)
     allow_overlap: dict = field(default_factory=dict)  # data.allow_overlap
     _judgement: tuple | None = field(default=None, repr=False)
@@ -182,11 +201,22 @@ class LabelledData:
         return self._judgement
 
 
-def labelled_data(labels, root, split: dict, external: dict | None = None, exclude: str | None = None,
-                  missing: str = "error", allow_overlap: dict | None = None,
-                  missing_patient_id: str = "refuse") -> LabelledData:
+def labelled_data(
+    labels,
+    root,
+    split: dict,
+    external: dict | None = None,
+    exclude: str | None = None,
+    missing: str = "error",
+    allow_overlap: dict | None = None,
+    missing_patient_id: str = "refuse",
+) -> LabelledData:
     """The data step of a run (the ``data`` config's settings): read the labels, index the images, build the
     labelled tables (:func:`build_sets`); the split and the leakage judgement are made on first use and kept."""
     external = dict(external or {})
-    return LabelledData(build_sets(labels, root, external, exclude, missing_patient_id), dict(split or {}),
-                        external.get("missing", missing), dict(allow_overlap or {}))
+    return LabelledData(
+        build_sets(labels, root, external, exclude, missing_patient_id),
+        dict(split or {}),
+        external.get("missing", missing),
+        dict(allow_overlap or {}),
+    )

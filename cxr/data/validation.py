@@ -5,6 +5,7 @@ It reads the labelled table of ``cxr.data.table`` (the one the DataModule trains
 decode are remembered in a small CSV (``DecodeCache``: path, size, mtime), so an unchanged image is not decoded
 again by a later check; a changed or added one is.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +29,9 @@ from cxr.data.splits import SPLITS, SplitError, summarise_split
 from cxr.data.table import MISSING_POLICIES, LabelledSet, unset_data_keys, with_image_paths
 
 log = logging.getLogger(__name__)
-FIRST = 5                 # offenders named per problem line
-MAX_SHAPES = 10           # mode/size combinations named in the facts line
-PROGRESS_SECONDS = 10.0   # interval between progress log lines while decoding
+FIRST = 5  # offenders named per problem line
+MAX_SHAPES = 10  # mode/size combinations named in the facts line
+PROGRESS_SECONDS = 10.0  # interval between progress log lines while decoding
 VOCABULARY = {"sex": ("M", "F"), "view_position": ("PA", "AP")}
 _TRUNCATED = re.compile(r"truncat|broken data stream", re.IGNORECASE)
 
@@ -38,6 +39,7 @@ _TRUNCATED = re.compile(r"truncat|broken data stream", re.IGNORECASE)
 @dataclass(frozen=True)
 class Finding:
     """One reported line: level (ERROR, WARNING, INFO), problem class and message."""
+
     level: str
     kind: str
     message: str
@@ -49,13 +51,14 @@ class Finding:
 @dataclass
 class ValidationReport:
     """Findings in the order they were found, and the facts behind them (counts, modes, split summary)."""
+
     findings: list[Finding] = field(default_factory=list)
     facts: dict = field(default_factory=dict)
 
     def add(self, level: str, kind: str, message: str) -> None:
         self.findings.append(Finding(level, kind, message))
 
-    def include(self, other: "ValidationReport", name: str) -> None:
+    def include(self, other: ValidationReport, name: str) -> None:
         """Append another set's findings, prefixed with ``name`` (e.g. the external set)."""
         self.findings += [Finding(f.level, f"{name}.{f.kind}", f"{name}: {f.message}") for f in other.findings]
         self.facts[name] = other.facts
@@ -69,9 +72,10 @@ class ValidationReport:
 
     def lines(self) -> list[str]:
         counts = Counter(f.level for f in self.findings)
-        verdict = ("OK: training can start" if self.ok else "FAILED: training would fail")
+        verdict = "OK: training can start" if self.ok else "FAILED: training would fail"
         return [str(f) for f in self.findings] + [
-            f"{verdict} ({counts['ERROR']} error(s), {counts['WARNING']} warning(s))"]
+            f"{verdict} ({counts['ERROR']} error(s), {counts['WARNING']} warning(s))"
+        ]
 
 
 def _first(names) -> str:
@@ -125,8 +129,11 @@ class DecodeCache:
         self.known = pd.DataFrame(columns=self.COLUMNS).set_index("path")
         if self.path.is_file():
             try:
-                known = pd.read_csv(self.path, dtype={"path": str, "size": "int64", "mtime_ns": "int64",
-                                                      "detail": str}, keep_default_na=False)
+                known = pd.read_csv(
+                    self.path,
+                    dtype={"path": str, "size": "int64", "mtime_ns": "int64", "detail": str},
+                    keep_default_na=False,
+                )
                 if list(known.columns) == self.COLUMNS:
                     self.known = known.drop_duplicates("path", keep="last").set_index("path")
             except (ValueError, OSError, pd.errors.ParserError) as error:  # damaged: decode everything again
@@ -162,8 +169,15 @@ class DecodeCache:
             log.warning("could not save the data check cache %s: %s", self.path, error)
 
 
-def validate(labels, root, split: dict | None = None, missing: str = "error", workers: int | None = None,
-             labelled: LabelledSet | None = None, cache_dir: str | Path | None = None) -> ValidationReport:
+def validate(
+    labels,
+    root,
+    split: dict | None = None,
+    missing: str = "error",
+    workers: int | None = None,
+    labelled: LabelledSet | None = None,
+    cache_dir: str | Path | None = None,
+) -> ValidationReport:
     """Check one labelled set; ``split`` (the data.split settings) is also checked unless None.
 
     ``labelled``: the labelled table already built for training (else read from ``labels`` and ``root``);
@@ -194,8 +208,12 @@ def validate(labels, root, split: dict | None = None, missing: str = "error", wo
         _check_labels(report, labelled.table, Path(labelled.labels).name)
     if labelled.excluded is not None:
         excluded = labelled.excluded
-        report.add("INFO", "excluded", f"held out of {Path(labelled.labels).name} (data.exclude): {len(excluded)} "
-                   f"images of {excluded['patient_id'].nunique()} patients (first: {_first(excluded['image'])})")
+        report.add(
+            "INFO",
+            "excluded",
+            f"held out of {Path(labelled.labels).name} (data.exclude): {len(excluded)} "
+            f"images of {excluded['patient_id'].nunique()} patients (first: {_first(excluded['image'])})",
+        )
     present = _check_images(report, labelled, missing, workers, cache_dir)
     if split is not None:
         _check_split(report, labelled, present, dict(split))
@@ -205,39 +223,61 @@ def validate(labels, root, split: dict | None = None, missing: str = "error", wo
 def _check_labels(report: ValidationReport, table: pd.DataFrame, name: str) -> None:
     patients = table["patient_id"].nunique() if table["patient_id"].notna().all() else None
     report.facts.update(rows=len(table), patients=patients, class1_share=round(float(table["target"].mean()), 4))
-    report.add("INFO", "rows", f"rows: {len(table)} in {name}, "
-               f"{patients if patients is not None else 'no'} patient ids, class-1 (finding) share "
-               f"{report.facts['class1_share']:.3f}")
+    report.add(
+        "INFO",
+        "rows",
+        f"rows: {len(table)} in {name}, "
+        f"{patients if patients is not None else 'no'} patient ids, class-1 (finding) share "
+        f"{report.facts['class1_share']:.3f}",
+    )
     for column, allowed in VOCABULARY.items():
         values = table[column]
         bad = values.notna() & ~values.isin(allowed)
         if bad.any():
             offenders = [f"{image}: {value!r}" for image, value in zip(table.loc[bad, "image"], values[bad])]
-            report.add("WARNING", f"vocabulary.{column}", f"{column} outside {'/'.join(allowed)}: "
-                       f"{int(bad.sum())} of {len(table)} rows (first: {_first(offenders)})")
+            report.add(
+                "WARNING",
+                f"vocabulary.{column}",
+                f"{column} outside {'/'.join(allowed)}: "
+                f"{int(bad.sum())} of {len(table)} rows (first: {_first(offenders)})",
+            )
     ages = table["age_years"]
     odd = ages.notna() & ~ages.between(0, 120)
     if odd.any():
         offenders = [f"{image}: {age:g}" for image, age in zip(table.loc[odd, "image"], ages[odd])]
-        report.add("WARNING", "vocabulary.age", f"ages outside 0-120 years: {int(odd.sum())} of {len(table)} rows "
-                   f"(first: {_first(offenders)})")
+        report.add(
+            "WARNING",
+            "vocabulary.age",
+            f"ages outside 0-120 years: {int(odd.sum())} of {len(table)} rows (first: {_first(offenders)})",
+        )
 
 
-def _check_images(report: ValidationReport, labelled: LabelledSet, missing: str, workers: int | None,
-                  cache_dir: str | Path | None) -> pd.DataFrame:
+def _check_images(
+    report: ValidationReport, labelled: LabelledSet, missing: str, workers: int | None, cache_dir: str | Path | None
+) -> pd.DataFrame:
     """Missing files, then every found file decoded (or remembered as unchanged); return the rows with an image."""
     table, root, name = labelled.table, labelled.root, Path(labelled.labels).name
     n, n_found = len(table), len(labelled.present)
     held_out = 0 if labelled.excluded is None else int(labelled.excluded["path"].notna().sum())  # data.exclude
     n_absent, unlabelled = n - n_found, labelled.n_files - n_found - held_out
     report.facts.update(images_found=n_found, images_missing=n_absent, unlabelled_files=unlabelled)
-    report.add("INFO", "images", f"images: {n_found} of {n} listed in {name} found under {root}"
-               + (f" ({unlabelled} other image files there are not labelled)" if unlabelled > 0 else ""))
+    report.add(
+        "INFO",
+        "images",
+        f"images: {n_found} of {n} listed in {name} found under {root}"
+        + (f" ({unlabelled} other image files there are not labelled)" if unlabelled > 0 else ""),
+    )
     if n_absent:
-        hint = ("fix data.root, or skip them with data.missing=drop" if missing != "drop"
-                else "data.missing=drop: training skips them")
-        report.add("ERROR" if missing != "drop" else "WARNING", "missing",
-                   f"missing images: {labelled.missing_message(name)}; {hint}")
+        hint = (
+            "fix data.root, or skip them with data.missing=drop"
+            if missing != "drop"
+            else "data.missing=drop: training skips them"
+        )
+        report.add(
+            "ERROR" if missing != "drop" else "WARNING",
+            "missing",
+            f"missing images: {labelled.missing_message(name)}; {hint}",
+        )
     present = labelled.present
     if present.empty:
         return present
@@ -255,8 +295,12 @@ def _check_images(report: ValidationReport, labelled: LabelledSet, missing: str,
         passed = todo & (results["status"] == "ok").to_numpy()
         if passed.any():
             cache.remember(stats, pd.Series(results.loc[passed, "detail"].to_numpy(), index=stats.index[passed]))
-        report.add("INFO", "decoded", f"decoded: {int(todo.sum())} images; {int((~todo).sum())} unchanged since they "
-                   f"passed an earlier check, not decoded again (remembered in {cache.path})")
+        report.add(
+            "INFO",
+            "decoded",
+            f"decoded: {int(todo.sum())} images; {int((~todo).sum())} unchanged since they "
+            f"passed an earlier check, not decoded again (remembered in {cache.path})",
+        )
     images = present["image"]
     problems = {
         "zero_byte": "zero-byte images: {k} of {n} found are empty files (first: {first})",
@@ -266,8 +310,13 @@ def _check_images(report: ValidationReport, labelled: LabelledSet, missing: str,
     for kind, text in problems.items():
         hit = (results["status"] == kind).to_numpy()
         if hit.any():
-            report.add("ERROR", kind, text.format(k=int(hit.sum()), n=len(present), first=_first(images[hit]),
-                                                  why=results.loc[hit, "detail"].iloc[0]))
+            report.add(
+                "ERROR",
+                kind,
+                text.format(
+                    k=int(hit.sum()), n=len(present), first=_first(images[hit]), why=results.loc[hit, "detail"].iloc[0]
+                ),
+            )
     shapes = Counter(results.loc[results["status"] == "ok", "detail"])
     report.facts["modes"] = dict(Counter(shape.split(" ")[0] for shape in shapes.elements()))
     report.facts["sizes"] = dict(Counter(shape.split(" ")[1] for shape in shapes.elements()))
@@ -282,8 +331,9 @@ def _check_images(report: ValidationReport, labelled: LabelledSet, missing: str,
 def _check_split(report: ValidationReport, labelled: LabelledSet, table: pd.DataFrame, settings: dict) -> None:
     method = settings.get("method")
     if table.empty:
-        report.add("ERROR", "split", f"split: no labelled image is left to split (none was found under "
-                   f"{labelled.root})")
+        report.add(
+            "ERROR", "split", f"split: no labelled image is left to split (none was found under {labelled.root})"
+        )
         return
     try:
         split = labelled.split(settings)
@@ -295,14 +345,26 @@ def _check_split(report: ValidationReport, labelled: LabelledSet, table: pd.Data
         return
     summary = summarise_split(table, split)
     report.facts["split"] = summary
-    parts = [f"{name} {summary[name]['images']} images"
-             + (f" / {summary[name]['patients']} patients" if summary[name]["patients"] is not None else "")
-             for name in SPLITS]
-    report.add("INFO", "split", f"split={method}: {', '.join(parts)}"
-               + (f"; {len(table) - summary['method_images']} labelled images in no split"
-                  if summary["method_images"] < len(table) else ""))
+    parts = [
+        f"{name} {summary[name]['images']} images"
+        + (f" / {summary[name]['patients']} patients" if summary[name]["patients"] is not None else "")
+        for name in SPLITS
+    ]
+    report.add(
+        "INFO",
+        "split",
+        f"split={method}: {', '.join(parts)}"
+        + (
+            f"; {len(table) - summary['method_images']} labelled images in no split"
+            if summary["method_images"] < len(table)
+            else ""
+        ),
+    )
     if summary["test"]["images"] == 0:
         report.add("WARNING", "empty_test", f"split={method}: the test split is empty (nothing to evaluate)")
     overlap = summary["patients_in_several_splits"]
-    report.add("INFO", "overlap", "patients in more than one split: "
-               + (str(overlap) if overlap is not None else "unknown (no patient ids)"))
+    report.add(
+        "INFO",
+        "overlap",
+        "patients in more than one split: " + (str(overlap) if overlap is not None else "unknown (no patient ids)"),
+    )

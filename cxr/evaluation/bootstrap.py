@@ -7,6 +7,7 @@ resampling single images would treat them as independent and understate the widt
 
 An image without a patient id (NaN, None, pd.NA) is its own patient.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,11 @@ def _check_inputs(labels, patients, **probabilities) -> tuple[np.ndarray, np.nda
     label_array = _as_array(labels, "labels")
     patient_array = _as_array(patients, "patients")
     arrays = {name: _as_array(values, name) for name, values in probabilities.items()}
-    lengths = {"labels": len(label_array), "patients": len(patient_array),
-               **{name: len(array) for name, array in arrays.items()}}
+    lengths = {
+        "labels": len(label_array),
+        "patients": len(patient_array),
+        **{name: len(array) for name, array in arrays.items()},
+    }
     if len(set(lengths.values())) != 1:
         raise ValueError("inputs must have equal lengths, got " + ", ".join(f"{k}={v}" for k, v in lengths.items()))
     if len(label_array) == 0:
@@ -131,6 +135,7 @@ class _AurocTable:
 
 def _threshold_metrics(tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray) -> dict[str, np.ndarray]:
     """The thresholded metrics of CI_METRICS from confusion counts (arrays), NaN where undefined."""
+
     def ratio(numerator, denominator):
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(denominator > 0, numerator / np.maximum(denominator, 1), np.nan)
@@ -161,8 +166,9 @@ def _float_or_none(value) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------- bootstrap
-def patient_bootstrap(labels, probabilities, patients, threshold: float = 0.5, n_resamples: int = 1000,
-                      seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+def patient_bootstrap(
+    labels, probabilities, patients, threshold: float = 0.5, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, dict]:
     """{metric: {"value": point estimate on all data, "ci_low": ..., "ci_high": ...}} for every metric of
     CI_METRICS, plus "n_resamples" and "n_patients" keys at top level (ints).
 
@@ -205,8 +211,9 @@ def bootstrap_p_value(differences: np.ndarray) -> float | None:
     return float(min(1.0, 2 * min(below, above)))
 
 
-def paired_auroc_difference(labels, probabilities_a, probabilities_b, patients, n_resamples: int = 1000,
-                            seed: int = 0, level: float = 0.95) -> dict:
+def paired_auroc_difference(
+    labels, probabilities_a, probabilities_b, patients, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
     """AUROC(a) - AUROC(b) on the same images: {"difference", "ci_low", "ci_high", "p_value", "auroc_a",
     "auroc_b", "n", "n_patients", "n_resamples"}.
 
@@ -214,8 +221,9 @@ def paired_auroc_difference(labels, probabilities_a, probabilities_b, patients, 
     difference == 0: min(1, 2 * min((#(d <= 0) + 1) / (B + 1), (#(d >= 0) + 1) / (B + 1))) over the B
     resamples with both classes. Values are None when AUROC is undefined (a single class)."""
     _check_options(n_resamples, level)
-    labels, patients, arrays = _check_inputs(labels, patients, probabilities_a=probabilities_a,
-                                             probabilities_b=probabilities_b)
+    labels, patients, arrays = _check_inputs(
+        labels, patients, probabilities_a=probabilities_a, probabilities_b=probabilities_b
+    )
     resampler = PatientResampler(patient_codes(patients))
     rng = np.random.default_rng(seed)
     auroc_a_of = _AurocTable(labels, arrays["probabilities_a"])

@@ -7,6 +7,7 @@ is the decision rule of :mod:`cxr.evaluation.metrics` (``p > t``) for any ``t`` 
 Curves and average precision need both classes: with a single class (or no sample) they return ``None`` so that
 callers can skip the plot or the number.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -101,10 +102,15 @@ def calibration_bins(labels, probabilities, n_bins: int = 10) -> pd.DataFrame:
         mean_probability = np.where(count > 0, sum_probability / count, np.nan)
         observed_rate = np.where(count > 0, sum_positive / count, np.nan)
     edges = np.arange(n_bins + 1) / n_bins
-    return pd.DataFrame({
-        "bin_low": edges[:-1], "bin_high": edges[1:], "count": count.astype(np.int64),
-        "mean_probability": mean_probability, "observed_rate": observed_rate,
-    })
+    return pd.DataFrame(
+        {
+            "bin_low": edges[:-1],
+            "bin_high": edges[1:],
+            "count": count.astype(np.int64),
+            "mean_probability": mean_probability,
+            "observed_rate": observed_rate,
+        }
+    )
 
 
 def expected_calibration_error(labels, probabilities, n_bins: int = 10) -> float:

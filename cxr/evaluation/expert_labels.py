@@ -5,6 +5,7 @@ nodule or mass (adjudicated YES/NO). Mapping used here: **abnormal (1)** if any 
 (0)** if all four are NO. This is a narrower definition than NIH's 14 text-mined findings (an image with only,
 say, cardiomegaly is 'normal' here), so read agreement with it as a check on the four findings, not as truth.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,5 +31,6 @@ def read_google2019_labels(path: str | Path) -> pd.DataFrame:
         if unknown:
             raise ValueError(f"{path}: column {column!r} holds {unknown[0]!r}; expected YES or NO")
         findings[column] = (values == "YES").astype(int)
-    return pd.DataFrame({"image": table["Image Index"].str.strip(),
-                         "expert_target": findings.max(axis=1).astype(int), **findings})
+    return pd.DataFrame(
+        {"image": table["Image Index"].str.strip(), "expert_target": findings.max(axis=1).astype(int), **findings}
+    )

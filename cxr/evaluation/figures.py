@@ -18,8 +18,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cxr.evaluation.curves import (_validate, average_precision, calibration_bins, expected_calibration_error,
-                                   precision_recall_curve, roc_curve)
+from cxr.evaluation.curves import (
+    _validate,
+    average_precision,
+    calibration_bins,
+    expected_calibration_error,
+    precision_recall_curve,
+    roc_curve,
+)
 from cxr.evaluation.metrics import auroc, predicted_class
 
 _PANELS = (("acc", "model accuracy", "accuracy"), ("loss", "model loss", "loss"), ("auroc", "model AUROC", "AUROC"))
@@ -37,8 +43,9 @@ def _new_figure(figsize) -> Figure:
     return figure
 
 
-def confusion_matrix_figure(cm, normalize: bool = False, title: str = "Confusion matrix",
-                            class_names=("No Finding", "Finding")) -> Figure:
+def confusion_matrix_figure(
+    cm, normalize: bool = False, title: str = "Confusion matrix", class_names=("No Finding", "Finding")
+) -> Figure:
     """Thesis Appendix B style confusion matrix: Blues colormap, colorbar, count (or row-normalised, 2 decimals) in each cell, white text on dark cells (threshold = max/1.3 as in the thesis code), 'True label' y axis, 'Predicted label' x axis, ticks with class names, x ticks rotated 45."""
     names = [str(name) for name in class_names]
     matrix = np.asarray(cm, dtype=float)
@@ -61,8 +68,9 @@ def confusion_matrix_figure(cm, normalize: bool = False, title: str = "Confusion
     threshold = matrix.max() / 1.3
     for i, j in np.ndindex(matrix.shape):
         value = int(round(matrix[i, j])) if fmt == "d" else matrix[i, j]
-        ax.text(j, i, format(value, fmt), ha="center", va="center",
-                color="white" if matrix[i, j] > threshold else "black")
+        ax.text(
+            j, i, format(value, fmt), ha="center", va="center", color="white" if matrix[i, j] > threshold else "black"
+        )
     ax.set_ylabel("True label")
     ax.set_xlabel("Predicted label")
     figure.tight_layout()
@@ -93,8 +101,13 @@ def training_curves_figure(history, title: str = "", scored_epoch: int | None = 
         if not ax.lines:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         elif scored_epoch is not None:
-            ax.axvline(scored_epoch, color="grey", linestyle="--", linewidth=1.5,
-                       label=f"scored: epoch {scored_epoch}" + (f" ({scored_by})" if scored_by else ""))
+            ax.axvline(
+                scored_epoch,
+                color="grey",
+                linestyle="--",
+                linewidth=1.5,
+                label=f"scored: epoch {scored_epoch}" + (f" ({scored_by})" if scored_by else ""),
+            )
         if ax.lines:
             ax.legend(loc="best", fontsize="small")
         ax.set_title(panel_title)
@@ -138,8 +151,7 @@ def _operating_point(labels, probabilities, threshold) -> tuple[float, float, fl
     return fp / int((~labels).sum()), tp / int(labels.sum()), precision
 
 
-def roc_pr_figure(labels, probabilities, operating_points: dict[str, float] | None = None,
-                  title: str = "") -> Figure:
+def roc_pr_figure(labels, probabilities, operating_points: dict[str, float] | None = None, title: str = "") -> Figure:
     """Two panels: ROC (chance diagonal, AUROC in the legend) and precision-recall (prevalence baseline,
     average precision in the legend). Each operating point ``name -> threshold`` gets its own marker on both
     panels, labelled ``"name (t=0.43)"`` (on the PR panel only in the legend when nothing is predicted positive).
@@ -161,12 +173,24 @@ def roc_pr_figure(labels, probabilities, operating_points: dict[str, float] | No
     roc_ax.plot(roc[0], roc[1], color="C0", linewidth=2, label=f"ROC (AUROC = {auroc(labels, probabilities):.3f})")
     prevalence = float(labels.mean())
     pr_ax.axhline(prevalence, label=f"prevalence = {prevalence:.2f}", **_CHANCE)
-    pr_ax.plot(pr[1], pr[0], color="C0", linewidth=2, drawstyle="steps-pre",
-               label=f"PR (AP = {average_precision(labels, probabilities):.3f})")
+    pr_ax.plot(
+        pr[1],
+        pr[0],
+        color="C0",
+        linewidth=2,
+        drawstyle="steps-pre",
+        label=f"PR (AP = {average_precision(labels, probabilities):.3f})",
+    )
     for index, (name, threshold) in enumerate((operating_points or {}).items()):
         fpr, tpr, precision = _operating_point(labels, probabilities, threshold)
-        style = {"marker": _MARKERS[index % len(_MARKERS)], "color": f"C{index % 9 + 1}", "markersize": 9,
-                 "markeredgecolor": "black", "linestyle": "none", "label": _point_label(name, threshold)}
+        style = {
+            "marker": _MARKERS[index % len(_MARKERS)],
+            "color": f"C{index % 9 + 1}",
+            "markersize": 9,
+            "markeredgecolor": "black",
+            "linestyle": "none",
+            "label": _point_label(name, threshold),
+        }
         roc_ax.plot([fpr], [tpr], **style)
         pr_ax.plot([tpr], [precision], **style)
     roc_ax.legend(loc="lower right", fontsize="small")
@@ -191,11 +215,25 @@ def calibration_figure(labels, probabilities, n_bins: int = 10, title: str = "")
         _note(ax, "no sample")
     else:
         ece = expected_calibration_error(labels, probabilities, n_bins)
-        ax.plot(filled["mean_probability"], filled["observed_rate"], marker="o", color="C0", linewidth=2,
-                label=f"model (ECE = {ece:.3f})")
+        ax.plot(
+            filled["mean_probability"],
+            filled["observed_rate"],
+            marker="o",
+            color="C0",
+            linewidth=2,
+            label=f"model (ECE = {ece:.3f})",
+        )
     ax.legend(loc="upper left", fontsize="small")
-    count_ax.bar(bins["bin_low"], bins["count"], width=bins["bin_high"] - bins["bin_low"], align="edge",
-                 color="C0", alpha=0.3, edgecolor="C0", label="count")
+    count_ax.bar(
+        bins["bin_low"],
+        bins["count"],
+        width=bins["bin_high"] - bins["bin_low"],
+        align="edge",
+        color="C0",
+        alpha=0.3,
+        edgecolor="C0",
+        label="count",
+    )
     count_ax.set_xlabel("mean predicted probability of Finding")
     count_ax.set_ylabel("count")
     count_ax.grid(alpha=0.3)
@@ -203,8 +241,9 @@ def calibration_figure(labels, probabilities, n_bins: int = 10, title: str = "")
     return figure
 
 
-def probability_histogram_figure(labels, probabilities, thresholds: dict[str, float] | None = None,
-                                 title: str = "") -> Figure:
+def probability_histogram_figure(
+    labels, probabilities, thresholds: dict[str, float] | None = None, title: str = ""
+) -> Figure:
     """Histograms of the predicted probability per true class ('No Finding', 'Finding'; semi-transparent,
     the same 20 bins on [0, 1], each class normalised to its share so that a rare class stays visible; n in the
     legend) and a vertical line per threshold ``name -> t``. A collapsed model shows all mass in one spot."""
@@ -215,11 +254,23 @@ def probability_histogram_figure(labels, probabilities, thresholds: dict[str, fl
     for value, name in enumerate(CLASS_NAMES):
         values = probabilities[labels == bool(value)]
         weights = np.full(values.shape, 1 / max(values.size, 1))
-        ax.hist(values, bins=edges, weights=weights, alpha=0.5, color=f"C{value}", edgecolor=f"C{value}",
-                label=f"{name} (n={values.size})")
+        ax.hist(
+            values,
+            bins=edges,
+            weights=weights,
+            alpha=0.5,
+            color=f"C{value}",
+            edgecolor=f"C{value}",
+            label=f"{name} (n={values.size})",
+        )
     for index, (name, threshold) in enumerate((thresholds or {}).items()):
-        ax.axvline(threshold, color=f"C{index % 8 + 2}", linewidth=2,
-                   linestyle=_LINESTYLES[index % len(_LINESTYLES)], label=_point_label(name, threshold))
+        ax.axvline(
+            threshold,
+            color=f"C{index % 8 + 2}",
+            linewidth=2,
+            linestyle=_LINESTYLES[index % len(_LINESTYLES)],
+            label=_point_label(name, threshold),
+        )
     ax.set_xlim(0, 1)
     ax.set_xlabel("predicted probability of Finding")
     ax.set_ylabel("share of the true class")
@@ -235,16 +286,20 @@ def roc_overlay_figure(curves: dict[str, tuple], title: str = "") -> Figure:
     diagonal; a run with a single class is listed as 'AUROC n/a' without a line."""
     figure = _new_figure((6.5, 6))
     ax = figure.add_subplot()
-    _unit_axes(ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)",
-               title or "ROC curves")
+    _unit_axes(ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)", title or "ROC curves")
     ax.plot([0, 1], [0, 1], label="chance", **_CHANCE)
     for index, (name, (labels, probabilities)) in enumerate(curves.items()):
         roc = roc_curve(labels, probabilities)
         if roc is None:
             ax.plot([], [], color=f"C{index % 10}", label=f"{name} (AUROC n/a)")
         else:
-            ax.plot(roc[0], roc[1], color=f"C{index % 10}", linewidth=2,
-                    label=f"{name} (AUROC = {auroc(labels, probabilities):.3f})")
+            ax.plot(
+                roc[0],
+                roc[1],
+                color=f"C{index % 10}",
+                linewidth=2,
+                label=f"{name} (AUROC = {auroc(labels, probabilities):.3f})",
+            )
     if not curves:
         _note(ax, "no runs")
     ax.legend(loc="lower right", fontsize="small")

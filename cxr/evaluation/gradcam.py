@@ -4,6 +4,7 @@ Per input, and per output of a multi-label model, an overlay PNG under ``cam/`` 
 the model saw it (square resize of the displayed grey image, at ``cam_size`` pixels) with the Grad-CAM map of the
 last convolution, for the output's logit. ``cam.html`` shows them all with their probabilities and decisions.
 """
+
 from __future__ import annotations
 
 import html
@@ -42,8 +43,11 @@ def cam_maps(model: torch.nn.Module, images: torch.Tensor, n_outputs: int) -> np
 
     model.eval()
     maps = []
-    with torch.inference_mode(False), torch.enable_grad(), GradCAM(model=model,
-                                                                   target_layers=[last_convolution(model)]) as cam:
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        GradCAM(model=model, target_layers=[last_convolution(model)]) as cam,
+    ):
         for k in range(n_outputs):
             maps.append(cam(input_tensor=images.clone(), targets=[OutputLogit(k)] * len(images)))
     return np.stack(maps, axis=1)
@@ -64,8 +68,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60]
 
 
-def write_cam_report(predictor, frame: pd.DataFrame, output_dir: str | Path, size: int = 320,
-                     batch_size: int = 16) -> Path:
+def write_cam_report(
+    predictor, frame: pd.DataFrame, output_dir: str | Path, size: int = 320, batch_size: int = 16
+) -> Path:
     """Overlay PNGs under ``<output_dir>/cam/`` for every predicted row, and ``cam.html``; returns the page."""
     from cxr.data.inputs import prepare_input, read_grey
 
@@ -77,8 +82,10 @@ def write_cam_report(predictor, frame: pd.DataFrame, output_dir: str | Path, siz
     names = predictor.names
     cards = []
     for start in range(0, len(ok), batch_size):
-        chunk = ok.iloc[start:start + batch_size]
-        images = torch.stack([prepare_input(path, predictor.preprocessing, predictor.dicom_window)[0] for path in chunk["path"]])
+        chunk = ok.iloc[start : start + batch_size]
+        images = torch.stack(
+            [prepare_input(path, predictor.preprocessing, predictor.dicom_window)[0] for path in chunk["path"]]
+        )
         maps = cam_maps(predictor.model, images, len(names))
         for (row_index, row), row_maps in zip(chunk.iterrows(), maps):
             image, _, _ = read_grey(row["path"], predictor.dicom_window)
@@ -99,14 +106,18 @@ def _html(cards, names, predictor) -> str:
         p = row[f"probability_{name}"]
         decision = "above" if row[f"decision_{name}"] == 1 else "below"
         warning = f"<p class=w>{html.escape(row['warning'])}</p>" if row["warning"] else ""
-        items.append(f"<figure><img src='{html.escape(file_name)}' alt='Grad-CAM {html.escape(name)}'>"
-                     f"<figcaption><b>{html.escape(Path(row['path']).name)}</b><br>{html.escape(name)}: "
-                     f"p = {p:.3f} ({decision} threshold {row[f'threshold_{name}']:.3g}){warning}</figcaption>"
-                     "</figure>")
+        items.append(
+            f"<figure><img src='{html.escape(file_name)}' alt='Grad-CAM {html.escape(name)}'>"
+            f"<figcaption><b>{html.escape(Path(row['path']).name)}</b><br>{html.escape(name)}: "
+            f"p = {p:.3f} ({decision} threshold {row[f'threshold_{name}']:.3g}){warning}</figcaption>"
+            "</figure>"
+        )
     thresholds = ", ".join(f"{n} {t:.3g}" for n, t in zip(names, predictor.thresholds))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>Grad-CAM</title><style>"
-            "body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:.4em;width:330px;"
-            "vertical-align:top}img{width:320px}figcaption{font-size:.85em}.w{color:#a40}</style></head><body>"
-            f"<h1>Grad-CAM</h1><p>{len(cards)} heatmap(s); thresholds: {html.escape(thresholds)} "
-            f"({html.escape(predictor.threshold_source)}). Red: regions that raised the output's logit most "
-            "(last convolution). Research model, not a medical device.</p>" + "".join(items) + "</body></html>\n")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Grad-CAM</title><style>"
+        "body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:.4em;width:330px;"
+        "vertical-align:top}img{width:320px}figcaption{font-size:.85em}.w{color:#a40}</style></head><body>"
+        f"<h1>Grad-CAM</h1><p>{len(cards)} heatmap(s); thresholds: {html.escape(thresholds)} "
+        f"({html.escape(predictor.threshold_source)}). Red: regions that raised the output's logit most "
+        "(last convolution). Research model, not a medical device.</p>" + "".join(items) + "</body></html>\n"
+    )

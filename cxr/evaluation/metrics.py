@@ -4,6 +4,7 @@ The decision rule, used everywhere in cxr (training metrics via torchmetrics, ev
 points, figures, reports): a probability **strictly above** the threshold is class 1, ``p > 0.5``, as torchmetrics
 and Keras' ``predict_classes``. A tie (``p == 0.5``, what an untrained or dead network outputs) is class 0.
 """
+
 from __future__ import annotations
 
 import numpy as np

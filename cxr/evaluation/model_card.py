@@ -3,6 +3,7 @@
 Written at the end of ``train()`` from the run's config and metrics; for an existing run directory:
 ``python -m cxr.model_card <run dir>``.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 SETS = ("test", "external")
-NOT_A_DEVICE = ("**Research model, not a medical device.** It has not been validated for clinical use and must not "
-                "be used to diagnose, triage or treat anyone.")
+NOT_A_DEVICE = (
+    "**Research model, not a medical device.** It has not been validated for clinical use and must not "
+    "be used to diagnose, triage or treat anyone."
+)
 
 
 def _f(value, digits: int = 3) -> str:
@@ -35,8 +38,10 @@ def _task(cfg: DictConfig, metrics: dict) -> tuple[str, list[str]]:
         name, findings = (task_cfg or (metrics.get("test") or {}).get("task") or "binary"), []
     if name == "multilabel":
         return (f"multi-label: one probability per finding ({len(findings)}: {', '.join(findings)})", findings)
-    return ("binary: `No Finding` (0) against any of the 14 NIH findings (1), as in the thesis",
-            findings if len(findings) == 1 else ["finding"])
+    return (
+        "binary: `No Finding` (0) against any of the 14 NIH findings (1), as in the thesis",
+        findings if len(findings) == 1 else ["finding"],
+    )
 
 
 def _with_ci(entry) -> str:
@@ -49,17 +54,24 @@ def _with_ci(entry) -> str:
 
 
 def _performance(name: str, metrics: dict) -> list[str]:
-    counts = [f"{label} = {metrics[key]}" for key, label in (("n", "n"), ("n_class0", "class 0"),
-                                                            ("n_class1", "class 1"), ("n_patients", "patients"))
-              if metrics.get(key) is not None]
+    counts = [
+        f"{label} = {metrics[key]}"
+        for key, label in (("n", "n"), ("n_class0", "class 0"), ("n_class1", "class 1"), ("n_patients", "patients"))
+        if metrics.get(key) is not None
+    ]
     lines = [f"### {name} set ({', '.join(counts)})", ""]
     if metrics.get("auroc") is not None or "ci" in metrics:
         op = metrics.get("operating_point") or {}
         lines += ["| metric (95% patient-bootstrap CI) | threshold 0.5 | operating point |", "|---|---|---|"]
-        for key, label in (("auroc", "AUROC"), ("balanced_accuracy", "balanced accuracy"),
-                           ("accuracy_class1", "sensitivity (class-1 accuracy)"),
-                           ("accuracy_class0", "specificity (class-0 accuracy)"), ("ppv", "PPV"), ("npv", "NPV"),
-                           ("accuracy", "accuracy")):
+        for key, label in (
+            ("auroc", "AUROC"),
+            ("balanced_accuracy", "balanced accuracy"),
+            ("accuracy_class1", "sensitivity (class-1 accuracy)"),
+            ("accuracy_class0", "specificity (class-0 accuracy)"),
+            ("ppv", "PPV"),
+            ("npv", "NPV"),
+            ("accuracy", "accuracy"),
+        ):
             lines.append(f"| {label} | {_ci(metrics, key)} | {_ci(op, key) if op else 'n/a'} |")
         lines.append("")
         extra = []
@@ -71,20 +83,29 @@ def _performance(name: str, metrics: dict) -> list[str]:
             lines += ["; ".join(extra).capitalize() + ".", ""]
         expert = metrics.get("expert_labels") or {}
         if expert.get("n"):
-            lines += [f"Against radiologists' labels (Google 2019, n = {expert['n']}; {expert.get('definition', '')}): "
-                      f"AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
-                      f"{_f(expert.get('agreement_nih_vs_expert'))}.", ""]
+            lines += [
+                f"Against radiologists' labels (Google 2019, n = {expert['n']}; {expert.get('definition', '')}): "
+                f"AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
+                f"{_f(expert.get('agreement_nih_vs_expert'))}.",
+                "",
+            ]
     findings = metrics.get("findings")
     if isinstance(findings, dict) and findings:
         mean = metrics.get("mean_auroc")
-        lines += [f"Per finding (mean AUROC {_with_ci(mean)}; thresholds chosen on validation, class 1 strictly "
-                  "above):" if mean else "Per finding:", "",
-                  "| finding | AUROC | average precision | threshold | sensitivity | specificity |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"Per finding (mean AUROC {_with_ci(mean)}; thresholds chosen on validation, class 1 strictly above):"
+            if mean
+            else "Per finding:",
+            "",
+            "| finding | AUROC | average precision | threshold | sensitivity | specificity |",
+            "|---|---|---|---|---|---|",
+        ]
         for finding, m in findings.items():
             op = m.get("operating_point") or {}
-            lines.append(f"| {finding} | {_with_ci(m.get('auroc'))} | {_with_ci(m.get('average_precision'))} | "
-                         f"{_f(op.get('threshold'))} | {_f(op.get('sensitivity'))} | {_f(op.get('specificity'))} |")
+            lines.append(
+                f"| {finding} | {_with_ci(m.get('auroc'))} | {_with_ci(m.get('average_precision'))} | "
+                f"{_f(op.get('threshold'))} | {_f(op.get('sensitivity'))} | {_f(op.get('specificity'))} |"
+            )
         lines.append("")
     return lines
 
@@ -93,12 +114,18 @@ def _subgroups(name: str, metrics: dict) -> list[str]:
     groups = metrics.get("subgroups") or {}
     if not groups:
         return []
-    lines = [f"### Subgroups of the {name} set (threshold {metrics.get('threshold', 0.5)})", "",
-             "| column | value | n | class 1 | AUROC | balanced accuracy |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"### Subgroups of the {name} set (threshold {metrics.get('threshold', 0.5)})",
+        "",
+        "| column | value | n | class 1 | AUROC | balanced accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
     for column, values in groups.items():
         for value, m in values.items():
-            lines.append(f"| {column} | {value} | {m.get('n')} | {m.get('n_class1')} | {_f(m.get('auroc'))} | "
-                         f"{_f(m.get('balanced_accuracy'))} |")
+            lines.append(
+                f"| {column} | {value} | {m.get('n')} | {m.get('n_class1')} | {_f(m.get('auroc'))} | "
+                f"{_f(m.get('balanced_accuracy'))} |"
+            )
     return lines + [""]
 
 
@@ -107,8 +134,9 @@ def _data_caveats(cfg: DictConfig, metrics: dict) -> list[str]:
     caveats = []
     data = cfg.data
     if data.get("name") == "demo":
-        caveats.append("Trained on the built-in **synthetic** demo data (drawn shapes): its numbers say nothing "
-                       "about X-rays.")
+        caveats.append(
+            "Trained on the built-in **synthetic** demo data (drawn shapes): its numbers say nothing about X-rays."
+        )
     root = Path(str(data.get("root") or ""))
     readme = root / "README.md"
     if readme.is_file():
@@ -119,9 +147,11 @@ def _data_caveats(cfg: DictConfig, metrics: dict) -> list[str]:
     split = metrics.get("split") or {}
     shared = split.get("patients_in_several_splits")
     if shared:
-        caveats.append(f"{shared} patients have images in more than one split (split method "
-                       f"`{data.split.get('method')}`): test results are optimistic; use `split=patient` or "
-                       "`split=official` for patient-disjoint estimates.")
+        caveats.append(
+            f"{shared} patients have images in more than one split (split method "
+            f"`{data.split.get('method')}`): test results are optimistic; use `split=patient` or "
+            "`split=official` for patient-disjoint estimates."
+        )
     caveats += [
         "NIH ChestX-ray14 labels were mined from radiology reports by NLP (estimated >90% accurate, lower for some "
         "findings); the model learned those labels, not radiologists' reads.",
@@ -152,24 +182,31 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
     training = OmegaConf.to_container(cfg.program.get("training") or {}, resolve=True)
     checkpoint = metrics.get("checkpoint")
-    op = ((metrics.get("test") or {}).get("operating_point") or {})
+    op = (metrics.get("test") or {}).get("operating_point") or {}
     split = metrics.get("split") or {}
     name = metrics.get("run_name") or cfg.get("run_name") or output_dir.name
-    lines = [f"# Model card: {name} (program {metrics.get('program')} on {metrics.get('data')}, {output_dir.name})", "",
-             NOT_A_DEVICE, "",
-             "## Model", "",
-             f"- Task: {task}.",
-             f"- Network: `{cfg.model.net.get('_target_')}`, {metrics.get('params'):,} trainable parameters; "
-             f"trained {metrics.get('epochs_trained')} epoch(s), seed {cfg.get('seed')}.",
-             f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}"
-             + (f"; epoch {metrics['checkpoint_epoch']}, counted from 1" if metrics.get("checkpoint_epoch") else "")
-             + ").",
-             f"- Training recipe: batch {training.get('batch_size')}, learning rate {training.get('lr')}, "
-             f"class weight {training.get('class_weight')}, augmentation {training.get('augmentation') or 'none'}.",
-             "",
-             "## Data and split", "",
-             f"- Data: `{cfg.data.get('name')}`, images `{cfg.data.get('root')}`, labels `{cfg.data.get('labels')}`.",
-             f"- Split: `{cfg.data.split.get('method')}` (seed {cfg.data.split.get('seed')}).", ""]
+    lines = [
+        f"# Model card: {name} (program {metrics.get('program')} on {metrics.get('data')}, {output_dir.name})",
+        "",
+        NOT_A_DEVICE,
+        "",
+        "## Model",
+        "",
+        f"- Task: {task}.",
+        f"- Network: `{cfg.model.net.get('_target_')}`, {metrics.get('params'):,} trainable parameters; "
+        f"trained {metrics.get('epochs_trained')} epoch(s), seed {cfg.get('seed')}.",
+        f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}"
+        + (f"; epoch {metrics['checkpoint_epoch']}, counted from 1" if metrics.get("checkpoint_epoch") else "")
+        + ").",
+        f"- Training recipe: batch {training.get('batch_size')}, learning rate {training.get('lr')}, "
+        f"class weight {training.get('class_weight')}, augmentation {training.get('augmentation') or 'none'}.",
+        "",
+        "## Data and split",
+        "",
+        f"- Data: `{cfg.data.get('name')}`, images `{cfg.data.get('root')}`, labels `{cfg.data.get('labels')}`.",
+        f"- Split: `{cfg.data.split.get('method')}` (seed {cfg.data.split.get('seed')}).",
+        "",
+    ]
     rows = [(k, v) for k, v in split.items() if isinstance(v, dict) and "images" in v]
     if rows:
         lines += ["| split | images | patients | class-1 share |", "|---|---|---|---|"]
@@ -178,21 +215,32 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     external = cfg.data.get("external") or {}
     if external.get("root"):
         lines += [f"- External set: `{external.get('root')}` (labels `{external.get('labels')}`).", ""]
-    lines += ["## Preprocessing", "",
-              f"Images are resized to {preprocessing.get('image_size')} x {preprocessing.get('image_size')} "
-              f"(`{preprocessing.get('resample')}`), then converted to {preprocessing.get('channels')} channel(s), "
-              f"divided by {preprocessing.get('pixel_divisor')}, minus {preprocessing.get('mean')}, divided by "
-              f"{preprocessing.get('std')}. `predict.py` applies exactly this (read from the checkpoint); DICOM is "
-              "windowed to 8-bit grey first (docs/using-a-model.md, 'DICOM').", "",
-              "## Operating point", ""]
+    lines += [
+        "## Preprocessing",
+        "",
+        f"Images are resized to {preprocessing.get('image_size')} x {preprocessing.get('image_size')} "
+        f"(`{preprocessing.get('resample')}`), then converted to {preprocessing.get('channels')} channel(s), "
+        f"divided by {preprocessing.get('pixel_divisor')}, minus {preprocessing.get('mean')}, divided by "
+        f"{preprocessing.get('std')}. `predict.py` applies exactly this (read from the checkpoint); DICOM is "
+        "windowed to 8-bit grey first (docs/using-a-model.md, 'DICOM').",
+        "",
+        "## Operating point",
+        "",
+    ]
     if op:
-        lines += [f"Threshold **{_f(op.get('threshold'), 4)}**, chosen {op.get('chosen_on')}; an image is called "
-                  "class 1 when its probability is above it. On the test set: sensitivity "
-                  f"{_ci(op, 'accuracy_class1')}, specificity {_ci(op, 'accuracy_class0')}. `predict.py` uses this "
-                  "threshold; export.py embeds it.", ""]
+        lines += [
+            f"Threshold **{_f(op.get('threshold'), 4)}**, chosen {op.get('chosen_on')}; an image is called "
+            "class 1 when its probability is above it. On the test set: sensitivity "
+            f"{_ci(op, 'accuracy_class1')}, specificity {_ci(op, 'accuracy_class0')}. `predict.py` uses this "
+            "threshold; export.py embeds it.",
+            "",
+        ]
     elif isinstance((metrics.get("test") or {}).get("findings"), dict):
-        lines += ["One threshold per finding, chosen on the validation split (table under Performance); "
-                  "`predict.py` uses them and export.py embeds them.", ""]
+        lines += [
+            "One threshold per finding, chosen on the validation split (table under Performance); "
+            "`predict.py` uses them and export.py embeds them.",
+            "",
+        ]
     else:
         lines += ["No operating point was chosen (no validation predictions); 0.5 is used.", ""]
     lines += ["## Performance", ""]
@@ -205,8 +253,13 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     lines += ["## Known limitations", ""] + [f"- {c}" for c in _data_caveats(cfg, metrics)] + [""]
     lines += ["## Use", ""]
     if checkpoint:
-        lines += ["```bash", f"python predict.py ckpt_path={output_dir / checkpoint} inputs=<folder>",
-                  f"python export.py ckpt_path={output_dir / checkpoint} format=onnx", "```", ""]
+        lines += [
+            "```bash",
+            f"python predict.py ckpt_path={output_dir / checkpoint} inputs=<folder>",
+            f"python export.py ckpt_path={output_dir / checkpoint} format=onnx",
+            "```",
+            "",
+        ]
     else:
         lines += ["No checkpoint was saved (fast_dev_run): there is no model to apply.", ""]
     lines += [f"Outputs: {', '.join(names)}. " + NOT_A_DEVICE, ""]

@@ -6,13 +6,20 @@ The any-finding score of an image is, by ``task.any_finding``, ``max`` (its larg
 default: it needs no independence assumption) or ``noisy_or`` (``1 - prod(1 - p)``, the probability of at least
 one finding if the findings were independent given the image).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from cxr.evaluation.bootstrap import (PatientResampler, _AurocTable, _check_options, _interval, bootstrap_p_value,
-                                      patient_codes)
+from cxr.evaluation.bootstrap import (
+    PatientResampler,
+    _AurocTable,
+    _check_options,
+    _interval,
+    bootstrap_p_value,
+    patient_codes,
+)
 from cxr.evaluation.curves import average_precision, roc_curve
 from cxr.evaluation.metrics import auroc, binary_metrics
 from cxr.evaluation.thresholds import choose_threshold
@@ -21,16 +28,43 @@ ANY_FINDING_RULES = ("max", "noisy_or")
 # Published test AUROCs, as tabulated in Rajpurkar et al. 2017 (CheXNet, arXiv:1711.05225, Table 1). Their
 # splits differ from NIH's official one (Wang et al.: a random 70/10/20 image split of ChestX-ray8; CheXNet: a
 # random patient-disjoint 70/10/20 split): read them as orientation, not as a paired comparison.
-WANG_2017 = {"Atelectasis": 0.716, "Cardiomegaly": 0.807, "Effusion": 0.784, "Infiltration": 0.609, "Mass": 0.706,
-             "Nodule": 0.671, "Pneumonia": 0.633, "Pneumothorax": 0.806, "Consolidation": 0.708, "Edema": 0.835,
-             "Emphysema": 0.815, "Fibrosis": 0.769, "Pleural_Thickening": 0.708, "Hernia": 0.767}
-CHEXNET_2017 = {"Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345,
-                "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
-                "Consolidation": 0.7901, "Edema": 0.8878, "Emphysema": 0.9371, "Fibrosis": 0.8047,
-                "Pleural_Thickening": 0.8062, "Hernia": 0.9164}
-PUBLISHED_NOTE = ("Published values: test AUROC of Wang et al. 2017 and CheXNet (Rajpurkar et al. 2017), as in "
-                  "CheXNet's Table 1. Their test sets differ from NIH's official split (random splits of the full "
-                  "release), so they are orientation, not a paired comparison.")
+WANG_2017 = {
+    "Atelectasis": 0.716,
+    "Cardiomegaly": 0.807,
+    "Effusion": 0.784,
+    "Infiltration": 0.609,
+    "Mass": 0.706,
+    "Nodule": 0.671,
+    "Pneumonia": 0.633,
+    "Pneumothorax": 0.806,
+    "Consolidation": 0.708,
+    "Edema": 0.835,
+    "Emphysema": 0.815,
+    "Fibrosis": 0.769,
+    "Pleural_Thickening": 0.708,
+    "Hernia": 0.767,
+}
+CHEXNET_2017 = {
+    "Atelectasis": 0.8094,
+    "Cardiomegaly": 0.9248,
+    "Effusion": 0.8638,
+    "Infiltration": 0.7345,
+    "Mass": 0.8676,
+    "Nodule": 0.7802,
+    "Pneumonia": 0.7680,
+    "Pneumothorax": 0.8887,
+    "Consolidation": 0.7901,
+    "Edema": 0.8878,
+    "Emphysema": 0.9371,
+    "Fibrosis": 0.8047,
+    "Pleural_Thickening": 0.8062,
+    "Hernia": 0.9164,
+}
+PUBLISHED_NOTE = (
+    "Published values: test AUROC of Wang et al. 2017 and CheXNet (Rajpurkar et al. 2017), as in "
+    "CheXNet's Table 1. Their test sets differ from NIH's official split (random splits of the full "
+    "release), so they are orientation, not a paired comparison."
+)
 
 
 def any_finding_score(probabilities: np.ndarray, rule: str = "max") -> np.ndarray:
@@ -68,8 +102,9 @@ def _matrices(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).astype(np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if labels.ndim != 2 or labels.shape != probabilities.shape:
-        raise ValueError(f"labels and probabilities must be (N, K) arrays of one shape, got {labels.shape} and "
-                         f"{probabilities.shape}")
+        raise ValueError(
+            f"labels and probabilities must be (N, K) arrays of one shape, got {labels.shape} and {probabilities.shape}"
+        )
     if np.isnan(probabilities).any():
         raise ValueError("probabilities contain NaN")
     if not np.isin(labels, (0, 1)).all():
@@ -82,8 +117,9 @@ def _ci(value, resampled: np.ndarray, level: float) -> dict:
     return {"value": None if value is None else float(value), "ci_low": low, "ci_high": high}
 
 
-def multilabel_bootstrap(labels, probabilities, patients, findings: list[str], n_resamples: int = 1000,
-                         seed: int = 0, level: float = 0.95) -> dict:
+def multilabel_bootstrap(
+    labels, probabilities, patients, findings: list[str], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
     """Per finding ``{"auroc", "average_precision"}`` (each ``{"value", "ci_low", "ci_high"}``) and ``mean_auroc``
     (over the findings with both classes in the whole set; per resample over those that still have both), from
     one set of patient resamples (all images of a drawn patient together); ``n_resamples``, ``n_patients``."""
@@ -109,21 +145,33 @@ def multilabel_bootstrap(labels, probabilities, patients, findings: list[str], n
             i = defined.index(j)
             point[finding] = auroc(labels[:, j], probabilities[:, j])
             entry["auroc"] = _ci(point[finding], resampled_auroc[:, i], level)
-            entry["average_precision"] = _ci(average_precision(labels[:, j], probabilities[:, j]),
-                                             resampled_ap[:, i], level)
+            entry["average_precision"] = _ci(
+                average_precision(labels[:, j], probabilities[:, j]), resampled_ap[:, i], level
+            )
         else:
             entry["auroc"] = entry["average_precision"] = {"value": None, "ci_low": None, "ci_high": None}
         result["findings"][finding] = entry
     with np.errstate(all="ignore"):
         means = np.nanmean(resampled_auroc, axis=1) if defined else np.full(n_resamples, np.nan)
-    result["mean_auroc"] = {**_ci(np.mean(list(point.values())) if point else None, means, level),
-                            "n_findings": len(defined), "findings": [findings[j] for j in defined]}
+    result["mean_auroc"] = {
+        **_ci(np.mean(list(point.values())) if point else None, means, level),
+        "n_findings": len(defined),
+        "findings": [findings[j] for j in defined],
+    }
     result["n_resamples"], result["n_patients"] = int(n_resamples), resampler.n_patients
     return result
 
 
-def paired_multilabel_difference(labels, probabilities_a, probabilities_b, patients, findings: list[str],
-                                 n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def paired_multilabel_difference(
+    labels,
+    probabilities_a,
+    probabilities_b,
+    patients,
+    findings: list[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Mean AUROC and AUROC per finding, run A minus run B on the same images and patient resamples:
     ``{"mean_auroc": {...}, "findings": {finding: {...}}}``, each ``{"difference", "ci_low", "ci_high", "p_value",
     "auroc_a", "auroc_b"}`` (p: two-sided bootstrap p-value of no difference, as paired_auroc_difference)."""
@@ -133,8 +181,10 @@ def paired_multilabel_difference(labels, probabilities_a, probabilities_b, patie
     resampler = PatientResampler(patient_codes(patients))
     rng = np.random.default_rng(seed)
     defined = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]
-    tables = [(_AurocTable(labels[:, j], probabilities_a[:, j]), _AurocTable(labels[:, j], probabilities_b[:, j]))
-              for j in defined]
+    tables = [
+        (_AurocTable(labels[:, j], probabilities_a[:, j]), _AurocTable(labels[:, j], probabilities_b[:, j]))
+        for j in defined
+    ]
     a = np.full((n_resamples, len(defined)), np.nan)
     b = np.full((n_resamples, len(defined)), np.nan)
     for r in range(n_resamples):
@@ -144,11 +194,21 @@ def paired_multilabel_difference(labels, probabilities_a, probabilities_b, patie
 
     def summary(point_a, point_b, differences):
         low, high = _interval(differences, level)
-        return {"difference": None if point_a is None or point_b is None else float(point_a - point_b),
-                "ci_low": low, "ci_high": high, "p_value": bootstrap_p_value(differences), "auroc_a": point_a, "auroc_b": point_b}
+        return {
+            "difference": None if point_a is None or point_b is None else float(point_a - point_b),
+            "ci_low": low,
+            "ci_high": high,
+            "p_value": bootstrap_p_value(differences),
+            "auroc_a": point_a,
+            "auroc_b": point_b,
+        }
 
-    result = {"findings": {}, "n": int(len(labels)), "n_patients": resampler.n_patients,
-              "n_resamples": int(n_resamples)}
+    result = {
+        "findings": {},
+        "n": int(len(labels)),
+        "n_patients": resampler.n_patients,
+        "n_resamples": int(n_resamples),
+    }
     points_a, points_b = [], []
     for i, j in enumerate(defined):
         pa, pb = auroc(labels[:, j], probabilities_a[:, j]), auroc(labels[:, j], probabilities_b[:, j])
@@ -157,20 +217,21 @@ def paired_multilabel_difference(labels, probabilities_a, probabilities_b, patie
         result["findings"][findings[j]] = summary(pa, pb, a[:, i] - b[:, i])
     with np.errstate(all="ignore"):
         mean_differences = np.nanmean(a, axis=1) - np.nanmean(b, axis=1) if defined else np.full(n_resamples, np.nan)
-    result["mean_auroc"] = summary(float(np.mean(points_a)) if defined else None,
-                                   float(np.mean(points_b)) if defined else None, mean_differences)
+    result["mean_auroc"] = summary(
+        float(np.mean(points_a)) if defined else None, float(np.mean(points_b)) if defined else None, mean_differences
+    )
     return result
 
 
-def finding_thresholds(labels, probabilities, findings: list[str], method: str = "youden",
-                       target_sensitivity: float | None = None) -> dict[str, float | None]:
+def finding_thresholds(
+    labels, probabilities, findings: list[str], method: str = "youden", target_sensitivity: float | None = None
+) -> dict[str, float | None]:
     """A threshold per finding, chosen on (validation) labels and probabilities; None for a finding with one class."""
     labels, probabilities = _matrices(labels, probabilities)
     thresholds = {}
     for j, finding in enumerate(findings):
         try:
-            thresholds[finding] = float(choose_threshold(labels[:, j], probabilities[:, j], method,
-                                                         target_sensitivity))
+            thresholds[finding] = float(choose_threshold(labels[:, j], probabilities[:, j], method, target_sensitivity))
         except ValueError:
             thresholds[finding] = None
     return thresholds
@@ -181,13 +242,18 @@ def at_threshold(labels, probabilities, threshold: float | None) -> dict:
     if threshold is None:
         return {"threshold": None, "sensitivity": None, "specificity": None, "ppv": None}
     metrics = binary_metrics(labels, probabilities, threshold)  # the project's one decision rule
-    return {"threshold": float(threshold), "sensitivity": metrics["accuracy_class1"],
-            "specificity": metrics["accuracy_class0"], "ppv": metrics["ppv"]}
+    return {
+        "threshold": float(threshold),
+        "sensitivity": metrics["accuracy_class1"],
+        "specificity": metrics["accuracy_class0"],
+        "ppv": metrics["ppv"],
+    }
 
 
 def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.DataFrame:
     """One row per finding (and a mean row): positives, AUROC and AP with CIs, the validation-chosen threshold
     with sensitivity/specificity, and the published AUROCs of Wang 2017 and CheXNet."""
+
     def with_ci(entry):
         if not entry or entry.get("value") is None:
             return "n/a"
@@ -199,17 +265,34 @@ def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.Data
     rows = []
     for finding, m in per_finding.items():
         op = m.get("operating_point") or {}
-        rows.append({"finding": finding, "positives": str(m.get("n_positive")), "AUROC [95% CI]": with_ci(m.get("auroc")),
-                     "AP [95% CI]": with_ci(m.get("average_precision")), "threshold (val)": fmt(op.get("threshold")),
-                     "sensitivity": fmt(op.get("sensitivity")), "specificity": fmt(op.get("specificity")),
-                     "Wang 2017": fmt(WANG_2017.get(finding)), "CheXNet 2017": fmt(CHEXNET_2017.get(finding))})
+        rows.append(
+            {
+                "finding": finding,
+                "positives": str(m.get("n_positive")),
+                "AUROC [95% CI]": with_ci(m.get("auroc")),
+                "AP [95% CI]": with_ci(m.get("average_precision")),
+                "threshold (val)": fmt(op.get("threshold")),
+                "sensitivity": fmt(op.get("sensitivity")),
+                "specificity": fmt(op.get("specificity")),
+                "Wang 2017": fmt(WANG_2017.get(finding)),
+                "CheXNet 2017": fmt(CHEXNET_2017.get(finding)),
+            }
+        )
     if mean_auroc is not None:
         shown = [f for f in mean_auroc.get("findings", []) if f in WANG_2017]
-        rows.append({"finding": f"mean over the {mean_auroc.get('n_findings')} findings with AUROC", "positives": "",
-                     "AUROC [95% CI]": with_ci(mean_auroc), "AP [95% CI]": "", "threshold (val)": "",
-                     "sensitivity": "", "specificity": "",
-                     "Wang 2017": fmt(np.mean([WANG_2017[f] for f in shown]) if shown else None),
-                     "CheXNet 2017": fmt(np.mean([CHEXNET_2017[f] for f in shown]) if shown else None)})
+        rows.append(
+            {
+                "finding": f"mean over the {mean_auroc.get('n_findings')} findings with AUROC",
+                "positives": "",
+                "AUROC [95% CI]": with_ci(mean_auroc),
+                "AP [95% CI]": "",
+                "threshold (val)": "",
+                "sensitivity": "",
+                "specificity": "",
+                "Wang 2017": fmt(np.mean([WANG_2017[f] for f in shown]) if shown else None),
+                "CheXNet 2017": fmt(np.mean([CHEXNET_2017[f] for f in shown]) if shown else None),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -229,14 +312,17 @@ def roc_grid_figure(labels, probabilities, findings: list[str], thresholds: dict
             ax.set_title(f"{finding}\n(one class: AUROC n/a)", fontsize="small")
         else:
             ax.plot(curve[0], curve[1], linewidth=2)
-            ax.set_title(f"{finding}\nAUROC {auroc(labels[:, j], probabilities[:, j]):.3f} "
-                         f"(n+ = {int(labels[:, j].sum())})", fontsize="small")
+            ax.set_title(
+                f"{finding}\nAUROC {auroc(labels[:, j], probabilities[:, j]):.3f} (n+ = {int(labels[:, j].sum())})",
+                fontsize="small",
+            )
             threshold = (thresholds or {}).get(finding)
             if threshold is not None:
                 point = at_threshold(labels[:, j], probabilities[:, j], threshold)
                 if point["sensitivity"] is not None and point["specificity"] is not None:
-                    ax.plot([1 - point["specificity"]], [point["sensitivity"]], "o", color="C3",
-                            label=f"t={threshold:.3g}")
+                    ax.plot(
+                        [1 - point["specificity"]], [point["sensitivity"]], "o", color="C3", label=f"t={threshold:.3g}"
+                    )
                     ax.legend(loc="lower right", fontsize="x-small")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)

@@ -1,6 +1,7 @@
 """Compare run directories (metrics.json + config.yaml) in a Markdown and a self-contained HTML report: one row
 per run, paired AUROC differences of runs scored on the same images (patient bootstrap), mean ± sd over runs
 that differ only in ``seed``, subgroup AUROC and an ROC overlay. Entry point: ``compare.py``."""
+
 from __future__ import annotations
 
 import base64
@@ -23,7 +24,14 @@ from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
 
 MAX_PAIRS = 30
-NOT_COMPARED = ("seed", "paths", "hydra", "ckpt_path", "task_name", "run_name")  # besides *output_dir* keys and the run's path
+NOT_COMPARED = (
+    "seed",
+    "paths",
+    "hydra",
+    "ckpt_path",
+    "task_name",
+    "run_name",
+)  # besides *output_dir* keys and the run's path
 HOW_TO_READ = (
     "How to read this report. AUROC 0.5 is chance, 1.0 is perfect ranking. Intervals are 95% confidence intervals "
     "from a bootstrap that resamples patients (all images of a drawn patient together), not images. A paired "
@@ -31,7 +39,8 @@ HOW_TO_READ = (
     "two runs apart. Accuracy alone misleads when the classes are imbalanced: predicting the majority class for "
     "every image reaches the majority-class rate shown beside it, so read the per-class accuracies (class 0 = no "
     "finding = specificity, class 1 = finding = sensitivity), at 0.5 and at the validation-chosen operating point; "
-    "a probability above the threshold is class 1 (exactly 0.5 is class 0).")
+    "a probability above the threshold is class 1 (exactly 0.5 is class 0)."
+)
 
 
 class ReportError(UserError, ValueError):
@@ -39,8 +48,9 @@ class ReportError(UserError, ValueError):
 
 
 def _get(tree: dict, dotted: str, default=None):
-    return reduce(lambda node, key: node.get(key, default) if isinstance(node, dict) else default,
-                  dotted.split("."), tree)
+    return reduce(
+        lambda node, key: node.get(key, default) if isinstance(node, dict) else default, dotted.split("."), tree
+    )
 
 
 @dataclass
@@ -119,15 +129,18 @@ def find_runs(paths, skipped: dict[Path, str] | None = None) -> list[Run]:
     for given in map(Path, paths):
         if not given.exists():
             raise ReportError(f"{given}: no such file or directory")
-        dirs = [given] if _is_run(given) else sorted({m.parent for m in given.rglob("metrics.json")
-                                                      if _is_run(m.parent)})
+        dirs = (
+            [given] if _is_run(given) else sorted({m.parent for m in given.rglob("metrics.json") if _is_run(m.parent)})
+        )
         found += [d.resolve() for d in dirs if d.resolve() not in found]
         passed = find_skipped(given, found)
         skipped.update(passed)
         if not dirs:
             why = "; ".join(f"{d.name}: {reason}" for d, reason in list(passed.items())[:3])
-            raise ReportError(f"{given}: holds no finished run (no directory with both metrics.json and config.yaml)"
-                              + (f"; skipped {len(passed)}: {why}" if passed else ""))
+            raise ReportError(
+                f"{given}: holds no finished run (no directory with both metrics.json and config.yaml)"
+                + (f"; skipped {len(passed)}: {why}" if passed else "")
+            )
     loaded = []
     for directory in found:
         try:
@@ -137,14 +150,24 @@ def find_runs(paths, skipped: dict[Path, str] | None = None) -> list[Run]:
             raise ReportError(f"{directory}: unreadable metrics.json or config.yaml ({error})") from error
         loaded.append((directory, metrics, config))
     # the run's own name (metrics.json run_name); older runs: the directory (a multirun's parent/num)
-    names = [str(m.get("run_name") or (f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name))
-             for d, m, _ in loaded]
+    names = [
+        str(m.get("run_name") or (f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name)) for d, m, _ in loaded
+    ]
     names = [n if names.count(n) == 1 else f"{n}~{i + 1}" for i, n in enumerate(names)]
     runs = []
     for (directory, metrics, config), name in zip(loaded, names):
         kind = "evaluate" if "preprocessing" in metrics or config.get("task_name") == "evaluate" else "train"
-        runs.append(Run(directory, name, config, metrics, kind, metrics.get("program") or _get(config, "program.name"),
-                        config.get("seed") if kind == "train" else None))
+        runs.append(
+            Run(
+                directory,
+                name,
+                config,
+                metrics,
+                kind,
+                metrics.get("program") or _get(config, "program.name"),
+                config.get("seed") if kind == "train" else None,
+            )
+        )
     return runs
 
 
@@ -192,23 +215,53 @@ def markdown_table(headers: list, rows: list[list]) -> str:
 
 def runs_table(runs: list[Run], name: str) -> tuple[list[str], list[list]]:
     """One row per run: settings, the thesis' Table 3 columns, AUROC and balanced accuracy with CIs."""
-    headers = ["run", "kind", "program", "seed", "data", "split", "epochs", "channels", "size train set",
-               f"{name} n", "accuracy", "majority class", "accuracy class 0", "accuracy class 1", "AUROC [95% CI]",
-               "balanced accuracy [95% CI]", "operating point: class 0 / class 1 (threshold)"]
+    headers = [
+        "run",
+        "kind",
+        "program",
+        "seed",
+        "data",
+        "split",
+        "epochs",
+        "channels",
+        "size train set",
+        f"{name} n",
+        "accuracy",
+        "majority class",
+        "accuracy class 0",
+        "accuracy class 1",
+        "AUROC [95% CI]",
+        "balanced accuracy [95% CI]",
+        "operating point: class 0 / class 1 (threshold)",
+    ]
     rows = []
     for run in runs:
         m, op = run.metrics[name], run.metrics[name].get("operating_point") or {}
         pc = lambda metrics, key: _num(metrics.get(key), True)  # noqa: E731
         n, n0, n1 = m.get("n"), m.get("n_class0"), m.get("n_class1")
-        rows.append([run.name, run.kind, run.program, "-" if run.seed is None else run.seed,
-                     run.metrics.get("data") or _get(run.config, "data.name"), _get(run.config, "data.split.method"),
-                     run.metrics.get("epochs_trained"),
-                     _get(run.metrics, "preprocessing.channels") or _get(run.config, "program.preprocessing.channels"),
-                     _get(run.metrics, "split.train.images"), n, pc(m, "accuracy"),
-                     _num(max(n0, n1) / n if n and None not in (n0, n1) else None, True), pc(m, "accuracy_class0"),
-                     pc(m, "accuracy_class1"), _with_ci(m, "auroc"), _with_ci(m, "balanced_accuracy", True),
-                     f"{pc(op, 'accuracy_class0')} / {pc(op, 'accuracy_class1')} ({_num(op.get('threshold'))})"
-                     if op else None])
+        rows.append(
+            [
+                run.name,
+                run.kind,
+                run.program,
+                "-" if run.seed is None else run.seed,
+                run.metrics.get("data") or _get(run.config, "data.name"),
+                _get(run.config, "data.split.method"),
+                run.metrics.get("epochs_trained"),
+                _get(run.metrics, "preprocessing.channels") or _get(run.config, "program.preprocessing.channels"),
+                _get(run.metrics, "split.train.images"),
+                n,
+                pc(m, "accuracy"),
+                _num(max(n0, n1) / n if n and None not in (n0, n1) else None, True),
+                pc(m, "accuracy_class0"),
+                pc(m, "accuracy_class1"),
+                _with_ci(m, "auroc"),
+                _with_ci(m, "balanced_accuracy", True),
+                f"{pc(op, 'accuracy_class0')} / {pc(op, 'accuracy_class1')} ({_num(op.get('threshold'))})"
+                if op
+                else None,
+            ]
+        )
     return headers, rows
 
 
@@ -222,21 +275,42 @@ def candidate_pairs(runs: list[Run], name: str) -> tuple[list[tuple[Run, Run]], 
     ranked = []
     for a, b in itertools.chain.from_iterable(itertools.combinations(g, 2) for g in groups.values()):
         same_seed = a.seed is not None and a.seed == b.seed
-        ranked.append((0 if same_seed and a.program != b.program else 1 if same_seed and config_key(a) != config_key(b)
-                       else 2 if a.program != b.program else 3, a, b))
+        ranked.append(
+            (
+                0
+                if same_seed and a.program != b.program
+                else 1
+                if same_seed and config_key(a) != config_key(b)
+                else 2
+                if a.program != b.program
+                else 3,
+                a,
+                b,
+            )
+        )
     ranked.sort(key=lambda item: item[0])  # stable: run order within a rank
     return [(a, b) for _, a, b in ranked[:MAX_PAIRS]], max(0, len(ranked) - MAX_PAIRS)
 
 
 def paired_comparison(a: Run, b: Run, name: str, n_resamples: int = 1000, seed: int = 0) -> dict:
     """paired_auroc_difference of ``a`` minus ``b`` on their predictions aligned by image (patients from ``a``)."""
-    joined = a.predictions(name).merge(b.predictions(name)[["image", "label", "probability"]], on="image",
-                                       suffixes=("_a", "_b"))
+    joined = a.predictions(name).merge(
+        b.predictions(name)[["image", "label", "probability"]], on="image", suffixes=("_a", "_b")
+    )
     if not (joined["label_a"] == joined["label_b"]).all():
         return {"run_a": a.name, "run_b": b.name, "error": "the labels differ"}
-    return {"run_a": a.name, "run_b": b.name, **paired_auroc_difference(
-        joined["label_a"], joined["probability_a"], joined["probability_b"], joined["patient"],
-        n_resamples=n_resamples, seed=seed)}
+    return {
+        "run_a": a.name,
+        "run_b": b.name,
+        **paired_auroc_difference(
+            joined["label_a"],
+            joined["probability_a"],
+            joined["probability_b"],
+            joined["patient"],
+            n_resamples=n_resamples,
+            seed=seed,
+        ),
+    }
 
 
 def run_findings(run: Run, name: str) -> list[str]:
@@ -252,42 +326,90 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
     multi = [r for r in runs if run_findings(r, name)]
     if not multi:
         return []
-    findings = [f for f in run_findings(multi[0], name)
-                if any(_get(r.metrics[name], f"findings.{f}.auroc.value") is not None for r in multi)]
-    rows = [[r.name, r.metrics[name].get("any_finding"),
-             _with_ci({"auroc": _get(r.metrics[name], "mean_auroc.value"),
-                       "ci": {"auroc": r.metrics[name].get("mean_auroc") or {}}}, "auroc"),
-             *(_with_ci({"auroc": _get(r.metrics[name], f"findings.{f}.auroc.value"),
-                         "ci": {"auroc": _get(r.metrics[name], f"findings.{f}.auroc") or {}}}, "auroc")
-               for f in findings)] for r in multi]
+    findings = [
+        f
+        for f in run_findings(multi[0], name)
+        if any(_get(r.metrics[name], f"findings.{f}.auroc.value") is not None for r in multi)
+    ]
+    rows = [
+        [
+            r.name,
+            r.metrics[name].get("any_finding"),
+            _with_ci(
+                {
+                    "auroc": _get(r.metrics[name], "mean_auroc.value"),
+                    "ci": {"auroc": r.metrics[name].get("mean_auroc") or {}},
+                },
+                "auroc",
+            ),
+            *(
+                _with_ci(
+                    {
+                        "auroc": _get(r.metrics[name], f"findings.{f}.auroc.value"),
+                        "ci": {"auroc": _get(r.metrics[name], f"findings.{f}.auroc") or {}},
+                    },
+                    "auroc",
+                )
+                for f in findings
+            ),
+        ]
+        for r in multi
+    ]
     blocks: list[tuple] = [
         ("h", 2, "Multi-label runs: AUROC per finding"),
-        ("p", "Mean AUROC over the findings with both classes in the set, and AUROC per finding, with 95% patient-"
-              "bootstrap CIs. In the tables above, a multi-label run is scored by its 'any finding' score (the rule "
-              "in the second column: max = largest finding probability, noisy_or = 1 - prod(1 - p)), like a binary "
-              "model, so it is paired with binary runs (e.g. program D) on the same images."),
-        ("table", ["run", "any finding", "mean AUROC [95% CI]", *findings], rows)]
+        (
+            "p",
+            "Mean AUROC over the findings with both classes in the set, and AUROC per finding, with 95% patient-"
+            "bootstrap CIs. In the tables above, a multi-label run is scored by its 'any finding' score (the rule "
+            "in the second column: max = largest finding probability, noisy_or = 1 - prod(1 - p)), like a binary "
+            "model, so it is paired with binary runs (e.g. program D) on the same images.",
+        ),
+        ("table", ["run", "any finding", "mean AUROC [95% CI]", *findings], rows),
+    ]
     pairs, _ = candidate_pairs(multi, name)
     rows = []
     for a, b in pairs:
         joined = a.predictions(name).merge(b.predictions(name), on="image", suffixes=("_a", "_b"))
         common = [f for f in run_findings(a, name) if f in run_findings(b, name)]
         columns = [f"label_{f}" for f in common]
-        if not common or not (joined[[c + "_a" for c in columns]].to_numpy()
-                              == joined[[c + "_b" for c in columns]].to_numpy()).all():
+        if (
+            not common
+            or not (
+                joined[[c + "_a" for c in columns]].to_numpy() == joined[[c + "_b" for c in columns]].to_numpy()
+            ).all()
+        ):
             continue
         result = paired_multilabel_difference(
-            joined[[c + "_a" for c in columns]].to_numpy(), joined[[f"probability_{f}_a" for f in common]].to_numpy(),
-            joined[[f"probability_{f}_b" for f in common]].to_numpy(), joined["patient_a"], common,
-            n_resamples=n_resamples, seed=seed)
+            joined[[c + "_a" for c in columns]].to_numpy(),
+            joined[[f"probability_{f}_a" for f in common]].to_numpy(),
+            joined[[f"probability_{f}_b" for f in common]].to_numpy(),
+            joined["patient_a"],
+            common,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
         for label, r in [("mean AUROC", result["mean_auroc"]), *result["findings"].items()]:
-            rows.append([a.name, b.name, label, _num(r["auroc_a"]), _num(r["auroc_b"]),
-                         f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _num(r["p_value"])])
+            rows.append(
+                [
+                    a.name,
+                    b.name,
+                    label,
+                    _num(r["auroc_a"]),
+                    _num(r["auroc_b"]),
+                    f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
+                    _num(r["p_value"]),
+                ]
+            )
     if rows:
-        blocks += [("h", 2, "Paired multi-label differences (same images)"),
-                   ("p", f"AUROC A - AUROC B, mean over findings and per finding, {n_resamples} patient resamples "
-                         f"(seed {seed}) shared by both runs; p: two-sided bootstrap p-value of no difference."),
-                   ("table", ["run A", "run B", "finding", "AUROC A", "AUROC B", "difference [95% CI]", "p"], rows)]
+        blocks += [
+            ("h", 2, "Paired multi-label differences (same images)"),
+            (
+                "p",
+                f"AUROC A - AUROC B, mean over findings and per finding, {n_resamples} patient resamples "
+                f"(seed {seed}) shared by both runs; p: two-sided bootstrap p-value of no difference.",
+            ),
+            ("table", ["run A", "run B", "finding", "AUROC A", "AUROC B", "difference [95% CI]", "p"], rows),
+        ]
     return blocks
 
 
@@ -298,20 +420,29 @@ def seed_groups(runs: list[Run], name: str) -> list[dict]:
         groups.setdefault(config_key(run), []).append(run)
     result = []
     for members in (g for g in groups.values() if len(g) >= 2):
-        row = {"runs": [r.name for r in members], "seeds": [r.seed for r in members], "program": members[0].program,
-               "n_runs": len(members)}
+        row = {
+            "runs": [r.name for r in members],
+            "seeds": [r.seed for r in members],
+            "program": members[0].program,
+            "n_runs": len(members),
+        }
         for key in ("auroc", "balanced_accuracy", "accuracy_class0", "accuracy_class1"):
             values = [v for r in members if (v := r.metrics[name].get(key)) is not None]
-            row[key] = {"mean": statistics.mean(values) if values else None,
-                        "sd": statistics.stdev(values) if len(values) > 1 else None}
+            row[key] = {
+                "mean": statistics.mean(values) if values else None,
+                "sd": statistics.stdev(values) if len(values) > 1 else None,
+            }
         result.append(row)
     return result
 
 
 def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, seed: int = 0) -> Report:
     """Write report.md, report.html and ROC overlays into ``out`` (default outputs/compare/<time> in the cwd)."""
-    out = Path(out) if out is not None else Path.cwd() / "outputs" / "compare" / datetime.now().strftime(
-        "%Y-%m-%d_%H-%M-%S-%f")
+    out = (
+        Path(out)
+        if out is not None
+        else Path.cwd() / "outputs" / "compare" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    )
     if (out / "report.md").exists():
         raise ReportError(f"{out} already holds a report (report.md): choose another --out")
     skipped: dict[Path, str] = {}
@@ -321,47 +452,125 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         raise ReportError(f"none of the {len(runs)} runs was evaluated on the set {set_name!r}")
     headers, rows = runs_table(scored, set_name)
     blocks: list[tuple] = [
-        ("h", 1, f"Comparison of {len(runs)} runs on the {set_name} set"), ("p", HOW_TO_READ), ("h", 2, "Runs"),
-        ("table", headers, rows), ("p", "channels, size train set (images), accuracy class 0 and accuracy class 1 "
-                                        "are the columns of the thesis' Table 3.")]
+        ("h", 1, f"Comparison of {len(runs)} runs on the {set_name} set"),
+        ("p", HOW_TO_READ),
+        ("h", 2, "Runs"),
+        ("table", headers, rows),
+        (
+            "p",
+            "channels, size train set (images), accuracy class 0 and accuracy class 1 "
+            "are the columns of the thesis' Table 3.",
+        ),
+    ]
     if collapsed := [r.name for r in scored if 0 in (r.metrics[set_name].get(f"accuracy_class{c}") for c in (0, 1))]:
         blocks.append(("p", "One class only at threshold 0.5 (a class accuracy of 0%): " + ", ".join(collapsed)))
     if len(scored) < len(runs):
         blocks.append(("p", "Not evaluated on this set: " + ", ".join(r.name for r in runs if r not in scored)))
     if skipped:
-        blocks += [("h", 2, "Skipped directories"),
-                   ("p", "Directories that hold no finished run (no metrics.json), and why (paths relative to this "
-                         "report):"),
-                   ("table", ["directory", "reason"], [[os.path.relpath(d, out), why] for d, why in skipped.items()])]
+        blocks += [
+            ("h", 2, "Skipped directories"),
+            ("p", "Directories that hold no finished run (no metrics.json), and why (paths relative to this report):"),
+            ("table", ["directory", "reason"], [[os.path.relpath(d, out), why] for d, why in skipped.items()]),
+        ]
     pairs, left_out = candidate_pairs(scored, set_name)
     results = [paired_comparison(a, b, set_name, n_resamples, seed) for a, b in pairs]
-    rows = [[r["run_a"], r["run_b"], *(["n/a", "n/a", r["error"], "n/a", "n/a"] if "error" in r else [
-        _num(r["auroc_a"]), _num(r["auroc_b"]), f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
-        _num(r["p_value"]), f"{r['n']} / {r['n_patients']}"])] for r in results]
-    blocks += [("h", 2, "Paired AUROC differences (same images)"), ("p", (
-        f"difference = AUROC A - AUROC B on the same images, {n_resamples} patient resamples (seed {seed}); p: "
-        "two-sided bootstrap p-value of no difference.") if rows else "No two runs scored the same set of images."),
-        ("table", ["run A", "run B", "AUROC A", "AUROC B", "difference [95% CI]", "p", "images / patients"], rows)]
+    rows = [
+        [
+            r["run_a"],
+            r["run_b"],
+            *(
+                ["n/a", "n/a", r["error"], "n/a", "n/a"]
+                if "error" in r
+                else [
+                    _num(r["auroc_a"]),
+                    _num(r["auroc_b"]),
+                    f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
+                    _num(r["p_value"]),
+                    f"{r['n']} / {r['n_patients']}",
+                ]
+            ),
+        ]
+        for r in results
+    ]
+    blocks += [
+        ("h", 2, "Paired AUROC differences (same images)"),
+        (
+            "p",
+            (
+                f"difference = AUROC A - AUROC B on the same images, {n_resamples} patient resamples (seed {seed}); p: "
+                "two-sided bootstrap p-value of no difference."
+            )
+            if rows
+            else "No two runs scored the same set of images.",
+        ),
+        ("table", ["run A", "run B", "AUROC A", "AUROC B", "difference [95% CI]", "p", "images / patients"], rows),
+    ]
     if left_out:
-        blocks.append(("p", f"{left_out} further pairs were left out (at most {MAX_PAIRS}: seed-matched runs of "
-                            "different programs come first, then seed-matched runs of different configs)."))
+        blocks.append(
+            (
+                "p",
+                f"{left_out} further pairs were left out (at most {MAX_PAIRS}: seed-matched runs of "
+                "different programs come first, then seed-matched runs of different configs).",
+            )
+        )
     blocks += multilabel_blocks(scored, set_name, n_resamples, seed)
     groups = seed_groups(scored, set_name)
-    rows = [[g["program"], g["n_runs"], ", ".join(map(str, g["seeds"])), ", ".join(g["runs"]), _mean_sd(g["auroc"]),
-             *(_mean_sd(g[k], True) for k in ("balanced_accuracy", "accuracy_class0", "accuracy_class1"))]
-            for g in groups]
-    blocks += [("h", 2, "Seed summary (runs identical except the seed)"), ("p", "mean ± sample standard deviation "
-               "over the seeds." if rows else "No two training runs share a config apart from the seed."),
-               ("table", ["program", "n runs", "seeds", "runs", "AUROC", "balanced accuracy", "accuracy class 0",
-                          "accuracy class 1"], rows)]
+    rows = [
+        [
+            g["program"],
+            g["n_runs"],
+            ", ".join(map(str, g["seeds"])),
+            ", ".join(g["runs"]),
+            _mean_sd(g["auroc"]),
+            *(_mean_sd(g[k], True) for k in ("balanced_accuracy", "accuracy_class0", "accuracy_class1")),
+        ]
+        for g in groups
+    ]
+    blocks += [
+        ("h", 2, "Seed summary (runs identical except the seed)"),
+        (
+            "p",
+            "mean ± sample standard deviation over the seeds."
+            if rows
+            else "No two training runs share a config apart from the seed.",
+        ),
+        (
+            "table",
+            [
+                "program",
+                "n runs",
+                "seeds",
+                "runs",
+                "AUROC",
+                "balanced accuracy",
+                "accuracy class 0",
+                "accuracy class 1",
+            ],
+            rows,
+        ),
+    ]
     subgroups = []
     for run in scored:
-        rows = [[column, value, m.get("n"), _num(m.get("auroc")), _num(m.get("accuracy_class0"), True),
-                 _num(m.get("accuracy_class1"), True)]
-                for column, values in (run.metrics[set_name].get("subgroups") or {}).items()
-                for value, m in values.items()]
-        subgroups += [("h", 3, run.name), ("table", ["subgroup", "value", "n", "AUROC", "accuracy class 0",
-                                                     "accuracy class 1"], rows)] if rows else []
+        rows = [
+            [
+                column,
+                value,
+                m.get("n"),
+                _num(m.get("auroc")),
+                _num(m.get("accuracy_class0"), True),
+                _num(m.get("accuracy_class1"), True),
+            ]
+            for column, values in (run.metrics[set_name].get("subgroups") or {}).items()
+            for value, m in values.items()
+        ]
+        subgroups += (
+            [
+                ("h", 3, run.name),
+                ("table", ["subgroup", "value", "n", "AUROC", "accuracy class 0", "accuracy class 1"], rows),
+            ]
+            if rows
+            else []
+        )
     blocks += [("h", 2, f"Subgroup AUROC ({set_name})"), *subgroups] if subgroups else []
     blocks.append(("h", 2, "Figures"))
     out.mkdir(parents=True, exist_ok=True)
@@ -370,8 +579,14 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         if curves:
             figure = save_figure(roc_overlay_figure(curves, title=f"ROC curves: {name}"), out / f"roc_{name}.png")
             blocks.append(("img", figure.name, figure.read_bytes(), f"ROC curves of all runs on the {name} set"))
-    items = [(run.name, [("directory", os.path.relpath(run.path, out))] + [
-        (f.stem, os.path.relpath(f, out)) for f in sorted(run.path.glob("*.png"))]) for run in runs]
+    items = [
+        (
+            run.name,
+            [("directory", os.path.relpath(run.path, out))]
+            + [(f.stem, os.path.relpath(f, out)) for f in sorted(run.path.glob("*.png"))],
+        )
+        for run in runs
+    ]
     blocks += [("p", "Each run's own figures (not copied; paths relative to this report):"), ("list", items)]
     blocks = [b for b in blocks if b[0] != "table" or b[2]]  # no empty tables
     write_text(out / "report.html", to_html(blocks, f"Comparison of {len(runs)} runs on the {set_name} set"))
@@ -380,15 +595,22 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
 
 
 def to_markdown(blocks: list[tuple]) -> str:
-    render = {"h": lambda level, text: "#" * level + " " + text, "p": lambda text: text, "table": markdown_table,
-              "img": lambda file, _png, alt: f"![{alt}]({file})",
-              "list": lambda items: "\n".join(f"- {text}: " + ", ".join(f"[{label}](<{href}>)" for label, href in links)
-                                              for text, links in items)}
+    render = {
+        "h": lambda level, text: "#" * level + " " + text,
+        "p": lambda text: text,
+        "table": markdown_table,
+        "img": lambda file, _png, alt: f"![{alt}]({file})",
+        "list": lambda items: "\n".join(
+            f"- {text}: " + ", ".join(f"[{label}](<{href}>)" for label, href in links) for text, links in items
+        ),
+    }
     return "\n\n".join(render[kind](*body) for kind, *body in blocks) + "\n"
 
 
-_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
-        "#bbb;padding:.2em .5em;text-align:left}th{background:#eee}img{max-width:40em}p{max-width:60em}")
+_CSS = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
+    "#bbb;padding:.2em .5em;text-align:left}th{background:#eee}img{max-width:40em}p{max-width:60em}"
+)
 
 
 def to_html(blocks: list[tuple], title: str) -> str:
@@ -396,16 +618,31 @@ def to_html(blocks: list[tuple], title: str) -> str:
     e = lambda value: html.escape(str(value))  # noqa: E731
     cells = lambda tag, row: "<tr>" + "".join(f"<{tag}>{e(_text(c))}</{tag}>" for c in row) + "</tr>"  # noqa: E731
     render = {
-        "h": lambda level, text: f"<h{level}>{e(text)}</h{level}>", "p": lambda text: f"<p>{e(text)}</p>",
-        "table": lambda headers, rows: f"<table><thead>{cells('th', headers)}</thead><tbody>"
-                                       + "".join(cells("td", r) for r in rows) + "</tbody></table>",
-        "img": lambda file, png, alt: (f'<figure><img alt="{e(alt)}" src="data:image/png;base64,'
-                                       + base64.b64encode(png).decode() + f'"><figcaption>{e(alt)}</figcaption>'
-                                       + "</figure>"),
-        "list": lambda items: "<ul>" + "".join(f"<li>{e(text)}: " + ", ".join(f'<a href="{e(href)}">{e(label)}</a>'
-                                                                          for label, href in links) + "</li>"
-                                               for text, links in items) + "</ul>",
+        "h": lambda level, text: f"<h{level}>{e(text)}</h{level}>",
+        "p": lambda text: f"<p>{e(text)}</p>",
+        "table": lambda headers, rows: (
+            f"<table><thead>{cells('th', headers)}</thead><tbody>"
+            + "".join(cells("td", r) for r in rows)
+            + "</tbody></table>"
+        ),
+        "img": lambda file, png, alt: (
+            f'<figure><img alt="{e(alt)}" src="data:image/png;base64,'
+            + base64.b64encode(png).decode()
+            + f'"><figcaption>{e(alt)}</figcaption>'
+            + "</figure>"
+        ),
+        "list": lambda items: (
+            "<ul>"
+            + "".join(
+                f"<li>{e(text)}: " + ", ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in links) + "</li>"
+                for text, links in items
+            )
+            + "</ul>"
+        ),
     }
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(render[k](*body) for k, *body in blocks)
-            + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+        f"<style>{_CSS}</style></head><body>\n"
+        + "\n".join(render[k](*body) for k, *body in blocks)
+        + "\n</body></html>\n"
+    )

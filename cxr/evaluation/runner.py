@@ -5,6 +5,7 @@ validation split, each with patient-bootstrap confidence intervals; calibration;
 and per subgroup; confusion matrices, ROC/PR, calibration and probability-histogram figures (PNG, and
 TensorBoard when in use).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,17 +19,30 @@ from cxr.artifacts import write_csv
 from cxr.evaluation.bootstrap import patient_bootstrap
 from cxr.evaluation.curves import average_precision, expected_calibration_error
 from cxr.evaluation.expert_labels import read_google2019_labels
-from cxr.evaluation.figures import (calibration_figure, confusion_matrix_figure, probability_histogram_figure,
-                                    roc_pr_figure, save_figure)
+from cxr.evaluation.figures import (
+    calibration_figure,
+    confusion_matrix_figure,
+    probability_histogram_figure,
+    roc_pr_figure,
+    save_figure,
+)
 from cxr.evaluation.metrics import binary_metrics
 from cxr.evaluation.subgroups import subgroup_columns, subgroup_metrics
 from cxr.evaluation.thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
-DEFAULTS = {"threshold": 0.5, "operating_point": {"method": "youden", "target_sensitivity": None},
-            "bootstrap": {"n_resamples": 1000, "seed": 0, "level": 0.95}, "calibration_bins": 10,
-            "expert_labels": None, "subgroups": {"side_tables": [], "min_size": 5},
-            "inference_backend": "auto", "inference_batch_size": 64, "any_finding": "max", "ten_crop": False}
+DEFAULTS = {
+    "threshold": 0.5,
+    "operating_point": {"method": "youden", "target_sensitivity": None},
+    "bootstrap": {"n_resamples": 1000, "seed": 0, "level": 0.95},
+    "calibration_bins": 10,
+    "expert_labels": None,
+    "subgroups": {"side_tables": [], "min_size": 5},
+    "inference_backend": "auto",
+    "inference_batch_size": 64,
+    "any_finding": "max",
+    "ten_crop": False,
+}
 
 
 def model_findings(model: torch.nn.Module) -> list[str] | None:
@@ -49,18 +63,32 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
         predictor = TenCrop(model)
         backend = backend if backend in ("eager", "torch", "torch_bf16") else "torch"
     # int8 ranges come from validation images (as the operating point does), never from the set being scored
-    calibration = datamodule.eval_dataloader("val") if backend == "onnxruntime_int8" \
-        and len(datamodule.rows("val")) else None
-    probabilities = inference.predict_probabilities(predictor, datamodule.eval_dataloader(name), backend,
-                                                    settings["inference_batch_size"], calibration=calibration)
+    calibration = (
+        datamodule.eval_dataloader("val") if backend == "onnxruntime_int8" and len(datamodule.rows("val")) else None
+    )
+    probabilities = inference.predict_probabilities(
+        predictor, datamodule.eval_dataloader(name), backend, settings["inference_batch_size"], calibration=calibration
+    )
     if not findings:
-        return pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
-                             "probability": probabilities})
+        return pd.DataFrame(
+            {
+                "image": rows["image"],
+                "patient": rows["patient_id"],
+                "label": rows["target"],
+                "probability": probabilities,
+            }
+        )
     from cxr.evaluation.multilabel import any_finding_score
 
     probabilities = probabilities.reshape(len(rows), len(findings))
-    frame = pd.DataFrame({"image": rows["image"], "patient": rows["patient_id"], "label": rows["target"],
-                          "probability": any_finding_score(probabilities, settings["any_finding"])})
+    frame = pd.DataFrame(
+        {
+            "image": rows["image"],
+            "patient": rows["patient_id"],
+            "label": rows["target"],
+            "probability": any_finding_score(probabilities, settings["any_finding"]),
+        }
+    )
     per_finding = {f"label_{f}": rows[f].astype(int).to_numpy() for f in findings}
     per_finding.update({f"probability_{f}": probabilities[:, j] for j, f in enumerate(findings)})
     return pd.concat([frame, pd.DataFrame(per_finding, index=frame.index)], axis=1)
@@ -78,12 +106,16 @@ class TenCrop(torch.nn.Module):
         from torchvision.transforms.v2 import functional as TF
 
         size = images.shape[-1]
-        larger = torch.nn.functional.interpolate(images, size=round(size * 256 / 224), mode="bilinear",
-                                                 align_corners=False, antialias=False)
+        larger = torch.nn.functional.interpolate(
+            images, size=round(size * 256 / 224), mode="bilinear", align_corners=False, antialias=False
+        )
         crops = torch.cat(TF.ten_crop(larger, [size, size]))  # (10 N, C, size, size), crop-major
         probabilities = torch.sigmoid(self.model(crops).float()).reshape(10, len(images), -1).mean(dim=0)
-        return torch.logit(probabilities, eps=1e-7).squeeze(1) if probabilities.shape[1] == 1 else \
-            torch.logit(probabilities, eps=1e-7)
+        return (
+            torch.logit(probabilities, eps=1e-7).squeeze(1)
+            if probabilities.shape[1] == 1
+            else torch.logit(probabilities, eps=1e-7)
+        )
 
 
 def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
@@ -100,8 +132,12 @@ def operating_threshold(validation: pd.DataFrame | None, settings: dict) -> tupl
     if validation is None:
         return float(settings["threshold"]), "fixed"
     try:
-        threshold = choose_threshold(validation["label"], validation["probability"], method,
-                                     settings["operating_point"].get("target_sensitivity"))
+        threshold = choose_threshold(
+            validation["label"],
+            validation["probability"],
+            method,
+            settings["operating_point"].get("target_sensitivity"),
+        )
     except ValueError as error:
         log.warning("operating point not chosen (%s); using %s", error, settings["threshold"])
         return float(settings["threshold"]), "fixed"
@@ -115,8 +151,15 @@ def score(labels, probabilities, patients, threshold: float, bootstrap: dict) ->
     return metrics
 
 
-def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, settings: dict | None = None,
-                  writer=None, step: int = 0, run_name: str = "") -> dict[str, dict]:
+def evaluate_sets(
+    model: torch.nn.Module,
+    datamodule,
+    output_dir: str | Path,
+    settings: dict | None = None,
+    writer=None,
+    step: int = 0,
+    run_name: str = "",
+) -> dict[str, dict]:
     """Predict, score and draw every evaluation set of ``datamodule`` (figure titles name ``run_name``); return
     ``{set: metrics}``."""
     settings = {**DEFAULTS, **(settings or {})}
@@ -134,32 +177,65 @@ def evaluate_sets(model: torch.nn.Module, datamodule, output_dir: str | Path, se
         metrics = score(labels, probabilities, patients, settings["threshold"], settings["bootstrap"])
         metrics["n_patients"] = int(patients.nunique()) if patients.notna().all() else None
         metrics["average_precision"] = average_precision(labels, probabilities)
-        metrics["calibration"] = {"ece": expected_calibration_error(labels, probabilities,
-                                                                    settings["calibration_bins"]),
-                                  "n_bins": settings["calibration_bins"]}
+        metrics["calibration"] = {
+            "ece": expected_calibration_error(labels, probabilities, settings["calibration_bins"]),
+            "n_bins": settings["calibration_bins"],
+        }
         op = score(labels, probabilities, patients, operating_point, settings["bootstrap"])
         metrics["operating_point"] = {"chosen_on": chosen_on, **op}
         if expert is not None:
             metrics["expert_labels"] = _expert_scores(predictions, expert, settings)
         groups = subgroup_columns(datamodule.rows(name), settings["subgroups"].get("side_tables"))
-        metrics["subgroups"] = subgroup_metrics(labels, probabilities, groups, settings["threshold"],
-                                                settings["subgroups"].get("min_size", 1))
+        metrics["subgroups"] = subgroup_metrics(
+            labels, probabilities, groups, settings["threshold"], settings["subgroups"].get("min_size", 1)
+        )
         if model_findings(model):
-            _add_finding_metrics(metrics, name, predictions, model_findings(model), finding_thresholds,
-                                 findings_chosen_on, settings, output_dir, writer, step, run_name)
+            _add_finding_metrics(
+                metrics,
+                name,
+                predictions,
+                model_findings(model),
+                finding_thresholds,
+                findings_chosen_on,
+                settings,
+                output_dir,
+                writer,
+                step,
+                run_name,
+            )
         results[name] = metrics
-        log.info("%s: n=%d AUROC=%s [%s, %s] accuracy=%.3f class0=%s class1=%s | at %s=%.3f: class0=%s class1=%s",
-                 name, metrics["n"], _fmt(metrics["auroc"]), _fmt(metrics["ci"]["auroc"]["ci_low"]),
-                 _fmt(metrics["ci"]["auroc"]["ci_high"]), metrics["accuracy"], _fmt(metrics["accuracy_class0"]),
-                 _fmt(metrics["accuracy_class1"]), chosen_on, operating_point, _fmt(op["accuracy_class0"]),
-                 _fmt(op["accuracy_class1"]))
-        _draw(name, metrics, labels, probabilities, {"fixed": settings["threshold"], chosen_on: operating_point},
-              output_dir, writer, step, run_name)
+        log.info(
+            "%s: n=%d AUROC=%s [%s, %s] accuracy=%.3f class0=%s class1=%s | at %s=%.3f: class0=%s class1=%s",
+            name,
+            metrics["n"],
+            _fmt(metrics["auroc"]),
+            _fmt(metrics["ci"]["auroc"]["ci_low"]),
+            _fmt(metrics["ci"]["auroc"]["ci_high"]),
+            metrics["accuracy"],
+            _fmt(metrics["accuracy_class0"]),
+            _fmt(metrics["accuracy_class1"]),
+            chosen_on,
+            operating_point,
+            _fmt(op["accuracy_class0"]),
+            _fmt(op["accuracy_class1"]),
+        )
+        _draw(
+            name,
+            metrics,
+            labels,
+            probabilities,
+            {"fixed": settings["threshold"], chosen_on: operating_point},
+            output_dir,
+            writer,
+            step,
+            run_name,
+        )
     return results
 
 
-def _finding_thresholds(findings: list[str] | None, validation: pd.DataFrame | None,
-                        settings: dict) -> tuple[dict[str, float | None], str]:
+def _finding_thresholds(
+    findings: list[str] | None, validation: pd.DataFrame | None, settings: dict
+) -> tuple[dict[str, float | None], str]:
     """Per-finding thresholds chosen on the validation predictions (``operating_point.method``; without them 0.5
     each), and what they were chosen by."""
     from cxr.evaluation.multilabel import finding_thresholds
@@ -169,43 +245,81 @@ def _finding_thresholds(findings: list[str] | None, validation: pd.DataFrame | N
     if validation is None:
         return {f: float(settings["threshold"]) for f in findings}, "fixed"
     method = settings["operating_point"]["method"]
-    return finding_thresholds(validation[[f"label_{f}" for f in findings]].to_numpy(),
-                              validation[[f"probability_{f}" for f in findings]].to_numpy(), findings, method,
-                              settings["operating_point"].get("target_sensitivity")), f"{method} on val"
+    return finding_thresholds(
+        validation[[f"label_{f}" for f in findings]].to_numpy(),
+        validation[[f"probability_{f}" for f in findings]].to_numpy(),
+        findings,
+        method,
+        settings["operating_point"].get("target_sensitivity"),
+    ), f"{method} on val"
 
 
-def _add_finding_metrics(metrics: dict, name: str, predictions: pd.DataFrame, findings: list[str],
-                         thresholds: dict, chosen_on: str, settings: dict, output_dir: Path, writer,
-                         step: int, run_name: str = "") -> None:
+def _add_finding_metrics(
+    metrics: dict,
+    name: str,
+    predictions: pd.DataFrame,
+    findings: list[str],
+    thresholds: dict,
+    chosen_on: str,
+    settings: dict,
+    output_dir: Path,
+    writer,
+    step: int,
+    run_name: str = "",
+) -> None:
     """Per-finding AUROC/AP with patient-bootstrap CIs, mean AUROC, per-finding operating points; the table
     ``findings_<set>.csv`` / ``.md`` beside published values, ``roc_findings_<set>.png``, TensorBoard scalars."""
     from cxr.evaluation import multilabel
 
     labels = predictions[[f"label_{f}" for f in findings]].to_numpy()
     probabilities = predictions[[f"probability_{f}" for f in findings]].to_numpy()
-    scored = multilabel.multilabel_bootstrap(labels, probabilities, predictions["patient"], findings,
-                                             **settings["bootstrap"])
+    scored = multilabel.multilabel_bootstrap(
+        labels, probabilities, predictions["patient"], findings, **settings["bootstrap"]
+    )
     for j, finding in enumerate(findings):
         scored["findings"][finding]["operating_point"] = {
             "chosen_on": chosen_on,
-            **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding))}
-    metrics.update({"task": "multilabel", "any_finding": settings["any_finding"], "mean_auroc": scored["mean_auroc"],
-                    "findings": scored["findings"]})
+            **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding)),
+        }
+    metrics.update(
+        {
+            "task": "multilabel",
+            "any_finding": settings["any_finding"],
+            "mean_auroc": scored["mean_auroc"],
+            "findings": scored["findings"],
+        }
+    )
     table = multilabel.findings_table(scored["findings"], scored["mean_auroc"])
     write_csv(output_dir / f"findings_{name}.csv", table)
     from cxr.artifacts import write_text
     from cxr.evaluation.report import markdown_table
 
-    write_text(output_dir / f"findings_{name}.md", f"# Per-finding results: {name}\n\n"
-               + markdown_table(list(table.columns), table.values.tolist()) + f"\n\n{multilabel.PUBLISHED_NOTE}\n")
-    figure = multilabel.roc_grid_figure(labels, probabilities, findings, thresholds, title=(
-        f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds chosen {chosen_on})"))
+    write_text(
+        output_dir / f"findings_{name}.md",
+        f"# Per-finding results: {name}\n\n"
+        + markdown_table(list(table.columns), table.values.tolist())
+        + f"\n\n{multilabel.PUBLISHED_NOTE}\n",
+    )
+    figure = multilabel.roc_grid_figure(
+        labels,
+        probabilities,
+        findings,
+        thresholds,
+        title=(f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds chosen {chosen_on})"),
+    )
     save_figure(figure, output_dir / f"roc_findings_{name}.png")
     mean = scored["mean_auroc"]
-    log.info("%s: mean AUROC over %d findings = %s [%s, %s]; %s", name, mean["n_findings"], _fmt(mean["value"]),
-             _fmt(mean["ci_low"]), _fmt(mean["ci_high"]), ", ".join(
-                 f"{f} {_fmt(m['auroc']['value'])}" for f, m in scored["findings"].items()
-                 if m["auroc"]["value"] is not None))
+    log.info(
+        "%s: mean AUROC over %d findings = %s [%s, %s]; %s",
+        name,
+        mean["n_findings"],
+        _fmt(mean["value"]),
+        _fmt(mean["ci_low"]),
+        _fmt(mean["ci_high"]),
+        ", ".join(
+            f"{f} {_fmt(m['auroc']['value'])}" for f, m in scored["findings"].items() if m["auroc"]["value"] is not None
+        ),
+    )
     if writer is not None:
         writer.add_figure(f"{name}/roc_findings", figure, global_step=step)
         if mean["value"] is not None:
@@ -218,30 +332,54 @@ def _add_finding_metrics(metrics: dict, name: str, predictions: pd.DataFrame, fi
 
 def _expert_scores(predictions: pd.DataFrame, expert: pd.DataFrame, settings: dict) -> dict:
     joined = predictions.merge(expert[["image", "expert_target"]], on="image", how="inner")
-    result = {"n": int(len(joined)),
-              "definition": "abnormal = any of fracture, pneumothorax, airspace opacity, nodule or mass (Google 2019)"}
+    result = {
+        "n": int(len(joined)),
+        "definition": "abnormal = any of fracture, pneumothorax, airspace opacity, nodule or mass (Google 2019)",
+    }
     if len(joined):
         result["agreement_nih_vs_expert"] = float((joined["label"] == joined["expert_target"]).mean())
-        result.update(score(joined["expert_target"], joined["probability"], joined["patient"],
-                            settings["threshold"], settings["bootstrap"]))
+        result.update(
+            score(
+                joined["expert_target"],
+                joined["probability"],
+                joined["patient"],
+                settings["threshold"],
+                settings["bootstrap"],
+            )
+        )
     return result
 
 
-def _draw(name: str, metrics: dict, labels, probabilities, thresholds: dict, output_dir: Path, writer,
-          step: int, run_name: str = "") -> None:
+def _draw(
+    name: str,
+    metrics: dict,
+    labels,
+    probabilities,
+    thresholds: dict,
+    output_dir: Path,
+    writer,
+    step: int,
+    run_name: str = "",
+) -> None:
     """The set's figures; a figure that shows decisions says its threshold: the confusion matrices at the fixed
     threshold (``confusion_matrix_<set>``) and at the operating point predict.py applies (``..._operating_point``)."""
     title = f"{run_name}: {name}" if run_name else name
     op = metrics["operating_point"]
-    matrices = {"": (metrics["confusion_matrix"], f"threshold {metrics['threshold']:g} (fixed)"),
-                "_operating_point": (op["confusion_matrix"], f"operating point: threshold {op['threshold']:.3g} "
-                                                             f"({op['chosen_on']}; predict.py's)")}
+    matrices = {
+        "": (metrics["confusion_matrix"], f"threshold {metrics['threshold']:g} (fixed)"),
+        "_operating_point": (
+            op["confusion_matrix"],
+            f"operating point: threshold {op['threshold']:.3g} ({op['chosen_on']}; predict.py's)",
+        ),
+    }
     figures = {}
     for kind, (matrix, threshold) in matrices.items():
         for normalize, suffix in ((False, ""), (True, "_normalized")):
             figures[f"confusion_matrix_{name}{kind}{suffix}"] = confusion_matrix_figure(
-                matrix, normalize=normalize,
-                title=f"{title}: {'normalized ' if normalize else ''}confusion matrix\n{threshold}")
+                matrix,
+                normalize=normalize,
+                title=f"{title}: {'normalized ' if normalize else ''}confusion matrix\n{threshold}",
+            )
     if metrics["auroc"] is not None:
         figures[f"roc_pr_{name}"] = roc_pr_figure(labels, probabilities, thresholds, title=title)
     figures[f"calibration_{name}"] = calibration_figure(labels, probabilities, title=title)
@@ -249,8 +387,9 @@ def _draw(name: str, metrics: dict, labels, probabilities, thresholds: dict, out
     for file_name, figure in figures.items():
         save_figure(figure, output_dir / f"{file_name}.png")
         if writer is not None:
-            writer.add_figure(f"{name}/{file_name.removesuffix('_' + name).replace(f'_{name}_', '_')}", figure,
-                              global_step=step)
+            writer.add_figure(
+                f"{name}/{file_name.removesuffix('_' + name).replace(f'_{name}_', '_')}", figure, global_step=step
+            )
     if writer is not None:
         for key in ("accuracy", "accuracy_class0", "accuracy_class1", "balanced_accuracy", "auroc"):
             if metrics[key] is not None:

@@ -1,5 +1,6 @@
 """Metrics per subgroup (view position, sex, age band, or any column of a side table joined on the image name),
 so that shortcut effects show: a model that works only on one source or view is visible here."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,16 @@ from cxr.evaluation.metrics import binary_metrics
 
 AGE_BANDS = [0, 18, 40, 60, 80, np.inf]
 AGE_LABELS = ["<18", "18-39", "40-59", "60-79", "80+"]
-SUBGROUP_KEYS = ("n", "n_class0", "n_class1", "auroc", "accuracy", "accuracy_class0", "accuracy_class1",
-                 "balanced_accuracy")
+SUBGROUP_KEYS = (
+    "n",
+    "n_class0",
+    "n_class1",
+    "auroc",
+    "accuracy",
+    "accuracy_class0",
+    "accuracy_class1",
+    "balanced_accuracy",
+)
 
 
 def subgroup_columns(rows: pd.DataFrame, side_tables: list[dict] | None = None) -> pd.DataFrame:
@@ -26,15 +35,17 @@ def subgroup_columns(rows: pd.DataFrame, side_tables: list[dict] | None = None) 
         missing = [c for c in [key, *wanted] if c not in table.columns]
         if missing:
             raise ValueError(f"subgroup side table {path}: no column(s) {', '.join(missing)}")
-        joined = rows[["image"]].merge(table[[key, *wanted]].drop_duplicates(key), left_on="image",
-                                       right_on=key, how="left")
+        joined = rows[["image"]].merge(
+            table[[key, *wanted]].drop_duplicates(key), left_on="image", right_on=key, how="left"
+        )
         for column in wanted:
             columns[column] = joined[column].to_numpy()
     return columns
 
 
-def subgroup_metrics(labels, probabilities, groups: pd.DataFrame, threshold: float = 0.5,
-                     min_size: int = 1) -> dict[str, dict[str, dict]]:
+def subgroup_metrics(
+    labels, probabilities, groups: pd.DataFrame, threshold: float = 0.5, min_size: int = 1
+) -> dict[str, dict[str, dict]]:
     """``{column: {value: metrics}}`` for every column of ``groups``; missing values are left out."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
     result: dict[str, dict[str, dict]] = {}

@@ -4,6 +4,7 @@ A probability > threshold predicts class 1, as everywhere in cxr (``cxr.evaluati
 The candidate thresholds are the distinct predicted probabilities of the set the threshold is chosen on (each
 calls the rows strictly above it class 1), and one below the lowest (every row class 1).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,9 @@ def _candidates(labels, probabilities) -> tuple[np.ndarray, np.ndarray, np.ndarr
     positive = numeric == 1.0
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"a threshold cannot be chosen on a set with one class "
-                         f"({n_neg} of class 0, {n_pos} of class 1)")
+        raise ValueError(
+            f"a threshold cannot be chosen on a set with one class ({n_neg} of class 0, {n_pos} of class 1)"
+        )
     values, levels = np.unique(probabilities, return_inverse=True)
     levels = levels.reshape(-1)
     positives = np.bincount(levels[positive], minlength=values.size)

@@ -2,6 +2,7 @@
 
 One line per problem class and fact; ``report.ok`` is False when training would fail.
 """
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,8 +33,16 @@ def run_check(cfg: DictConfig, workers: int | None = None, data: LabelledData | 
     if data is None and settings.get("labels") and settings.get("root"):
         allow = OmegaConf.to_container(settings.get("allow_overlap") or {}, resolve=True)
         try:
-            data = labelled_data(settings.labels, settings.root, split, external, settings.get("exclude"), missing,
-                                 allow, settings.get("missing_patient_id", "refuse"))
+            data = labelled_data(
+                settings.labels,
+                settings.root,
+                split,
+                external,
+                settings.get("exclude"),
+                missing,
+                allow,
+                settings.get("missing_patient_id", "refuse"),
+            )
         except MissingPatientIdError as error:  # validate() below reads the labels without the policy
             settings_error = str(error)
         except (LabelFileError, ImageIndexError):
@@ -41,13 +50,24 @@ def run_check(cfg: DictConfig, workers: int | None = None, data: LabelledData | 
         except ValueError as error:  # data.exclude that cannot be applied
             settings_error = str(error)
     sets = data.sets if data is not None else {}
-    report = validate(settings.get("labels"), settings.get("root"), split, missing, workers, sets.get("main"),
-                      cache_dir)
+    report = validate(
+        settings.get("labels"), settings.get("root"), split, missing, workers, sets.get("main"), cache_dir
+    )
     if settings_error:
         report.add("ERROR", "settings", settings_error)
     if external.get("root") and external.get("labels"):
-        report.include(validate(external["labels"], external["root"], None, external.get("missing", missing),
-                                workers, sets.get("external"), cache_dir), "external")
+        report.include(
+            validate(
+                external["labels"],
+                external["root"],
+                None,
+                external.get("missing", missing),
+                workers,
+                sets.get("external"),
+                cache_dir,
+            ),
+            "external",
+        )
     if data is not None and report.ok:
         _report_leakage(report, data)
     return report
@@ -61,10 +81,15 @@ def _report_leakage(report: ValidationReport, data: LabelledData) -> None:
         report.add("ERROR", "settings", str(error))
         return
     report.facts["leakage"] = record
-    counts = ", ".join(f"{kind} {entry['count']} of {entry['of']}" + (" (allowed)" if entry["allowed"] else "")
-                       for kind, entry in record.items())
+    counts = ", ".join(
+        f"{kind} {entry['count']} of {entry['of']}" + (" (allowed)" if entry["allowed"] else "")
+        for kind, entry in record.items()
+    )
     if refusal:
         report.add("ERROR", "leakage", refusal)
     else:
-        report.add("WARNING" if any(e["count"] for e in record.values()) else "INFO", "leakage",
-                   f"overlap between sets: {counts or 'not measurable (no patient ids, no external set)'}")
+        report.add(
+            "WARNING" if any(e["count"] for e in record.values()) else "INFO",
+            "leakage",
+            f"overlap between sets: {counts or 'not measurable (no patient ids, no external set)'}",
+        )

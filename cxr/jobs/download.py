@@ -6,6 +6,7 @@ every image the manifest counts is present. Then: ``python train.py data=nih dat
 data.labels=DIR/Data_Entry_2017_v2020.csv``.
 See :mod:`cxr.data.download`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,16 @@ from cxr.data.download import download_release
 DATASETS = ("nih",)
 
 
-def download(dataset: str, to: str | Path = ".", manifest: str | None = None, mirror: str | None = None,
-             source_dir: str | None = None, jobs: int = 3, keep_archives: bool = False,
-             progress: bool = True) -> Path:
+def download(
+    dataset: str,
+    to: str | Path = ".",
+    manifest: str | None = None,
+    mirror: str | None = None,
+    source_dir: str | None = None,
+    jobs: int = 3,
+    keep_archives: bool = False,
+    progress: bool = True,
+) -> Path:
     """Fetch, verify and extract ``dataset`` (its archives, label file and split lists) into ``to``; returns it.
     Raises DownloadError (or OSError for an unwritable destination)."""
     if dataset not in DATASETS:

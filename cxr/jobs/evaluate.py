@@ -1,5 +1,6 @@
 """The evaluation job behind ``evaluate.py``: a trained checkpoint scored on the test split its run was trained
 against (and the external set), with the checkpoint's preprocessing; returns the metrics."""
+
 from __future__ import annotations
 
 import logging
@@ -33,15 +34,19 @@ def _run_split(cfg: DictConfig, checkpoint: dict) -> Path | None:
     ckpt_path = Path(cfg.ckpt_path).resolve()
     splits = ckpt_path.parent.parent / "splits.csv"
     if not splits.is_file():
-        raise ConfigError(f"{splits} not found: {ckpt_path} is not inside a train.py run directory "
-                          "(<run>/checkpoints/*.ckpt), so the split it was trained against is unknown; "
-                          "split the labels from the config with split_from=config")
+        raise ConfigError(
+            f"{splits} not found: {ckpt_path} is not inside a train.py run directory "
+            "(<run>/checkpoints/*.ckpt), so the split it was trained against is unknown; "
+            "split the labels from the config with split_from=config"
+        )
     trained_on = (checkpoint.get("cxr") or {}).get("labels_sha256")
     labels = cfg.data.get("labels")
     if trained_on and labels and Path(labels).is_file() and file_digest(labels) != trained_on:
-        raise ConfigError(f"data.labels={labels} changed since {ckpt_path.name} was trained (its SHA-256 differs), "
-                          f"so {splits} may not describe it; restore the label file, or split it anew with "
-                          "split_from=config")
+        raise ConfigError(
+            f"data.labels={labels} changed since {ckpt_path.name} was trained (its SHA-256 differs), "
+            f"so {splits} may not describe it; restore the label file, or split it anew with "
+            "split_from=config"
+        )
     return splits
 
 
@@ -85,8 +90,18 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-_NOT_FOR_EVALUATION = ("ckpt_path", "debug", "trainer", "callbacks", "logger", "seed", "data_check", "check_only",
-                       "run_name", "hparams_search")  # a search preset would make evaluate.py launch a sweep
+_NOT_FOR_EVALUATION = (
+    "ckpt_path",
+    "debug",
+    "trainer",
+    "callbacks",
+    "logger",
+    "seed",
+    "data_check",
+    "check_only",
+    "run_name",
+    "hparams_search",
+)  # a search preset would make evaluate.py launch a sweep
 
 
 def evaluation_config(cfg: DictConfig) -> DictConfig:

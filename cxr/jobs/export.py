@@ -7,6 +7,7 @@ operating-point thresholds (and where they came from), task and program are embe
 ``cxr.json``. At export time the file is run on real images and compared with the PyTorch model; the largest
 probability difference is printed and stored in ``<export>.parity.json``; above ``parity_tolerance`` the export fails.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,8 +80,10 @@ def _run_test_images(ckpt_path, limit: int) -> tuple[list[Path], str]:
         splits = pd.read_csv(run / "splits.csv")
         found = index_images(config.data.root)
     except Exception as error:  # no run directory beside the checkpoint, or its data moved
-        raise PredictError(f"parity check: cannot find the run's test images ({type(error).__name__}: {error}); "
-                           "give parity_inputs=<folder|glob|list> of real images") from error
+        raise PredictError(
+            f"parity check: cannot find the run's test images ({type(error).__name__}: {error}); "
+            "give parity_inputs=<folder|glob|list> of real images"
+        ) from error
     names = splits.loc[splits["split"] == "test", "image"].tolist()
     paths = [found[n] for n in names if n in found][:limit]
     return paths, f"{len(paths)} test images of the run ({config.data.root})"
@@ -88,12 +91,20 @@ def _run_test_images(ckpt_path, limit: int) -> tuple[list[Path], str]:
 
 def metadata(model, ckpt_path, thresholds: list[float], threshold_source: str) -> dict:
     hparams = model.hparams
-    return {"format_version": 1, "preprocessing": dict(hparams.get("preprocessing") or {}),
-            "output_names": output_names(hparams), "thresholds": thresholds, "threshold_source": threshold_source,
-            "task": hparams.get("task", "binary"), "program": hparams.get("program"),
-            "checkpoint": Path(ckpt_path).name, "input": "images: N x C x H x W float32, prepared as preprocessing",
-            "output": "probabilities: N x K (sigmoid), columns in output_names order",
-            "decision": "class 1 when probability > threshold", "intended_use": "research model, not a medical device"}
+    return {
+        "format_version": 1,
+        "preprocessing": dict(hparams.get("preprocessing") or {}),
+        "output_names": output_names(hparams),
+        "thresholds": thresholds,
+        "threshold_source": threshold_source,
+        "task": hparams.get("task", "binary"),
+        "program": hparams.get("program"),
+        "checkpoint": Path(ckpt_path).name,
+        "input": "images: N x C x H x W float32, prepared as preprocessing",
+        "output": "probabilities: N x K (sigmoid), columns in output_names order",
+        "decision": "class 1 when probability > threshold",
+        "intended_use": "research model, not a medical device",
+    }
 
 
 def export_onnx(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict) -> Path:
@@ -104,9 +115,14 @@ def export_onnx(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, met
         logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=["images"],
-                                    output_names=["probabilities"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        )
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {ONNX_METADATA_PREFIX + k: json.dumps(v) for k, v in meta.items()})
     onnx.checker.check_model(proto)
@@ -153,8 +169,8 @@ def run_export(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
 def export(cfg) -> dict:
     """The job behind export.py; returns the parity report (also written beside the export)."""
     from cxr.artifacts import write_json
-    from cxr.models.checkpoints import load_classifier
     from cxr.data.dataset import Preprocessing
+    from cxr.models.checkpoints import load_classifier
 
     fmt = str(cfg.format)
     if fmt not in FORMATS:
@@ -164,10 +180,12 @@ def export(cfg) -> dict:
     names = output_names(model.hparams)
     thresholds, source = operating_points(cfg.ckpt_path, names)
     meta = metadata(model, cfg.ckpt_path, thresholds, source)
-    preprocessing = Preprocessing(**{k: v for k, v in meta["preprocessing"].items()
-                                     if k in Preprocessing.__dataclass_fields__})
-    images, described = parity_images(cfg.ckpt_path, preprocessing, cfg.get("parity_inputs"),
-                                      int(cfg.get("parity_n", 64)))
+    preprocessing = Preprocessing(
+        **{k: v for k, v in meta["preprocessing"].items() if k in Preprocessing.__dataclass_fields__}
+    )
+    images, described = parity_images(
+        cfg.ckpt_path, preprocessing, cfg.get("parity_inputs"), int(cfg.get("parity_n", 64))
+    )
     wrapper = graph_module(model, len(names))
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"model{FORMATS[fmt]}"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -178,20 +196,34 @@ def export(cfg) -> dict:
     try:
         exported = run_export(output, fmt, images)
     except Exception as error:  # e.g. a batch size frozen at export time
-        raise PredictError(f"{output}: the export does not run on {len(images)} images at once "
-                           f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
+        raise PredictError(
+            f"{output}: the export does not run on {len(images)} images at once "
+            f"({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from error
     delta = float(np.abs(exported - reference).max())
     tolerance = float(cfg.get("parity_tolerance", 1e-4))
-    report = {"export": str(output.resolve()), "format": fmt, "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-              "output_names": names, "thresholds": thresholds, "threshold_source": source,
-              "parity": {"images": described, "n": int(len(images)), "max_abs_delta_p": delta,
-                         "tolerance": tolerance, "passed": delta <= tolerance,
-                         "reference": "the PyTorch model, fp32 eager, on the same prepared images"},
-              "decisions_changed": int(((exported > np.array(thresholds)) != (reference > np.array(thresholds))).sum())}
+    report = {
+        "export": str(output.resolve()),
+        "format": fmt,
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "output_names": names,
+        "thresholds": thresholds,
+        "threshold_source": source,
+        "parity": {
+            "images": described,
+            "n": int(len(images)),
+            "max_abs_delta_p": delta,
+            "tolerance": tolerance,
+            "passed": delta <= tolerance,
+            "reference": "the PyTorch model, fp32 eager, on the same prepared images",
+        },
+        "decisions_changed": int(((exported > np.array(thresholds)) != (reference > np.array(thresholds))).sum()),
+    }
     write_json(output.with_name(output.name + ".parity.json"), report)
-    print(f"exported {fmt}: {output} ({output.stat().st_size / 1e6:.1f} MB); parity on {described}: "
-          f"max |delta p| = {delta:.2e} (tolerance {tolerance:g}), decisions changed: {report['decisions_changed']}")
+    print(
+        f"exported {fmt}: {output} ({output.stat().st_size / 1e6:.1f} MB); parity on {described}: "
+        f"max |delta p| = {delta:.2e} (tolerance {tolerance:g}), decisions changed: {report['decisions_changed']}"
+    )
     if not report["parity"]["passed"]:
         raise PredictError(f"{output}: the export differs from the checkpoint by {delta:.2e} > {tolerance:g}")
     return report
-

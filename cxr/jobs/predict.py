@@ -7,6 +7,7 @@ checkpoint's or the ONNX file's ``preprocessing``), predicted in batches, and wr
 operating point, that threshold and where it came from, warnings and errors. An unreadable input gets a row with
 its error and the run goes on; the exit status is 1 when any input failed. Nothing is written beside the inputs.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ def operating_points(ckpt_path: str | Path, names: list[str]) -> tuple[list[floa
         return [DEFAULT_THRESHOLD] * len(names), f"default 0.5 ({metrics_file}: {error})"
     evaluated = metrics.get("checkpoint")
     if evaluated and (metrics_file.parent / evaluated).resolve() != Path(ckpt_path).resolve():
-        return [DEFAULT_THRESHOLD] * len(names), (f"default 0.5 (the run's operating point was chosen for "
-                                                  f"{evaluated}, not for {Path(ckpt_path).name})")
+        return [DEFAULT_THRESHOLD] * len(names), (
+            f"default 0.5 (the run's operating point was chosen for {evaluated}, not for {Path(ckpt_path).name})"
+        )
     test = metrics.get("test") or {}
     points = [_finding_operating_point(test, n) for n in names]
     if len(names) == 1 and isinstance(test.get("operating_point"), dict):
@@ -97,9 +99,9 @@ class Predictor:
     thresholds: list[float]
     threshold_source: str
     backend: str
-    model: torch.nn.Module | None = None     # the LightningModule (checkpoints only; Grad-CAM needs it)
-    session: object = None                   # ONNX Runtime session (exported .onnx files)
-    dicom_window: str = "voi"                # how a DICOM's values become 0-255 (cxr.data.dicom, dicom.window)
+    model: torch.nn.Module | None = None  # the LightningModule (checkpoints only; Grad-CAM needs it)
+    session: object = None  # ONNX Runtime session (exported .onnx files)
+    dicom_window: str = "voi"  # how a DICOM's values become 0-255 (cxr.data.dicom, dicom.window)
     details: dict = field(default_factory=dict)
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
@@ -140,18 +142,30 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
         names = output_names(model.hparams)
         thresholds, source = operating_points(path, names)
         chosen = inference.choose_backend(model, backend)
-        details = {"program": model.hparams.get("program"), "task": model.hparams.get("task", "binary"),
-                   "epoch": checkpoint.get("epoch")}
-        predictor = Predictor(_preprocessing(model.hparams.get("preprocessing"), str(path)), names, thresholds,
-                              source, chosen, model=model, details=details)
+        details = {
+            "program": model.hparams.get("program"),
+            "task": model.hparams.get("task", "binary"),
+            "epoch": checkpoint.get("epoch"),
+        }
+        predictor = Predictor(
+            _preprocessing(model.hparams.get("preprocessing"), str(path)),
+            names,
+            thresholds,
+            source,
+            chosen,
+            model=model,
+            details=details,
+        )
     if threshold is not None:
         from omegaconf import ListConfig
 
-        values = list(threshold) if isinstance(threshold, (list, tuple, ListConfig)) \
-            else [threshold] * len(predictor.names)
+        values = (
+            list(threshold) if isinstance(threshold, (list, tuple, ListConfig)) else [threshold] * len(predictor.names)
+        )
         if len(values) != len(predictor.names):
-            raise PredictError(f"threshold: {len(values)} values for {len(predictor.names)} outputs "
-                               f"({', '.join(predictor.names)})")
+            raise PredictError(
+                f"threshold: {len(values)} values for {len(predictor.names)} outputs ({', '.join(predictor.names)})"
+            )
         predictor.thresholds, predictor.threshold_source = [float(v) for v in values], "threshold= given"
     return predictor
 
@@ -161,8 +175,11 @@ def onnx_metadata(path: str | Path) -> dict:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return {p.key[len(ONNX_METADATA_PREFIX):]: json.loads(p.value) for p in model.metadata_props
-            if p.key.startswith(ONNX_METADATA_PREFIX)}
+    return {
+        p.key[len(ONNX_METADATA_PREFIX) :]: json.loads(p.value)
+        for p in model.metadata_props
+        if p.key.startswith(ONNX_METADATA_PREFIX)
+    }
 
 
 def check_external_data(path: Path) -> None:
@@ -178,8 +195,10 @@ def check_external_data(path: Path) -> None:
         location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
         target = (folder / location).resolve()
         if not location or os.path.isabs(location) or not target.is_relative_to(folder):
-            raise PredictError(f"{path}: tensor {tensor.name!r:.60} keeps its data in {location!r:.120}, outside "
-                               f"the model's folder {folder}; refused")
+            raise PredictError(
+                f"{path}: tensor {tensor.name!r:.60} keeps its data in {location!r:.120}, outside "
+                f"the model's folder {folder}; refused"
+            )
 
 
 def shown_path(path: Path) -> tuple[str, str]:
@@ -211,26 +230,44 @@ def _onnx_predictor(path: Path) -> Predictor:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's own errors (a broken graph, missing external data)
-        raise PredictError(f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: "
-                           f"{(str(error).splitlines() or [''])[0][:200]})") from None
+        raise PredictError(
+            f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: "
+            f"{(str(error).splitlines() or [''])[0][:200]})"
+        ) from None
     names = list(metadata["output_names"])
     thresholds = metadata.get("thresholds") or [DEFAULT_THRESHOLD] * len(names)
-    return Predictor(_preprocessing(metadata["preprocessing"], str(path)), names, [float(t) for t in thresholds],
-                     f"{metadata.get('threshold_source', 'export')} (from the ONNX metadata)", "onnxruntime (file)",
-                     session=session, details=metadata)
+    return Predictor(
+        _preprocessing(metadata["preprocessing"], str(path)),
+        names,
+        [float(t) for t in thresholds],
+        f"{metadata.get('threshold_source', 'export')} (from the ONNX metadata)",
+        "onnxruntime (file)",
+        session=session,
+        details=metadata,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- the run
-def predict_rows(predictor: Predictor, paths: list[Path], batch_size: int = 64, num_workers: int = 0,
-                 progress: bool | None = None) -> pd.DataFrame:
+def predict_rows(
+    predictor: Predictor, paths: list[Path], batch_size: int = 64, num_workers: int = 0, progress: bool | None = None
+) -> pd.DataFrame:
     """One row per input: path, format, probability/decision/threshold per output, threshold source, warning, error."""
     from tqdm.auto import tqdm
 
-    loader = torch.utils.data.DataLoader(InputImages(paths, predictor.preprocessing, predictor.dicom_window),
-                                         batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    loader = torch.utils.data.DataLoader(
+        InputImages(paths, predictor.preprocessing, predictor.dicom_window),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=list,
+    )
     rows: list[dict] = []
-    with tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr,
-              disable=None if progress is None else not progress) as bar:  # None: a bar only on a terminal
+    with tqdm(
+        total=len(paths),
+        desc="predict",
+        unit="img",
+        file=sys.stderr,
+        disable=None if progress is None else not progress,
+    ) as bar:  # None: a bar only on a terminal
         for items in loader:
             good = [item for item in items if item["image"] is not None]
             probabilities = predictor.probabilities(torch.stack([item["image"] for item in good])) if good else []
@@ -244,8 +281,11 @@ def predict_rows(predictor: Predictor, paths: list[Path], batch_size: int = 64, 
                     # class 1 strictly above the operating point
                     row[f"decision_{name}"] = int(p[k] > predictor.thresholds[k]) if p is not None else None
                     row[f"threshold_{name}"] = predictor.thresholds[k]
-                row.update(threshold_source=predictor.threshold_source,
-                           warning="; ".join(w for w in (item["warning"], note) if w), error=item["error"])
+                row.update(
+                    threshold_source=predictor.threshold_source,
+                    warning="; ".join(w for w in (item["warning"], note) if w),
+                    error=item["error"],
+                )
                 rows.append(row)
             bar.update(len(items))
     frame = pd.DataFrame(rows)
@@ -256,9 +296,11 @@ def predict_rows(predictor: Predictor, paths: list[Path], batch_size: int = 64, 
 
 def summary_lines(frame: pd.DataFrame, predictor: Predictor, skipped: int, output: Path) -> list[str]:
     failed = frame[frame["error"] != ""]
-    lines = [f"{len(frame)} input(s): {len(frame) - len(failed)} predicted, {len(failed)} failed, "
-             f"{int((frame['warning'] != '').sum())} with warnings"
-             + (f"; {skipped} other file(s) in the folders skipped (not PNG, JPEG or DICOM)" if skipped else "")]
+    lines = [
+        f"{len(frame)} input(s): {len(frame) - len(failed)} predicted, {len(failed)} failed, "
+        f"{int((frame['warning'] != '').sum())} with warnings"
+        + (f"; {skipped} other file(s) in the folders skipped (not PNG, JPEG or DICOM)" if skipped else "")
+    ]
     lines.append(f"thresholds: {predictor.threshold_source}")
     for k, name in enumerate(predictor.names):
         decided = frame[f"decision_{name}"].dropna()
@@ -282,35 +324,52 @@ def predict(cfg) -> int:
     except ValueError as error:
         raise PredictError(str(error)) from None
     paths, skipped = collect_inputs(cfg.inputs)  # a wrong inputs= fails before the model is loaded
-    predictor = load_predictor(cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"),
-                               cfg.get("device", "auto"))
+    predictor = load_predictor(
+        cfg.ckpt_path, cfg.get("backend", "auto"), cfg.get("threshold"), cfg.get("device", "auto")
+    )
     predictor.dicom_window = dicom_window
     if cfg.get("cam") and predictor.model is None:
         raise PredictError("cam=true needs a checkpoint: Grad-CAM differentiates the PyTorch model, not an .onnx file")
-    log.info("%d input(s); model outputs %s; preprocessing %s; backend %s; DICOM window %s", len(paths),
-             predictor.names, predictor.preprocessing, predictor.backend, predictor.dicom_window)
+    log.info(
+        "%d input(s); model outputs %s; preprocessing %s; backend %s; DICOM window %s",
+        len(paths),
+        predictor.names,
+        predictor.preprocessing,
+        predictor.backend,
+        predictor.dicom_window,
+    )
     started = time.perf_counter()
-    frame = predict_rows(predictor, paths, int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 0)),
-                         progress=cfg.get("progress"))
+    frame = predict_rows(
+        predictor, paths, int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 0)), progress=cfg.get("progress")
+    )
     seconds = time.perf_counter() - started
     output = write_csv(output_dir / "predictions.csv", frame)
     if cfg.get("json"):
         records = json.loads(frame.to_json(orient="records"))
-        write_json(output_dir / "predictions.json", {
-            "model": str(Path(cfg.ckpt_path).resolve()), "outputs": predictor.names,
-            "thresholds": dict(zip(predictor.names, predictor.thresholds)),
-            "threshold_source": predictor.threshold_source, "preprocessing": predictor.preprocessing.__dict__,
-            "dicom_window": predictor.dicom_window,
-            "predictions": records})
+        write_json(
+            output_dir / "predictions.json",
+            {
+                "model": str(Path(cfg.ckpt_path).resolve()),
+                "outputs": predictor.names,
+                "thresholds": dict(zip(predictor.names, predictor.thresholds)),
+                "threshold_source": predictor.threshold_source,
+                "preprocessing": predictor.preprocessing.__dict__,
+                "dicom_window": predictor.dicom_window,
+                "predictions": records,
+            },
+        )
     if cfg.get("cam"):
         from cxr.evaluation.gradcam import write_cam_report
 
         cam_started = time.perf_counter()
         page = write_cam_report(predictor, frame, output_dir, size=int(cfg.get("cam_size", 320)))
-        log.info("Grad-CAM: %d input(s) in %.1f s; page %s", int((frame["error"] == "").sum()),
-                 time.perf_counter() - cam_started, page)
+        log.info(
+            "Grad-CAM: %d input(s) in %.1f s; page %s",
+            int((frame["error"] == "").sum()),
+            time.perf_counter() - cam_started,
+            page,
+        )
     for line in summary_lines(frame, predictor, skipped, output):
         print(line)
     print(f"read and predicted in {seconds:.1f} s ({len(frame) / max(seconds, 1e-9):.0f} inputs/s)")
     return 1 if (frame["error"] != "").any() else 0
-

@@ -9,6 +9,7 @@ are marked); ``--prune`` deletes every cache this config does not use. Writes no
 
     python -m cxr.prepare data=nih data.root=/data/nih data.labels=/data/nih/Data_Entry_2017_v2020.csv program=C
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,10 @@ def split_datamodule(cfg: DictConfig):
 
     data = cfg.data
     if not data.get("labels") or not data.get("root"):
-        raise ValueError("data.labels and data.root must be set (e.g. data=nih data.root=/data/nih "
-                         "data.labels=/data/nih/Data_Entry_2017_v2020.csv)")
+        raise ValueError(
+            "data.labels and data.root must be set (e.g. data=nih data.root=/data/nih "
+            "data.labels=/data/nih/Data_Entry_2017_v2020.csv)"
+        )
     datamodule = instantiate(data, format="png", cache=False)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -49,8 +52,9 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def prepare(cfg: DictConfig, workers: int | None = None, shards: bool = False, progress: bool = True,
-            echo=print) -> dict:
+def prepare(
+    cfg: DictConfig, workers: int | None = None, shards: bool = False, progress: bool = True, echo=print
+) -> dict:
     """Build (or finish, or refresh) the cache of every image list of ``cfg.data``; optionally the shards."""
     from cxr.data.cache import CacheSpec, open_cache
     from cxr.data.cache_build import open_or_build
@@ -66,12 +70,21 @@ def prepare(cfg: DictConfig, workers: int | None = None, shards: bool = False, p
         decoded = cached.meta.get("images_decoded", len(paths)) if built else 0
         rate = decoded / cached.meta["build_seconds"] if decoded and cached.meta.get("build_seconds") else None
         size = cached.array_path.stat().st_size + (cached.colour_path.stat().st_size if cached.colour_rows else 0)
-        summary[name] = {"images": len(paths), "decoded_now": decoded, "seconds": round(seconds, 2), "bytes": size,
-                         "img_per_s": rate and round(rate, 1), "cache": str(cached.array_path),
-                         "coloured_images": len(cached.colour_rows), "workers": workers or os.cpu_count()}
-        echo(f"{name}: {len(paths)} images, {spec.image_size}x{spec.image_size} {spec.resample}, "
-             f"{size / 1e6:.1f} MB in {cached.array_path} ({len(cached.colour_rows)} coloured image(s) kept as "
-             "RGB); " + (f"{decoded} decoded in {seconds:.1f} s ({rate:.0f} img/s)" if rate else "already prepared"))
+        summary[name] = {
+            "images": len(paths),
+            "decoded_now": decoded,
+            "seconds": round(seconds, 2),
+            "bytes": size,
+            "img_per_s": rate and round(rate, 1),
+            "cache": str(cached.array_path),
+            "coloured_images": len(cached.colour_rows),
+            "workers": workers or os.cpu_count(),
+        }
+        echo(
+            f"{name}: {len(paths)} images, {spec.image_size}x{spec.image_size} {spec.resample}, "
+            f"{size / 1e6:.1f} MB in {cached.array_path} ({len(cached.colour_rows)} coloured image(s) kept as "
+            "RGB); " + (f"{decoded} decoded in {seconds:.1f} s ({rate:.0f} img/s)" if rate else "already prepared")
+        )
     if shards or cfg.data.get("format") == "shards":
         from hydra.utils import instantiate
 
@@ -82,8 +95,10 @@ def prepare(cfg: DictConfig, workers: int | None = None, shards: bool = False, p
             folder = Path(getattr(dataset, "folder", None) or dataset.input_dir.path)
             summary[f"shards_{name}"] = {"images": len(dataset), "folder": str(folder), "bytes": _folder_bytes(folder)}
             echo(f"shards {name}: {len(dataset)} images, {_folder_bytes(folder) / 1e6:.1f} MB in {folder}")
-        echo(f"shards ready in {time.perf_counter() - started:.1f} s; train with data.format=shards "
-             f"data.shards_dir={cfg.data.shards_dir}")
+        echo(
+            f"shards ready in {time.perf_counter() - started:.1f} s; train with data.format=shards "
+            f"data.shards_dir={cfg.data.shards_dir}"
+        )
     return summary
 
 
@@ -94,9 +109,16 @@ def shards_in_use(cfg: DictConfig, datamodule, lists: dict[str, list[str]]) -> s
 
     spec = CacheSpec.of(OmegaConf.to_container(cfg.program.preprocessing, resolve=True))
     keys = {name: content_key(paths, spec) for name, paths in lists.items()}
-    return {shard_name(name, datamodule.rows(name), keys["external" if name == "external" else "labelled"], spec,
-                       datamodule.target_columns)
-            for name in datamodule.datasets}
+    return {
+        shard_name(
+            name,
+            datamodule.rows(name),
+            keys["external" if name == "external" else "labelled"],
+            spec,
+            datamodule.target_columns,
+        )
+        for name in datamodule.datasets
+    }
 
 
 def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
@@ -120,19 +142,26 @@ def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
     echo(f"caches under {cfg.data.cache_dir}:" if caches else f"no cache under {cfg.data.cache_dir}")
     for entry in caches:
         mark = "in use" if entry["name"] in in_use else "prunable"
-        echo(f"  {entry['name']}: {entry['state']}, {entry['images']} images, {entry['bytes'] / 1e6:.1f} MB, "
-             f"created {entry['created']} [{mark}]")
+        echo(
+            f"  {entry['name']}: {entry['state']}, {entry['images']} images, {entry['bytes'] / 1e6:.1f} MB, "
+            f"created {entry['created']} [{mark}]"
+        )
     if shards:
         echo(f"shards under {cfg.data.shards_dir}:")
     for entry in shards:
         mark = "in use" if entry["name"] in shards_used else "prunable" if entry["ours"] else "not cxr's, never pruned"
-        echo(f"  {entry['name']}: {entry['images'] if entry['images'] is not None else 'incomplete,'} images, "
-             f"{entry['bytes'] / 1e6:.1f} MB [{mark}]")
+        echo(
+            f"  {entry['name']}: {entry['images'] if entry['images'] is not None else 'incomplete,'} images, "
+            f"{entry['bytes'] / 1e6:.1f} MB [{mark}]"
+        )
     if prune:
         doomed = [e for e in shards if e["ours"] and e["name"] not in shards_used]  # only folders cxr made
         doomed_caches = [e for e in caches if e["name"] not in in_use]
-        echo(f"deleting {len(doomed_caches)} cache(s) and {len(doomed)} shard folder(s):" if doomed or doomed_caches
-             else "nothing to delete")
+        echo(
+            f"deleting {len(doomed_caches)} cache(s) and {len(doomed)} shard folder(s):"
+            if doomed or doomed_caches
+            else "nothing to delete"
+        )
         for entry in doomed_caches:
             echo(f"  {', '.join(str(p) for p in entry['files'])}")
         for entry in doomed:
@@ -141,7 +170,8 @@ def list_or_prune(cfg: DictConfig, prune: bool, echo=print) -> list[dict]:
         for entry in doomed:
             shutil.rmtree(entry["folder"])
             deleted.append(entry)
-        echo(f"pruned {len(deleted)} cache(s) and shard folder(s), {sum(e['bytes'] for e in deleted) / 1e6:.1f} MB "
-             "freed")
+        echo(
+            f"pruned {len(deleted)} cache(s) and shard folder(s), {sum(e['bytes'] for e in deleted) / 1e6:.1f} MB freed"
+        )
         return deleted
     return caches + shards

@@ -4,6 +4,7 @@ syntax, the pruning of hopeless trials during training, and the results a person
 The sweeper itself (``hydra_plugins/cxr_optuna_sweeper``) asks Optuna for one trial at a time and runs it as a
 Hydra job; the job (``cxr.jobs.train.train``) reports validation AUROC per epoch here and stops when the pruner says.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +55,6 @@ def open_storage(url: str):
     """The Optuna storage behind :func:`storage_url`'s URL."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
-
     from sqlalchemy.exc import SQLAlchemyError
 
     if url.startswith("journal://"):
@@ -81,8 +81,9 @@ def build_optuna_object(spec: Any, kind: str):
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     target = str(spec.get("_target_", ""))
     if not target.startswith(f"optuna.{kind}s."):
-        raise ConfigError(f"hydra.sweeper.{kind}._target_={target!r}: choose one of Optuna's {kind}s "
-                          f"(optuna.{kind}s.<Class>)")
+        raise ConfigError(
+            f"hydra.sweeper.{kind}._target_={target!r}: choose one of Optuna's {kind}s (optuna.{kind}s.<Class>)"
+        )
     return instantiate(spec)
 
 
@@ -115,8 +116,10 @@ def search_space(arguments: list[str]) -> tuple[dict, dict]:
             else:
                 distributions[name] = FloatDistribution(float(value.start), float(value.end), log=log_scale)
         else:
-            raise ConfigError(f"hydra.sweeper.params: {name}: {override.input_line} is not a search space Optuna "
-                              "knows (choice, range, interval, tag(log, interval(...)))")
+            raise ConfigError(
+                f"hydra.sweeper.params: {name}: {override.input_line} is not a search space Optuna "
+                "knows (choice, range, interval, tag(log, interval(...)))"
+            )
     for name in fixed:
         distributions.pop(name, None)
     return distributions, fixed
@@ -131,11 +134,13 @@ def suggest(trial, distributions: dict) -> dict:
         if isinstance(distribution, CategoricalDistribution):
             params[name] = trial.suggest_categorical(name, distribution.choices)
         elif isinstance(distribution, IntDistribution):
-            params[name] = trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step,
-                                             log=distribution.log)
+            params[name] = trial.suggest_int(
+                name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+            )
         else:
-            params[name] = trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step,
-                                               log=distribution.log)
+            params[name] = trial.suggest_float(
+                name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+            )
     return params
 
 
@@ -148,6 +153,7 @@ def quote(value: str) -> str:
 @dataclass
 class TrialHandle:
     """The Optuna trial this training run is, opened from the storage the sweeper passed in the job's config."""
+
     study_name: str
     number: int
     trial: Any
@@ -166,12 +172,14 @@ def current_trial() -> TrialHandle | None:
     import optuna
 
     storage = open_storage(storage_url(sweeper.storage))
-    study = optuna.load_study(study_name=sweeper.study_name, storage=storage,
-                              pruner=build_optuna_object(sweeper.get("pruner"), "pruner"))
+    study = optuna.load_study(
+        study_name=sweeper.study_name, storage=storage, pruner=build_optuna_object(sweeper.get("pruner"), "pruner")
+    )
     study_id = storage.get_study_id_from_name(sweeper.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(sweeper.trial))
-    return TrialHandle(sweeper.study_name, int(sweeper.trial), optuna.trial.Trial(study, trial_id),
-                       sweeper.get("monitor", "val/auroc"))
+    return TrialHandle(
+        sweeper.study_name, int(sweeper.trial), optuna.trial.Trial(study, trial_id), sweeper.get("monitor", "val/auroc")
+    )
 
 
 def pruning_callback(handle: TrialHandle):
@@ -197,8 +205,9 @@ def pruning_callback(handle: TrialHandle):
                 if prune:
                     self.pruned_at_epoch = epoch
                     handle.trial.set_user_attr(PRUNED_ATTR, epoch)
-                    log.info("trial %d pruned after epoch %d (%s %.4f)", handle.number, epoch, handle.monitor,
-                             float(value))
+                    log.info(
+                        "trial %d pruned after epoch %d (%s %.4f)", handle.number, epoch, handle.monitor, float(value)
+                    )
             if trainer.strategy.reduce_boolean_decision(prune, all=False):
                 trainer.should_stop = True
 
@@ -221,22 +230,37 @@ def write_results(study, sweep_dir: Path) -> dict:
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
-    rows = [{"trial": t.number, "state": t.state.name, "value": t.value,
-             **{f"params.{k}": v for k, v in t.params.items()},
-             "pruned_at_epoch": t.user_attrs.get(PRUNED_ATTR), "run_dir": t.user_attrs.get(RUN_DIR_ATTR)}
-            for t in trials]
+    rows = [
+        {
+            "trial": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            **{f"params.{k}": v for k, v in t.params.items()},
+            "pruned_at_epoch": t.user_attrs.get(PRUNED_ATTR),
+            "run_dir": t.user_attrs.get(RUN_DIR_ATTR),
+        }
+        for t in trials
+    ]
     table = pd.DataFrame(rows)
     write_csv(sweep_dir / "trials.csv", table)
     write_text(sweep_dir / "trials.md", f"# Study {study.study_name}: {len(trials)} trials\n\n{_markdown(table)}")
 
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    summary: dict = {"name": study.study_name, "direction": study.direction.name.lower(), "n_trials": len(trials),
-                     "states": {s: int(n) for s, n in table["state"].value_counts().items()} if rows else {}}
+    summary: dict = {
+        "name": study.study_name,
+        "direction": study.direction.name.lower(),
+        "n_trials": len(trials),
+        "states": {s: int(n) for s, n in table["state"].value_counts().items()} if rows else {},
+    }
     notes = []
     if complete:
         best = study.best_trial
-        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
-                       best_run_dir=best.user_attrs.get(RUN_DIR_ATTR))
+        summary.update(
+            best_trial=best.number,
+            best_value=best.value,
+            best_params=best.params,
+            best_run_dir=best.user_attrs.get(RUN_DIR_ATTR),
+        )
         _plot(optuna.visualization.matplotlib.plot_optimization_history, study, sweep_dir / "history.png")
     else:
         notes.append("no complete trial yet: no best trial and no history plot")
@@ -271,6 +295,7 @@ def _plot(plot, study, path: Path) -> None:
 
 def _markdown(table) -> str:
     """A pandas table as a Markdown table (pandas' to_markdown needs tabulate, not installed for one table)."""
+
     def cell(value) -> str:
         return "" if value is None or value != value else str(value).replace("|", "\\|")
 

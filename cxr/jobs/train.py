@@ -1,5 +1,6 @@
 """The training job behind ``train.py``: takes a composed Hydra config, checks the data, fits, evaluates, saves; returns
 the metrics."""
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cxr.jobs import search
 from cxr.artifacts import file_digest, run_provenance, write_csv, write_json, write_text
 from cxr.callbacks import EpochHistory, progress_bar_enabled, tensorboard_writer
 from cxr.errors import ConfigError, UserError
@@ -23,9 +23,17 @@ from cxr.evaluation.figures import save_figure, training_curves_figure
 from cxr.evaluation.model_card import write_model_card
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
+from cxr.jobs import search
 from cxr.models.checkpoints import load_classifier, read_checkpoint
-from cxr.run_dir import (command_line_overrides, global_rank, prepare_run_directory, record_directory_size,
-                         requeued_job, resume_checkpoint, run_name)
+from cxr.run_dir import (
+    command_line_overrides,
+    global_rank,
+    prepare_run_directory,
+    record_directory_size,
+    requeued_job,
+    resume_checkpoint,
+    run_name,
+)
 from cxr.tracking import log_run_files
 
 log = logging.getLogger(__name__)
@@ -38,9 +46,9 @@ class DataCheckError(UserError, ValueError):
 def _check_data(cfg: DictConfig, output_dir: Path, datamodule=None) -> None:
     """The validation pass of ``python -m cxr.check``, before any training (saved as data_check.txt), on the
     labelled tables the DataModule will train on. A resume does not repeat a check its first start passed."""
-    from cxr.jobs.check import run_check
     from cxr.data.images import ImageIndexError
     from cxr.data.labels import LabelFileError
+    from cxr.jobs.check import run_check
 
     previous = output_dir / "data_check.txt"
     passed = previous.read_text().splitlines()[-1:] if cfg.get("ckpt_path") and previous.is_file() else []
@@ -86,18 +94,28 @@ def _hyperparameters(cfg: DictConfig) -> dict:
     """The settings a reader compares runs by (TensorBoard HParams)."""
     split = cfg.data.split
     return {
-        "run_name": cfg.run_name, "program": cfg.program.name, "data": cfg.data.name, "seed": cfg.seed,
-        "channels": cfg.program.preprocessing.channels, "pixel_divisor": cfg.program.preprocessing.pixel_divisor,
-        "split": split.method, "split_train": str(split.get("train")), "split_val": str(split.get("val")),
-        "batch_size": cfg.data.batch_size, "lr": cfg.model.optimizer.get("lr"),
+        "run_name": cfg.run_name,
+        "program": cfg.program.name,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "channels": cfg.program.preprocessing.channels,
+        "pixel_divisor": cfg.program.preprocessing.pixel_divisor,
+        "split": split.method,
+        "split_train": str(split.get("train")),
+        "split_val": str(split.get("val")),
+        "batch_size": cfg.data.batch_size,
+        "lr": cfg.model.optimizer.get("lr"),
         "max_epochs": cfg.trainer.get("max_epochs"),
     }
 
 
 def _final_metrics(results: dict) -> dict:
-    return {f"{name}/{key}": value for name, metrics in results.items()
-            for key in ("auroc", "accuracy", "accuracy_class0", "accuracy_class1", "balanced_accuracy")
-            if (value := metrics.get(key)) is not None}
+    return {
+        f"{name}/{key}": value
+        for name, metrics in results.items()
+        for key in ("auroc", "accuracy", "accuracy_class0", "accuracy_class1", "balanced_accuracy")
+        if (value := metrics.get(key)) is not None
+    }
 
 
 CHECKPOINT_CHOICES = ("last", "best")
@@ -115,8 +133,10 @@ def _keep_checkpoints(cfg: DictConfig) -> None:
         return
     top_k = KEEP.get(str(keep), keep)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < -1:
-        raise ConfigError(f"callbacks.checkpoint.keep={keep!r}: choose best, none, all, or a number of best "
-                          "checkpoints to keep beside last.ckpt")
+        raise ConfigError(
+            f"callbacks.checkpoint.keep={keep!r}: choose best, none, all, or a number of best "
+            "checkpoints to keep beside last.ckpt"
+        )
     with open_dict(cfg):
         saver.save_top_k = top_k
         if top_k == -1 and str(saver.get("filename", "")).startswith("best-"):
@@ -132,11 +152,19 @@ def _checkpoint_choice(cfg: DictConfig) -> str:
     checkpointing = (cfg.get("callbacks") or {}).get("model_checkpoint")
     monitored = checkpointing and checkpointing.get("monitor")
     if choice == "best" and not cfg.trainer.get("fast_dev_run") and not monitored:
-        raise ConfigError("evaluation.checkpoint=best needs callbacks.model_checkpoint with a monitor; "
-                          "use evaluation.checkpoint=last")
-    if choice == "best" and monitored and checkpointing.get("save_top_k", 1) == 0 and not cfg.trainer.get("fast_dev_run"):
-        raise ConfigError("evaluation.checkpoint=best needs a best checkpoint, but callbacks.checkpoint.keep=none "
-                          "keeps none: use evaluation.checkpoint=last, or callbacks.checkpoint.keep=best")
+        raise ConfigError(
+            "evaluation.checkpoint=best needs callbacks.model_checkpoint with a monitor; use evaluation.checkpoint=last"
+        )
+    if (
+        choice == "best"
+        and monitored
+        and checkpointing.get("save_top_k", 1) == 0
+        and not cfg.trainer.get("fast_dev_run")
+    ):
+        raise ConfigError(
+            "evaluation.checkpoint=best needs a best checkpoint, but callbacks.checkpoint.keep=none "
+            "keeps none: use evaluation.checkpoint=last, or callbacks.checkpoint.keep=best"
+        )
     return choice
 
 
@@ -151,20 +179,31 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
         path = saver.best_model_path if saver else ""
     else:  # the file saved after every epoch (monitor=None), else Lightning's save_last file
         path = next((c.best_model_path for c in savers if not c.monitor and c.best_model_path), "") or next(
-            (c.last_model_path for c in savers if c.last_model_path), "")
-    in_memory = {"checkpoint": None, "checkpoint_epoch": None if trainer.fast_dev_run else trainer.current_epoch,
-                 "checkpoint_choice": "end of fit (weights in memory, no checkpoint file)"}
+            (c.last_model_path for c in savers if c.last_model_path), ""
+        )
+    in_memory = {
+        "checkpoint": None,
+        "checkpoint_epoch": None if trainer.fast_dev_run else trainer.current_epoch,
+        "checkpoint_choice": "end of fit (weights in memory, no checkpoint file)",
+    }
     if not path or not Path(path).is_file():  # fast_dev_run or checkpointing switched off: nothing was written
         log.info("evaluating the weights at the end of fit (no checkpoint file)")
         return model, in_memory
     loaded, checkpoint = load_classifier(path)
     if choice == "last" and checkpoint.get("global_step") != trainer.global_step:
-        log.warning("%s is from step %s, not the end of fit (step %d): evaluating the weights in memory", path,
-                    checkpoint.get("global_step"), trainer.global_step)
+        log.warning(
+            "%s is from step %s, not the end of fit (step %d): evaluating the weights in memory",
+            path,
+            checkpoint.get("global_step"),
+            trainer.global_step,
+        )
         return model, in_memory
     log.info("evaluating the %s checkpoint: %s", choice, path)
-    return loaded, {"checkpoint": os.path.relpath(path, output_dir), "checkpoint_epoch": checkpoint.get("epoch", -1) + 1,
-                    "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)"}
+    return loaded, {
+        "checkpoint": os.path.relpath(path, output_dir),
+        "checkpoint_epoch": checkpoint.get("epoch", -1) + 1,
+        "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)",
+    }
 
 
 def _validation_summary(history: EpochHistory | None, trainer: L.Trainer) -> dict:
@@ -192,8 +231,13 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list]:
         callbacks.append(pruning)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))  # auto: bf16 if native
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
-                          enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")))
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=precision,
+        enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")),
+    )
     return trainer, callbacks
 
 
@@ -226,8 +270,11 @@ def train(cfg: DictConfig) -> dict:
     datamodule = _build_data(cfg, output_dir, datamodule, write=rank_zero)
 
     model = instantiate(cfg.model)
-    model.run_metadata = {"overrides": command_line_overrides(), **run_provenance(),
-                          "labels_sha256": file_digest(cfg.data.labels)}  # evaluate.py: has the label file changed?
+    model.run_metadata = {
+        "overrides": command_line_overrides(),
+        **run_provenance(),
+        "labels_sha256": file_digest(cfg.data.labels),
+    }  # evaluate.py: has the label file changed?
     trainer, callbacks = build_trainer(cfg)
 
     try:
@@ -244,11 +291,25 @@ def train(cfg: DictConfig) -> dict:
     model, scored = _weights_to_evaluate(cfg, trainer, model, callbacks, output_dir)
     model.to(trainer.strategy.root_device)  # a GPU run evaluates on its GPU (torch backend); the CPU as before
     writer = tensorboard_writer(trainer)
-    results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), writer=writer,
-                            step=trainer.global_step, run_name=cfg.run_name)
+    results = evaluate_sets(
+        model,
+        datamodule,
+        output_dir,
+        _evaluation_settings(cfg),
+        writer=writer,
+        step=trainer.global_step,
+        run_name=cfg.run_name,
+    )
 
-    history = _write_history(callbacks, output_dir, writer, trainer.global_step, title=f"{cfg.run_name}: training curves",
-                             scored_epoch=scored["checkpoint_epoch"], scored_by=scored["checkpoint_choice"])
+    history = _write_history(
+        callbacks,
+        output_dir,
+        writer,
+        trainer.global_step,
+        title=f"{cfg.run_name}: training curves",
+        scored_epoch=scored["checkpoint_epoch"],
+        scored_by=scored["checkpoint_choice"],
+    )
 
     metrics = {
         "run_name": cfg.run_name,
@@ -294,12 +355,16 @@ def _write_history(callbacks: list, output_dir: Path, writer, step: int, **figur
     return history
 
 
-def _pruned_trial(cfg: DictConfig, trainer: L.Trainer, callbacks: list, output_dir: Path, trial,
-                  epoch: int) -> dict:
+def _pruned_trial(cfg: DictConfig, trainer: L.Trainer, callbacks: list, output_dir: Path, trial, epoch: int) -> dict:
     """A search trial the pruner stopped: its history and validation figures, ``status: pruned``, no test
     evaluation (the search never reads it, and a hopeless trial should cost no more time)."""
-    history = _write_history(callbacks, output_dir, tensorboard_writer(trainer), trainer.global_step,
-                             title=f"{cfg.run_name}: training curves (pruned)")
+    history = _write_history(
+        callbacks,
+        output_dir,
+        tensorboard_writer(trainer),
+        trainer.global_step,
+        title=f"{cfg.run_name}: training curves (pruned)",
+    )
     metrics = {
         "status": "pruned",
         "run_name": cfg.run_name,

@@ -8,6 +8,7 @@ the same activations as its RGB copy). ``weights``: ``none``, ``imagenet`` (torc
 under ``TORCH_HOME``, downloaded when online) or the path of a state dict (loaded weights-only; missing and
 unexpected keys are reported).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,10 @@ def build_torchvision_model(name: str, weights=None) -> nn.Module:
     from torchvision.models import get_model, list_models
 
     if name not in list_models():
-        raise ValueError(f"model.net.name={name!r} is not a torchvision model (e.g. densenet121, resnet50, "
-                         "efficientnet_b0; torchvision.models.list_models() lists them)")
+        raise ValueError(
+            f"model.net.name={name!r} is not a torchvision model (e.g. densenet121, resnet50, "
+            "efficientnet_b0; torchvision.models.list_models() lists them)"
+        )
     if str(weights) != "imagenet":
         return get_model(name, weights=None)
     enum = imagenet_weights(name)
@@ -64,13 +67,16 @@ def build_torchvision_model(name: str, weights=None) -> nn.Module:
     try:  # torchvision's own loader unpickles with weights_only=False: the cache file is read weights-only here
         state = enum.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise WeightsError(f"{cached}: cannot be loaded weights-only ({str(error).splitlines()[0]}); delete it and "
-                           "it is downloaded again") from None
+        raise WeightsError(
+            f"{cached}: cannot be loaded weights-only ({str(error).splitlines()[0]}); delete it and "
+            "it is downloaded again"
+        ) from None
     except Exception as error:  # URLError, socket errors, HTTP errors, a truncated download
         raise WeightsError(
             f"ImageNet weights for {name} are not in the cache and could not be downloaded "
             f"({type(error).__name__}): put {cached.name} (from {enum.url}) at {cached} (set TORCH_HOME to use "
-            "another cache), or train without them: model.weights=none") from None
+            "another cache), or train without them: model.weights=none"
+        ) from None
     model = get_model(name, weights=None)
     model.load_state_dict(state)
     return model
@@ -107,15 +113,17 @@ def read_state_dict(path: str | Path, prefixes=_STRIPPED_PREFIXES) -> dict[str, 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightsError(f"model.weights={path}: cannot be loaded weights-only ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise WeightsError(
+            f"model.weights={path}: cannot be loaded weights-only ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"model.weights={path}: not a state dict (a mapping of names to tensors)")
     for prefix in prefixes:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -128,25 +136,42 @@ def load_state_dict_report(model: nn.Module, path: str | Path, name: str = "") -
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     result = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
-    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys),
-              "mismatched": mismatched}
+    report = {
+        "missing": list(result.missing_keys),
+        "unexpected": list(result.unexpected_keys),
+        "mismatched": mismatched,
+    }
     loaded = len(state) - len(report["unexpected"]) - len(mismatched)
     if loaded == 0:
-        raise WeightsError(f"model.weights={path}: none of its {len(state)} tensors fits this network "
-                           f"(first keys: {', '.join(list(state)[:3])}; the network's: {', '.join(list(own)[:3])})")
+        raise WeightsError(
+            f"model.weights={path}: none of its {len(state)} tensors fits this network "
+            f"(first keys: {', '.join(list(state)[:3])}; the network's: {', '.join(list(own)[:3])})"
+        )
     log.info("model.weights=%s: loaded %d of %d tensors of the network", path, loaded, len(own))
     for kind, keys in report.items():
         if keys:
-            log.warning("model.weights=%s: %d %s key(s): %s%s", path, len(keys), kind, ", ".join(keys[:8]),
-                        " ..." if len(keys) > 8 else "")
+            log.warning(
+                "model.weights=%s: %d %s key(s): %s%s",
+                path,
+                len(keys),
+                kind,
+                ", ".join(keys[:8]),
+                " ..." if len(keys) > 8 else "",
+            )
     return report
 
 
 class TorchvisionNet(nn.Module):
     """A torchvision classification model returning ``num_outputs`` logits per image (one output: shape (N,))."""
 
-    def __init__(self, name: str = "densenet121", num_outputs: int = 1, in_channels: int = 3,
-                 weights: str | None = None, grey_input: str = "copy"):
+    def __init__(
+        self,
+        name: str = "densenet121",
+        num_outputs: int = 1,
+        in_channels: int = 3,
+        weights: str | None = None,
+        grey_input: str = "copy",
+    ):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels={in_channels}: torchvision backbones take 1 (grey) or 3 (RGB) channels")
@@ -163,8 +188,17 @@ class TorchvisionNet(nn.Module):
         if in_channels == 1 and grey_input == "conv1":
             parent, leaf = _parent(self.model, _first_conv(self.model))
             conv = getattr(parent, leaf)
-            single = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                               conv.groups, conv.bias is not None, conv.padding_mode)
+            single = nn.Conv2d(
+                1,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+                conv.bias is not None,
+                conv.padding_mode,
+            )
             if pretrained:  # a grey image x gives the activations its RGB copy (x, x, x) gave
                 with torch.no_grad():
                     single.weight.copy_(conv.weight.sum(dim=1, keepdim=True))

@@ -2,6 +2,7 @@
 from cxr's model registry (:mod:`cxr.models.registry`: a name and typed arguments), every other setting a plain
 value. A checkpoint's optimiser and scheduler settings are never read: they come from the config the user runs.
 Checkpoints written before the registry (``net._target_`` of cxr's own networks) are read through it."""
+
 from __future__ import annotations
 
 import pickle
@@ -41,29 +42,35 @@ def read_checkpoint(path: str | Path) -> dict:
     A file that is neither of torch.save's formats is "not a checkpoint"; the refusal to unpickle is kept for a
     real pickle that holds objects other than weights."""
     if is_url(path):
-        raise CheckpointError(f"ckpt_path={path}: only local checkpoint files are loaded (download it and give its "
-                              "path)")
+        raise CheckpointError(
+            f"ckpt_path={path}: only local checkpoint files are loaded (download it and give its path)"
+        )
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     with open(path, "rb") as file:
         head = file.read(4)
     if not (head.startswith(ZIP_MAGIC) or head[:1] == bytes([PICKLE_PROTOCOL])):
-        raise CheckpointError(f"{path}: not a checkpoint ({_what_it_is(path, head)}, not a file written by "
-                              "torch.save); give a .ckpt file of a run (<run>/checkpoints/)")
+        raise CheckpointError(
+            f"{path}: not a checkpoint ({_what_it_is(path, head)}, not a file written by "
+            "torch.save); give a .ckpt file of a run (<run>/checkpoints/)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # the weights-only unpickler met a global outside its allowlist
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(error),
-                          re.DOTALL)
+        found = re.search(
+            r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(error), re.DOTALL
+        )
         raise CheckpointError(
             f"{path}: cannot be loaded weights-only ({found.group(1).strip() if found else type(error).__name__}); "
             "refusing to unpickle arbitrary objects from a checkpoint"
         ) from error
     except Exception as error:  # a truncated or foreign zip, a damaged pickle: torch's first sentence names it
         reason = re.sub(r"^\[enforce fail at [^]]*\]\s*\.?\s*", "", str(error).strip()).split(". ")[0].splitlines()
-        raise CheckpointError(f"{path}: not a readable checkpoint, damaged or truncated ({type(error).__name__}: "
-                              f"{(reason or [''])[0][:200]})") from error
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, damaged or truncated ({type(error).__name__}: "
+            f"{(reason or [''])[0][:200]})"
+        ) from error
 
 
 def _what_it_is(path: Path, head: bytes) -> str:

@@ -1,5 +1,6 @@
 """LightningModule for the binary No Finding (0) / finding (1) task and the 14-finding multi-label task: BCE on
 logits, Adam, torchmetrics."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,8 +10,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity,
-                                         MultilabelAccuracy, MultilabelAUROC, MultilabelStatScores)
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryRecall,
+    BinarySpecificity,
+    MultilabelAccuracy,
+    MultilabelAUROC,
+    MultilabelStatScores,
+)
 
 from cxr.errors import ConfigError
 from cxr.models import registry
@@ -29,8 +37,12 @@ def _plain(value):
 def binary_metrics(prefix: str) -> MetricCollection:
     """Accuracy, per-class accuracy (class 0 = specificity, class 1 = sensitivity) and AUROC."""
     return MetricCollection(
-        {"acc": BinaryAccuracy(), "acc_class0": BinarySpecificity(), "acc_class1": BinaryRecall(),
-         "auroc": BinaryAUROC()},
+        {
+            "acc": BinaryAccuracy(),
+            "acc_class0": BinarySpecificity(),
+            "acc_class1": BinaryRecall(),
+            "auroc": BinaryAUROC(),
+        },
         prefix=prefix,
     )
 
@@ -85,11 +97,22 @@ class Classifier(L.LightningModule):
     the path of a state dict; kept in ``hparams.weights`` (a checkpoint is loaded without them).
     """
 
-    def __init__(self, net: dict, optimizer: dict | None = None, scheduler: dict | None = None,
-                 preprocessing: dict | None = None, program: str | None = None, class_weight=None,
-                 channels_last: bool | str = False, fused_optimizer: bool = False, task: str = "binary",
-                 findings: list[str] | None = None, freeze_backbone_epochs: int = 0, weights: str | None = None,
-                 loss: str = "bce_with_logits"):
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        preprocessing: dict | None = None,
+        program: str | None = None,
+        class_weight=None,
+        channels_last: bool | str = False,
+        fused_optimizer: bool = False,
+        task: str = "binary",
+        findings: list[str] | None = None,
+        freeze_backbone_epochs: int = 0,
+        weights: str | None = None,
+        loss: str = "bce_with_logits",
+    ):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task={task!r}: choose one of {', '.join(TASKS)}")
@@ -110,16 +133,26 @@ class Classifier(L.LightningModule):
         loads_weights = registry.entry(net["name"]).loads_weights
         weights = None if no_weights(weights) else str(weights)
         if weights == "imagenet" and not loads_weights:
-            raise ConfigError(f"model.weights=imagenet: {net['name']} has no ImageNet weights (a torchvision "
-                             "backbone has: model=densenet121); use none or the path of a state dict")
+            raise ConfigError(
+                f"model.weights=imagenet: {net['name']} has no ImageNet weights (a torchvision "
+                "backbone has: model=densenet121); use none or the path of a state dict"
+            )
         # the run's own settings, never saved in a checkpoint (a checkpoint names no code to build)
         self.optimizer_config, self.scheduler_config = _plain(optimizer), _plain(scheduler)
-        self.save_hyperparameters({
-            "net": net, "weights": weights,
-            "preprocessing": _plain(preprocessing), "program": program, "class_weight": class_weight, "loss": loss,
-            "task": task, "findings": [str(f) for f in _plain(findings)],
-            "freeze_backbone_epochs": int(freeze_backbone_epochs or 0),
-        }, logger=False)  # the pipeline logs hyper-parameters once, with the final metrics
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "weights": weights,
+                "preprocessing": _plain(preprocessing),
+                "program": program,
+                "class_weight": class_weight,
+                "loss": loss,
+                "task": task,
+                "findings": [str(f) for f in _plain(findings)],
+                "freeze_backbone_epochs": int(freeze_backbone_epochs or 0),
+            },
+            logger=False,
+        )  # the pipeline logs hyper-parameters once, with the final metrics
         self.run_metadata: dict = {}  # saved in checkpoints as "cxr" (training overrides, provenance)
         self.multilabel = task == "multilabel"
         self.loss_fn = binary_loss(loss)  # cxr.models.losses: keras_bce (thesis programs) or bce_with_logits
@@ -135,8 +168,10 @@ class Classifier(L.LightningModule):
         # weight of class-1 terms in the loss (per finding for multi-label); "balanced" is set from the training
         # split in setup()
         weight = class_weight if isinstance(class_weight, (int, float)) else 1.0
-        self.register_buffer("pos_weight", torch.full((len(findings),), float(weight)) if self.multilabel
-                             else torch.tensor(float(weight)))
+        self.register_buffer(
+            "pos_weight",
+            torch.full((len(findings),), float(weight)) if self.multilabel else torch.tensor(float(weight)),
+        )
         if self.multilabel:
             self.train_metrics = multilabel_metrics("train/", len(findings))
             self.val_metrics = multilabel_metrics("val/", len(findings))
@@ -152,15 +187,19 @@ class Classifier(L.LightningModule):
             targets = self.trainer.datamodule.datasets["train"].targets
             if self.multilabel:  # weighted BCE per finding: n_negative / n_positive of the training split
                 positives = targets.sum(dim=0)
-                self.pos_weight.copy_(torch.where(positives > 0, (len(targets) - positives) / positives.clamp(min=1),
-                                                  torch.ones_like(positives)))
+                self.pos_weight.copy_(
+                    torch.where(
+                        positives > 0, (len(targets) - positives) / positives.clamp(min=1), torch.ones_like(positives)
+                    )
+                )
                 return
             n_class1 = float(targets.sum())
             if n_class1 == 0 or n_class1 == len(targets):
                 raise ValueError("class_weight=balanced: the training split holds a single class")
             self.pos_weight.fill_((len(targets) - n_class1) / n_class1)
-        elif self.hparams.class_weight not in (None, "balanced") and not isinstance(self.hparams.class_weight,
-                                                                                     (int, float)):
+        elif self.hparams.class_weight not in (None, "balanced") and not isinstance(
+            self.hparams.class_weight, (int, float)
+        ):
             raise ValueError(f"class_weight={self.hparams.class_weight!r}: use null, balanced or a number")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -186,8 +225,15 @@ class Classifier(L.LightningModule):
             self.val_loss.update(loss.detach(), weight=len(targets))
             self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         else:
-            self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets),
-                     sync_dist=True)  # DDP: the mean over the processes (equal batches in training)
+            self.log(
+                f"{stage}/loss",
+                loss,
+                on_step=on_step,
+                on_epoch=True,
+                prog_bar=True,
+                batch_size=len(targets),
+                sync_dist=True,
+            )  # DDP: the mean over the processes (equal batches in training)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         return loss
 
@@ -235,8 +281,10 @@ class Classifier(L.LightningModule):
     def _optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer; with ``fused_optimizer``, its fused kernel where it has one (Adam, AdamW, SGD)."""
         if not self.optimizer_config:
-            raise ConfigError("no optimizer: a model loaded from a checkpoint trains with the optimizer of the config "
-                              "you run (train.py ckpt_path=...), never one from the file")
+            raise ConfigError(
+                "no optimizer: a model loaded from a checkpoint trains with the optimizer of the config "
+                "you run (train.py ckpt_path=...), never one from the file"
+            )
         check_targets(self.optimizer_config, "optimizer")  # before the fallback below can swallow a refusal
         if self.fused_optimizer and "fused" not in self.optimizer_config:
             try:
@@ -256,8 +304,10 @@ class Classifier(L.LightningModule):
         interval = scheduler_cfg.pop("interval", "epoch")
         monitor = scheduler_cfg.pop("monitor", "val/auroc")
         scheduler = instantiate(scheduler_cfg, "scheduler", optimizer=optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor},
+        }
 
 
 BinaryClassifier = Classifier  # the name before multi-label; old configs and checkpoints use it

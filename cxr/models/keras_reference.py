@@ -6,6 +6,7 @@ The network is the thesis' ``Sequential`` code (section 3.2.2) as written; its l
 recovers the logit of a sigmoid output and does not clip, so the 2018 behaviour is spelled out here
 (:func:`keras2_binary_crossentropy`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,8 @@ import torch
 def _import_tensorflow():
     """``import tensorflow``, after torch's compiler stack: Triton (imported by ``torch._dynamo``, e.g. when an
     optimizer is built) crashes the process with a segmentation fault when it is loaded after TensorFlow 2.21."""
-    import torch._dynamo  # noqa: F401
     import tensorflow
+    import torch._dynamo  # noqa: F401
 
     return tensorflow
 
@@ -57,8 +58,11 @@ def thesis_keras_model(channels: int = 3, image_size: int = 150, seed: int | Non
     model.add(layers.Flatten())
     model.add(layers.Dense(512, activation="relu"))
     model.add(layers.Dense(1, activation="sigmoid"))
-    model.compile(loss=keras2_binary_crossentropy if clip_loss else "binary_crossentropy",
-                  optimizer=optimizers.Adam(learning_rate=3e-4, epsilon=1e-7), metrics=["acc"])
+    model.compile(
+        loss=keras2_binary_crossentropy if clip_loss else "binary_crossentropy",
+        optimizer=optimizers.Adam(learning_rate=3e-4, epsilon=1e-7),
+        metrics=["acc"],
+    )
     return model
 
 
@@ -101,9 +105,16 @@ def keras_weights_as_torch(model, net: torch.nn.Module) -> dict[str, torch.Tenso
     return {name: value.detach().clone() for name, value in twin.state_dict().items()}
 
 
-def compare_training(images: torch.Tensor, targets: torch.Tensor, steps: int, loss: str = "keras_bce",
-                     optimizer: str = "cxr.models.optimizers.KerasAdam", batch_size: int = 10, seed: int = 0,
-                     twin_channels_last: bool = False) -> dict:
+def compare_training(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    loss: str = "keras_bce",
+    optimizer: str = "cxr.models.optimizers.KerasAdam",
+    batch_size: int = 10,
+    seed: int = 0,
+    twin_channels_last: bool = False,
+) -> dict:
     """Train the thesis' Keras model and a ThesisCNN started from the same (copied) weights on the same batches
     (``images``: N x C x H x W float, in order, ``batch_size`` per step) and compare them after every step.
 
@@ -117,9 +128,9 @@ def compare_training(images: torch.Tensor, targets: torch.Tensor, steps: int, lo
     """
     import copy
 
-    from cxr.models.losses import binary_loss
     from hydra.utils import get_class
 
+    from cxr.models.losses import binary_loss
     from cxr.models.thesis_cnn import ThesisCNN
 
     if images.shape[0] < steps * batch_size:
@@ -133,11 +144,20 @@ def compare_training(images: torch.Tensor, targets: torch.Tensor, steps: int, lo
     make = get_class(optimizer)
     optimizers = [make(m.parameters(), lr=3e-4, eps=1e-7) for m in ([net, twin] if twin else [net])]
     loss_fn = binary_loss(loss)
-    result = {key: [] for key in ("keras_loss", "torch_loss", "max_weight_diff", "relative_weight_diff",
-                                  "noise_max_weight_diff", "noise_relative_weight_diff")}
+    result = {
+        key: []
+        for key in (
+            "keras_loss",
+            "torch_loss",
+            "max_weight_diff",
+            "relative_weight_diff",
+            "noise_max_weight_diff",
+            "noise_relative_weight_diff",
+        )
+    }
     for step in range(steps):
-        x = images[step * batch_size:(step + 1) * batch_size]
-        y = targets[step * batch_size:(step + 1) * batch_size].float()
+        x = images[step * batch_size : (step + 1) * batch_size]
+        y = targets[step * batch_size : (step + 1) * batch_size].float()
         keras_loss = model.train_on_batch(x.permute(0, 2, 3, 1).numpy(), y.numpy(), return_dict=True)["loss"]
         for module, opt, memory_format in zip((net, twin), optimizers, (torch.contiguous_format, torch.channels_last)):
             opt.zero_grad()

@@ -7,6 +7,7 @@
   initial logits are in the hundreds, and this clipping decides how (and whether) the network learns
   (tests/test_keras_parity.py, docs/programs.md "Keras parity").
 """
+
 from __future__ import annotations
 
 import torch

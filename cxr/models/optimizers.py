@@ -1,4 +1,5 @@
 """Keras' Adam for the thesis programs: the same update as Keras (2.x and 3.x), built on torch's Adam kernels."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,9 @@ class KerasAdam(torch.optim.Adam):
             # starts from the parameters' own counters
             t = group.get("keras_steps")
             if t is None:
-                t = next((float(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})),
-                         0.0)
+                t = next(
+                    (float(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})), 0.0
+                )
             group["eps"] = group["keras_epsilon"] / math.sqrt(1.0 - group["betas"][1] ** (t + 1.0))
             group["keras_steps"] = t + 1.0
         return super().step(closure)

@@ -1,5 +1,6 @@
 """The thesis' Keras network in PyTorch: 4 x [Conv3x3 valid + ReLU + MaxPool2] (32/64/128/256), Dense 512, Dense 1
 (each block pools before its ReLU: the same function, less work)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,14 @@ class ThesisCNN(nn.Module):
     """Returns one logit per image (``num_outputs`` > 1: one per finding, shape (N, K)); 6,811,393 parameters for
     1 channel, 6,811,969 for 3 at 150x150 input."""
 
-    def __init__(self, in_channels: int = 3, image_size: int = 150, filters=(32, 64, 128, 256), hidden: int = 512,
-                 num_outputs: int = 1):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 150,
+        filters=(32, 64, 128, 256),
+        hidden: int = 512,
+        num_outputs: int = 1,
+    ):
         super().__init__()
         layers, channels, size = [], in_channels, image_size
         for width in filters:
@@ -24,7 +31,10 @@ class ThesisCNN(nn.Module):
             raise ValueError(f"image_size={image_size} is too small for {len(filters)} conv/pool blocks")
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_outputs)
+            nn.Flatten(),
+            nn.Linear(channels * size * size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_outputs),
         )
         self.num_outputs = int(num_outputs)
         self.reset_parameters()
