@@ -132,7 +132,8 @@ def test_documented_search_runs_from_a_fresh_directory_and_a_second_call_continu
     sweeps = sorted((tmp_path / "outputs" / "search" / "cxr_D_demo").iterdir())
     assert len(sweeps) == 2
     for trial in study.trials:
-        run = sweeps[trial.number // 2] / str(trial.number)  # trial n's run directory is <sweep dir>/<n>
+        # trial n's run directory is <sweep dir>/<n>_<run name>
+        (run,) = [d for d in sweeps[trial.number // 2].iterdir() if d.name.split("_")[0] == str(trial.number)]
         assert trial.user_attrs["run_dir"] == str(run)
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["program"] == "D" and metrics["search"] == {"study": "cxr_D_demo", "trial": trial.number}

@@ -106,7 +106,7 @@ class OptunaSweeper(Sweeper):
             overrides = [f"{k}={v}" for k, v in {**params, **fixed}.items()]
             overrides += [*passed, f"hydra.sweeper.trial={trial.number}"] if url else []
             log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in params.items()))
-            # the job number is the trial number: trial n's run directory is <sweep dir>/<n>
+            # the job number is the trial number: trial n's run directory is <sweep dir>/<n>_<run name>
             (ret,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
             run_dir = str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg is not None else None
             if run_dir:
