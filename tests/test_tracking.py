@@ -58,7 +58,7 @@ def test_one_run_is_tracked_in_mlflow_and_in_a_wandb_offline_folder(make_cfg, tm
     runs = mlflow.search_runs(experiment_names=["cxr_train"])
     assert len(runs) == 1
     run = runs.iloc[0]
-    assert run["tags.mlflow.runName"] == "run1" and run["status"] == "FINISHED"  # no run_name: the directory's name
+    assert run["tags.mlflow.runName"] == cfg.run_name == "A" and run["status"] == "FINISHED"  # the run's own name
     assert run["metrics.test/auroc"] == pytest.approx(metrics["test"]["auroc"])
     assert run["metrics.test/ci/auroc/ci_low"] == pytest.approx(metrics["test"]["ci"]["auroc"]["ci_low"])
     assert len(MlflowClient(store).get_metric_history(run["run_id"], "val/auroc")) == 2  # one per epoch
