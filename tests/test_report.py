@@ -314,7 +314,6 @@ def test_a_sweep_of_programs_is_compared_under_their_names(tmp_path, demo_root):
     (the swept value), and compare.py's table (and so its ROC legend, drawn from the same names) shows C and D."""
     from tests.conftest import DEMO_OVERRIDES
 
-    sweep_dir = tmp_path / "multirun"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     trained = subprocess.run(
         [
@@ -324,15 +323,15 @@ def test_a_sweep_of_programs_is_compared_under_their_names(tmp_path, demo_root):
             "program=C,D",
             "debug=fdr",
             *DEMO_OVERRIDES(demo_root),
-            f"hydra.sweep.dir={sweep_dir}",
         ],
-        cwd=tmp_path,
+        cwd=tmp_path,  # as the docs write it: the default sweep directory under the working directory's outputs/
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert sorted(d.name for d in sweep_dir.iterdir() if d.is_dir()) == ["0_C", "1_D"]
     for run, name in ((sweep_dir / "0_C", "C"), (sweep_dir / "1_D", "D")):
         assert json.loads((run / "run.json").read_text())["run_name"] == name
