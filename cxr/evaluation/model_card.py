@@ -13,6 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cxr.evaluation.small_n import MIN_PATIENTS, mark
+from cxr.evaluation.tables import calibration_lines, subgroup_lines
+
 SETS = ("test", "external")
 NOT_A_DEVICE = (
     "**Research model, not a medical device.** It has not been validated for clinical use and must not "
@@ -59,7 +62,7 @@ def _performance(name: str, metrics: dict) -> list[str]:
         for key, label in (("n", "n"), ("n_class0", "class 0"), ("n_class1", "class 1"), ("n_patients", "patients"))
         if metrics.get(key) is not None
     ]
-    lines = [f"### {name} set ({', '.join(counts)})", ""]
+    lines = [mark(f"### {name} set ({', '.join(counts)})", metrics), ""]
     if metrics.get("auroc") is not None or "ci" in metrics:
         op = metrics.get("operating_point") or {}
         lines += ["| metric (95% patient-bootstrap CI) | threshold 0.5 | operating point |", "|---|---|---|"]
@@ -77,16 +80,20 @@ def _performance(name: str, metrics: dict) -> list[str]:
         extra = []
         if metrics.get("average_precision") is not None:
             extra.append(f"average precision {_f(metrics['average_precision'])}")
-        if (metrics.get("calibration") or {}).get("ece") is not None:
-            extra.append(f"expected calibration error {_f(metrics['calibration']['ece'])}")
         if extra:
             lines += ["; ".join(extra).capitalize() + ".", ""]
+        lines += calibration_lines(name, metrics.get("calibration"))
         expert = metrics.get("expert_labels") or {}
         if expert.get("n"):
+            small = expert.get("small_n", expert["n"] < MIN_PATIENTS)  # older runs: judged by images
             lines += [
-                f"Against radiologists' labels (Google 2019, n = {expert['n']}; {expert.get('definition', '')}): "
-                f"AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
-                f"{_f(expert.get('agreement_nih_vs_expert'))}.",
+                mark(
+                    f"Against radiologists' labels (Google 2019, n = {expert['n']}; {expert.get('definition', '')}): "
+                    f"AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
+                    f"{_f(expert.get('agreement_nih_vs_expert'))}",
+                    small,
+                )
+                + ".",
                 "",
             ]
     findings = metrics.get("findings")
@@ -103,7 +110,7 @@ def _performance(name: str, metrics: dict) -> list[str]:
         for finding, m in findings.items():
             op = m.get("operating_point") or {}
             lines.append(
-                f"| {finding} | {_with_ci(m.get('auroc'))} | {_with_ci(m.get('average_precision'))} | "
+                f"| {mark(finding, m)} | {_with_ci(m.get('auroc'))} | {_with_ci(m.get('average_precision'))} | "
                 f"{_f(op.get('threshold'))} | {_f(op.get('sensitivity'))} | {_f(op.get('specificity'))} |"
             )
         lines.append("")
@@ -111,22 +118,7 @@ def _performance(name: str, metrics: dict) -> list[str]:
 
 
 def _subgroups(name: str, metrics: dict) -> list[str]:
-    groups = metrics.get("subgroups") or {}
-    if not groups:
-        return []
-    lines = [
-        f"### Subgroups of the {name} set (threshold {metrics.get('threshold', 0.5)})",
-        "",
-        "| column | value | n | class 1 | AUROC | balanced accuracy |",
-        "|---|---|---|---|---|---|",
-    ]
-    for column, values in groups.items():
-        for value, m in values.items():
-            lines.append(
-                f"| {column} | {value} | {m.get('n')} | {m.get('n_class1')} | {_f(m.get('auroc'))} | "
-                f"{_f(m.get('balanced_accuracy'))} |"
-            )
-    return lines + [""]
+    return subgroup_lines(name, metrics)  # AUROC with CIs, largest gap, worst group (cxr/evaluation/tables.py)
 
 
 def _data_caveats(cfg: DictConfig, metrics: dict) -> list[str]:

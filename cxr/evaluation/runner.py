@@ -17,7 +17,8 @@ import torch
 from cxr import inference
 from cxr.artifacts import write_csv
 from cxr.evaluation.bootstrap import patient_bootstrap
-from cxr.evaluation.curves import average_precision, expected_calibration_error
+from cxr.evaluation.calibration import fit_scaling, run_calibration, set_calibration
+from cxr.evaluation.curves import average_precision
 from cxr.evaluation.expert_labels import read_google2019_labels
 from cxr.evaluation.figures import (
     calibration_figure,
@@ -27,7 +28,8 @@ from cxr.evaluation.figures import (
     save_figure,
 )
 from cxr.evaluation.metrics import binary_metrics
-from cxr.evaluation.subgroups import subgroup_columns, subgroup_metrics
+from cxr.evaluation.small_n import patient_counts
+from cxr.evaluation.subgroups import subgroup_columns, subgroup_gaps, subgroup_metrics
 from cxr.evaluation.thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ DEFAULTS = {
     "operating_point": {"method": "youden", "target_sensitivity": None},
     "bootstrap": {"n_resamples": 1000, "seed": 0, "level": 0.95},
     "calibration_bins": 10,
+    "calibration": "none",
     "expert_labels": None,
-    "subgroups": {"side_tables": [], "min_size": 5},
+    "subgroups": {"side_tables": [], "min_size": 5, "age_bands": [0, 18, 40, 60, 80]},
     "inference_backend": "auto",
     "inference_batch_size": 64,
     "any_finding": "max",
@@ -119,9 +122,10 @@ class TenCrop(torch.nn.Module):
 
 
 def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
-    """The validation split's predictions when an operating point is chosen on them (else None): made once, for
-    the binary threshold and the per-finding ones."""
-    if settings["operating_point"]["method"] == "fixed" or not len(datamodule.rows("val")):
+    """The validation split's predictions when an operating point is chosen or a temperature fitted on them (else
+    None): made once, for the binary threshold, the per-finding ones and temperature scaling."""
+    fixed = settings["operating_point"]["method"] == "fixed" and settings.get("calibration", "none") == "none"
+    if fixed or not len(datamodule.rows("val")):
         return None
     return predictions_frame(model, datamodule, "val", settings)
 
@@ -161,33 +165,46 @@ def evaluate_sets(
     run_name: str = "",
 ) -> dict[str, dict]:
     """Predict, score and draw every evaluation set of ``datamodule`` (figure titles name ``run_name``); return
-    ``{set: metrics}``."""
+    ``{set: metrics}`` and ``calibration`` (the temperatures and the validation split's calibration)."""
     settings = {**DEFAULTS, **(settings or {})}
     output_dir = Path(output_dir)
-    validation = validation_frame(model, datamodule, settings)
+    raw_validation = validation_frame(model, datamodule, settings)
+    scaling = fit_scaling(raw_validation, model_findings(model), settings["calibration"])  # None: not scaled
+    calibrate = (lambda f: scaling.apply(f, model_findings(model), settings["any_finding"])) if scaling else None
+    validation = calibrate(raw_validation) if scaling and raw_validation is not None else raw_validation
     operating_point, chosen_on = operating_threshold(validation, settings)
     expert = read_google2019_labels(settings["expert_labels"]) if settings.get("expert_labels") else None
     finding_thresholds, findings_chosen_on = _finding_thresholds(model_findings(model), validation, settings)
     results: dict[str, dict] = {}
     for name in datamodule.eval_set_names():
-        predictions = predictions_frame(model, datamodule, name, settings)
+        raw = predictions_frame(model, datamodule, name, settings)
+        predictions = calibrate(raw) if scaling else raw
         write_csv(output_dir / f"predictions_{name}.csv", predictions)
         labels, probabilities = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
         patients = predictions["patient"]
         metrics = score(labels, probabilities, patients, settings["threshold"], settings["bootstrap"])
         metrics["n_patients"] = int(patients.nunique()) if patients.notna().all() else None
+        metrics.update(patient_counts(labels, patients))  # small_n: fewer than 10 patients of a class
         metrics["average_precision"] = average_precision(labels, probabilities)
-        metrics["calibration"] = {
-            "ece": expected_calibration_error(labels, probabilities, settings["calibration_bins"]),
-            "n_bins": settings["calibration_bins"],
-        }
+        metrics["calibration"] = set_calibration(raw, predictions, scaling, settings)
         op = score(labels, probabilities, patients, operating_point, settings["bootstrap"])
         metrics["operating_point"] = {"chosen_on": chosen_on, **op}
         if expert is not None:
             metrics["expert_labels"] = _expert_scores(predictions, expert, settings)
-        groups = subgroup_columns(datamodule.rows(name), settings["subgroups"].get("side_tables"))
+        groups = subgroup_columns(
+            datamodule.rows(name), settings["subgroups"].get("side_tables"), settings["subgroups"].get("age_bands")
+        )
         metrics["subgroups"] = subgroup_metrics(
-            labels, probabilities, groups, settings["threshold"], settings["subgroups"].get("min_size", 1)
+            labels,
+            probabilities,
+            groups,
+            settings["threshold"],
+            settings["subgroups"].get("min_size", 1),
+            patients,
+            settings["bootstrap"],
+        )
+        metrics["subgroup_gaps"] = subgroup_gaps(
+            labels, probabilities, patients, groups, metrics["subgroups"], settings["bootstrap"]
         )
         if model_findings(model):
             _add_finding_metrics(
@@ -230,6 +247,7 @@ def evaluate_sets(
             step,
             run_name,
         )
+    results["calibration"] = run_calibration(raw_validation, validation, scaling, settings)
     return results
 
 
@@ -277,6 +295,7 @@ def _add_finding_metrics(
         labels, probabilities, predictions["patient"], findings, **settings["bootstrap"]
     )
     for j, finding in enumerate(findings):
+        scored["findings"][finding].update(patient_counts(labels[:, j], predictions["patient"]))
         scored["findings"][finding]["operating_point"] = {
             "chosen_on": chosen_on,
             **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding)),
@@ -337,6 +356,7 @@ def _expert_scores(predictions: pd.DataFrame, expert: pd.DataFrame, settings: di
         "definition": "abnormal = any of fracture, pneumothorax, airspace opacity, nodule or mass (Google 2019)",
     }
     if len(joined):
+        result.update(patient_counts(joined["expert_target"], joined["patient"]))
         result["agreement_nih_vs_expert"] = float((joined["label"] == joined["expert_target"]).mean())
         result.update(
             score(
