@@ -135,7 +135,7 @@ def test_age_bands_come_from_the_config_and_a_dataset_column_is_a_subgroup():
 def test_model_card_marks_expert_agreement_on_one_image():
     metrics = {"auroc": 0.7, "n": 50, "ci": {}, "expert_labels": {"n": 1, "agreement_nih_vs_expert": 1.0}}
     text = "\n".join(_performance("test", metrics))
-    assert "NIH/expert agreement 1.000 (n<10)." in text
+    assert "(Google 2019, n = 1 (n<10);" in text and "agreement 1.000 (both on fewer than 10 patients)." in text
 
 
 # ---------------------------------------------------------------------------------------------- end to end

@@ -38,8 +38,8 @@ def calibration_scores(labels, probabilities, n_bins: int = 10) -> dict[str, flo
     from torchmetrics.functional import mean_squared_error
     from torchmetrics.functional.classification import binary_calibration_error
 
-    p = torch.as_tensor(np.asarray(probabilities, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(labels).astype(np.int64))
+    p = torch.tensor(np.asarray(probabilities, dtype=np.float64))
+    y = torch.tensor(np.asarray(labels).astype(np.int64))
     return {
         "ece": float(binary_calibration_error(p, y, n_bins=n_bins, norm="l1")),
         "mce": float(binary_calibration_error(p, y, n_bins=n_bins, norm="max")),

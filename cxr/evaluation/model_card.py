@@ -86,14 +86,12 @@ def _performance(name: str, metrics: dict) -> list[str]:
         expert = metrics.get("expert_labels") or {}
         if expert.get("n"):
             small = expert.get("small_n", expert["n"] < MIN_PATIENTS)  # older runs: judged by images
+            n = mark(f"n = {expert['n']}", small)
             lines += [
-                mark(
-                    f"Against radiologists' labels (Google 2019, n = {expert['n']}; {expert.get('definition', '')}): "
-                    f"AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
-                    f"{_f(expert.get('agreement_nih_vs_expert'))}",
-                    small,
-                )
-                + ".",
+                f"Against radiologists' labels (Google 2019, {n}; "
+                f"{expert.get('definition', '')}): AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
+                f"{_f(expert.get('agreement_nih_vs_expert'))}"
+                + (" (both on fewer than 10 patients)." if small else "."),
                 "",
             ]
     findings = metrics.get("findings")
