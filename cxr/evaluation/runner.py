@@ -26,6 +26,7 @@ from cxr.evaluation.figures import (
     roc_pr_figure,
     save_figure,
 )
+from cxr.evaluation.localisation import localise_set
 from cxr.evaluation.metrics import binary_metrics
 from cxr.evaluation.subgroups import subgroup_columns, subgroup_metrics
 from cxr.evaluation.thresholds import choose_threshold
@@ -189,6 +190,9 @@ def evaluate_sets(
         metrics["subgroups"] = subgroup_metrics(
             labels, probabilities, groups, settings["threshold"], settings["subgroups"].get("min_size", 1)
         )
+        localisation = localise_set(model, model_findings(model), datamodule, name, predictions, settings, output_dir)
+        if localisation is not None:  # the set has images with NIH boxes (cxr/evaluation/localisation.py)
+            metrics["localisation"] = localisation
         if model_findings(model):
             _add_finding_metrics(
                 metrics,
