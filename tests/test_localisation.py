@@ -131,3 +131,63 @@ def test_a_run_scores_its_boxed_test_images(make_cfg, demo_root, tmp_path):
     assert "### Localisation on the test set" in card and "| Nodule |" in card
     report = compare([run], out=tmp_path / "compare", n_resamples=20)
     assert "## Heat-map localisation (test)" in (report.directory / "report.md").read_text()
+
+
+def test_cam_page_draws_the_box_a_colour_bar_and_the_models_validation_auroc(tmp_path):
+    """An input named in the box list gets the box outlined (white) and a caption; the page carries the colour bar
+    and the quality sentence it is given."""
+    import torch
+    from PIL import Image
+
+    from cxr.data.dataset import Preprocessing
+    from cxr.data.inputs import collect_inputs
+    from cxr.evaluation.gradcam import write_cam_report
+    from cxr.jobs.predict import Predictor, predict_rows
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    net = torch.nn.Sequential(net, torch.nn.Linear(4, 2)).eval()
+    predictor = Predictor(Preprocessing(channels=1, image_size=32), ["Mass", "Nodule"], [0.5, 0.5], "given", "torch")
+    predictor.model = net
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("boxed.png", "plain.png"):
+        Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(inputs / name)
+    frame = predict_rows(predictor, collect_inputs(str(inputs))[0], progress=False)
+    boxes = _box(256, 256, 512, 512, finding="Mass", image="boxed.png")
+    write_cam_report(predictor, frame, tmp_path / "out", size=64, boxes=boxes, quality="Validation AUROC 0.512.")
+
+    page = (tmp_path / "out" / "cam.html").read_text()
+    assert page.count("NIH box (Mass, white)") == 1  # the Mass map of boxed.png only
+    assert "linear-gradient(to right, rgb(0,0,128) 0.0%" in page and "Validation AUROC 0.512." in page
+    boxed = np.asarray(Image.open(next((tmp_path / "out" / "cam").glob("*boxed_Mass.png"))))
+    assert (boxed[16, 16:48] == 255).all() and (boxed[16:48, 16] == 255).all()  # the outline at 64 / 1024 scale
+    plain = np.asarray(Image.open(next((tmp_path / "out" / "cam").glob("*plain_Mass.png"))))
+    assert not (plain[16, 16:48] == 255).all()
+
+
+def test_the_cam_page_says_when_the_model_is_near_chance(tmp_path):
+    from cxr.evaluation.cam_context import model_quality
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    metrics = {"checkpoint": "checkpoints/best.ckpt", "checkpoint_choice": "best", "validation": {"auroc_best": 0.58}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    sentence, near = model_quality(ckpt, run, ["finding"])
+    assert near and "0.580" in sentence and "Near chance" in sentence
+
+    # saved validation predictions: AUROC with its patient CI; 30 patients, perfectly ranked
+    labels = np.repeat([0, 1], 15)
+    pd.DataFrame({"patient": range(30), "label": labels, "probability": labels * 0.5 + 0.2}).to_csv(
+        run / "predictions_val.csv", index=False
+    )
+    sentence, near = model_quality(ckpt, run, ["finding"])
+    assert not near and "1.000 [1.000, 1.000]" in sentence
+
+    sentence, near = model_quality(run / "checkpoints" / "other.ckpt", run, ["finding"])
+    assert near and "not for this checkpoint" in sentence
+    sentence, near = model_quality(tmp_path / "lone.ckpt", tmp_path, ["finding"])
+    assert near and "unknown" in sentence
