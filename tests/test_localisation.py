@@ -191,3 +191,37 @@ def test_the_cam_page_says_when_the_model_is_near_chance(tmp_path):
     assert near and "not for this checkpoint" in sentence
     sentence, near = model_quality(tmp_path / "lone.ckpt", tmp_path, ["finding"])
     assert near and "unknown" in sentence
+
+
+def test_checklist_fills_what_the_run_has_and_leaves_the_rest_not_computed():
+    """Rows read metrics.json defensively: keys other evaluations add fill them when present."""
+    from omegaconf import OmegaConf
+
+    from cxr.evaluation.checklist import checklist_lines, checklist_rows
+
+    cfg = OmegaConf.create(
+        {"data": {"name": "nih", "root": "images", "labels": "l.csv", "split": {"method": "official"}}}
+    )
+    bare = {row[0]: row[2] for row in checklist_rows(cfg, {})}
+    assert bare["Calibration"] == "not computed" and bare["Subgroups (fairness)"] == "not computed"
+    assert bare["Performance with CIs"] == "not computed"
+    assert "NLP" in bare["Reference standard"] and "2097-2106" in bare["Reference standard"]
+    assert "patient overlap not recorded" in bare["Split (by patient)"]
+
+    metrics = {
+        "split": {"test": {"images": 10, "patients": 7}, "patients_in_several_splits": 0},
+        "test": {
+            "auroc": 0.71,
+            "ci": {"auroc": {"ci_low": 0.6, "ci_high": 0.8}},
+            "n": 10,
+            "n_patients": 7,
+            "calibration": {"ece": {"value": 0.05, "ci_low": 0.02, "ci_high": 0.09}, "brier": 0.2, "n_bins": 10},
+            "subgroups": {"sex": {"M": {"auroc": 0.7}, "largest_gap": {"value": 0.1, "ci_low": 0.0, "ci_high": 0.3}}},
+        },
+    }
+    filled = {row[0]: row[2] for row in checklist_rows(cfg, metrics)}
+    assert filled["Calibration"] == "test: ECE 0.050 [0.020, 0.090], brier 0.200"
+    assert "largest gap of sex 0.100 [0.000, 0.300]" in filled["Subgroups (fairness)"]
+    assert "AUROC 0.710 [0.600, 0.800] (n = 10, 7 patients)" in filled["Performance with CIs"]
+    assert "no patient in more than one split" in filled["Split (by patient)"]
+    assert any(line.startswith("- [ ] Ethics approval") for line in checklist_lines(cfg, metrics))
