@@ -205,7 +205,7 @@ def test_checklist_fills_what_the_run_has_and_leaves_the_rest_not_computed():
     bare = {row[0]: row[2] for row in checklist_rows(cfg, {})}
     assert bare["Calibration"] == "not computed" and bare["Subgroups (fairness)"] == "not computed"
     assert bare["Performance with CIs"] == "not computed"
-    assert "NLP" in bare["Reference standard"] and "2097-2106" in bare["Reference standard"]
+    assert "NLP" in bare["Reference standard"] and "2097-2106" in bare["Data source and dates"]
     assert "patient overlap not recorded" in bare["Split (by patient)"]
 
     metrics = {

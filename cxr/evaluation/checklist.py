@@ -63,8 +63,9 @@ def _data_source(data: dict) -> str:
 def _reference_standard(data: dict, metrics: dict) -> str:
     if str(data.get("name") or "").startswith("nih"):
         text = (
-            "labels mined from the radiology reports by NLP, not read from the images: Wang et al. report precision "
-            f"above 90% for most findings ({WANG_2017}); a visual review found some labels far less accurate "
+            "labels mined from the radiology reports by NLP, not read from the images: Wang et al. estimate the text "
+            "mining's precision above 90% (CVPR 2017, as cited above); a visual review found some labels far less "
+            "accurate "
             f"({OAKDEN_RAYNER_2020})"
         )
     elif data.get("name") == "demo":
