@@ -225,3 +225,14 @@ def test_checklist_fills_what_the_run_has_and_leaves_the_rest_not_computed():
     assert "AUROC 0.710 [0.600, 0.800] (n = 10, 7 patients)" in filled["Performance with CIs"]
     assert "no patient in more than one split" in filled["Split (by patient)"]
     assert any(line.startswith("- [ ] Ethics approval") for line in checklist_lines(cfg, metrics))
+
+
+def test_a_pointing_game_of_all_misses_gets_an_exact_interval_not_zero_width():
+    from cxr.evaluation.localisation import summarise
+
+    per_box = pd.DataFrame(
+        {"finding": "Nodule", "patient": range(13), "pointing_game": 0.0, "heat_inside": 0.1, "iou": 0.0}
+    ).assign(box_share=0.05, flat=0)
+    scored = summarise(per_box, {"n_resamples": 100, "seed": 0})["all"]["pointing_game"]
+    assert scored["ci_low"] == 0.0 and scored["ci_high"] == pytest.approx(1 - 0.025 ** (1 / 13))  # 0.247
+    assert scored["ci_method"] == "exact"

@@ -8,7 +8,8 @@ Per box, on the map of the box's finding (a binary model: its one "any finding" 
 - IoU: the box against the map binarised at ``iou_threshold`` of its range (Grad-CAM maps are scaled to [0, 1]).
 
 Chance level for the first two is the box's share of the image (a uniformly random point, uniform heat). Each is
-reported per finding and over all boxes as a mean with a patient-bootstrap CI (``localisation`` in metrics.json,
+reported per finding and over all boxes as a mean with a patient-bootstrap CI (a pointing game of all hits or all
+misses: the exact binomial interval over patients instead, as the bootstrap collapses there) (``localisation`` in metrics.json,
 ``localisation_<set>.csv`` per box). Boxes are in the coordinates of the 1024 x 1024 originals, scaled to the input.
 """
 
@@ -125,12 +126,25 @@ def bootstrap_means(
     return result
 
 
+def exact_bound(hit_rate: float, n_patients: int, level: float = 0.95) -> dict | None:
+    """Clopper-Pearson interval over patients when every box was a hit (or every one a miss): the percentile
+    bootstrap then collapses to [1, 1] ([0, 0]), which 13 boxes cannot support. None otherwise."""
+    alpha = (1.0 - level) / 2
+    if hit_rate == 0.0:
+        return {"value": 0.0, "ci_low": 0.0, "ci_high": 1.0 - alpha ** (1.0 / n_patients), "ci_method": "exact"}
+    if hit_rate == 1.0:
+        return {"value": 1.0, "ci_low": alpha ** (1.0 / n_patients), "ci_high": 1.0, "ci_method": "exact"}
+    return None
+
+
 def summarise(per_box: pd.DataFrame, bootstrap: dict) -> dict:
     """Per finding and over all boxes: n boxes/patients, each measure's mean with its CI, chance (box share)."""
 
     def one(rows: pd.DataFrame) -> dict:
         scored = bootstrap_means(rows[list(MEASURES)], rows["patient"], **bootstrap)
         n_patients = int(pd.Series(patient_codes(rows["patient"])).nunique())
+        exact = exact_bound(scored["pointing_game"]["value"], n_patients, bootstrap.get("level", 0.95))
+        scored["pointing_game"] = exact or scored["pointing_game"]
         return {
             "n_boxes": len(rows),
             "n_patients": n_patients,
@@ -285,7 +299,8 @@ def caption(localisation: dict) -> str:
         f"Grad-CAM against NIH's radiologist boxes ({localisation.get('boxes')}): {localisation.get('map')}. Pointing "
         f"game: {localisation.get('pointing_game')}; heat inside: share of the map's heat inside the box; IoU: map "
         f"binarised at {localisation.get('iou_threshold')} of its range. Chance: {localisation.get('chance')}. Means "
-        "with 95% patient-bootstrap CIs."
+        "with 95% patient-bootstrap CIs (a pointing game of all hits or all misses: the exact binomial interval over "
+        "patients)."
         + (
             f" Boxes of findings the model does not predict were left out: {', '.join(skipped)}."
             if (skipped := localisation.get("findings_not_predicted"))
