@@ -110,9 +110,7 @@ def test_a_run_scores_its_boxed_test_images(make_cfg, demo_root, tmp_path):
             pd.DataFrame({"Image Index": images, "Finding Label": "Nodule", "Bbox [x": 0, "y": 0, "w": 256, "h]": 256}),
         ]
     ).to_csv(boxes, index=False)
-    cfg = make_cfg(
-        ["trainer.max_epochs=1", "evaluation.bootstrap.n_resamples=50", f"evaluation.localisation.boxes={boxes}"]
-    )
+    cfg = make_cfg(["debug=fdr", "evaluation.bootstrap.n_resamples=50", f"evaluation.localisation.boxes={boxes}"])
     train(cfg)
     run = tmp_path / "run1"
     metrics = json.loads((run / "metrics.json").read_text())
