@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cxr.evaluation.checklist import checklist_lines
+from cxr.evaluation.localisation import markdown_lines as localisation_lines
 from cxr.evaluation.small_n import MIN_PATIENTS, mark
 from cxr.evaluation.tables import calibration_lines, subgroup_lines
 
@@ -240,7 +242,10 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     for name in SETS:
         if isinstance(metrics.get(name), dict):
             lines += _subgroups(name, metrics[name])
+    for name in SETS:  # Grad-CAM against NIH's boxes, where the set has boxed images
+        lines += localisation_lines(name, metrics.get(name))
     lines += ["## Known limitations", ""] + [f"- {c}" for c in _data_caveats(cfg, metrics)] + [""]
+    lines += checklist_lines(cfg, metrics)  # CLAIM 2024 / TRIPOD+AI (cxr/evaluation/checklist.py)
     lines += ["## Use", ""]
     if checkpoint:
         lines += [

@@ -22,6 +22,7 @@ from cxr.artifacts import write_text
 from cxr.errors import UserError
 from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
+from cxr.evaluation.localisation import report_blocks as localisation_blocks
 from cxr.evaluation.multiple_testing import holm
 from cxr.evaluation.small_n import mark
 from cxr.evaluation.tables import compare_blocks
@@ -569,6 +570,7 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         ),
     ]
     blocks += compare_blocks(scored, set_name)  # calibration, subgroup AUROC with CIs, gaps
+    blocks += localisation_blocks(scored, set_name)
     blocks.append(("h", 2, "Figures"))
     out.mkdir(parents=True, exist_ok=True)
     for name in ("test", "external"):  # one ROC overlay per evaluated set

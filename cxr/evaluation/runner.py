@@ -27,6 +27,7 @@ from cxr.evaluation.figures import (
     roc_pr_figure,
     save_figure,
 )
+from cxr.evaluation.localisation import localise_set
 from cxr.evaluation.metrics import binary_metrics
 from cxr.evaluation.small_n import patient_counts
 from cxr.evaluation.subgroups import subgroup_columns, subgroup_gaps, subgroup_metrics
@@ -206,6 +207,9 @@ def evaluate_sets(
         metrics["subgroup_gaps"] = subgroup_gaps(
             labels, probabilities, patients, groups, metrics["subgroups"], settings["bootstrap"]
         )
+        localisation = localise_set(model, model_findings(model), datamodule, name, predictions, settings, output_dir)
+        if localisation is not None:  # the set has images with NIH boxes (cxr/evaluation/localisation.py)
+            metrics["localisation"] = localisation
         if model_findings(model):
             _add_finding_metrics(
                 metrics,

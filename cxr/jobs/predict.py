@@ -380,10 +380,20 @@ def predict(cfg) -> int:
             },
         )
     if cfg.get("cam"):
+        from cxr.evaluation.cam_context import model_quality
         from cxr.evaluation.gradcam import write_cam_report
+        from cxr.evaluation.localisation import read_boxes
 
         cam_started = time.perf_counter()
-        page = write_cam_report(predictor, frame, output_dir, size=int(cfg.get("cam_size", 320)))
+        quality, _ = model_quality(cfg.ckpt_path, run_directory(cfg.ckpt_path), predictor.names)
+        page = write_cam_report(
+            predictor,
+            frame,
+            output_dir,
+            size=int(cfg.get("cam_size", 320)),
+            boxes=read_boxes(cfg.get("cam_boxes", "nih2017")),
+            quality=quality,
+        )
         log.info(
             "Grad-CAM: %d input(s) in %.1f s; page %s",
             int((frame["error"] == "").sum()),
