@@ -213,13 +213,21 @@ def test_checklist_fills_what_the_run_has_and_leaves_the_rest_not_computed():
             "ci": {"auroc": {"ci_low": 0.6, "ci_high": 0.8}},
             "n": 10,
             "n_patients": 7,
-            "calibration": {"ece": {"value": 0.05, "ci_low": 0.02, "ci_high": 0.09}, "brier": 0.2, "n_bins": 10},
-            "subgroups": {"sex": {"M": {"auroc": 0.7}, "largest_gap": {"value": 0.1, "ci_low": 0.0, "ci_high": 0.3}}},
+            "calibration": {
+                "ece": {"value": 0.05, "ci_low": 0.02, "ci_high": 0.09},
+                "brier": 0.2,
+                "n_bins": 10,
+                "temperature": {"any_finding": 0.467},
+            },
+            "subgroups": {"sex": {"M": {"auroc": 0.7}, "F": {"auroc": 0.6}}},
+            "subgroup_gaps": {  # as cxr.evaluation.subgroups.subgroup_gaps writes it
+                "sex": {"largest_gap": {"value": 0.1, "ci_low": 0.0, "ci_high": 0.3, "worst": "F", "small_n": True}}
+            },
         },
     }
     filled = {row[0]: row[2] for row in checklist_rows(cfg, metrics)}
-    assert filled["Calibration"] == "test: ECE 0.050 [0.020, 0.090], brier 0.200"
-    assert "largest gap of sex 0.100 [0.000, 0.300]" in filled["Subgroups (fairness)"]
+    assert filled["Calibration"] == "test: ECE 0.050 [0.020, 0.090], brier 0.200, temperature any_finding 0.47"
+    assert "largest sex gap 0.100 [0.000, 0.300] (n<10) (worst: F)" in filled["Subgroups (fairness)"]
     assert "AUROC 0.710 [0.600, 0.800] (n = 10, 7 patients)" in filled["Performance with CIs"]
     assert "no patient in more than one split" in filled["Split (by patient)"]
     assert any(line.startswith("- [ ] Ethics approval") for line in checklist_lines(cfg, metrics))

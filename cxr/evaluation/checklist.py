@@ -139,8 +139,11 @@ def _calibration(metrics: dict) -> str:
             for key in ("ece", "mce", "brier")
             if (text := _value(calibration.get(key))) is not None
         ]
-        if calibration.get("temperature") is not None:
-            shown.append(f"temperature {_value(calibration.get('temperature')) or calibration['temperature']}")
+        temperature = calibration.get("temperature")
+        if isinstance(temperature, dict):  # one temperature per output (cxr.evaluation.calibration)
+            shown.append("temperature " + ", ".join(f"{k} {_value(v, 2) or v}" for k, v in temperature.items()))
+        elif temperature is not None:
+            shown.append(f"temperature {_value(temperature, 2) or temperature}")
         if shown:
             parts.append(f"{name}: " + ", ".join(shown))
     return "; ".join(parts) or NOT_COMPUTED
@@ -154,12 +157,12 @@ def _subgroups(metrics: dict) -> str:
             continue
         columns = [c for c, v in groups.items() if isinstance(v, dict)]
         text = f"{name}: AUROC by {', '.join(columns)} (metrics.json, tables above)"
-        for key in ("largest_gap", "auroc_gap", "worst_group"):
-            found = [(c, v[key]) for c, v in groups.items() if isinstance(v, dict) and key in v]
-            found += [("", groups[key])] if key in groups and not isinstance(groups.get(key), dict) else []
-            for column, entry in found:
-                if (shown := _value(entry if not isinstance(entry, dict) else entry)) is not None:
-                    text += f"; {key.replace('_', ' ')}{' of ' + column if column else ''} {shown}"
+        gaps = _get(metrics, name, "subgroup_gaps")  # cxr.evaluation.subgroups.subgroup_gaps, per column
+        for column, gap in gaps.items() if isinstance(gaps, dict) else ():
+            largest = gap.get("largest_gap") if isinstance(gap, dict) else None
+            if (shown := _value(largest)) is not None:
+                small = " (n<10)" if largest.get("small_n") else ""
+                text += f"; largest {column} gap {shown}{small} (worst: {largest.get('worst')})"
         parts.append(text)
     return "; ".join(parts) or NOT_COMPUTED
 
