@@ -43,7 +43,9 @@ def read_file(path: Path, blank: str = "negative") -> pd.DataFrame:
     patient = image.str.extract(r"(?:^|/)(patient\d+)/", expand=False)
     if patient.isna().any():
         line = int(np.flatnonzero(patient.isna().to_numpy())[0]) + 2
-        raise LabelFileError(f"{path}: line {line}: column 'Path' has no patientNNNNN folder: {raw['Path'].iloc[line - 2]!r}")
+        raise LabelFileError(
+            f"{path}: line {line}: column 'Path' has no patientNNNNN folder: {raw['Path'].iloc[line - 2]!r}"
+        )
     study = image.str.extract(r"(patient\d+/study\d+)/", expand=False)
     frontal = raw["Frontal/Lateral"].str.strip().str.lower() == "frontal"
     view = raw["AP/PA"].str.strip().str.upper().where(frontal, "LATERAL")

@@ -61,8 +61,9 @@ def read(root: Path, options: Mapping) -> pd.DataFrame:
         unknown = ~split["split"].isin(list(SPLITS))
         if unknown.any():
             line = int(np.flatnonzero(unknown.to_numpy())[0]) + 2
-            raise LabelFileError(f"{split_path}: line {line}: split {split['split'].iloc[line - 2]!r} is not one of "
-                                 f"{', '.join(SPLITS)}")
+            raise LabelFileError(
+                f"{split_path}: line {line}: split {split['split'].iloc[line - 2]!r} is not one of {', '.join(SPLITS)}"
+            )
         meta = meta.merge(split, on="dicom_id", how="left")
     duplicated = labels.duplicated(list(IDS))
     if duplicated.any():
