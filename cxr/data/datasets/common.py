@@ -80,7 +80,7 @@ def check_label_values(frame: pd.DataFrame, columns: Iterable[str], path: str | 
         if bad.any():
             first = int(np.flatnonzero(bad.to_numpy())[0])
             raise LabelFileError(
-                f"{path}: line {first + 2}: column {column!r} holds {values.iloc[first]!r} "
+                f"{path}: line {first + 2}: column {column!r} holds {float(values.iloc[first])} "
                 f"(expected {', '.join(map(str, allowed))} or blank)"
             )
 
