@@ -47,8 +47,18 @@ class ChestXrayDataModule(L.LightningDataModule):
         allow_overlap: dict | None = None,
         persistent_workers: bool = True,
         missing_patient_id: str = "refuse",
+        views: list[str] | None = None,
+        uncertain: str = "ignore",
+        options: dict | None = None,
+        sources: list[str] | None = None,
+        releases: dict | None = None,
     ):
         super().__init__()
+        # registered datasets (cxr.data.registered: data=chexpert, mimic_cxr, merged, ...): data.views, data.uncertain,
+        # data.options (the reader's settings); data=merged: data.sources, each read from data.releases.<name>
+        self.views, self.uncertain, self.options = views, uncertain, dict(options or {})
+        self.sources, self.releases = list(sources or []), dict(releases or {})
+        self.task = task
         self.missing_patient_id = missing_patient_id  # data.missing_patient_id: see cxr.data.patient_ids
         self.persistent_workers = bool(persistent_workers)  # train/val workers kept between epochs
         self.exclude = exclude  # data.exclude: hold the external set (images or patients) out of the labelled table
@@ -56,7 +66,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         # task=multilabel: targets are the multi-hot columns of ``findings``; binary: the table's ``target``
         self.target_columns = [str(f) for f in findings] if task == "multilabel" else None
         if self.target_columns is not None:
-            from cxr.data.labels import FINDINGS
+            from cxr.data.findings import HARMONISED as FINDINGS
 
             unknown = [f for f in self.target_columns if f not in FINDINGS]
             if unknown or not self.target_columns:
@@ -96,6 +106,10 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def labelled_data(self) -> LabelledData:
         """The data step's result (labelled tables, split, leakage), made once and shared with the data check."""
+        from cxr.data.registered import is_registered
+
+        if self._data is None and is_registered(self.name):
+            self._data = self._registered_data()
         if self._data is None:
             self._data = labelled_data(
                 self.labels,
@@ -108,6 +122,14 @@ class ChestXrayDataModule(L.LightningDataModule):
                 self.missing_patient_id,
             )
         return self._data
+
+    def _registered_data(self) -> LabelledData:
+        from cxr.data.registered import from_settings
+
+        settings = {key: getattr(self, key) for key in ("name", "root", "labels", "views", "uncertain", "options")}
+        settings.update(split=self.split_settings, external=self.external, exclude=self.exclude, missing=self.missing)
+        settings.update(allow_overlap=self.allow_overlap, missing_patient_id=self.missing_patient_id)
+        return from_settings({**settings, "sources": self.sources, "releases": self.releases}, self.task)
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:

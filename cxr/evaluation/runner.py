@@ -89,7 +89,8 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
             "probability": any_finding_score(probabilities, settings["any_finding"]),
         }
     )
-    per_finding = {f"label_{f}": rows[f].astype(int).to_numpy() for f in findings}
+    # a finding not labelled for an image (another dataset's label space, an ignored uncertain label) stays empty
+    per_finding = {f"label_{f}": rows[f].astype("float64").to_numpy() for f in findings}
     per_finding.update({f"probability_{f}": probabilities[:, j] for j, f in enumerate(findings)})
     return pd.concat([frame, pd.DataFrame(per_finding, index=frame.index)], axis=1)
 
@@ -172,8 +173,9 @@ def evaluate_sets(
     for name in datamodule.eval_set_names():
         predictions = predictions_frame(model, datamodule, name, settings)
         write_csv(output_dir / f"predictions_{name}.csv", predictions)
-        labels, probabilities = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
-        patients = predictions["patient"]
+        binary = predictions["label"].notna().to_numpy()  # no binary label: only unlabelled or ignored findings
+        labels, probabilities = predictions["label"].to_numpy()[binary], predictions["probability"].to_numpy()[binary]
+        patients = predictions["patient"][binary]
         metrics = score(labels, probabilities, patients, settings["threshold"], settings["bootstrap"])
         metrics["n_patients"] = int(patients.nunique()) if patients.notna().all() else None
         metrics["average_precision"] = average_precision(labels, probabilities)
@@ -185,7 +187,7 @@ def evaluate_sets(
         metrics["operating_point"] = {"chosen_on": chosen_on, **op}
         if expert is not None:
             metrics["expert_labels"] = _expert_scores(predictions, expert, settings)
-        groups = subgroup_columns(datamodule.rows(name), settings["subgroups"].get("side_tables"))
+        groups = subgroup_columns(datamodule.rows(name)[binary], settings["subgroups"].get("side_tables"))
         metrics["subgroups"] = subgroup_metrics(
             labels, probabilities, groups, settings["threshold"], settings["subgroups"].get("min_size", 1)
         )

@@ -1,0 +1,115 @@
+"""Registered datasets through the whole run: masking of missing findings in the loss and the metrics, and
+data=chexpert / data=mimic_cxr training (debug=fdr) and passing the data check on fixtures built from their real
+label file (CheXpert) or exact published layout (MIMIC-CXR-JPG)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxr.models.losses import bce_with_logits, keras_bce
+from tests.dataset_fixtures import chexpert_release, mimic_release
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("loss", [bce_with_logits, keras_bce])
+def test_missing_finding_contributes_no_loss_and_no_gradient(loss):
+    logits = torch.tensor([[0.3, -1.2, 2.0], [1.5, 0.1, -0.4]], requires_grad=True)
+    targets = torch.tensor([[1.0, NAN, 0.0], [0.0, 1.0, NAN]])
+    value = loss(logits, targets)
+    value.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[1, 2] == 0  # the missing entries
+    assert (logits.grad[~torch.isnan(targets)] != 0).all()
+    labelled = ~torch.isnan(targets)
+    expected = loss(logits.detach()[labelled][None], targets[labelled][None])  # the labelled entries alone
+    assert math.isclose(float(value.detach()), float(expected), rel_tol=1e-6)
+    # whatever the model says on a missing finding, the loss is the same
+    other = logits.detach().clone()
+    other[0, 1], other[1, 2] = -30.0, 30.0
+    assert math.isclose(float(loss(other, targets)), float(value.detach()), rel_tol=1e-6)
+
+
+def test_finding_auroc_scores_each_finding_on_its_labelled_images():
+    from torchmetrics.functional.classification import binary_auroc
+
+    from cxr.models.classifier import MISSING, FindingAUROC
+
+    probabilities = torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.8, 0.5], [0.7, 0.6, 0.5], [0.3, 0.4, 0.5]])
+    targets = torch.tensor([[1.0, NAN, NAN], [0.0, 1.0, NAN], [1.0, 0.0, NAN], [0.0, NAN, NAN]])
+    metric = FindingAUROC(["a", "b", "c"])
+    metric.update(probabilities, targets.nan_to_num(MISSING).long())
+    mean, per_finding = metric.compute_and_reset()
+    assert set(per_finding) == {"a", "b"}  # c: not labelled at all, so not scored
+    assert per_finding["b"] == float(binary_auroc(torch.tensor([0.8, 0.6]), torch.tensor([1, 0])))
+    assert mean == (per_finding["a"] + per_finding["b"]) / 2
+
+
+def test_bootstrap_scores_a_finding_on_its_labelled_images_only():
+    from cxr.evaluation.multilabel import multilabel_bootstrap
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (60, 2)).astype(float)
+    probabilities = np.clip(labels * 0.3 + rng.random((60, 2)) * 0.7, 0, 1)
+    masked = labels.copy()
+    masked[:20, 1] = np.nan
+    patients = np.arange(60)
+    full = multilabel_bootstrap(labels[20:], probabilities[20:], patients[20:], ["a", "b"], n_resamples=50)
+    part = multilabel_bootstrap(masked, probabilities, patients, ["a", "b"], n_resamples=50)
+    assert part["findings"]["b"]["auroc"]["value"] == full["findings"]["b"]["auroc"]["value"]
+    assert part["findings"]["b"]["n_missing"] == 20
+    assert part["findings"]["b"]["auroc"]["ci_low"] <= part["findings"]["b"]["auroc"]["value"]
+
+
+def dataset_overrides(name: str, root: Path) -> list[str]:
+    return [
+        f"data={name}",
+        f"data.root={root}",
+        "split=official",
+        "data.split.val=0.25",
+        "program.preprocessing.image_size=64",
+        "debug=fdr",
+    ]
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("releases")
+    return {"chexpert": chexpert_release(folder), "mimic_cxr": mimic_release(folder)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["chexpert", "mimic_cxr"])
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_dataset_trains_with_debug_fdr(make_cfg, releases, name, task):
+    from cxr.jobs.train import train
+
+    cfg = make_cfg([*dataset_overrides(name, releases[name]), f"task={task}"])
+    train(cfg)
+    output = Path(cfg.paths.output_dir)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert "OK: training can start" in (output / "data_check.txt").read_text()
+    assert metrics["test"]["n"] > 0
+    if task == "multilabel":  # findings the dataset does not label are reported as not scored, not as negatives
+        findings = metrics["test"]["findings"]
+        assert findings["Mass"]["n_positive"] == findings["Mass"]["n_negative"] == 0
+        assert findings["Mass"]["auroc"]["value"] is None
+    splits = (output / "splits.csv").read_text()
+    assert f"{name}:" in splits
+
+
+@pytest.mark.slow
+def test_cxr_check_passes_and_refuses_the_thesis_split(releases, tmp_path):
+    from tests.test_entry_points import assert_one_error_line, run
+
+    root = releases["chexpert"]
+    ok = run(["-m", "cxr.check", "data=chexpert", f"data.root={root}", "split=official"], tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "split=official: train" in ok.stdout + ok.stderr
+    refused = run(["-m", "cxr.check", "data=chexpert", f"data.root={root}"], tmp_path)
+    assert_one_error_line(refused, "split=thesis", "split=official")
