@@ -113,3 +113,39 @@ def test_cxr_check_passes_and_refuses_the_thesis_split(releases, tmp_path):
     assert "split=official: train" in ok.stdout + ok.stderr
     refused = run(["-m", "cxr.check", "data=chexpert", f"data.root={root}"], tmp_path)
     assert_one_error_line(refused, "split=thesis", "split=official")
+
+
+@pytest.mark.slow
+def test_merged_nih_and_chexpert_trains_with_per_source_masking_splits_and_metrics(make_cfg, releases):
+    import pandas as pd
+
+    from cxr.jobs.train import train
+    from tests.conftest import NIH_SAMPLE, require_real_data
+
+    require_real_data(NIH_SAMPLE)
+    cfg = make_cfg(
+        [
+            "data=merged",
+            "data.sources=[nih,chexpert]",
+            f"data.releases.nih.root={NIH_SAMPLE / 'images'}",
+            f"data.releases.nih.labels={NIH_SAMPLE / 'labels.csv'}",
+            f"data.releases.chexpert.root={releases['chexpert']}",
+            "split=official",
+            "program.preprocessing.image_size=64",
+            "task=multilabel",
+            "debug=fdr",
+        ]
+    )
+    train(cfg)
+    output = Path(cfg.paths.output_dir)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert {"test", "test_nih", "test_chexpert"} <= set(metrics)
+    # CheXpert labels no Mass: its test images are not scored on it (not counted as negatives)
+    chexpert = metrics["test_chexpert"]["findings"]
+    assert chexpert["Mass"]["n_positive"] + chexpert["Mass"]["n_negative"] == 0
+    n_chexpert_test = len(pd.read_csv(output / "predictions_test_chexpert.csv"))
+    assert metrics["test"]["findings"]["Mass"]["n_missing"] == n_chexpert_test
+    splits = pd.read_csv(output / "splits.csv")
+    splits["source"] = splits["patient"].str.split(":").str[0]
+    assert set(splits["source"]) == {"nih", "chexpert"}
+    assert (splits.groupby("patient")["split"].nunique() == 1).all()  # patient-disjoint within each source

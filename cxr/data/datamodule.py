@@ -182,6 +182,9 @@ class ChestXrayDataModule(L.LightningDataModule):
                 source_rows=rows,
                 target_columns=self.target_columns,
             )
+        self.source_tables = self._per_source_test(table)
+        for name, rows in self.source_tables.items():
+            self.datasets[name] = ChestXrayDataset(rows, self.preprocessing, target_columns=self.target_columns)
         if external is not None:
             self.external_table = external
             self.datasets["external"] = ChestXrayDataset(
@@ -225,8 +228,17 @@ class ChestXrayDataModule(L.LightningDataModule):
 
         return open_or_build(table["path"].tolist(), self.preprocessing, self.cache_dir)
 
+    def _per_source_test(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """data=merged: the test split of each source (``test_<source>``), scored on its own as well."""
+        if "dataset" not in table or table["dataset"].nunique() < 2:
+            return {}
+        test = table[table["split"] == "test"]
+        return {f"test_{s}": rows.reset_index(drop=True) for s, rows in test.groupby("dataset", sort=False)}
+
     def rows(self, name: str) -> pd.DataFrame:
-        """The label rows behind the dataset ``name`` (train, val, test, external), in loader order."""
+        """The label rows behind the dataset ``name`` (train, val, test, test_<source>, external), in loader order."""
+        if name in getattr(self, "source_tables", {}):
+            return self.source_tables[name]
         if name == "external":
             return self.external_table
         return self.table[self.table["split"] == name].reset_index(drop=True)
@@ -236,7 +248,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         return self.table[["image", "patient_id", "split"]].rename(columns={"patient_id": "patient"})
 
     def eval_set_names(self) -> list[str]:
-        return [name for name in ("test", "external") if name in self.datasets and len(self.datasets[name])]
+        names = ("test", *getattr(self, "source_tables", {}), "external")
+        return [name for name in names if name in self.datasets and len(self.datasets[name])]
 
     def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
         if isinstance(self.datasets[name], IterableDataset):  # data.format=shards, training split
