@@ -52,6 +52,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         options: dict | None = None,
         sources: list[str] | None = None,
         releases: dict | None = None,
+        externals: dict | None = None,
     ):
         super().__init__()
         # registered datasets (cxr.data.registered: data=chexpert, mimic_cxr, merged, ...): data.views, data.uncertain,
@@ -59,6 +60,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.views, self.uncertain, self.options = views, uncertain, dict(options or {})
         self.sources, self.releases = list(sources or []), dict(releases or {})
         self.task = task
+        self.externals = dict(externals or {})  # data.externals: external test sets by dataset (`external` group)
         self.missing_patient_id = missing_patient_id  # data.missing_patient_id: see cxr.data.patient_ids
         self.persistent_workers = bool(persistent_workers)  # train/val workers kept between epochs
         self.exclude = exclude  # data.exclude: hold the external set (images or patients) out of the labelled table
@@ -121,6 +123,10 @@ class ChestXrayDataModule(L.LightningDataModule):
                 self.allow_overlap,
                 self.missing_patient_id,
             )
+        if self.externals and not any(k.startswith("external_") for k in self._data.sets):
+            from cxr.data.registered import external_sets
+
+            self._data.sets.update(external_sets(self.externals, self.task))
         return self._data
 
     def _registered_data(self) -> LabelledData:
@@ -183,6 +189,9 @@ class ChestXrayDataModule(L.LightningDataModule):
                 target_columns=self.target_columns,
             )
         self.source_tables = self._per_source_test(table)
+        for name, labelled in data.sets.items():  # data.externals: external_<dataset>
+            if name.startswith("external_"):
+                self.source_tables[name] = labelled.usable(self.missing)
         for name, rows in self.source_tables.items():
             self.datasets[name] = ChestXrayDataset(rows, self.preprocessing, target_columns=self.target_columns)
         if external is not None:

@@ -174,3 +174,46 @@ def from_settings(data: Mapping, task: str | None = None):
         data.get("missing_patient_id", "refuse"),
         {s: dict(releases.get(s) or {}) for s in data.get("sources") or []},
     )
+
+
+EXTERNAL_ROWS = ("test", "all")
+
+
+def published_test(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows of ``frame`` in the dataset's published test set (its validation set where it publishes no test set,
+    as CheXpert); every row when it publishes no split."""
+    published = frame["official_split"]
+    for wanted in ("test", "val"):
+        rows = published == wanted
+        if rows.any():
+            return frame[rows.fillna(False).to_numpy(dtype=bool)].reset_index(drop=True)
+    log.info("%s publishes no test set: every labelled image is an external test image", name)
+    return frame
+
+
+def external_sets(externals: Mapping | None, task: str) -> dict[str, LabelledSet]:
+    """``data.externals`` (the ``external`` config group): ``{"external_<name>": LabelledSet}``, each dataset read by
+    its reader, after its views and uncertain policy, limited to its published test set (``rows: test``) or not."""
+    sets = {}
+    for name, settings in (externals or {}).items():
+        settings = dict(settings or {})
+        dataset = settings.get("name") or name
+        rows = settings.get("rows") or "test"
+        if rows not in EXTERNAL_ROWS:
+            raise ConfigError(f"data.externals.{name}.rows={rows!r}: choose one of {', '.join(EXTERNAL_ROWS)}")
+        options = {**dict(settings.get("options") or {}), "labels": settings.get("labels")}
+        try:
+            labelled = registered_set(
+                dataset,
+                settings.get("root"),
+                options,
+                settings.get("views"),
+                settings.get("uncertain") or "ignore",
+                task,
+            )
+        except ConfigError as error:
+            raise ConfigError(f"data.externals.{name}: {error}") from error
+        if rows == "test":
+            labelled.table = published_test(labelled.table, dataset)
+        sets[f"external_{name}"] = labelled
+    return sets

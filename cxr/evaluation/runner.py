@@ -232,6 +232,9 @@ def evaluate_sets(
             step,
             run_name,
         )
+    from cxr.evaluation.external import add_drops  # data.externals: the AUROC drop from the internal test split
+
+    add_drops(results, output_dir, model_findings(model), settings["bootstrap"])
     return results
 
 

@@ -79,6 +79,9 @@ def run_check(cfg: DictConfig, workers: int | None = None, data: LabelledData | 
             ),
             "external",
         )
+    for name, labelled in sets.items():  # data.externals: external test sets of registered datasets
+        if name.startswith("external_"):
+            report.include(validate(None, None, None, missing, workers, labelled, cache_dir), name)
     if data is not None and report.ok:
         _report_leakage(report, data)
     return report

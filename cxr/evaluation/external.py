@@ -1,0 +1,79 @@
+"""Cross-dataset evaluation: how much AUROC a model loses on each external dataset against its internal test split,
+per finding the two share, with a patient-bootstrap CI of the drop (the sets hold different patients, so each is
+resampled on its own and the drop is taken draw by draw)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr.evaluation.bootstrap import PatientResampler, _AurocTable, _interval, patient_codes
+from cxr.evaluation.metrics import auroc
+
+PREFIX = "external_"
+
+
+def _auroc_draws(labels, probabilities, patients, n_resamples: int, rng) -> tuple[float | None, np.ndarray]:
+    """(AUROC, AUROC of each patient resample) on the labelled rows (a NaN label is not scored)."""
+    labels, probabilities = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
+    rows = ~np.isnan(labels)
+    labels, probabilities = labels[rows].astype(np.int64), probabilities[rows]
+    patients = np.asarray(patients, dtype=object)[rows]
+    if not 0 < labels.sum() < len(labels):
+        return None, np.full(n_resamples, np.nan)
+    table, resampler = _AurocTable(labels, probabilities), PatientResampler(patient_codes(patients))
+    return auroc(labels, probabilities), np.array([table(resampler.draw(rng)) for _ in range(n_resamples)])
+
+
+def auroc_drop(
+    internal: pd.DataFrame,
+    external: pd.DataFrame,
+    findings: list[str] | None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Per finding scored in both prediction tables (``label_<f>``/``probability_<f>``; binary: ``label``/
+    ``probability`` as ``finding``): internal and external AUROC and ``drop`` = internal - external with its CI
+    (positive: the model does worse on the external set)."""
+    columns = (
+        [(f"label_{f}", f"probability_{f}", f) for f in findings] if findings else [("label", "probability", "finding")]
+    )
+    rng = np.random.default_rng(seed)
+    result = {}
+    for label, probability, finding in columns:
+        inside, inside_draws = _auroc_draws(
+            internal[label], internal[probability], internal["patient"], n_resamples, rng
+        )
+        outside, outside_draws = _auroc_draws(
+            external[label], external[probability], external["patient"], n_resamples, rng
+        )
+        if inside is None or outside is None:
+            continue  # not labelled with both classes in one of the sets: no shared finding to compare
+        low, high = _interval(outside_draws - inside_draws, level)
+        result[finding] = {
+            "internal": inside,
+            "external": outside,
+            "drop": outside - inside,
+            "ci_low": low,
+            "ci_high": high,
+        }
+    return result
+
+
+def add_drops(results: dict, output_dir: str | Path, findings: list[str] | None, bootstrap: dict) -> None:
+    """``results[external_<name>]["drop_from_test"]``: the AUROC drop from the internal test split per shared finding
+    (read from the predictions_<set>.csv files evaluate_sets wrote)."""
+    output_dir = Path(output_dir)
+    names = [name for name in results if name.startswith(PREFIX)]
+    if "test" not in results or not names:
+        return
+    internal = pd.read_csv(output_dir / "predictions_test.csv")
+    for name in names:
+        external = pd.read_csv(output_dir / f"predictions_{name}.csv")
+        results[name]["drop_from_test"] = {
+            "findings": auroc_drop(internal, external, findings, **bootstrap),
+            "note": "internal test AUROC minus external AUROC; CI from independent patient resamples of the two sets",
+        }
