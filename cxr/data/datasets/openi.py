@@ -64,7 +64,10 @@ def _metadata(path: Path) -> pd.DataFrame:
     table = table.drop_duplicates("imageid").set_index("imageid")
     sex = table["Patient's Sex"].str.strip().str.upper()
     return pd.DataFrame(
-        {"view_position": table["View Position"].str.strip().str.upper().replace("", pd.NA), "sex": sex.where(sex.isin(("M", "F")))}
+        {
+            "view_position": table["View Position"].str.strip().str.upper().replace("", pd.NA),
+            "sex": sex.where(sex.isin(("M", "F"))),
+        }
     )
 
 

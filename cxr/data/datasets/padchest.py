@@ -21,7 +21,10 @@ import pandas as pd
 from cxr.data.datasets.release import bad_row, contract_frame, existing_paths, label_file, positives, read_table
 
 NAME = "padchest"
-LABEL_FILES = ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv")
+LABEL_FILES = (
+    "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",
+    "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
+)
 COLUMNS = ("ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "Labels")
 OPTIONAL = ("PatientBirth", "PatientSex_DICOM", "StudyDate_DICOM", "MethodLabel")
 PROJECTIONS = {"PA": "PA", "AP": "AP", "AP_horizontal": "AP SUPINE", "L": "LATERAL", "COSTAL": "COSTAL"}

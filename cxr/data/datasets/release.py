@@ -82,10 +82,17 @@ def bad_row(path: Path, row: int, column: str, value: object, expected: str) -> 
 
 
 def existing_paths(root: Path, images: pd.Series) -> pd.Series:
-    """The absolute path of each image present under ``root``, else None (common code reports missing images)."""
+    """The absolute path of each image present under ``root``, else None (common code reports missing images).
+    Each folder is listed once (a stat per image costs seconds on PadChest's 160,861)."""
     prefix = str(Path(root).absolute()) + os.sep
-    paths = [prefix + name for name in images]  # string joins: pathlib costs seconds on PadChest's 160,861
-    return pd.Series([p if os.path.isfile(p) else None for p in paths], index=images.index, dtype=object)
+    present: set[str] = set()
+    for folder in {os.path.dirname(name) for name in images}:
+        try:
+            with os.scandir(prefix + folder) as entries:
+                present.update(os.path.join(folder, e.name) for e in entries if e.is_file())
+        except OSError:  # an absent folder: its images are missing
+            continue
+    return pd.Series([prefix + n if n in present else None for n in images], index=images.index, dtype=object)
 
 
 def dicom_age(value: object) -> float:

@@ -55,10 +55,14 @@ def read(root: Path, options: Mapping) -> pd.DataFrame:
         detail = read_table(classes, ("patientId", "class")).drop_duplicates("patientId").set_index("patientId")
         unknown = ~detail["class"].isin(CLASSES)
         if unknown.any():
-            raise LabelFileError(f"{classes}: class {detail['class'][unknown.to_numpy()].iloc[0]!r} is not one of {CLASSES}")
+            raise LabelFileError(
+                f"{classes}: class {detail['class'][unknown.to_numpy()].iloc[0]!r} is not one of {CLASSES}"
+            )
         known = detail["class"].reindex(per_image.index)
         if known.isna().any():
-            raise LabelFileError(f"{classes}: patientId {known.index[known.isna().to_numpy()][0]!r} of {path} is missing")
+            raise LabelFileError(
+                f"{classes}: patientId {known.index[known.isna().to_numpy()][0]!r} of {path} is missing"
+            )
         disagree = (known == "Lung Opacity") != lung_opacity
         if disagree.any():
             raise LabelFileError(
