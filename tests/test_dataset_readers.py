@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from cxr.data.datasets import openi, padchest, rsna_pneumonia, vindr_cxr
-from cxr.data.datasets.release import FRAME_COLUMNS, harmonised_map, map_rows
-from cxr.data.findings import HARMONISED
+from cxr.data.datasets.common import COLUMNS
+from cxr.data.datasets.release import harmonised_map, map_rows
+from cxr.data.findings import HARMONISED, PATHOLOGIES
 from cxr.data.images import load_image
 from cxr.data.labels import LabelFileError
 from tests.reader_fixtures import dicom, png8, png16, xrv_data
@@ -25,13 +26,13 @@ PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 
 
 def check_contract(frame: pd.DataFrame, name: str) -> None:
-    assert list(frame.columns[: len(FRAME_COLUMNS)]) == list(FRAME_COLUMNS)
+    assert list(frame.columns) == list(COLUMNS)
     assert set(HARMONISED) <= set(frame.columns) and {"dataset", "finding_labels", "target"} <= set(frame.columns)
     assert (frame["dataset"] == name).all() and frame["patient_id"].str.startswith(name + ":").all()
     values = frame[list(HARMONISED)].to_numpy()
     assert np.isin(values[~np.isnan(values)], (0.0, 1.0)).all()
     labelled = ~frame[list(HARMONISED)].isna().all(axis=1)
-    assert frame.loc[labelled, "target"].eq(frame.loc[labelled, list(HARMONISED)].eq(1).any(axis=1)).all()
+    assert frame.loc[labelled, "target"].eq(frame.loc[labelled, list(PATHOLOGIES)].eq(1).any(axis=1)).all()
 
 
 def xrv_terms(vocabulary: set[str], name: str, synonyms: dict[str, list[str]]) -> set[str]:
@@ -118,7 +119,7 @@ def test_padchest_against_torchxrayvision(tmp_path, padchest_real):
     assert len(shared) >= 15
     for finding in shared:
         xrv_labels = xrv_terms(vocabulary, finding, synonyms)
-        cxr_labels = {label for label, targets in harmonised_map("padchest").items() if finding in targets}
+        cxr_labels = {label for label, target in harmonised_map("padchest").items() if target == finding}
         column = theirs.labels[:, theirs.pathologies.index(finding)]
         their_rule = theirs.csv["Labels"].map(lambda t, s=xrv_labels: lists(t, s)).to_numpy()
         assert (column == their_rule).all(), finding  # the rule reproduced here is torchxrayvision's

@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxr.data.findings import HARMONISED
+from cxr.data.datasets.common import finish
+from cxr.data.findings import labelled_findings, mapping, mapping_table
 from cxr.data.labels import LabelFileError
 
-MAP_FILE = "harmonised_findings.csv"
-MAP_COLUMNS = ("dataset", "source_label", "finding", "note")
 FRAME_COLUMNS = ("image", "path", "patient_id", "study_id", "age_years", "sex", "view_position", "official_split")
 _DICOM_AGE = re.compile(r"^(\d{1,3})([YMWD]?)$")
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25, "": 1.0}
@@ -25,23 +22,12 @@ _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25, "": 1.0}
 
 def map_rows(dataset: str) -> list[dict[str, str]]:
     """The rows of the harmonised table for ``dataset`` (``finding`` empty: a source label deliberately left out)."""
-    with resources.files("cxr.data").joinpath(MAP_FILE).open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if row["dataset"] == dataset]
+    return [dict(row) for row in mapping_table() if row["dataset"] == dataset]
 
 
-def harmonised_map(dataset: str) -> dict[str, tuple[str, ...]]:
-    """Source label -> the harmonised findings it marks positive (a label may mark several)."""
-    mapping: dict[str, tuple[str, ...]] = {}
-    for row in map_rows(dataset):
-        if row["finding"]:
-            mapping[row["source_label"]] = (*mapping.get(row["source_label"], ()), row["finding"])
-    return mapping
-
-
-def labelled_findings(dataset: str) -> tuple[str, ...]:
-    """The harmonised findings ``dataset`` labels (all others are missing, NaN), in HARMONISED order."""
-    mapped = {finding for findings in harmonised_map(dataset).values() for finding in findings}
-    return tuple(name for name in HARMONISED if name in mapped)
+def harmonised_map(dataset: str) -> dict[str, str]:
+    """Source label -> the harmonised finding it marks positive (labels left out of the map are absent)."""
+    return {label: finding for label, finding in mapping(dataset).items() if finding}
 
 
 def label_file(root: Path, options: Mapping, names: tuple[str, ...]) -> Path:
@@ -132,26 +118,10 @@ def _header(path: str) -> dict:
 
 
 def contract_frame(dataset: str, columns: Mapping[str, object], findings: pd.DataFrame) -> pd.DataFrame:
-    """The reader's result: ``columns`` (FRAME_COLUMNS but ``dataset``), one float column per HARMONISED finding
-    (those ``findings`` lacks are NaN: not labelled), ``finding_labels`` and ``target`` as the contract says."""
-    index = findings.index
-    table = pd.DataFrame({name: columns[name] for name in FRAME_COLUMNS}, index=index)
-    table["dataset"] = dataset
-    for name in ("patient_id", "study_id", "sex", "view_position", "official_split"):
-        table[name] = table[name].astype(object).where(table[name].notna(), pd.NA)
-    table["age_years"] = pd.to_numeric(table["age_years"], errors="coerce").astype("float64")
-    for name in HARMONISED:
-        table[name] = findings[name].astype("float64") if name in findings else np.nan
-    values = table[list(HARMONISED)]
-    positive = values.eq(1.0)
-    labels = pd.Series("", index=index, dtype=object)
-    for name in HARMONISED:
-        labels = labels.where(~positive[name], labels + "|" + name)
-    labels = labels.str.lstrip("|")
-    unlabelled = values.isna().all(axis=1)
-    table["finding_labels"] = labels.where(labels != "", "No Finding").where(~unlabelled, None)
-    table["target"] = positive.any(axis=1).astype("float64").where(~unlabelled, np.nan)
-    return table.reset_index(drop=True)
+    """The reader's result: ``columns`` (FRAME_COLUMNS) and ``findings`` (one float column per finding the dataset
+    labels) completed by the common code (missing findings NaN, ``finding_labels``, ``target``)."""
+    table = pd.DataFrame({name: columns[name] for name in FRAME_COLUMNS}, index=findings.index)
+    return finish(pd.concat([table, findings], axis=1), dataset)
 
 
 def positives(label_sets: pd.Series, dataset: str, labelled: pd.Series | None = None) -> pd.DataFrame:
@@ -161,7 +131,7 @@ def positives(label_sets: pd.Series, dataset: str, labelled: pd.Series | None = 
     pairs = label_sets.map(list).explode().dropna()  # (row, source label), one per mention
     frame = pd.DataFrame(0.0, index=label_sets.index, columns=list(labelled_findings(dataset)))
     for finding in frame.columns:
-        sources = [label for label, targets in mapping.items() if finding in targets]
+        sources = [label for label, target in mapping.items() if target == finding]
         frame.loc[pairs.index[pairs.isin(sources).to_numpy()].unique(), finding] = 1.0
     if labelled is not None:
         frame.loc[~labelled.to_numpy()] = np.nan

@@ -72,7 +72,9 @@ def read(root: Path, options: Mapping) -> pd.DataFrame:
     images = IMAGES + "/" + ids + ".dcm"
     paths = existing_paths(root, images)
     header = dicom_fields(paths)
-    label_sets = pd.Series([frozenset({"Lung Opacity"}) if p else frozenset() for p in lung_opacity.to_numpy()])
+    label_sets = pd.Series(
+        [frozenset({"Lung Opacity", "Target"}) if p else frozenset() for p in lung_opacity.to_numpy()]
+    )
     columns = {
         "image": images,
         "path": paths,

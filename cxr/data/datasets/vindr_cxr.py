@@ -103,7 +103,7 @@ def read(root: Path, options: Mapping) -> pd.DataFrame:
         split = "test" if "test" in path.name else "train"
         if "class_name" in pd.read_csv(path, nrows=0).columns:
             labels, local = _box_level(path, raters)
-            findings = tuple(f for f in findings if all(s in local for s, t in harmonised_map(NAME).items() if f in t))
+            findings = tuple(f for f in findings if all(s in local for s, t in harmonised_map(NAME).items() if t == f))
         else:
             labels = _image_level(path, raters)
         parts.append((split, labels))
