@@ -71,6 +71,15 @@ def test_harmonised_rows_are_valid_sorted_and_noted():
     assert len(keys) == len(set(keys))
 
 
+def test_datasets_page_table_matches_the_csv():
+    from cxr.data.datasets.release import mapping_markdown
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    start = page.index("-->\n", page.index("<!-- mapping table")) + 4
+    table = page[start : page.index("<!-- end of mapping table -->")]
+    assert table == mapping_markdown(), "regenerate docs/datasets.md's table with mapping_markdown()"
+
+
 # ---------------------------------------------------------------- PadChest
 
 
@@ -314,3 +323,13 @@ def test_openi_release_layout_pngs_and_no_indexing(tmp_path, openi_root):
     (tmp_path / "ecgen-radiology" / reports[1].name).write_text("<eCitation><uId")
     with pytest.raises(LabelFileError, match=reports[1].name):
         openi.read(tmp_path, {})
+
+
+@pytest.mark.parametrize("name", ["padchest", "vindr_cxr", "rsna_pneumonia", "openi"])
+def test_data_configs_compose_and_name_their_reader(name, tmp_path):
+    from cxr.data.datasets import READERS
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", [f"data={name}", f"data.root={tmp_path}"], tmp_path)
+    assert cfg.data.name == name and name in READERS and list(cfg.data.views) == ["PA", "AP"]
+    assert cfg.data.root == str(tmp_path) and "options" in cfg.data

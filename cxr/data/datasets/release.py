@@ -136,3 +136,13 @@ def positives(label_sets: pd.Series, dataset: str, labelled: pd.Series | None = 
     if labelled is not None:
         frame.loc[~labelled.to_numpy()] = np.nan
     return frame
+
+
+def mapping_markdown(datasets: tuple[str, ...] | None = None) -> str:
+    """The harmonised table as the Markdown table of docs/datasets.md (tests check that the page matches)."""
+    lines = ["| dataset | source label | harmonised finding | note |", "|---|---|---|---|"]
+    for row in mapping_table():
+        if datasets is None or row["dataset"] in datasets:
+            cells = (row["dataset"], row["source_label"], row["finding"] or "(not mapped)", row["note"])
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
