@@ -15,10 +15,14 @@ tested against (tests/test_harmonised_findings.py).
 
 from __future__ import annotations
 
-from cxr.data.datasets import chexpert, mimic_cxr, nih
+from cxr.data.datasets import chexpert, mimic_cxr, nih, openi, padchest, rsna_pneumonia, vindr_cxr
 
 READERS = {
     "nih": nih.read,
     "chexpert": chexpert.read,
     "mimic_cxr": mimic_cxr.read,
+    "padchest": padchest.read,
+    "vindr_cxr": vindr_cxr.read,
+    "rsna_pneumonia": rsna_pneumonia.read,
+    "openi": openi.read,
 }
