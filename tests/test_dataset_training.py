@@ -149,3 +149,56 @@ def test_merged_nih_and_chexpert_trains_with_per_source_masking_splits_and_metri
     splits["source"] = splits["patient"].str.split(":").str[0]
     assert set(splits["source"]) == {"nih", "chexpert"}
     assert (splits.groupby("patient")["split"].nunique() == 1).all()  # patient-disjoint within each source
+
+
+@pytest.mark.slow
+def test_nih_model_is_evaluated_on_chexpert_and_padchest_in_one_run(make_cfg, releases, tmp_path):
+    """The field's protocol (train on one dataset, test on others on the findings they share), in one train.py run:
+    external=[chexpert,padchest] with a CheXpert-layout and a PadChest-layout fixture from their real label files."""
+    import gzip
+
+    import pandas as pd
+
+    from cxr.jobs.train import train
+    from tests.conftest import NIH_SAMPLE, require_real_data
+    from tests.reader_fixtures import png16, xrv_data
+
+    require_real_data(NIH_SAMPLE)
+    padchest_csv = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+    rows = pd.read_csv(xrv_data() / padchest_csv, nrows=40, index_col=0, dtype=str, keep_default_na=False)
+    padchest = tmp_path / "padchest"
+    padchest.mkdir()
+    with gzip.open(padchest / padchest_csv, "wt", newline="") as handle:
+        rows.to_csv(handle)
+    for i, row in enumerate(rows.itertuples()):
+        png16(padchest / row.ImageDir / row.ImageID, seed=i, size=32)
+    cfg = make_cfg(
+        [
+            "data=nih",
+            f"data.root={NIH_SAMPLE / 'images'}",
+            f"data.labels={NIH_SAMPLE / 'labels.csv'}",
+            "split=patient",
+            "data.split.train=0.6",
+            "data.split.val=0.1",
+            "external=[chexpert,padchest]",
+            f"data.externals.chexpert.root={releases['chexpert']}",
+            "data.externals.chexpert.rows=all",
+            f"data.externals.padchest.root={padchest}",
+            "program.preprocessing.image_size=64",
+            "task=multilabel",
+            "debug=fdr",
+        ]
+    )
+    train(cfg)
+    output = Path(cfg.paths.output_dir)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert "external_chexpert: images" in (output / "data_check.txt").read_text()
+    for name in ("external_chexpert", "external_padchest"):
+        scored = {f for f, m in metrics[name]["findings"].items() if m["auroc"]["value"] is not None}
+        assert scored and "Mass" not in (scored if name == "external_chexpert" else set())
+        drops = metrics[name]["drop_from_test"]["findings"]
+        assert set(drops) <= scored
+        for finding, drop in drops.items():  # the drop is internal minus external AUROC, with its CI
+            assert math.isclose(drop["drop"], metrics["test"]["findings"][finding]["auroc"]["value"] - drop["external"])
+            assert drop["ci_low"] <= drop["ci_high"]
+    assert metrics["external_chexpert"]["drop_from_test"]["findings"]

@@ -52,11 +52,11 @@ def auroc_drop(
         )
         if inside is None or outside is None:
             continue  # not labelled with both classes in one of the sets: no shared finding to compare
-        low, high = _interval(outside_draws - inside_draws, level)
+        low, high = _interval(inside_draws - outside_draws, level)
         result[finding] = {
             "internal": inside,
             "external": outside,
-            "drop": outside - inside,
+            "drop": inside - outside,
             "ci_low": low,
             "ci_high": high,
         }
