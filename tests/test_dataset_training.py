@@ -202,3 +202,5 @@ def test_nih_model_is_evaluated_on_chexpert_and_padchest_in_one_run(make_cfg, re
             assert math.isclose(drop["drop"], metrics["test"]["findings"][finding]["auroc"]["value"] - drop["external"])
             assert drop["ci_low"] <= drop["ci_high"]
     assert metrics["external_chexpert"]["drop_from_test"]["findings"]
+    card = (output / "model_card.md").read_text()
+    assert "## Where the model was tested" in card and "| external_padchest |" in card

@@ -77,3 +77,42 @@ def add_drops(results: dict, output_dir: str | Path, findings: list[str] | None,
             "findings": auroc_drop(internal, external, findings, **bootstrap),
             "note": "internal test AUROC minus external AUROC; CI from independent patient resamples of the two sets",
         }
+
+
+def _value(entry: dict | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def tested_on(metrics: dict) -> list[str]:
+    """The model card's "Where the model was tested": one row per evaluation set (internal test, per-source test
+    splits, external datasets) with its size, AUROC and the findings it was scored on."""
+    names = [n for n in metrics if n == "test" or n.startswith(("test_", PREFIX)) or n == "external"]
+    names = [n for n in names if isinstance(metrics.get(n), dict) and "n" in metrics[n]]
+    if not names:
+        return []
+    lines = [
+        "## Where the model was tested",
+        "",
+        "| set | images | patients | AUROC [95% CI] | findings scored | mean AUROC drop from test [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        m = metrics[name]
+        findings = m.get("findings") or {}
+        scored = [f for f, v in findings.items() if (v.get("auroc") or {}).get("value") is not None]
+        auroc_text = _value(m.get("mean_auroc")) if findings else _value({"value": m.get("auroc"), **m["ci"]["auroc"]})
+        drops = (m.get("drop_from_test") or {}).get("findings") or {}
+        drop = ""
+        if drops:
+            values = [d["drop"] for d in drops.values()]
+            drop = f"{np.mean(values):+.3f} over {len(values)} shared finding(s)"
+            low, high = [d["ci_low"] for d in drops.values()], [d["ci_high"] for d in drops.values()]
+            if len(values) == 1 and low[0] is not None:
+                drop += f" [{low[0]:+.3f}, {high[0]:+.3f}]"
+        shown = ", ".join(scored) if findings else "any finding (binary)"
+        lines.append(f"| {name} | {m.get('n')} | {m.get('n_patients')} | {auroc_text} | {shown} | {drop} |")
+    return lines + ["", "Per-finding drops with their CIs: metrics.json, `drop_from_test` of each external set.", ""]
