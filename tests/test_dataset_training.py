@@ -204,3 +204,63 @@ def test_nih_model_is_evaluated_on_chexpert_and_padchest_in_one_run(make_cfg, re
     assert metrics["external_chexpert"]["drop_from_test"]["findings"]
     card = (output / "model_card.md").read_text()
     assert "## Where the model was tested" in card and "| external_padchest |" in card
+
+
+def padchest_release(folder: Path, n: int = 40) -> Path:
+    """PadChest's label CSV (the first ``n`` real rows) and a 16-bit PNG for each, in the release's folders."""
+    import gzip
+
+    import pandas as pd
+
+    from tests.reader_fixtures import png16, xrv_data
+
+    name = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+    rows = pd.read_csv(xrv_data() / name, nrows=n, index_col=0, dtype=str, keep_default_na=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / name, "wt", newline="") as handle:
+        rows.to_csv(handle)
+    for i, row in enumerate(rows.itertuples()):
+        png16(folder / row.ImageDir / row.ImageID, seed=i, size=32)
+    return folder
+
+
+def vindr_release(folder: Path, n: int = 24) -> Path:
+    """VinDr-CXR's image_labels_{train,test}.csv made from the real reads of ``n`` images of the competition's box
+    file, and a 12-bit DICOM for each."""
+    import pandas as pd
+
+    from cxr.data.datasets import vindr_cxr
+    from tests.reader_fixtures import dicom, xrv_data
+
+    boxes = pd.read_csv(xrv_data() / "vinbigdata-train.csv.gz", usecols=["image_id", "class_name", "rad_id"])
+    boxes = boxes[boxes["image_id"].isin(boxes["image_id"].drop_duplicates().head(n))]
+    marks = pd.crosstab([boxes["image_id"], boxes["rad_id"]], boxes["class_name"]).clip(upper=1)
+    extra = ["COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"]
+    marks = marks.reindex(columns=[*vindr_cxr.LOCAL, *extra], fill_value=0)
+    marks.index.names = ["image_id", "rad_ID"]
+    images = marks.index.get_level_values(0).unique()
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    cut = 2 * len(images) // 3
+    marks.loc[images[:cut]].reset_index().to_csv(folder / "annotations" / "image_labels_train.csv", index=False)
+    test = marks.loc[images[cut:]].groupby(level=0).max().reset_index()
+    test.to_csv(folder / "annotations" / "image_labels_test.csv", index=False)
+    for i, image in enumerate(images):
+        dicom(folder / ("train" if i < cut else "test") / f"{image}.dicom", seed=i, size=32)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["padchest", "vindr_cxr"])
+def test_readers_datasets_train_and_pass_the_check(make_cfg, tmp_path, name):
+    """The readers' datasets through the common code: PadChest's 16-bit PNGs (no published split: patient split)
+    and VinDr-CXR's DICOM (through cxr/data/dicom.py), trained with debug=fdr after the data check."""
+    from cxr.jobs.train import train
+
+    root = (padchest_release if name == "padchest" else vindr_release)(tmp_path / name)
+    cfg = make_cfg([*dataset_overrides(name, root), "task=multilabel"])
+    train(cfg)
+    output = Path(cfg.paths.output_dir)
+    check = (output / "data_check.txt").read_text()
+    assert "OK: training can start" in check
+    assert ("DICOM 32x32" in check) == (name == "vindr_cxr")
+    assert json.loads((output / "metrics.json").read_text())["test"]["n"] > 0
