@@ -204,6 +204,11 @@ def test_nih_model_is_evaluated_on_chexpert_and_padchest_in_one_run(make_cfg, re
     assert metrics["external_chexpert"]["drop_from_test"]["findings"]
     card = (output / "model_card.md").read_text()
     assert "## Where the model was tested" in card and "| external_padchest |" in card
+    from cxr.evaluation.report import compare
+
+    compare([output], out=tmp_path / "compare", n_resamples=20)
+    text = (tmp_path / "compare" / "report.md").read_text()
+    assert "Datasets side by side" in text and "external_chexpert" in text and "external_padchest" in text
 
 
 def padchest_release(folder: Path, n: int = 40) -> Path:

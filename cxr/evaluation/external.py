@@ -116,3 +116,30 @@ def tested_on(metrics: dict) -> list[str]:
         shown = ", ".join(scored) if findings else "any finding (binary)"
         lines.append(f"| {name} | {m.get('n')} | {m.get('n_patients')} | {auroc_text} | {shown} | {drop} |")
     return lines + ["", "Per-finding drops with their CIs: metrics.json, `drop_from_test` of each external set.", ""]
+
+
+def evaluation_sets(metrics: dict) -> list[str]:
+    """The sets a run was scored on, internal test first: test, test_<source>, external_<name>, external."""
+    names = [n for n in metrics if n == "test" or n.startswith(("test_", PREFIX)) or n == "external"]
+    return [n for n in names if isinstance(metrics.get(n), dict) and "n" in metrics[n]]
+
+
+def datasets_table(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list]] | None:
+    """compare.py's "Datasets side by side": one row per run, one column per evaluation set (mean AUROC over the
+    findings scored there, or the binary AUROC, with its CI); None when no run has a set beyond its test split."""
+    sets = list(dict.fromkeys(n for _, metrics in runs for n in evaluation_sets(metrics)))
+    if sets in ([], ["test"]):
+        return None
+    rows = []
+    for name, metrics in runs:
+        row = [name]
+        for s in sets:
+            m = metrics.get(s)
+            if not isinstance(m, dict) or "n" not in m:
+                row.append("")
+            elif m.get("findings"):
+                row.append(f"{_value(m.get('mean_auroc'))} ({m['mean_auroc'].get('n_findings')} findings, n={m['n']})")
+            else:
+                row.append(f"{_value({'value': m.get('auroc'), **(m.get('ci') or {}).get('auroc', {})})} (n={m['n']})")
+        rows.append(row)
+    return ["run", *sets], rows
