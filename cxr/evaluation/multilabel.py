@@ -337,25 +337,20 @@ def roc_grid_figure(labels, probabilities, findings: list[str], thresholds: dict
     columns = min(4, len(findings))
     rows = int(np.ceil(len(findings) / columns))
     figure = _new_figure((3.2 * columns, 3.0 * rows + 0.4))
-    all_labels, all_probabilities = labels, probabilities
     for j, finding in enumerate(findings):
-        labelled = _Labelled(all_labels, j)
-        labels, probabilities = labelled.labels[:, None], all_probabilities[labelled.rows, j : j + 1]
-        j_panel, j = j, 0
-        ax = figure.add_subplot(rows, columns, j_panel + 1)
+        labelled = _Labelled(labels, j)  # the images this finding is labelled for
+        y, p = labelled.labels, probabilities[labelled.rows, j]
+        ax = figure.add_subplot(rows, columns, j + 1)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-        curve = roc_curve(labels[:, j], probabilities[:, j]) if len(labels) else None
+        curve = roc_curve(y, p) if len(y) else None
         if curve is None:
             ax.set_title(f"{finding}\n(one class: AUROC n/a)", fontsize="small")
         else:
             ax.plot(curve[0], curve[1], linewidth=2)
-            ax.set_title(
-                f"{finding}\nAUROC {auroc(labels[:, j], probabilities[:, j]):.3f} (n+ = {int(labels[:, j].sum())})",
-                fontsize="small",
-            )
+            ax.set_title(f"{finding}\nAUROC {auroc(y, p):.3f} (n+ = {int(y.sum())})", fontsize="small")
             threshold = (thresholds or {}).get(finding)
             if threshold is not None:
-                point = at_threshold(labels[:, j], probabilities[:, j], threshold)
+                point = at_threshold(y, p, threshold)
                 if point["sensitivity"] is not None and point["specificity"] is not None:
                     ax.plot(
                         [1 - point["specificity"]], [point["sensitivity"]], "o", color="C3", label=f"t={threshold:.3g}"
@@ -364,9 +359,9 @@ def roc_grid_figure(labels, probabilities, findings: list[str], thresholds: dict
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize="x-small")
-        if j_panel % columns == 0:
+        if j % columns == 0:
             ax.set_ylabel("sensitivity", fontsize="small")
-        if j_panel >= len(findings) - columns:
+        if j >= len(findings) - columns:
             ax.set_xlabel("1 - specificity", fontsize="small")
     if title:
         figure.suptitle(title)
