@@ -166,6 +166,7 @@ def set_calibration(raw, calibrated, scaling: TemperatureScaling | None, setting
     n_bins, bootstrap = settings.get("calibration_bins", 10), settings.get("bootstrap")
 
     def scores(frame) -> dict:
+        frame = frame[frame["label"].notna()]  # no binary label: every finding unlabelled or ignored (data.uncertain)
         return calibration_with_ci(frame["label"], frame["probability"], frame["patient"], n_bins, bootstrap)
 
     block = {"method": "temperature" if scaling else "none", **scores(calibrated)}

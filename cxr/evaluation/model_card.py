@@ -207,6 +207,9 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     external = cfg.data.get("external") or {}
     if external.get("root"):
         lines += [f"- External set: `{external.get('root')}` (labels `{external.get('labels')}`).", ""]
+    from cxr.evaluation.external import tested_on  # the internal test split, per-source splits, external sets
+
+    lines += tested_on(metrics)
     lines += [
         "## Preprocessing",
         "",

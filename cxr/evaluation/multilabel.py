@@ -99,7 +99,9 @@ class _AveragePrecisionTable:
 
 
 def _matrices(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels).astype(np.int64)
+    """(labels, probabilities) as float (N, K) arrays; a NaN label is a finding not labelled for that image (masked:
+    each finding is scored on its labelled images only, cxr.data.findings)."""
+    labels = np.asarray(labels, dtype=np.float64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if labels.ndim != 2 or labels.shape != probabilities.shape:
         raise ValueError(
@@ -107,9 +109,29 @@ def _matrices(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
         )
     if np.isnan(probabilities).any():
         raise ValueError("probabilities contain NaN")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0/1")
+    if not (np.isin(labels, (0, 1)) | np.isnan(labels)).all():
+        raise ValueError("labels must be 0/1 (or NaN: not labelled)")
     return labels, probabilities
+
+
+class _Labelled:
+    """Finding ``j``'s labelled rows: its 0/1 labels, and the map from a resample's row indices to them."""
+
+    def __init__(self, labels: np.ndarray, j: int):
+        self.rows = np.flatnonzero(~np.isnan(labels[:, j]))
+        self.labels = labels[self.rows, j].astype(np.int64)
+        self.position = np.full(len(labels), -1, dtype=np.int64)
+        self.position[self.rows] = np.arange(len(self.rows))
+        self.all = len(self.rows) == len(labels)
+
+    def defined(self) -> bool:
+        return 0 < self.labels.sum() < len(self.labels)
+
+    def of(self, indices: np.ndarray) -> np.ndarray:
+        if self.all:
+            return indices
+        mapped = self.position[indices]
+        return mapped[mapped >= 0]
 
 
 def _ci(value, resampled: np.ndarray, level: float) -> dict:
@@ -128,26 +150,26 @@ def multilabel_bootstrap(
     resampler = PatientResampler(patient_codes(patients))
     rng = np.random.default_rng(seed)
     k = labels.shape[1]
-    defined = [j for j in range(k) if 0 < labels[:, j].sum() < len(labels)]
-    aurocs = [_AurocTable(labels[:, j], probabilities[:, j]) for j in defined]
-    precisions = [_AveragePrecisionTable(labels[:, j], probabilities[:, j]) for j in defined]
+    masks = [_Labelled(labels, j) for j in range(k)]
+    defined = [j for j in range(k) if masks[j].defined()]
+    aurocs = [_AurocTable(masks[j].labels, probabilities[masks[j].rows, j]) for j in defined]
+    precisions = [_AveragePrecisionTable(masks[j].labels, probabilities[masks[j].rows, j]) for j in defined]
     resampled_auroc = np.full((n_resamples, len(defined)), np.nan)
     resampled_ap = np.full((n_resamples, len(defined)), np.nan)
     for b in range(n_resamples):
         indices = resampler.draw(rng)
-        resampled_auroc[b] = [table(indices) for table in aurocs]
-        resampled_ap[b] = [table(indices) for table in precisions]
+        resampled_auroc[b] = [table(masks[j].of(indices)) for table, j in zip(aurocs, defined)]
+        resampled_ap[b] = [table(masks[j].of(indices)) for table, j in zip(precisions, defined)]
     result: dict = {"findings": {}}
     point = {}
     for j, finding in enumerate(findings):
-        entry = {"n_positive": int(labels[:, j].sum()), "n_negative": int(len(labels) - labels[:, j].sum())}
+        y, p = masks[j].labels, probabilities[masks[j].rows, j]
+        entry = {"n_positive": int(y.sum()), "n_negative": int(len(y) - y.sum()), "n_missing": len(labels) - len(y)}
         if j in defined:
             i = defined.index(j)
-            point[finding] = auroc(labels[:, j], probabilities[:, j])
+            point[finding] = auroc(y, p)
             entry["auroc"] = _ci(point[finding], resampled_auroc[:, i], level)
-            entry["average_precision"] = _ci(
-                average_precision(labels[:, j], probabilities[:, j]), resampled_ap[:, i], level
-            )
+            entry["average_precision"] = _ci(average_precision(y, p), resampled_ap[:, i], level)
         else:
             entry["auroc"] = entry["average_precision"] = {"value": None, "ci_low": None, "ci_high": None}
         result["findings"][finding] = entry
@@ -180,17 +202,21 @@ def paired_multilabel_difference(
     _, probabilities_b = _matrices(labels, probabilities_b)
     resampler = PatientResampler(patient_codes(patients))
     rng = np.random.default_rng(seed)
-    defined = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]
+    masks = [_Labelled(labels, j) for j in range(labels.shape[1])]
+    defined = [j for j in range(labels.shape[1]) if masks[j].defined()]
     tables = [
-        (_AurocTable(labels[:, j], probabilities_a[:, j]), _AurocTable(labels[:, j], probabilities_b[:, j]))
+        (
+            _AurocTable(masks[j].labels, probabilities_a[masks[j].rows, j]),
+            _AurocTable(masks[j].labels, probabilities_b[masks[j].rows, j]),
+        )
         for j in defined
     ]
     a = np.full((n_resamples, len(defined)), np.nan)
     b = np.full((n_resamples, len(defined)), np.nan)
     for r in range(n_resamples):
         indices = resampler.draw(rng)
-        a[r] = [ta(indices) for ta, _ in tables]
-        b[r] = [tb(indices) for _, tb in tables]
+        a[r] = [ta(masks[j].of(indices)) for (ta, _), j in zip(tables, defined)]
+        b[r] = [tb(masks[j].of(indices)) for (_, tb), j in zip(tables, defined)]
 
     def summary(point_a, point_b, differences):
         low, high = _interval(differences, level)
@@ -211,7 +237,8 @@ def paired_multilabel_difference(
     }
     points_a, points_b = [], []
     for i, j in enumerate(defined):
-        pa, pb = auroc(labels[:, j], probabilities_a[:, j]), auroc(labels[:, j], probabilities_b[:, j])
+        y, rows = masks[j].labels, masks[j].rows
+        pa, pb = auroc(y, probabilities_a[rows, j]), auroc(y, probabilities_b[rows, j])
         points_a.append(pa)
         points_b.append(pb)
         result["findings"][findings[j]] = summary(pa, pb, a[:, i] - b[:, i])
@@ -230,8 +257,11 @@ def finding_thresholds(
     labels, probabilities = _matrices(labels, probabilities)
     thresholds = {}
     for j, finding in enumerate(findings):
+        rows = ~np.isnan(labels[:, j])
         try:
-            thresholds[finding] = float(choose_threshold(labels[:, j], probabilities[:, j], method, target_sensitivity))
+            thresholds[finding] = float(
+                choose_threshold(labels[rows, j].astype(np.int64), probabilities[rows, j], method, target_sensitivity)
+            )
         except ValueError:
             thresholds[finding] = None
     return thresholds
@@ -241,6 +271,9 @@ def at_threshold(labels, probabilities, threshold: float | None) -> dict:
     """Sensitivity, specificity and PPV when a probability strictly above ``threshold`` means the finding."""
     if threshold is None:
         return {"threshold": None, "sensitivity": None, "specificity": None, "ppv": None}
+    labels, probabilities = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
+    rows = ~np.isnan(labels)  # a finding not labelled for an image is not scored
+    labels, probabilities = labels[rows].astype(np.int64), probabilities[rows]
     metrics = binary_metrics(labels, probabilities, threshold)  # the project's one decision rule
     return {
         "threshold": float(threshold),
@@ -305,20 +338,19 @@ def roc_grid_figure(labels, probabilities, findings: list[str], thresholds: dict
     rows = int(np.ceil(len(findings) / columns))
     figure = _new_figure((3.2 * columns, 3.0 * rows + 0.4))
     for j, finding in enumerate(findings):
+        labelled = _Labelled(labels, j)  # the images this finding is labelled for
+        y, p = labelled.labels, probabilities[labelled.rows, j]
         ax = figure.add_subplot(rows, columns, j + 1)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-        curve = roc_curve(labels[:, j], probabilities[:, j])
+        curve = roc_curve(y, p) if len(y) else None
         if curve is None:
             ax.set_title(f"{finding}\n(one class: AUROC n/a)", fontsize="small")
         else:
             ax.plot(curve[0], curve[1], linewidth=2)
-            ax.set_title(
-                f"{finding}\nAUROC {auroc(labels[:, j], probabilities[:, j]):.3f} (n+ = {int(labels[:, j].sum())})",
-                fontsize="small",
-            )
+            ax.set_title(f"{finding}\nAUROC {auroc(y, p):.3f} (n+ = {int(y.sum())})", fontsize="small")
             threshold = (thresholds or {}).get(finding)
             if threshold is not None:
-                point = at_threshold(labels[:, j], probabilities[:, j], threshold)
+                point = at_threshold(y, p, threshold)
                 if point["sensitivity"] is not None and point["specificity"] is not None:
                     ax.plot(
                         [1 - point["specificity"]], [point["sensitivity"]], "o", color="C3", label=f"t={threshold:.3g}"

@@ -571,6 +571,11 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
     ]
     blocks += compare_blocks(scored, set_name)  # calibration, subgroup AUROC with CIs, gaps
     blocks += localisation_blocks(scored, set_name)
+
+    from cxr.evaluation.external import datasets_table  # internal test, per-source and external sets, per run
+
+    if side_by_side := datasets_table([(r.name, r.metrics) for r in runs]):
+        blocks += [("h", 2, "Datasets side by side (AUROC [95% CI])"), ("table", *side_by_side)]
     blocks.append(("h", 2, "Figures"))
     out.mkdir(parents=True, exist_ok=True)
     for name in ("test", "external"):  # one ROC overlay per evaluated set

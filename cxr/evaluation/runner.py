@@ -93,7 +93,8 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
             "probability": any_finding_score(probabilities, settings["any_finding"]),
         }
     )
-    per_finding = {f"label_{f}": rows[f].astype(int).to_numpy() for f in findings}
+    # a finding not labelled for an image (another dataset's label space, an ignored uncertain label) stays empty
+    per_finding = {f"label_{f}": rows[f].astype("float64").to_numpy() for f in findings}
     per_finding.update({f"probability_{f}": probabilities[:, j] for j, f in enumerate(findings)})
     return pd.concat([frame, pd.DataFrame(per_finding, index=frame.index)], axis=1)
 
@@ -181,8 +182,9 @@ def evaluate_sets(
         raw = predictions_frame(model, datamodule, name, settings)
         predictions = calibrate(raw) if scaling else raw
         write_csv(output_dir / f"predictions_{name}.csv", predictions)
-        labels, probabilities = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
-        patients = predictions["patient"]
+        binary = predictions["label"].notna().to_numpy()  # no binary label: only unlabelled or ignored findings
+        labels, probabilities = predictions["label"].to_numpy()[binary], predictions["probability"].to_numpy()[binary]
+        patients = predictions["patient"][binary]
         metrics = score(labels, probabilities, patients, settings["threshold"], settings["bootstrap"])
         metrics["n_patients"] = int(patients.nunique()) if patients.notna().all() else None
         metrics.update(patient_counts(labels, patients))  # small_n: fewer than 10 patients of a class
@@ -193,7 +195,9 @@ def evaluate_sets(
         if expert is not None:
             metrics["expert_labels"] = _expert_scores(predictions, expert, settings)
         groups = subgroup_columns(
-            datamodule.rows(name), settings["subgroups"].get("side_tables"), settings["subgroups"].get("age_bands")
+            datamodule.rows(name)[binary],
+            settings["subgroups"].get("side_tables"),
+            settings["subgroups"].get("age_bands"),
         )
         metrics["subgroups"] = subgroup_metrics(
             labels,
@@ -252,6 +256,9 @@ def evaluate_sets(
             run_name,
         )
     results["calibration"] = run_calibration(raw_validation, validation, scaling, settings)
+    from cxr.evaluation.external import add_drops  # data.externals: the AUROC drop from the internal test split
+
+    add_drops(results, output_dir, model_findings(model), settings["bootstrap"])
     return results
 
 

@@ -273,7 +273,7 @@ def train(cfg: DictConfig) -> dict:
     model.run_metadata = {
         "overrides": command_line_overrides(),
         **run_provenance(),
-        "labels_sha256": file_digest(cfg.data.labels),
+        "labels_sha256": file_digest(cfg.data.labels) if cfg.data.get("labels") else None,  # registered: release
     }  # evaluate.py: has the label file changed?
     trainer, callbacks = build_trainer(cfg)
 

@@ -16,7 +16,6 @@ from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
     MultilabelAccuracy,
-    MultilabelAUROC,
     MultilabelStatScores,
 )
 
@@ -27,6 +26,7 @@ from cxr.models.losses import binary_loss
 from cxr.safe_instantiate import check_targets, instantiate
 
 TASKS = ("binary", "multilabel")
+MISSING = -1  # a NaN target (finding not labelled: cxr.data.findings) as torchmetrics' ignore_index
 
 
 def _plain(value):
@@ -49,38 +49,44 @@ def binary_metrics(prefix: str) -> MetricCollection:
 
 def multilabel_metrics(prefix: str, num_labels: int) -> MetricCollection:
     """Accuracy over all (image, finding) decisions; AUROC per finding is computed at epoch end (FindingAUROC)."""
-    return MetricCollection({"acc": MultilabelAccuracy(num_labels=num_labels)}, prefix=prefix)
+    return MetricCollection({"acc": MultilabelAccuracy(num_labels=num_labels, ignore_index=MISSING)}, prefix=prefix)
 
 
 class FindingAUROC(torch.nn.Module):
     """AUROC per finding over an epoch, and their mean over the findings that have both classes (``<stage>/auroc``:
-    the checkpoint and early-stopping monitor); a finding with one class only is not logged."""
+    the checkpoint and early-stopping monitor); a finding with one class only (or none labelled) is not logged.
+
+    One BinaryAUROC per finding, each ignoring missing targets: torchmetrics' MultilabelAUROC fails on a finding
+    whose targets are all ignored (a finding the dataset does not label), so only the defined ones are computed."""
 
     def __init__(self, findings: list[str]):
         super().__init__()
         self.findings = list(findings)
-        self.auroc = MultilabelAUROC(num_labels=len(findings), average=None)
-        self.counts = MultilabelStatScores(num_labels=len(findings), average=None)
+        self.aurocs = torch.nn.ModuleList(BinaryAUROC(ignore_index=MISSING) for _ in self.findings)
+        self.counts = MultilabelStatScores(num_labels=len(findings), average=None, ignore_index=MISSING)
 
     def update(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
-        self.auroc.update(probabilities, targets)
+        for j, metric in enumerate(self.aurocs):
+            metric.update(probabilities[:, j], targets[:, j])
         self.counts.update(probabilities, targets)
 
     def compute_and_reset(self) -> tuple[float, dict[str, float]]:
-        """(mean AUROC over findings with both classes, or 0.0 as torchmetrics gives a single class; per finding)."""
+        """(mean AUROC over findings with both classes, or 0.0 when none has; per finding)."""
         try:
             with warnings.catch_warnings():  # a finding absent this epoch: left out below, no need to warn
                 warnings.simplefilter("ignore", UserWarning)
                 tp, fp, tn, fn, _ = self.counts.compute().T
-                values = self.auroc.compute()
+                both = ((tp + fn) > 0) & ((tn + fp) > 0)
+                per_finding = {
+                    f: float(metric.compute()) for f, metric, ok in zip(self.findings, self.aurocs, both) if ok
+                }
         except (RuntimeError, ValueError):  # nothing seen this epoch (e.g. a sanity check without batches)
             return 0.0, {}
         finally:
-            self.auroc.reset()
+            for metric in self.aurocs:
+                metric.reset()
             self.counts.reset()
-        both = ((tp + fn) > 0) & ((tn + fp) > 0)
-        per_finding = {f: float(v) for f, v, ok in zip(self.findings, values, both) if ok}
-        return (float(values[both].mean()) if bool(both.any()) else 0.0), per_finding
+        return (sum(per_finding.values()) / len(per_finding) if per_finding else 0.0), per_finding
 
 
 class Classifier(L.LightningModule):
@@ -186,10 +192,10 @@ class Classifier(L.LightningModule):
         if self.hparams.class_weight == "balanced" and stage == "fit" and self.trainer.datamodule is not None:
             targets = self.trainer.datamodule.datasets["train"].targets
             if self.multilabel:  # weighted BCE per finding: n_negative / n_positive of the training split
-                positives = targets.sum(dim=0)
+                positives, labelled = targets.nansum(dim=0), (~torch.isnan(targets)).sum(dim=0)  # NaN: not labelled
                 self.pos_weight.copy_(
                     torch.where(
-                        positives > 0, (len(targets) - positives) / positives.clamp(min=1), torch.ones_like(positives)
+                        positives > 0, (labelled - positives) / positives.clamp(min=1), torch.ones_like(positives)
                     )
                 )
                 return
@@ -218,9 +224,10 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = self.loss(logits, targets)
         probabilities = torch.sigmoid(logits.detach().float())
-        metrics.update(probabilities, targets.long())
+        classes = targets.nan_to_num(MISSING).long()  # multi-label: a missing finding is ignored by the metrics
+        metrics.update(probabilities, classes)
         if self.multilabel:
-            getattr(self, f"{stage}_finding_auroc").update(probabilities, targets.long())
+            getattr(self, f"{stage}_finding_auroc").update(probabilities, classes)
         if stage == "val":  # mean over all images of all DDP processes (their validation batches may differ in number)
             self.val_loss.update(loss.detach(), weight=len(targets))
             self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)

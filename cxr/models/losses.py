@@ -17,11 +17,28 @@ KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
 LOSSES = ("bce_with_logits", "keras_bce")
 
 
-def bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None):
-    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+def masked(loss):
+    """``loss`` over the labelled targets only: a NaN target (a finding the dataset does not label, or an ignored
+    uncertain label) adds no term and no gradient; the mean is over the labelled entries."""
+
+    def wrapped(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None):
+        labelled = ~torch.isnan(targets)
+        if bool(labelled.all()):
+            return loss(logits, targets, pos_weight, reduction="mean")
+        terms = loss(logits, torch.where(labelled, targets, torch.zeros_like(targets)), pos_weight, reduction="none")
+        return (terms * labelled).sum() / labelled.sum().clamp(min=1)
+
+    wrapped.__doc__ = loss.__doc__
+    return wrapped
 
 
-def keras_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None):
+@masked
+def bce_with_logits(logits, targets, pos_weight=None, reduction="mean"):
+    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction=reduction)
+
+
+@masked
+def keras_bce(logits, targets, pos_weight=None, reduction="mean"):
     """Keras' ``binary_crossentropy`` of ``sigmoid(logits)``: probabilities clipped to [eps, 1 - eps] (zero gradient
     outside), then ``-(w y log p + (1 - y) log(1 - p))`` averaged; ``pos_weight`` weighs the class-1 terms as Keras'
     ``class_weight={1: w}`` does."""
@@ -29,7 +46,8 @@ def keras_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Ten
     positive = targets * torch.log(probabilities)
     if pos_weight is not None:
         positive = positive * pos_weight
-    return -(positive + (1.0 - targets) * torch.log1p(-probabilities)).mean()
+    terms = -(positive + (1.0 - targets) * torch.log1p(-probabilities))
+    return terms.mean() if reduction == "mean" else terms
 
 
 def binary_loss(name: str):
