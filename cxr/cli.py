@@ -419,7 +419,7 @@ def prepare_main() -> None:
 
 # --------------------------------------------------------------------------------------------- download
 def download_main(argv: list[str] | None = None) -> int:
-    """``python -m cxr.download nih [--to DIR] [--mirror URL | --from DIR] [--manifest CSV] [--jobs N]``."""
+    """``python -m cxr.download NAME [--to DIR] [--mirror URL | --from DIR] [--manifest CSV] [--jobs N] [--partial]``."""
     import argparse
 
     from cxr.errors import DownloadError
@@ -437,8 +437,15 @@ def download_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from",
         dest="source_dir",
-        metavar="DIR_OF_TARBALLS",
-        help="take the archives from this folder instead of downloading them",
+        metavar="DIR_OF_ARCHIVES",
+        help="take the archives from this folder instead of downloading them (the only way for the datasets "
+        "behind a registration: chexpert, mimic_cxr, padchest, vindr_cxr, rsna_pneumonia)",
+    )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="accept a subset of the release (some of PadChest's N.zip, part of a PhysioNet tree); "
+        "each archive is still checked whole",
     )
     parser.add_argument(
         "--manifest", metavar="CSV", help="archive,url,md5,images (default: the release's list shipped with cxr)"
@@ -463,6 +470,7 @@ def download_main(argv: list[str] | None = None) -> int:
             args.jobs,
             args.keep_archives,
             progress=not args.no_progress,
+            partial=args.partial,
         )
     except DownloadError as error:
         print(f"cxr.download: {error}", file=sys.stderr)
@@ -473,6 +481,9 @@ def download_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cxr.download: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    if args.dataset != "nih":
+        print(f"{args.dataset} is ready in {root}. Use it with:\n  data={args.dataset} data.root={root}", flush=True)
+        return 0
     print(
         f"NIH ChestX-ray14 is ready in {root}. Train with:\n  python train.py data=nih data.root={root} "
         f"data.labels={root}/Data_Entry_2017_v2020.csv split=official",
