@@ -27,6 +27,7 @@ from cxr.evaluation.figures import (
     save_figure,
 )
 from cxr.evaluation.metrics import binary_metrics
+from cxr.evaluation.operating_points import audited_finding_thresholds, write_validation_predictions
 from cxr.evaluation.subgroups import subgroup_columns, subgroup_metrics
 from cxr.evaluation.thresholds import choose_threshold
 
@@ -85,7 +86,7 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
         {
             "image": rows["image"],
             "patient": rows["patient_id"],
-            "label": rows["target"],
+            "label": rows[findings].astype(int).max(axis=1),  # any of the model's findings, not of all 14
             "probability": any_finding_score(probabilities, settings["any_finding"]),
         }
     )
@@ -119,9 +120,9 @@ class TenCrop(torch.nn.Module):
 
 
 def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
-    """The validation split's predictions when an operating point is chosen on them (else None): made once, for
-    the binary threshold and the per-finding ones."""
-    if settings["operating_point"]["method"] == "fixed" or not len(datamodule.rows("val")):
+    """The validation split's predictions (None without one): made once, for the binary threshold and the
+    per-finding ones, and saved as predictions_val.csv."""
+    if not len(datamodule.rows("val")):
         return None
     return predictions_frame(model, datamodule, "val", settings)
 
@@ -129,7 +130,7 @@ def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
 def operating_threshold(validation: pd.DataFrame | None, settings: dict) -> tuple[float, str]:
     """The threshold of ``settings.operating_point``, chosen on the validation predictions."""
     method = settings["operating_point"]["method"]
-    if validation is None:
+    if validation is None or method == "fixed":
         return float(settings["threshold"]), "fixed"
     try:
         threshold = choose_threshold(
@@ -165,9 +166,10 @@ def evaluate_sets(
     settings = {**DEFAULTS, **(settings or {})}
     output_dir = Path(output_dir)
     validation = validation_frame(model, datamodule, settings)
+    write_validation_predictions(output_dir, validation)  # what every operating point was chosen on
     operating_point, chosen_on = operating_threshold(validation, settings)
     expert = read_google2019_labels(settings["expert_labels"]) if settings.get("expert_labels") else None
-    finding_thresholds, findings_chosen_on = _finding_thresholds(model_findings(model), validation, settings)
+    finding_thresholds, findings_chosen_on, audit = _finding_thresholds(model_findings(model), validation, settings)
     results: dict[str, dict] = {}
     for name in datamodule.eval_set_names():
         predictions = predictions_frame(model, datamodule, name, settings)
@@ -197,6 +199,7 @@ def evaluate_sets(
                 model_findings(model),
                 finding_thresholds,
                 findings_chosen_on,
+                audit,
                 settings,
                 output_dir,
                 writer,
@@ -235,23 +238,14 @@ def evaluate_sets(
 
 def _finding_thresholds(
     findings: list[str] | None, validation: pd.DataFrame | None, settings: dict
-) -> tuple[dict[str, float | None], str]:
-    """Per-finding thresholds chosen on the validation predictions (``operating_point.method``; without them 0.5
-    each), and what they were chosen by."""
-    from cxr.evaluation.multilabel import finding_thresholds
-
+) -> tuple[dict[str, float | None], dict[str, str], dict | None]:
+    """Per-finding thresholds chosen on the validation predictions (cxr.evaluation.operating_points; without them
+    the fixed threshold each), what each was chosen by, and the audit for metrics.json."""
     if not findings:
-        return {}, "fixed"
-    if validation is None:
-        return {f: float(settings["threshold"]) for f in findings}, "fixed"
-    method = settings["operating_point"]["method"]
-    return finding_thresholds(
-        validation[[f"label_{f}" for f in findings]].to_numpy(),
-        validation[[f"probability_{f}" for f in findings]].to_numpy(),
-        findings,
-        method,
-        settings["operating_point"].get("target_sensitivity"),
-    ), f"{method} on val"
+        return {}, {}, None
+    if validation is None or settings["operating_point"]["method"] == "fixed":
+        return {f: float(settings["threshold"]) for f in findings}, {f: "fixed" for f in findings}, None
+    return audited_finding_thresholds(findings, validation, settings)
 
 
 def _add_finding_metrics(
@@ -260,7 +254,8 @@ def _add_finding_metrics(
     predictions: pd.DataFrame,
     findings: list[str],
     thresholds: dict,
-    chosen_on: str,
+    chosen_on: dict,
+    audit: dict | None,
     settings: dict,
     output_dir: Path,
     writer,
@@ -273,12 +268,13 @@ def _add_finding_metrics(
 
     labels = predictions[[f"label_{f}" for f in findings]].to_numpy()
     probabilities = predictions[[f"probability_{f}" for f in findings]].to_numpy()
+    minimum = settings.get("min_positive_patients_for_mean", multilabel.MIN_POSITIVE_PATIENTS_FOR_MEAN)
     scored = multilabel.multilabel_bootstrap(
-        labels, probabilities, predictions["patient"], findings, **settings["bootstrap"]
+        labels, probabilities, predictions["patient"], findings, **settings["bootstrap"], min_positive_patients=minimum
     )
     for j, finding in enumerate(findings):
         scored["findings"][finding]["operating_point"] = {
-            "chosen_on": chosen_on,
+            "chosen_on": chosen_on[finding],
             **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding)),
         }
     metrics.update(
@@ -287,6 +283,7 @@ def _add_finding_metrics(
             "any_finding": settings["any_finding"],
             "mean_auroc": scored["mean_auroc"],
             "findings": scored["findings"],
+            "finding_thresholds": audit,
         }
     )
     table = multilabel.findings_table(scored["findings"], scored["mean_auroc"])
@@ -305,7 +302,7 @@ def _add_finding_metrics(
         probabilities,
         findings,
         thresholds,
-        title=(f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds chosen {chosen_on})"),
+        title=f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds, {_chosen(chosen_on)})",
     )
     save_figure(figure, output_dir / f"roc_findings_{name}.png")
     mean = scored["mean_auroc"]
@@ -394,6 +391,10 @@ def _draw(
         for key in ("accuracy", "accuracy_class0", "accuracy_class1", "balanced_accuracy", "auroc"):
             if metrics[key] is not None:
                 writer.add_scalar(f"{name}/{key}", metrics[key], global_step=step)
+
+
+def _chosen(chosen_on: dict) -> str:
+    return "; ".join(sorted(set(chosen_on.values())))
 
 
 def _fmt(value) -> str:
