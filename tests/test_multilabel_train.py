@@ -144,6 +144,18 @@ def test_history_has_each_epochs_own_multilabel_training_auroc(make_cfg, marked_
     assert history["train/auroc"].tolist() == pytest.approx(per_epoch.tolist())
 
 
+def test_chexnet_preset_keeps_the_checkpoint_with_the_lowest_validation_loss(make_cfg):
+    """As the paper ("we pick the model with the lowest validation loss"), not the best validation AUROC."""
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["experiment=chexnet", "data=demo", "model.weights=none"])
+    saver = instantiate(cfg.callbacks.model_checkpoint)
+    assert (saver.monitor, saver.mode) == ("val/loss", "min") and cfg.program.evaluation_checkpoint == "best"
+    stopper = instantiate(cfg.callbacks.early_stopping)
+    assert (stopper.monitor, stopper.mode) == ("val/loss", "min")
+    assert cfg.evaluation.ten_crop is False
+
+
 @pytest.mark.slow
 def test_chexnet_preset_runs_on_the_demo_without_weights(make_cfg, marked_demo):
     from cxr.jobs.train import train

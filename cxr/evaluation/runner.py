@@ -29,6 +29,7 @@ from cxr.evaluation.figures import (
 from cxr.evaluation.metrics import binary_metrics
 from cxr.evaluation.operating_points import audited_finding_thresholds, write_validation_predictions
 from cxr.evaluation.subgroups import subgroup_columns, subgroup_metrics
+from cxr.evaluation.ten_crop import TenCrop, ten_crop_loader
 from cxr.evaluation.thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,23 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     finding" score (``settings.any_finding``), followed by ``label_<finding>`` and ``probability_<finding>``."""
     rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
     findings = model_findings(model)
-    backend, predictor = settings["inference_backend"], model
-    if findings and settings.get("ten_crop"):
-        # the ten-crop wrapper (resize + crops) fails in ONNX Runtime after export: torch directly, rather than an
-        # export, a failed check and a warning per set
-        predictor = TenCrop(model)
+    backend, predictor, loader = settings["inference_backend"], model, None
+    if findings and settings.get("ten_crop"):  # cxr.evaluation.ten_crop: crops of the image resized to 256 px
+        predictor = TenCrop(model, datamodule.preprocessing.image_size)
+        loader = ten_crop_loader(datamodule, name, settings["inference_batch_size"])
+        # the ten-crop wrapper fails in ONNX Runtime after export: torch directly, rather than an export, a failed
+        # check and a warning per set
         backend = backend if backend in ("eager", "torch", "torch_bf16") else "torch"
     # int8 ranges come from validation images (as the operating point does), never from the set being scored
     calibration = (
         datamodule.eval_dataloader("val") if backend == "onnxruntime_int8" and len(datamodule.rows("val")) else None
     )
     probabilities = inference.predict_probabilities(
-        predictor, datamodule.eval_dataloader(name), backend, settings["inference_batch_size"], calibration=calibration
+        predictor,
+        loader if loader is not None else datamodule.eval_dataloader(name),
+        backend,
+        settings["inference_batch_size"],
+        calibration=calibration,
     )
     if not findings:
         return pd.DataFrame(
@@ -93,30 +99,6 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     per_finding = {f"label_{f}": rows[f].astype(int).to_numpy() for f in findings}
     per_finding.update({f"probability_{f}": probabilities[:, j] for j, f in enumerate(findings)})
     return pd.concat([frame, pd.DataFrame(per_finding, index=frame.index)], axis=1)
-
-
-class TenCrop(torch.nn.Module):
-    """Ten-crop evaluation (CheXNet): the input resized by 256/224, its four corner and centre crops of the original
-    size and their mirror images, the probabilities averaged; returns the logit of the mean probability."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        size = images.shape[-1]
-        larger = torch.nn.functional.interpolate(
-            images, size=round(size * 256 / 224), mode="bilinear", align_corners=False, antialias=False
-        )
-        crops = torch.cat(TF.ten_crop(larger, [size, size]))  # (10 N, C, size, size), crop-major
-        probabilities = torch.sigmoid(self.model(crops).float()).reshape(10, len(images), -1).mean(dim=0)
-        return (
-            torch.logit(probabilities, eps=1e-7).squeeze(1)
-            if probabilities.shape[1] == 1
-            else torch.logit(probabilities, eps=1e-7)
-        )
 
 
 def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
