@@ -103,7 +103,9 @@ def test_thresholds_come_from_the_validation_predictions_not_the_test_set(monkey
 
 @pytest.mark.slow
 def test_a_trained_runs_operating_point_is_recomputed_from_its_predictions_val_csv(make_cfg):
-    cfg = make_cfg(["program=B", "trainer.max_epochs=1", "~logger", "data_check=false"])
+    cfg = make_cfg(
+        ["program=D", "trainer.max_epochs=1", "~logger", "data_check=false"]
+    )  # B's 1-epoch outputs are all 0
     train(cfg)
     run = Path(cfg.paths.output_dir)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -112,7 +114,11 @@ def test_a_trained_runs_operating_point_is_recomputed_from_its_predictions_val_c
     assert set(val["image"]) == set(pd.read_csv(run / "splits.csv").query("split == 'val'")["image"])
     op = metrics["test"]["operating_point"]
     assert op["chosen_on"] == "youden on val"
-    assert op["threshold"] == choose_threshold(val["label"], val["probability"], "youden")
+    # (the CSV keeps 8 significant digits)
+    assert op["threshold"] == pytest.approx(choose_threshold(val["label"], val["probability"], "youden"), rel=1e-7)
+    # Youden's candidates are the probabilities of the set it runs on: a validation image's, none of the test set's
+    assert np.isclose(val["probability"], op["threshold"], rtol=1e-7, atol=0).any()
+    assert not np.isclose(test["probability"], op["threshold"], rtol=1e-7, atol=0).any()
 
 
 def test_the_any_finding_label_uses_only_the_models_findings(monkeypatch):
