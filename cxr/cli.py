@@ -320,7 +320,8 @@ def _evaluate_app(cfg: DictConfig) -> float | None:
     quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
     with failure_recorded(cfg, one_line):
         metrics = evaluate(evaluation_config(cfg))
-    return (metrics.get("test") or {}).get("auroc")
+    # a sweep over evaluate.py would optimise what is returned: a validation figure, never a test one
+    return (metrics.get("validation") or {}).get("auroc")
 
 
 def evaluate_main() -> None:

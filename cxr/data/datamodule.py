@@ -252,6 +252,13 @@ class ChestXrayDataModule(L.LightningDataModule):
             return self.external_table
         return self.table[self.table["split"] == name].reset_index(drop=True)
 
+    def targets(self, name: str) -> torch.Tensor:
+        """The float32 targets of split ``name`` from its label rows (whatever the image format): ``target`` (N,)
+        or the findings' multi-hot (N, K)."""
+        rows = self.rows(name)
+        values = rows["target"] if self.target_columns is None else rows[self.target_columns]
+        return torch.tensor(values.to_numpy(dtype=np.float32), dtype=torch.float32)
+
     def split_table(self) -> pd.DataFrame:
         """image, patient, split for every labelled image (saved as splits.csv)."""
         return self.table[["image", "patient_id", "split"]].rename(columns={"patient_id": "patient"})

@@ -25,6 +25,9 @@ from cxr.evaluation.metrics import auroc, binary_metrics
 from cxr.evaluation.thresholds import choose_threshold
 
 ANY_FINDING_RULES = ("max", "noisy_or")
+# evaluation.min_positive_patients_for_mean: the findings a mean AUROC averages, in the point estimate and in every
+# resample alike (one estimand); a finding with fewer positive patients in the set has its own AUROC and CI only
+MIN_POSITIVE_PATIENTS_FOR_MEAN = 5
 # Published test AUROCs, as tabulated in Rajpurkar et al. 2017 (CheXNet, arXiv:1711.05225, Table 1). Their
 # splits differ from NIH's official one (Wang et al.: a random 70/10/20 image split of ChestX-ray8; CheXNet: a
 # random patient-disjoint 70/10/20 split): read them as orientation, not as a paired comparison.
@@ -139,15 +142,43 @@ def _ci(value, resampled: np.ndarray, level: float) -> dict:
     return {"value": None if value is None else float(value), "ci_low": low, "ci_high": high}
 
 
+def _mean_findings(labels: np.ndarray, codes: np.ndarray, defined: list[int], minimum: int) -> list[int]:
+    """The columns a mean AUROC averages: both classes in the set and at least ``minimum`` positive patients."""
+    return [j for j in defined if np.unique(codes[labels[:, j] == 1]).size >= minimum]
+
+
+def _resampled_mean(resampled: np.ndarray, columns: list[int]) -> tuple[np.ndarray, int]:
+    """The mean over the same ``columns`` in every resample, and how many resamples were dropped.
+
+    A resample in which one of them lost a class has no value of that estimand and is dropped (NaN) rather than
+    averaged over fewer findings (which mixed estimands: a 13-finding mean in the tail of a 14-finding CI).
+    Resampling by patient within class is no option here: a patient is positive for one finding and negative for
+    another. With >= k positive patients a finding loses them all in about exp(-k) of the resamples (0.7% at k = 5),
+    so dropping them barely conditions the interval; the count is reported."""
+    if not columns:
+        return np.full(len(resampled), np.nan), 0
+    means = resampled[:, columns].mean(axis=1)  # NaN where any of them is undefined
+    return means, int(np.isnan(means).sum())
+
+
 def multilabel_bootstrap(
-    labels, probabilities, patients, findings: list[str], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+    labels,
+    probabilities,
+    patients,
+    findings: list[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_positive_patients: int = MIN_POSITIVE_PATIENTS_FOR_MEAN,
 ) -> dict:
     """Per finding ``{"auroc", "average_precision"}`` (each ``{"value", "ci_low", "ci_high"}``) and ``mean_auroc``
-    (over the findings with both classes in the whole set; per resample over those that still have both), from
-    one set of patient resamples (all images of a drawn patient together); ``n_resamples``, ``n_patients``."""
+    over the findings with at least ``min_positive_patients`` positive patients in the set (the same findings in
+    the point estimate and every resample: _resampled_mean), from one set of patient resamples (all images of a
+    drawn patient together); ``n_resamples``, ``n_patients``."""
     _check_options(n_resamples, level)
     labels, probabilities = _matrices(labels, probabilities)
-    resampler = PatientResampler(patient_codes(patients))
+    codes = patient_codes(patients)
+    resampler = PatientResampler(codes)
     rng = np.random.default_rng(seed)
     k = labels.shape[1]
     masks = [_Labelled(labels, j) for j in range(k)]
@@ -164,7 +195,12 @@ def multilabel_bootstrap(
     point = {}
     for j, finding in enumerate(findings):
         y, p = masks[j].labels, probabilities[masks[j].rows, j]
-        entry = {"n_positive": int(y.sum()), "n_negative": int(len(y) - y.sum()), "n_missing": len(labels) - len(y)}
+        entry = {
+            "n_positive": int(y.sum()),
+            "n_positive_patients": int(np.unique(codes[masks[j].rows][y == 1]).size),
+            "n_negative": int(len(y) - y.sum()),
+            "n_missing": len(labels) - len(y),
+        }
         if j in defined:
             i = defined.index(j)
             point[finding] = auroc(y, p)
@@ -173,12 +209,15 @@ def multilabel_bootstrap(
         else:
             entry["auroc"] = entry["average_precision"] = {"value": None, "ci_low": None, "ci_high": None}
         result["findings"][finding] = entry
-    with np.errstate(all="ignore"):
-        means = np.nanmean(resampled_auroc, axis=1) if defined else np.full(n_resamples, np.nan)
+    included = _mean_findings(labels, codes, defined, min_positive_patients)
+    means, dropped = _resampled_mean(resampled_auroc, [defined.index(j) for j in included])
     result["mean_auroc"] = {
-        **_ci(np.mean(list(point.values())) if point else None, means, level),
-        "n_findings": len(defined),
-        "findings": [findings[j] for j in defined],
+        **_ci(np.mean([point[findings[j]] for j in included]) if included else None, means, level),
+        "n_findings": len(included),
+        "findings": [findings[j] for j in included],
+        "min_positive_patients": int(min_positive_patients),
+        "left_out": [findings[j] for j in range(k) if j not in included],
+        "n_resamples_dropped": dropped,
     }
     result["n_resamples"], result["n_patients"] = int(n_resamples), resampler.n_patients
     return result
@@ -193,14 +232,17 @@ def paired_multilabel_difference(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    min_positive_patients: int = MIN_POSITIVE_PATIENTS_FOR_MEAN,
 ) -> dict:
-    """Mean AUROC and AUROC per finding, run A minus run B on the same images and patient resamples:
+    """Mean AUROC (over the findings of multilabel_bootstrap's rule, the same in every resample) and AUROC per
+    finding, run A minus run B on the same images and patient resamples:
     ``{"mean_auroc": {...}, "findings": {finding: {...}}}``, each ``{"difference", "ci_low", "ci_high", "p_value",
     "auroc_a", "auroc_b"}`` (p: two-sided bootstrap p-value of no difference, as paired_auroc_difference)."""
     _check_options(n_resamples, level)
     labels, probabilities_a = _matrices(labels, probabilities_a)
     _, probabilities_b = _matrices(labels, probabilities_b)
-    resampler = PatientResampler(patient_codes(patients))
+    codes = patient_codes(patients)
+    resampler = PatientResampler(codes)
     rng = np.random.default_rng(seed)
     masks = [_Labelled(labels, j) for j in range(labels.shape[1])]
     defined = [j for j in range(labels.shape[1]) if masks[j].defined()]
@@ -242,11 +284,20 @@ def paired_multilabel_difference(
         points_a.append(pa)
         points_b.append(pb)
         result["findings"][findings[j]] = summary(pa, pb, a[:, i] - b[:, i])
-    with np.errstate(all="ignore"):
-        mean_differences = np.nanmean(a, axis=1) - np.nanmean(b, axis=1) if defined else np.full(n_resamples, np.nan)
-    result["mean_auroc"] = summary(
-        float(np.mean(points_a)) if defined else None, float(np.mean(points_b)) if defined else None, mean_differences
-    )
+    included = _mean_findings(labels, codes, defined, min_positive_patients)
+    columns = [defined.index(j) for j in included]
+    means_a, dropped = _resampled_mean(a, columns)
+    means_b, _ = _resampled_mean(b, columns)  # a and b lose a class in the same resamples (same labels)
+    result["mean_auroc"] = {
+        **summary(
+            float(np.mean([points_a[i] for i in columns])) if columns else None,
+            float(np.mean([points_b[i] for i in columns])) if columns else None,
+            means_a - means_b,
+        ),
+        "findings": [findings[j] for j in included],
+        "min_positive_patients": int(min_positive_patients),
+        "n_resamples_dropped": dropped,
+    }
     return result
 
 
@@ -298,13 +349,15 @@ def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.Data
     rows = []
     for finding, m in per_finding.items():
         op = m.get("operating_point") or {}
+        patients = m.get("n_positive_patients")
         rows.append(
             {
                 "finding": finding,
-                "positives": str(m.get("n_positive")),
+                "positives (images / patients)": f"{m.get('n_positive')} / {'n/a' if patients is None else patients}",
                 "AUROC [95% CI]": with_ci(m.get("auroc")),
                 "AP [95% CI]": with_ci(m.get("average_precision")),
-                "threshold (val)": fmt(op.get("threshold")),
+                "threshold (val)": fmt(op.get("threshold"))
+                + (" (fixed: few val positives)" if str(op.get("chosen_on", "")).startswith("fixed (") else ""),
                 "sensitivity": fmt(op.get("sensitivity")),
                 "specificity": fmt(op.get("specificity")),
                 "Wang 2017": fmt(WANG_2017.get(finding)),
@@ -315,8 +368,9 @@ def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.Data
         shown = [f for f in mean_auroc.get("findings", []) if f in WANG_2017]
         rows.append(
             {
-                "finding": f"mean over the {mean_auroc.get('n_findings')} findings with AUROC",
-                "positives": "",
+                "finding": f"mean over the {mean_auroc.get('n_findings')} findings with >= "
+                f"{mean_auroc.get('min_positive_patients')} positive patients",
+                "positives (images / patients)": "",
                 "AUROC [95% CI]": with_ci(mean_auroc),
                 "AP [95% CI]": "",
                 "threshold (val)": "",

@@ -393,7 +393,11 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
             n_resamples=n_resamples,
             seed=seed,
         )
-        for label, r in [("mean AUROC", result["mean_auroc"]), *result["findings"].items()]:
+        mean = result["mean_auroc"]  # one estimand: the same findings in the point estimate and every resample
+        mean_label = (
+            f"mean AUROC ({len(mean['findings'])} findings with >= {mean['min_positive_patients']} positive patients)"
+        )
+        for label, r in [(mean_label, mean), *result["findings"].items()]:
             rows.append(
                 [
                     a.name,

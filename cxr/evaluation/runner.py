@@ -29,8 +29,10 @@ from cxr.evaluation.figures import (
 )
 from cxr.evaluation.localisation import localise_set
 from cxr.evaluation.metrics import binary_metrics
+from cxr.evaluation.operating_points import audited_finding_thresholds, write_validation_predictions
 from cxr.evaluation.small_n import patient_counts
 from cxr.evaluation.subgroups import subgroup_columns, subgroup_gaps, subgroup_metrics
+from cxr.evaluation.ten_crop import TenCrop, ten_crop_loader
 from cxr.evaluation.thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
@@ -60,18 +62,23 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     finding" score (``settings.any_finding``), followed by ``label_<finding>`` and ``probability_<finding>``."""
     rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
     findings = model_findings(model)
-    backend, predictor = settings["inference_backend"], model
-    if findings and settings.get("ten_crop"):
-        # the ten-crop wrapper (resize + crops) fails in ONNX Runtime after export: torch directly, rather than an
-        # export, a failed check and a warning per set
-        predictor = TenCrop(model)
+    backend, predictor, loader = settings["inference_backend"], model, None
+    if findings and settings.get("ten_crop"):  # cxr.evaluation.ten_crop: crops of the image resized to 256 px
+        predictor = TenCrop(model, datamodule.preprocessing.image_size)
+        loader = ten_crop_loader(datamodule, name, settings["inference_batch_size"])
+        # the ten-crop wrapper fails in ONNX Runtime after export: torch directly, rather than an export, a failed
+        # check and a warning per set
         backend = backend if backend in ("eager", "torch", "torch_bf16") else "torch"
     # int8 ranges come from validation images (as the operating point does), never from the set being scored
     calibration = (
         datamodule.eval_dataloader("val") if backend == "onnxruntime_int8" and len(datamodule.rows("val")) else None
     )
     probabilities = inference.predict_probabilities(
-        predictor, datamodule.eval_dataloader(name), backend, settings["inference_batch_size"], calibration=calibration
+        predictor,
+        loader if loader is not None else datamodule.eval_dataloader(name),
+        backend,
+        settings["inference_batch_size"],
+        calibration=calibration,
     )
     if not findings:
         return pd.DataFrame(
@@ -89,7 +96,7 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
         {
             "image": rows["image"],
             "patient": rows["patient_id"],
-            "label": rows["target"],
+            "label": rows[findings].astype(int).max(axis=1),  # any of the model's findings, not of all 14
             "probability": any_finding_score(probabilities, settings["any_finding"]),
         }
     )
@@ -99,35 +106,10 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     return pd.concat([frame, pd.DataFrame(per_finding, index=frame.index)], axis=1)
 
 
-class TenCrop(torch.nn.Module):
-    """Ten-crop evaluation (CheXNet): the input resized by 256/224, its four corner and centre crops of the original
-    size and their mirror images, the probabilities averaged; returns the logit of the mean probability."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        size = images.shape[-1]
-        larger = torch.nn.functional.interpolate(
-            images, size=round(size * 256 / 224), mode="bilinear", align_corners=False, antialias=False
-        )
-        crops = torch.cat(TF.ten_crop(larger, [size, size]))  # (10 N, C, size, size), crop-major
-        probabilities = torch.sigmoid(self.model(crops).float()).reshape(10, len(images), -1).mean(dim=0)
-        return (
-            torch.logit(probabilities, eps=1e-7).squeeze(1)
-            if probabilities.shape[1] == 1
-            else torch.logit(probabilities, eps=1e-7)
-        )
-
-
 def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
-    """The validation split's predictions when an operating point is chosen or a temperature fitted on them (else
-    None): made once, for the binary threshold, the per-finding ones and temperature scaling."""
-    fixed = settings["operating_point"]["method"] == "fixed" and settings.get("calibration", "none") == "none"
-    if fixed or not len(datamodule.rows("val")):
+    """The validation split's predictions (None without one): made once, for the binary threshold, the
+    per-finding ones and temperature scaling, and saved as predictions_val.csv."""
+    if not len(datamodule.rows("val")):
         return None
     return predictions_frame(model, datamodule, "val", settings)
 
@@ -135,7 +117,7 @@ def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
 def operating_threshold(validation: pd.DataFrame | None, settings: dict) -> tuple[float, str]:
     """The threshold of ``settings.operating_point``, chosen on the validation predictions."""
     method = settings["operating_point"]["method"]
-    if validation is None:
+    if validation is None or method == "fixed":
         return float(settings["threshold"]), "fixed"
     try:
         threshold = choose_threshold(
@@ -174,9 +156,10 @@ def evaluate_sets(
     scaling = fit_scaling(raw_validation, model_findings(model), settings["calibration"])  # None: not scaled
     calibrate = (lambda f: scaling.apply(f, model_findings(model), settings["any_finding"])) if scaling else None
     validation = calibrate(raw_validation) if scaling and raw_validation is not None else raw_validation
+    write_validation_predictions(output_dir, validation)  # what every operating point was chosen on
     operating_point, chosen_on = operating_threshold(validation, settings)
     expert = read_google2019_labels(settings["expert_labels"]) if settings.get("expert_labels") else None
-    finding_thresholds, findings_chosen_on = _finding_thresholds(model_findings(model), validation, settings)
+    finding_thresholds, findings_chosen_on, audit = _finding_thresholds(model_findings(model), validation, settings)
     results: dict[str, dict] = {}
     for name in datamodule.eval_set_names():
         raw = predictions_frame(model, datamodule, name, settings)
@@ -222,6 +205,7 @@ def evaluate_sets(
                 model_findings(model),
                 finding_thresholds,
                 findings_chosen_on,
+                audit,
                 settings,
                 output_dir,
                 writer,
@@ -264,23 +248,14 @@ def evaluate_sets(
 
 def _finding_thresholds(
     findings: list[str] | None, validation: pd.DataFrame | None, settings: dict
-) -> tuple[dict[str, float | None], str]:
-    """Per-finding thresholds chosen on the validation predictions (``operating_point.method``; without them 0.5
-    each), and what they were chosen by."""
-    from cxr.evaluation.multilabel import finding_thresholds
-
+) -> tuple[dict[str, float | None], dict[str, str], dict | None]:
+    """Per-finding thresholds chosen on the validation predictions (cxr.evaluation.operating_points; without them
+    the fixed threshold each), what each was chosen by, and the audit for metrics.json."""
     if not findings:
-        return {}, "fixed"
-    if validation is None:
-        return {f: float(settings["threshold"]) for f in findings}, "fixed"
-    method = settings["operating_point"]["method"]
-    return finding_thresholds(
-        validation[[f"label_{f}" for f in findings]].to_numpy(),
-        validation[[f"probability_{f}" for f in findings]].to_numpy(),
-        findings,
-        method,
-        settings["operating_point"].get("target_sensitivity"),
-    ), f"{method} on val"
+        return {}, {}, None
+    if validation is None or settings["operating_point"]["method"] == "fixed":
+        return {f: float(settings["threshold"]) for f in findings}, {f: "fixed" for f in findings}, None
+    return audited_finding_thresholds(findings, validation, settings)
 
 
 def _add_finding_metrics(
@@ -289,7 +264,8 @@ def _add_finding_metrics(
     predictions: pd.DataFrame,
     findings: list[str],
     thresholds: dict,
-    chosen_on: str,
+    chosen_on: dict,
+    audit: dict | None,
     settings: dict,
     output_dir: Path,
     writer,
@@ -302,13 +278,14 @@ def _add_finding_metrics(
 
     labels = predictions[[f"label_{f}" for f in findings]].to_numpy()
     probabilities = predictions[[f"probability_{f}" for f in findings]].to_numpy()
+    minimum = settings.get("min_positive_patients_for_mean", multilabel.MIN_POSITIVE_PATIENTS_FOR_MEAN)
     scored = multilabel.multilabel_bootstrap(
-        labels, probabilities, predictions["patient"], findings, **settings["bootstrap"]
+        labels, probabilities, predictions["patient"], findings, **settings["bootstrap"], min_positive_patients=minimum
     )
     for j, finding in enumerate(findings):
         scored["findings"][finding].update(patient_counts(labels[:, j], predictions["patient"]))
         scored["findings"][finding]["operating_point"] = {
-            "chosen_on": chosen_on,
+            "chosen_on": chosen_on[finding],
             **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding)),
         }
     metrics.update(
@@ -317,6 +294,7 @@ def _add_finding_metrics(
             "any_finding": settings["any_finding"],
             "mean_auroc": scored["mean_auroc"],
             "findings": scored["findings"],
+            "finding_thresholds": audit,
         }
     )
     table = multilabel.findings_table(scored["findings"], scored["mean_auroc"])
@@ -335,7 +313,7 @@ def _add_finding_metrics(
         probabilities,
         findings,
         thresholds,
-        title=(f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds chosen {chosen_on})"),
+        title=f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds, {_chosen(chosen_on)})",
     )
     save_figure(figure, output_dir / f"roc_findings_{name}.png")
     mean = scored["mean_auroc"]
@@ -425,6 +403,10 @@ def _draw(
         for key in ("accuracy", "accuracy_class0", "accuracy_class1", "balanced_accuracy", "auroc"):
             if metrics[key] is not None:
                 writer.add_scalar(f"{name}/{key}", metrics[key], global_step=step)
+
+
+def _chosen(chosen_on: dict) -> str:
+    return "; ".join(sorted(set(chosen_on.values())))
 
 
 def _fmt(value) -> str:

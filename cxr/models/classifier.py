@@ -22,7 +22,7 @@ from torchmetrics.classification import (
 from cxr.errors import ConfigError
 from cxr.models import registry
 from cxr.models.backbones import no_weights
-from cxr.models.losses import binary_loss
+from cxr.models.losses import balanced_pos_weight, binary_loss
 from cxr.safe_instantiate import check_targets, instantiate
 
 TASKS = ("binary", "multilabel")
@@ -190,19 +190,9 @@ class Classifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.hparams.class_weight == "balanced" and stage == "fit" and self.trainer.datamodule is not None:
-            targets = self.trainer.datamodule.datasets["train"].targets
-            if self.multilabel:  # weighted BCE per finding: n_negative / n_positive of the training split
-                positives, labelled = targets.nansum(dim=0), (~torch.isnan(targets)).sum(dim=0)  # NaN: not labelled
-                self.pos_weight.copy_(
-                    torch.where(
-                        positives > 0, (labelled - positives) / positives.clamp(min=1), torch.ones_like(positives)
-                    )
-                )
-                return
-            n_class1 = float(targets.sum())
-            if n_class1 == 0 or n_class1 == len(targets):
-                raise ValueError("class_weight=balanced: the training split holds a single class")
-            self.pos_weight.fill_((len(targets) - n_class1) / n_class1)
+            # from the label rows, not the dataset: a streamed shard dataset holds no targets tensor
+            targets = self.trainer.datamodule.targets("train")
+            self.pos_weight.copy_(balanced_pos_weight(targets, self.multilabel).reshape(self.pos_weight.shape))
         elif self.hparams.class_weight not in (None, "balanced") and not isinstance(
             self.hparams.class_weight, (int, float)
         ):

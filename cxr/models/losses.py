@@ -55,3 +55,16 @@ def binary_loss(name: str):
     if name not in LOSSES:
         raise ValueError(f"model.loss={name!r}: use one of {', '.join(LOSSES)}")
     return {"bce_with_logits": bce_with_logits, "keras_bce": keras_bce}[name]
+
+
+def balanced_pos_weight(targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """``class_weight=balanced``: n_negative / n_positive of the training targets (per finding for multi-label, 1
+    for a finding without positives); a binary training split of one class is refused."""
+    targets = torch.as_tensor(targets, dtype=torch.float32)
+    positives = targets.nansum(dim=0)  # NaN: a finding the dataset does not label (or an ignored uncertain label)
+    if multilabel:
+        labelled = (~torch.isnan(targets)).sum(dim=0)
+        return torch.where(positives > 0, (labelled - positives) / positives.clamp(min=1), torch.ones_like(positives))
+    if positives == 0 or positives == len(targets):
+        raise ValueError("class_weight=balanced: the training split holds a single class")
+    return (len(targets) - positives) / positives
