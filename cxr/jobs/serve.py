@@ -163,10 +163,11 @@ class PredictAPI(_ModelAPI):
     def setup(self, device):
         self._load(device, self.settings.get("backend", "auto"))
         p = self.predictor.preprocessing
-        warm = torch.from_numpy(
-            np.random.default_rng(0).random((2, p.channels, p.image_size, p.image_size), dtype=np.float32)
-        )
-        self.predictor.probabilities(warm)  # ONNX export and its check against torch, before /ready
+        shape = (max(1, int(self.max_batch_size)), p.channels, p.image_size, p.image_size)
+        warm = torch.from_numpy(np.random.default_rng(0).random(shape, dtype=np.float32))
+        # before /ready: the ONNX export and its check against torch, and the largest batch the worker will run,
+        # so that ONNX Runtime's memory arena reaches its final size now instead of growing under load
+        self.predictor.probabilities(warm)
 
     def predict(self, uploads):
         started = time.perf_counter()
