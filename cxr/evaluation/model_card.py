@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cxr.models.sources import card_lines
+
 SETS = ("test", "external")
 NOT_A_DEVICE = (
     "**Research model, not a medical device.** It has not been validated for clinical use and must not "
@@ -193,13 +195,14 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
         "## Model",
         "",
         f"- Task: {task}.",
-        f"- Network: `{cfg.model.net.get('_target_')}`, {metrics.get('params'):,} trainable parameters; "
+        f"- Network: `{cfg.model.net.get('_target_') or cfg.model.net.get('name')}`, {metrics.get('params'):,} trainable parameters; "
         f"trained {metrics.get('epochs_trained')} epoch(s), seed {cfg.get('seed')}.",
         f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}"
         + (f"; epoch {metrics['checkpoint_epoch']}, counted from 1" if metrics.get("checkpoint_epoch") else "")
         + ").",
         f"- Training recipe: batch {training.get('batch_size')}, learning rate {training.get('lr')}, "
         f"class weight {training.get('class_weight')}, augmentation {training.get('augmentation') or 'none'}.",
+        *card_lines(metrics.get("pretrained")),  # initial weights and their leakage flag (cxr.models.sources)
         "",
         "## Data and split",
         "",

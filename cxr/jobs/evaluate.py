@@ -13,7 +13,8 @@ from cxr.artifacts import file_digest, write_json
 from cxr.errors import ConfigError
 from cxr.evaluation.runner import evaluate_sets
 from cxr.jobs.train import _build_data, _evaluation_settings
-from cxr.models.checkpoints import load_classifier
+from cxr.models import sources
+from cxr.models.checkpoints import load_classifier, plain_setting
 from cxr.run_dir import prepare_run_directory, run_name
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,16 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.preprocessing_from not in ("checkpoint", "config"):
         raise ConfigError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
     model, checkpoint = load_classifier(cfg.ckpt_path)
+    trained = checkpoint.get("hyper_parameters") or {}  # the initial weights, as data (never fetched again)
+    pretrained = sources.summary(  # the leakage flag of the checkpoint's initial weights on this data
+        plain_setting(trained.get("weights"), "hyper_parameters.weights"),
+        model.hparams.get("weights_file"),
+        model.hparams.get("preprocessing"),
+        cfg.data.name,
+        model.hparams.get("weights_trained_on"),
+    )
+    if pretrained["leakage"]:
+        log.warning("LEAKAGE: %s", pretrained["leakage"]["warning"])
     splits = _run_split(cfg, checkpoint)
     if splits is not None:
         with open_dict(cfg):
@@ -83,6 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "preprocessing": preprocessing,
         "split": datamodule.summary,
         "leakage": datamodule.leakage,
+        "pretrained": pretrained,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
