@@ -206,7 +206,7 @@ class HFEncoderNet(PretrainedNet):
         else:
             folder = sources.locate(source, weights_file)
             try:
-                self.encoder = model_class.from_pretrained(str(folder), use_safetensors=True)
+                self.encoder = model_class.from_pretrained(str(folder), use_safetensors=True).train()  # loaded in eval
             except (OSError, ValueError, RuntimeError) as error:
                 raise PretrainedWeightsError(
                     f"model.weights={source.key}: {folder} is not a {model_type} folder with model.safetensors "
