@@ -227,8 +227,8 @@ def test_xrv_train_evaluate_predict_reproduce(published, demo_root, tmp_path):
     common = ["evaluation.inference_backend=torch", "evaluation.bootstrap.n_resamples=20", "logger=csv"]
     _run(
         [str(REPO / "train.py"), "task=multilabel", "model.weights=xrv:densenet121-res224-nih"]
-        + [f"model.weights_file={published['xrv']}", "trainer.max_epochs=1", "trainer.limit_train_batches=1"]
-        + ["trainer.limit_val_batches=1", *DEMO_OVERRIDES(demo_root), *common],
+        + [f"model.weights_file={published['xrv']}", "trainer.max_epochs=1", "+trainer.limit_train_batches=1"]
+        + ["+trainer.limit_val_batches=1", *DEMO_OVERRIDES(demo_root), *common],
         tmp_path,
     )
     run = next((tmp_path / "outputs" / "train" / "runs").iterdir())
