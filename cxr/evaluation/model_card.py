@@ -17,6 +17,7 @@ from cxr.evaluation.checklist import checklist_lines
 from cxr.evaluation.localisation import markdown_lines as localisation_lines
 from cxr.evaluation.small_n import MIN_PATIENTS, mark
 from cxr.evaluation.tables import calibration_lines, subgroup_lines
+from cxr.models.sources import card_lines
 
 SETS = ("test", "external")
 NOT_A_DEVICE = (
@@ -185,13 +186,14 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
         "## Model",
         "",
         f"- Task: {task}.",
-        f"- Network: `{cfg.model.net.get('_target_')}`, {metrics.get('params'):,} trainable parameters; "
+        f"- Network: `{cfg.model.net.get('_target_') or cfg.model.net.get('name')}`, {metrics.get('params'):,} trainable parameters; "
         f"trained {metrics.get('epochs_trained')} epoch(s), seed {cfg.get('seed')}.",
         f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}"
         + (f"; epoch {metrics['checkpoint_epoch']}, counted from 1" if metrics.get("checkpoint_epoch") else "")
         + ").",
         f"- Training recipe: batch {training.get('batch_size')}, learning rate {training.get('lr')}, "
         f"class weight {training.get('class_weight')}, augmentation {training.get('augmentation') or 'none'}.",
+        *card_lines(metrics.get("pretrained")),  # initial weights and their leakage flag (cxr.models.sources)
         "",
         "## Data and split",
         "",

@@ -15,7 +15,8 @@ from cxr.errors import ConfigError
 from cxr.evaluation.operating_points import validation_summary
 from cxr.evaluation.runner import evaluate_sets
 from cxr.jobs.train import _build_data, _evaluation_settings
-from cxr.models.checkpoints import load_classifier
+from cxr.models import sources
+from cxr.models.checkpoints import load_classifier, plain_setting
 from cxr.run_dir import prepare_run_directory, run_name
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,16 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.preprocessing_from not in ("checkpoint", "config"):
         raise ConfigError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
     model, checkpoint = load_classifier(cfg.ckpt_path)
+    trained = checkpoint.get("hyper_parameters") or {}  # the initial weights, as data (never fetched again)
+    pretrained = sources.summary(  # the leakage flag of the checkpoint's initial weights on this data
+        plain_setting(trained.get("weights"), "hyper_parameters.weights"),
+        model.hparams.get("weights_file"),
+        model.hparams.get("preprocessing"),
+        cfg.data.name,
+        model.hparams.get("weights_trained_on"),
+    )
+    if pretrained["leakage"]:
+        log.warning("LEAKAGE: %s", pretrained["leakage"]["warning"])
     splits = _run_split(cfg, checkpoint)
     if splits is not None:
         with open_dict(cfg):
@@ -101,6 +112,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "leakage": datamodule.leakage,
         "training_overlap": overlap,
         "validation": validation_summary(output_dir),  # what evaluate.py returns (a sweep never sees a test figure)
+        "pretrained": pretrained,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)
