@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
+
+from tests.conftest import import_or_skip
 
 
 def xrv_data() -> Path:
     """torchxrayvision's data/ folder (the label files of PadChest, VinDr-CXR's competition, RSNA, Open-i)."""
-    xrv = pytest.importorskip("torchxrayvision")
+    xrv = import_or_skip("torchxrayvision")
     return Path(os.path.dirname(xrv.__file__)) / "data"
 
 

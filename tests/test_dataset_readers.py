@@ -20,6 +20,7 @@ from cxr.data.datasets.release import harmonised_map, map_rows
 from cxr.data.findings import HARMONISED, PATHOLOGIES
 from cxr.data.images import load_image
 from cxr.data.labels import LabelFileError
+from tests.conftest import import_or_skip
 from tests.reader_fixtures import dicom, png8, png16, xrv_data
 
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
@@ -109,7 +110,7 @@ def test_padchest_real_counts(padchest_real):
 
 def test_padchest_against_torchxrayvision(tmp_path, padchest_real):
     """Each image on which torchxrayvision's PC_Dataset and cxr disagree lists a label that the table notes."""
-    xrv = pytest.importorskip("torchxrayvision")
+    xrv = import_or_skip("torchxrayvision")
     subset = pd.read_csv(xrv_data() / PADCHEST_CSV, nrows=4000, index_col=0, low_memory=False)
     subset.to_csv(tmp_path / "subset.csv")
     (tmp_path / "images").mkdir()
@@ -168,7 +169,7 @@ def vindr_boxes():
 
 
 def test_vindr_competition_file_counts_and_xrv(tmp_path, vindr_boxes):
-    xrv = pytest.importorskip("torchxrayvision")
+    xrv = import_or_skip("torchxrayvision")
     path = xrv_data() / "vinbigdata-train.csv.gz"
     frame = vindr_cxr.read(tmp_path, {"labels": str(path)})
     check_contract(frame, "vindr_cxr")
@@ -232,7 +233,7 @@ def rsna_root(tmp_path_factory):
 
 
 def test_rsna_real_counts_and_xrv(tmp_path, rsna_root):
-    xrv = pytest.importorskip("torchxrayvision")
+    xrv = import_or_skip("torchxrayvision")
     frame = rsna_pneumonia.read(rsna_root, {})
     check_contract(frame, "rsna_pneumonia")
     # Shih et al. 2019 / the challenge: 26,684 training images (one per patientId), 30,227 label rows
@@ -281,7 +282,7 @@ def openi_root(tmp_path_factory):
 
 
 def test_openi_real_reports_and_xrv(openi_root):
-    xrv = pytest.importorskip("torchxrayvision")
+    xrv = import_or_skip("torchxrayvision")
     metadata = str(xrv_data() / "nlmcxr_dicom_metadata.csv.gz")
     frame = openi.read(openi_root, {"metadata": metadata})
     check_contract(frame, "openi")

@@ -14,9 +14,10 @@ from cxr.data.datasets import READERS
 from cxr.data.datasets.common import COLUMNS
 from cxr.data.findings import HARMONISED, NIH_FINDINGS, labelled_findings, mapping, mapping_table
 from cxr.data.labels import FINDINGS, LabelFileError
+from tests.conftest import import_or_skip
 from tests.dataset_fixtures import chexpert_release, mimic_release, xrv_data
 
-xrv = pytest.importorskip("torchxrayvision")
+xrv = import_or_skip("torchxrayvision")
 
 
 def test_harmonised_names_start_with_nih_and_table_is_sorted_and_known():
