@@ -92,11 +92,13 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     from cxr.evaluation.multilabel import any_finding_score
 
     probabilities = probabilities.reshape(len(rows), len(findings))
+    # any of the model's findings, not of all 14; empty only when none of them is labelled for the image
+    any_finding = rows[findings].astype("float64").max(axis=1)
     frame = pd.DataFrame(
         {
             "image": rows["image"],
             "patient": rows["patient_id"],
-            "label": rows[findings].astype(int).max(axis=1),  # any of the model's findings, not of all 14
+            "label": any_finding if any_finding.isna().any() else any_finding.astype("int64"),
             "probability": any_finding_score(probabilities, settings["any_finding"]),
         }
     )
