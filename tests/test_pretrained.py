@@ -284,7 +284,7 @@ def test_nih_weights_on_nih_data_are_flagged(published, tmp_path):
 
     cfg = compose_config(
         "train",
-        ["data=nih", f"data.root={NIH_SAMPLE}/images", f"data.labels={NIH_SAMPLE}/labels.csv", "task=multilabel"]
+        ["experiment=chexnet_nih_sample"]  # the sample with NIH's official lists, as docs/pretrained.md runs it
         + ["model.weights=xrv:densenet121-res224-nih", f"model.weights_file={published['xrv']}", "debug=fdr"]
         + ["model.freeze=backbone", "evaluation.inference_backend=torch", "evaluation.bootstrap.n_resamples=20"],
         tmp_path / "run",

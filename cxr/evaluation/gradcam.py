@@ -37,20 +37,23 @@ class OutputLogit:
         return output.reshape(-1)[self.k]
 
 
-def cam_maps(model: torch.nn.Module, images: torch.Tensor, n_outputs: int) -> np.ndarray:
-    """``(N, K, H, W)`` Grad-CAM maps in [0, 1] for each image and output."""
+def grad_cam(model: torch.nn.Module, images: torch.Tensor, targets: list) -> np.ndarray:
+    """``(N, H, W)`` Grad-CAM maps in [0, 1] of the last convolution, image i's for ``targets[i]``."""
     from pytorch_grad_cam import GradCAM
 
     model.eval()
-    maps = []
     with (
         torch.inference_mode(False),
         torch.enable_grad(),
         GradCAM(model=model, target_layers=[last_convolution(model)]) as cam,
     ):
-        for k in range(n_outputs):
-            maps.append(cam(input_tensor=images.clone(), targets=[OutputLogit(k)] * len(images)))
-    return np.stack(maps, axis=1)
+        # the input asks for gradients so that a frozen backbone (model.freeze=backbone) still has them
+        return cam(input_tensor=images.clone().requires_grad_(True), targets=targets)
+
+
+def cam_maps(model: torch.nn.Module, images: torch.Tensor, n_outputs: int) -> np.ndarray:
+    """``(N, K, H, W)`` Grad-CAM maps in [0, 1] for each image and output."""
+    return np.stack([grad_cam(model, images, [OutputLogit(k)] * len(images)) for k in range(n_outputs)], axis=1)
 
 
 def overlay(grey: np.ndarray, heatmap: np.ndarray) -> np.ndarray:

@@ -169,18 +169,9 @@ def _output_of(finding: str, findings: list[str] | None) -> int | None:
 
 def heatmaps(model, images, outputs: list[int]) -> np.ndarray:
     """(N, H, W) Grad-CAM maps in [0, 1], image i's for output ``outputs[i]`` (cxr.evaluation.gradcam's layer)."""
-    import torch
-    from pytorch_grad_cam import GradCAM
+    from cxr.evaluation.gradcam import OutputLogit, grad_cam
 
-    from cxr.evaluation.gradcam import OutputLogit, last_convolution
-
-    model.eval()
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        GradCAM(model=model, target_layers=[last_convolution(model)]) as cam,
-    ):
-        return cam(input_tensor=images.clone(), targets=[OutputLogit(k) for k in outputs])
+    return grad_cam(model, images, [OutputLogit(k) for k in outputs])
 
 
 def localise_set(
