@@ -202,8 +202,15 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
     return loaded, {
         "checkpoint": os.path.relpath(path, output_dir),
         "checkpoint_epoch": checkpoint.get("epoch", -1) + 1,
-        "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)",
+        "checkpoint_choice": f"best by {saver.monitor}{_from_epoch(saver)}"
+        if choice == "best"
+        else "last (end of fit)",
     }
+
+
+def _from_epoch(saver) -> str:
+    first = getattr(saver, "min_epochs", 1)
+    return f" from epoch {first} on" if first > 1 else ""
 
 
 def _validation_summary(history: EpochHistory | None, trainer: L.Trainer) -> dict:
