@@ -110,6 +110,7 @@ def test_cross_validation_on_the_demo_data_writes_folds_a_summary_and_compares(m
     tests = [pd.read_csv(parent / f"fold{k}" / "splits.csv").query("split == 'test'") for k in (1, 2, 3)]
     assert sum(map(len, tests)) == len(pd.read_csv(parent / "fold1" / "splits.csv"))  # folds tile the data
     assert not set(tests[0]["patient"]) & set(tests[1]["patient"])
+    assert cross_validate(cfg)["per_fold"] == summary["per_fold"]  # again: finished folds are read, not retrained
     report = compare([parent], out=tmp_path / "report", n_resamples=20)
     assert not report.skipped  # the parent is a cross-validation, not a broken run
     (group,) = report.seed_groups
