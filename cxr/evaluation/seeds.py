@@ -104,14 +104,10 @@ def compare_groups(groups: list[dict], metric: str = "auroc", level: float = LEV
             keys = sorted(va)
             differences = [va[k] - vb[k] for k in keys]
             interval = t_interval(differences, level)
-            sd = interval["sd"]
-            p = (
-                1.0
-                if sd == 0 and interval["mean"] == 0
-                else 0.0
-                if sd == 0
-                else stats.ttest_rel([va[k] for k in keys], [vb[k] for k in keys]).pvalue
-            )
+            if interval["sd"]:
+                p = stats.ttest_rel([va[k] for k in keys], [vb[k] for k in keys]).pvalue
+            else:  # the same difference in every repeat: none (p = 1) or one without spread (p = 0)
+                p = 1.0 if interval["mean"] == 0 else 0.0
             row.update(difference=interval["mean"], ci_low=interval["ci_low"], ci_high=interval["ci_high"], n=len(keys))
         else:
             xa, xb = list(va.values()), list(vb.values())
