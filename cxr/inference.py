@@ -141,6 +141,7 @@ def _torch_runner(model: torch.nn.Module, bf16: bool, channels_last: bool):
             logits = model(images)
         return torch.sigmoid(logits.float()).cpu().numpy()
 
+    run.backend = "torch_bf16" if bf16 else "torch"
     return run
 
 
@@ -276,7 +277,7 @@ def int8_session(model: torch.nn.Module, example: torch.Tensor, calibration: np.
     )
 
 
-def _onnx_runner(model: torch.nn.Module, example: torch.Tensor, session=None):
+def _onnx_runner(model: torch.nn.Module, example: torch.Tensor, session=None, backend: str = "onnxruntime"):
     session = session or onnx_session(model, example)
     name = session.get_inputs()[0].name
 
@@ -286,6 +287,7 @@ def _onnx_runner(model: torch.nn.Module, example: torch.Tensor, session=None):
         logits = logits[:, 0] if logits.shape[1] == 1 else logits  # as the torch runner: (N,) or (N, K)
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
+    run.backend = backend
     return run
 
 
@@ -321,6 +323,9 @@ def predict_probabilities(
         model.train(was_training)
     if not outputs:
         return np.empty(0, dtype=np.float32)
+    # the backend that scored the images (a failed ONNX check falls back to torch): tests assert it
+    ran = "eager" if backend == "eager" else run.backend
+    log.info("inference: %d images scored by %s (asked: %s)", sum(map(len, outputs)), ran, backend)
     probabilities = np.concatenate(outputs)
     return probabilities[:, 0] if probabilities.shape[1] == 1 else probabilities  # (N,) binary, (N, K) multi-label
 
@@ -369,9 +374,9 @@ def _checked(
     runs once per session: a cached one (same weights, same input shape) is trusted."""
     session = _valid(sessions, model, images)
     if session is not None:
-        return _onnx_runner(model, images, session)
+        return _onnx_runner(model, images, session, backend)
     try:
-        run = _onnx_runner(model, images, make_session())
+        run = _onnx_runner(model, images, make_session(), backend)
         difference = float(np.abs(run(images) - torch_run(images)).max())
     except Exception as error:  # export, quantization or session failure: keep going with torch
         log.warning("inference backend %s unavailable for this model (%s); using torch", backend, error)

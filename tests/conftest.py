@@ -28,6 +28,18 @@ def require_real_data(path: Path = SHARED_DATA) -> Path:
     return path
 
 
+def import_or_skip(module: str, reason: str = ""):
+    """pytest.importorskip, except that CI (CXR_REQUIRE_REAL_DATA=1, where `.[all]` is installed) fails instead."""
+    if os.environ.get("CXR_REQUIRE_REAL_DATA") == "1":
+        import importlib
+
+        try:
+            return importlib.import_module(module)
+        except ImportError as error:
+            pytest.fail(f"{module} does not import in CI, where the extras are installed: {error}")
+    return pytest.importorskip(module, reason=reason or None)
+
+
 def DEMO_OVERRIDES(root: Path) -> list[str]:
     """Point data=demo at the small session demo set (same generator arguments, so it is not rebuilt)."""
     return [

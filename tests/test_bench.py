@@ -35,7 +35,7 @@ MEASURES = (
     "GPU train step",
 )
 # DDP and the service start subprocesses: tests/test_distributed.py and tests/test_serve.py run them
-IN_PROCESS = tuple(s for s in SECTIONS if s not in ("ddp", "serve"))
+IN_PROCESS = tuple(s for s in SECTIONS if s not in ("ddp", "serve", "backbones"))  # backbones: test_pretrained.py
 
 
 @pytest.fixture(scope="module")

@@ -322,10 +322,25 @@ def test_shipped_metadata_is_the_official_release(tmp_path):
         + len((tmp_path / "test_list.txt").read_text().split())
         == 112_120
     )
-    if NIH_META.exists():
-        require_real_data(NIH_META)
-        for name in ("train_val_list.txt", "test_list.txt"):
-            assert (tmp_path / name).read_bytes() == (NIH_META / name).read_bytes()
-        with gzip.open(NIH_META / "Data_Entry_2017_v2020.csv.gz") as official:
-            assert (tmp_path / "Data_Entry_2017_v2020.csv").read_bytes() == official.read()
-        assert shipped("release_archives.csv").read_text() == (NIH_META / "release_archives.csv").read_text()
+
+
+@pytest.mark.real_data
+def test_shipped_metadata_matches_the_real_release_files(tmp_path):
+    """Skipped in a clone without ../shared/data, failed in CI (CXR_REQUIRE_REAL_DATA=1), as every real-data test."""
+    require_real_data(NIH_META)
+    write_metadata(tmp_path)
+    for name in ("train_val_list.txt", "test_list.txt"):
+        assert (tmp_path / name).read_bytes() == (NIH_META / name).read_bytes()
+    with gzip.open(NIH_META / "Data_Entry_2017_v2020.csv.gz") as official:
+        assert (tmp_path / "Data_Entry_2017_v2020.csv").read_bytes() == official.read()
+    assert shipped("release_archives.csv").read_text() == (NIH_META / "release_archives.csv").read_text()
+
+
+def test_the_real_release_comparison_fails_in_ci_when_its_data_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "NIH_META", tmp_path / "absent")
+    monkeypatch.setenv("CXR_REQUIRE_REAL_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match="CXR_REQUIRE_REAL_DATA=1"):
+        test_shipped_metadata_matches_the_real_release_files(tmp_path)
+    monkeypatch.delenv("CXR_REQUIRE_REAL_DATA")
+    with pytest.raises(pytest.skip.Exception):  # a user's clone without the data: skipped
+        test_shipped_metadata_matches_the_real_release_files(tmp_path)

@@ -68,9 +68,16 @@ def _labels(loader) -> np.ndarray:
     return np.concatenate([batch[1].numpy() for batch in loader])
 
 
-def _check_agreement(model, loader, backend):
+def _check_agreement(model, loader, backend, caplog):
+    """The backend agrees with eager torch, and it is the backend that ran: a silent fallback to torch (a failed
+    ONNX export or check) would agree too."""
     reference = inference.predict_probabilities(model, loader, "eager")
-    fast = inference.predict_probabilities(model, loader, backend)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cxr.inference"):
+        fast = inference.predict_probabilities(model, loader, backend)
+    expected = inference.choose_backend(model, backend)  # auto: onnxruntime where installed, else torch
+    ran = [r.getMessage() for r in caplog.records if "images scored by" in r.getMessage()]
+    assert ran and ran[-1].split("scored by ")[1].startswith(f"{expected} "), (expected, ran)
     assert fast.shape == reference.shape and fast.dtype == np.float32
     assert np.abs(fast - reference).max() < TOLERANCE[backend]
     labels = _labels(loader)
@@ -89,8 +96,8 @@ def _check_agreement(model, loader, backend):
         "auto",
     ],
 )
-def test_inference_backends_agree_with_the_eager_baseline(trained, demo_data, backend):
-    reference, _ = _check_agreement(trained, demo_data[1], backend)
+def test_inference_backends_agree_with_the_eager_baseline(trained, demo_data, backend, caplog):
+    reference, _ = _check_agreement(trained, demo_data[1], backend, caplog)
     assert reference.max() - reference.min() > 1e-3  # a model whose outputs differ between images
 
 
@@ -104,7 +111,7 @@ def test_inference_backends_agree_with_the_eager_baseline(trained, demo_data, ba
         pytest.param("onnxruntime_int8", marks=needs_onnxruntime),
     ],
 )
-def test_inference_backends_agree_on_real_nih_images(trained, backend):
+def test_inference_backends_agree_on_real_nih_images(trained, backend, caplog):
     require_real_data(NIH_SAMPLE)
     labels = pd.read_csv(NIH_SAMPLE / "labels.csv").head(48)
     table = pd.DataFrame(
@@ -115,7 +122,7 @@ def test_inference_backends_agree_on_real_nih_images(trained, backend):
     )
     dataset = ChestXrayDataset(table, Preprocessing(**PREPROCESSING))
     loader = torch.utils.data.DataLoader(dataset, batch_size=10)
-    _check_agreement(trained, loader, backend)
+    _check_agreement(trained, loader, backend, caplog)
 
 
 def test_auto_prefers_onnxruntime_when_installed_and_never_bf16(trained):

@@ -46,6 +46,8 @@ def test_multilabel_bootstrap_per_finding_and_mean_auroc():
     for j, finding in enumerate(FINDINGS3[:2]):
         entry = result["findings"][finding]
         assert entry["auroc"]["value"] == pytest.approx(auroc(labels[:, j], probabilities[:, j]))
+        # fixed data and resampling seeds (rng 1, seed 0), so this cannot fail by chance: the intervals are about
+        # 0.2 wide on 40 patients, the values well inside them; any seed would do, this one is reproducible
         assert entry["auroc"]["ci_low"] < entry["auroc"]["value"] < entry["auroc"]["ci_high"]
         assert entry["average_precision"]["ci_low"] < entry["average_precision"]["value"]
     assert result["findings"]["Mass"]["auroc"]["value"] is None and result["mean_auroc"]["n_findings"] == 2
@@ -124,22 +126,43 @@ def test_compare_pairs_multilabel_runs_per_finding_and_against_a_binary_run(tmp_
     assert "Multi-label runs: AUROC per finding" in text and "Paired multi-label differences" in text
     section = text.split("Paired multi-label differences")[1]
     multi_rows = [line for line in section.splitlines() if line.startswith("| ml_good | ml_poor | ")]
-    assert {row.split(" | ")[2] for row in multi_rows} == {"mean AUROC", "Effusion", "Mass"}
+    assert {row.split(" | ")[2] for row in multi_rows} == {
+        "mean AUROC (2 findings with >= 5 positive patients)",
+        "Effusion",
+        "Mass",
+    }
     assert {(p["run_a"], p["run_b"]) for p in report.pairs} >= {("binary_D", "ml_good"), ("binary_D", "ml_poor")}
 
 
 # ------------------------------------------------------------------------------------------------ ten-crop
-def test_ten_crop_averages_the_probabilities_of_ten_crops():
+def test_ten_crop_crops_the_image_resized_to_256_over_224_not_the_upsampled_input(make_cfg):
+    """CheXNet's ten-crop: each image read from its file at 256/224 of the training size (37 px for 32), ten crops of
+    the training size, probabilities averaged; not ten crops of an upsampled copy of the training-size input."""
+    from hydra.utils import instantiate
     from torchvision.transforms.v2 import functional as TF
 
-    from cxr.evaluation.runner import TenCrop
+    from cxr.evaluation.ten_crop import TenCrop, ten_crop_loader, ten_crop_size
 
+    assert ten_crop_size(224) == 256
+    cfg = make_cfg(["task=multilabel", "program=D", "program.preprocessing.image_size=32"])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     torch.manual_seed(0)
     model = Classifier(net={**SMALL_CNN, "image_size": 32}, optimizer=ADAM, task="multilabel", findings=FINDINGS3)
     model.eval()
-    images = torch.rand(2, 1, 32, 32)
+    larger, _, _ = next(iter(ten_crop_loader(datamodule, "test", batch_size=4)))
+    small, _, _ = next(iter(datamodule.eval_dataloader("test")))
+    assert larger.shape[-2:] == (37, 37) and small.shape[-2:] == (32, 32)
+    upsampled = torch.nn.functional.interpolate(small[:4], size=37, mode="bilinear", align_corners=False)
+    assert (larger - upsampled).abs().max() > 0.05  # the file resized, not the 32 px input enlarged
     with torch.no_grad():
-        probabilities = torch.sigmoid(TenCrop(model)(images))
-        larger = torch.nn.functional.interpolate(images, size=37, mode="bilinear", align_corners=False)
+        probabilities = torch.sigmoid(TenCrop(model, 32)(larger))
         expected = torch.stack([torch.sigmoid(model(crop)) for crop in TF.ten_crop(larger, [32, 32])]).mean(dim=0)
-    assert probabilities.shape == (2, 3) and torch.allclose(probabilities, expected, atol=1e-5)
+    assert probabilities.shape == (4, 3) and torch.allclose(probabilities, expected, atol=1e-5)
+    # evaluation.ten_crop=true: the evaluation runner scores these crops
+    from cxr.evaluation.runner import predictions_frame
+
+    frame = predictions_frame(model, datamodule, "test", {"ten_crop": True, "inference_backend": "torch"})
+    scored = frame[[f"probability_{f}" for f in FINDINGS3]].to_numpy()[:4]
+    assert np.allclose(scored, probabilities.numpy(), atol=1e-5)

@@ -328,7 +328,9 @@ def test_bench_serve_section_as_documented(tmp_path):
     rows = {row["measure"]: row for row in json.loads(out.read_text())["rows"]}
     for c in (1, 8, 32):
         row = rows[f"serve /predict, concurrency {c}"]
-        assert row["met"] is True and row["fast"] > 0 and "0 errors of 6" in row["note"]
+        assert row["met"] is True and row["fast"] > 0 and "0 errors and 0 retries of 6" in row["note"]
+        level = row["details"]["levels"][str(c)]
+        assert level["errors"] == level["retries"] == 0 and level["connections"] >= 1
     memory = rows["serve memory (PSS of its processes), after warm-up -> end"]
     assert memory["baseline"] > 0 and memory["details"]["exit_status"] == 0
     assert "concurrency 32" in done.stdout

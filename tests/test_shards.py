@@ -283,3 +283,46 @@ def test_two_ddp_processes_share_each_epoch_without_duplicates(both, tmp_path):
         assert len(ranks[0][epoch]) == len(ranks[1][epoch]) and n - len(seen) < 2 * 4 * 1
         orders.append(ranks[0][epoch])
     assert orders[0] != orders[1]  # reshuffled per epoch
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_balanced_class_weight_is_n_negative_over_n_positive_of_the_training_split_for_png_and_shards(
+    make_cfg, tmp_path, task
+):
+    """Program D's class_weight=balanced (also optuna_D's choice) on both image formats: pos_weight from the training
+    split's labels, checked against counts taken from the label file itself."""
+    import pandas as pd
+
+    from cxr.data.labels import FINDINGS
+
+    class Trainer:  # what Classifier.setup reads of a Trainer
+        def __init__(self, datamodule):
+            self.datamodule = datamodule
+
+    for image_format in ("png", "shards"):
+        cfg = make_cfg(
+            [
+                "program=D",
+                f"task={task}",
+                f"data.format={image_format}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                f"data.shards_dir={tmp_path / 'shards'}",
+            ]
+        )
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        model = instantiate(cfg.model)
+        model.trainer = Trainer(datamodule)
+        model.setup("fit")
+        labels = pd.read_csv(cfg.data.labels)
+        train_images = set(datamodule.split_table().query("split == 'train'")["image"])
+        findings = labels.loc[labels["Image Index"].isin(train_images), "Finding Labels"].str.split("|")
+        columns = list(cfg.task.findings) if task == "multilabel" else ["any"]
+        expected = []
+        for finding in columns:
+            positive = findings.map(lambda f: f != ["No Finding"] if finding == "any" else finding in f)
+            n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+            expected.append(n_neg / n_pos if n_pos else 1.0)
+        assert len(findings) == len(train_images) and set(columns) <= set(FINDINGS) | {"any"}
+        assert model.pos_weight.reshape(-1).tolist() == pytest.approx(expected), image_format

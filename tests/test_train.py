@@ -231,11 +231,22 @@ def test_evaluate_scores_the_runs_own_test_split_and_refuses_a_changed_label_fil
     assert evaluated["split"] == trained["split"] and evaluated["split_from"] == str(run / "splits.csv")
     assert evaluated["test"]["confusion_matrix"] == trained["test"]["confusion_matrix"]
     assert evaluated["checkpoint_epoch"] == trained["checkpoint_epoch"] == 1
-    # ... unless asked: split_from=config splits anew
-    anew = evaluate(
-        make_cfg([*data, f"ckpt_path={ckpt}", "data.split.seed=7", "split_from=config"], config_name="evaluate")
-    )
-    assert anew["split_from"] == "config" and anew["split"]["test"] != trained["split"]["test"]
+    assert evaluated["training_overlap"] is None  # the run's own split: nothing to check
+    # split_from=config splits anew, which here puts the run's training images into the new test set: refused ...
+    from cxr.data.leakage import LeakageError
+
+    anew = [*data, f"ckpt_path={ckpt}", "data.split.seed=7", "split_from=config"]
+    with pytest.raises(LeakageError, match=r"split_from=config puts \d+ images and \d+ patients .* into the test set"):
+        evaluate(make_cfg(anew, config_name="evaluate"))
+    # ... unless allowed, and then recorded, counted against the run's splits.csv
+    allowed_cfg = make_cfg([*anew, "allow_training_overlap=true"], config_name="evaluate")
+    allowed = evaluate(allowed_cfg)
+    assert allowed["split_from"] == "config" and allowed["split"]["test"] != trained["split"]["test"]
+    trained_images = set(pd.read_csv(run / "splits.csv").query("split != 'test'")["image"])
+    overlap = allowed["training_overlap"]
+    assert overlap["allowed"] and overlap["checked_against"] == str(run / "splits.csv")
+    predicted = pd.read_csv(Path(allowed_cfg.paths.output_dir) / "predictions_test.csv")
+    assert overlap["test"]["images"] == predicted["image"].isin(trained_images).sum() > 0
 
     # a changed label file is refused
     labels = root / "Data_Entry_demo.csv"

@@ -17,9 +17,12 @@ Measures, in one run, with every figure the median of several interleaved repeti
     the cache) with the projected time for the whole release, an epoch from LitData shards vs the cache vs PNGs,
     and LitData vs WebDataset (write time, read img/s, size);
 11. DDP: training img/s with 1 vs 2 CPU processes (gloo), per process and in total;
-12. GPU: training img/s of the thesis net and DenseNet-121, fp32 vs bf16-mixed (skipped without a CUDA GPU);
+12. GPU: training img/s of the thesis net and DenseNet-121, fp32 vs bf16-mixed; DDP on every GPU present vs one;
+    the service on a GPU (cxr.bench.gpu; each skipped without a CUDA GPU; ``scripts/gpu_check.sh`` runs them);
 13. the service (``python -m cxr.serve``) under load: ``--serve-requests`` requests at concurrency 1, 8 and 32,
-    mixed PNG and DICOM: throughput, p50/p95/p99 latency, errors, batch sizes, memory (cxr.bench.serving).
+    mixed PNG and DICOM: throughput, p50/p95/p99 latency, errors, batch sizes, memory (cxr.bench.serving);
+14. the pretrained sources' architectures (``--only backbones``): parameters, CPU training and inference img/s at
+    their native size, peak memory (cxr.bench.backbones).
 
 Prints a table (measure, baseline, fast, ratio, target, met) and writes JSON with machine facts, versions and
 settings. Other processes on the machine slow every candidate alike (round-robin timing), so read ratios.
@@ -50,7 +53,10 @@ SECTIONS = (
     "shards",
     "ddp",
     "gpu",
+    "gpu_ddp",
+    "gpu_serve",
     "serve",
+    "backbones",
 )
 
 
@@ -64,7 +70,7 @@ def run(
     serve_requests: int | None = None,
 ) -> dict:
     """Run the selected measures; return (and write to ``out``) the result document."""
-    from cxr.bench import compute, dataset, distributed, limits, loading, scale, serving
+    from cxr.bench import backbones, compute, dataset, distributed, gpu, limits, loading, scale, serving
 
     functions = {
         "train": lambda: compute.bench_train_step(sizes),
@@ -80,6 +86,9 @@ def run(
         "shards": lambda: dataset.bench_shards(sizes, image_dir),
         "ddp": lambda: distributed.bench_ddp(sizes),
         "gpu": lambda: distributed.bench_gpu(sizes),
+        "gpu_ddp": lambda: gpu.bench_gpu_ddp(sizes),
+        "gpu_serve": lambda: gpu.bench_gpu_serve(sizes, None, Path(shared) / "nih" / "images" if shared else None),
+        "backbones": lambda: backbones.bench_backbones(sizes),
         "serve": lambda: serving.bench_serve(
             sizes, serve_requests, Path(shared) / "nih" / "images" if shared else None
         ),

@@ -20,6 +20,8 @@ from pathlib import Path
 from cxr.bench.core import REPO, Row, Sizes, median
 
 BATCH = 10
+GPU_BATCH = 64  # per process on a GPU, where batch 10 of 150 px images would measure launch overhead
+GPU_IMAGES = 8192
 
 
 def _epoch_timer():
@@ -39,25 +41,32 @@ def _epoch_timer():
     return EpochTimer()
 
 
-def _train(processes: int, images: int, epochs: int, out: str) -> None:
-    """One measurement (in its own process tree): fit on ``images`` in-memory images, write the timings to ``out``."""
+def _train(processes: int, images: int, epochs: int, out: str, accelerator: str = "cpu") -> None:
+    """One measurement (in its own process tree): fit on ``images`` in-memory images, write the timings to ``out``.
+    On ``accelerator=gpu``: batch ``GPU_BATCH`` per process and trainer.precision=auto (bf16-mixed on an H100)."""
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
 
     from cxr.bench.compute import classifier, in_memory_dataset, train_paths
     from cxr.data.dataset import collate_batch
+    from cxr.inference import resolve_precision
 
     path = train_paths()["default"]
-    loader = DataLoader(in_memory_dataset(images), batch_size=BATCH, shuffle=True, collate_fn=collate_batch)
+    gpu = accelerator == "gpu"
+    precision = resolve_precision("auto", "gpu") if gpu else path.precision
+    batch = GPU_BATCH if gpu else BATCH
+    loader = DataLoader(
+        in_memory_dataset(images), batch_size=batch, shuffle=True, collate_fn=collate_batch, num_workers=2 * gpu
+    )
     timer = _epoch_timer()
     strategy = "ddp" if processes > 1 else "auto"  # plain Lightning ddp is fine here: no Hydra sweep to rerun
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=processes,
         strategy=strategy,
         max_epochs=epochs,
-        precision=path.precision,
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -78,14 +87,17 @@ def _train(processes: int, images: int, epochs: int, out: str) -> None:
                     "median_epoch_s": median(timed),
                     "images_per_process_per_epoch": per_process,
                     "torch_threads_per_process": torch.get_num_threads(),
-                    "precision": path.precision,
+                    "precision": precision,
+                    "accelerator": accelerator,
+                    "batch_per_process": batch,
                 }
             )
         )
 
 
-def _measure(processes: int, sizes: Sizes) -> dict:
-    images = max(sizes.lightning_images, 2 * BATCH * processes)
+def _measure(processes: int, sizes: Sizes, accelerator: str = "cpu") -> dict:
+    gpu = accelerator == "gpu"
+    images = max(GPU_IMAGES if gpu and sizes.name != "tiny" else sizes.lightning_images, 2 * BATCH * processes)
     epochs = max(2, sizes.lightning_epochs)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "ddp.json"
@@ -93,7 +105,8 @@ def _measure(processes: int, sizes: Sizes) -> dict:
         for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
             env.pop(key, None)  # a fresh process group
         result = subprocess.run(
-            [sys.executable, "-m", "cxr.bench.distributed", str(processes), str(images), str(epochs), str(out)],
+            [sys.executable, "-m", "cxr.bench.distributed", str(processes), str(images), str(epochs), str(out)]
+            + [accelerator],
             cwd=folder,
             env=env,
             capture_output=True,
@@ -219,4 +232,4 @@ def bench_gpu(sizes: Sizes) -> list[Row]:
 
 if __name__ == "__main__":
     processes, images, epochs, out = sys.argv[1:5]
-    _train(int(processes), int(images), int(epochs), out)
+    _train(int(processes), int(images), int(epochs), out, *sys.argv[5:6])

@@ -47,8 +47,20 @@ class ChestXrayDataModule(L.LightningDataModule):
         allow_overlap: dict | None = None,
         persistent_workers: bool = True,
         missing_patient_id: str = "refuse",
+        views: list[str] | None = None,
+        uncertain: str = "ignore",
+        options: dict | None = None,
+        sources: list[str] | None = None,
+        releases: dict | None = None,
+        externals: dict | None = None,
     ):
         super().__init__()
+        # registered datasets (cxr.data.registered: data=chexpert, mimic_cxr, merged, ...): data.views, data.uncertain,
+        # data.options (the reader's settings); data=merged: data.sources, each read from data.releases.<name>
+        self.views, self.uncertain, self.options = views, uncertain, dict(options or {})
+        self.sources, self.releases = list(sources or []), dict(releases or {})
+        self.task = task
+        self.externals = dict(externals or {})  # data.externals: external test sets by dataset (`external` group)
         self.missing_patient_id = missing_patient_id  # data.missing_patient_id: see cxr.data.patient_ids
         self.persistent_workers = bool(persistent_workers)  # train/val workers kept between epochs
         self.exclude = exclude  # data.exclude: hold the external set (images or patients) out of the labelled table
@@ -56,7 +68,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         # task=multilabel: targets are the multi-hot columns of ``findings``; binary: the table's ``target``
         self.target_columns = [str(f) for f in findings] if task == "multilabel" else None
         if self.target_columns is not None:
-            from cxr.data.labels import FINDINGS
+            from cxr.data.findings import HARMONISED as FINDINGS
 
             unknown = [f for f in self.target_columns if f not in FINDINGS]
             if unknown or not self.target_columns:
@@ -96,6 +108,10 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def labelled_data(self) -> LabelledData:
         """The data step's result (labelled tables, split, leakage), made once and shared with the data check."""
+        from cxr.data.registered import is_registered
+
+        if self._data is None and is_registered(self.name):
+            self._data = self._registered_data()
         if self._data is None:
             self._data = labelled_data(
                 self.labels,
@@ -107,7 +123,19 @@ class ChestXrayDataModule(L.LightningDataModule):
                 self.allow_overlap,
                 self.missing_patient_id,
             )
+        if self.externals and not any(k.startswith("external_") for k in self._data.sets):
+            from cxr.data.registered import external_sets
+
+            self._data.sets.update(external_sets(self.externals, self.task))
         return self._data
+
+    def _registered_data(self) -> LabelledData:
+        from cxr.data.registered import from_settings
+
+        settings = {key: getattr(self, key) for key in ("name", "root", "labels", "views", "uncertain", "options")}
+        settings.update(split=self.split_settings, external=self.external, exclude=self.exclude, missing=self.missing)
+        settings.update(allow_overlap=self.allow_overlap, missing_patient_id=self.missing_patient_id)
+        return from_settings({**settings, "sources": self.sources, "releases": self.releases}, self.task)
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
@@ -160,6 +188,12 @@ class ChestXrayDataModule(L.LightningDataModule):
                 source_rows=rows,
                 target_columns=self.target_columns,
             )
+        self.source_tables = self._per_source_test(table)
+        for name, labelled in data.sets.items():  # data.externals: external_<dataset>
+            if name.startswith("external_"):
+                self.source_tables[name] = labelled.usable(self.missing)
+        for name, rows in self.source_tables.items():
+            self.datasets[name] = ChestXrayDataset(rows, self.preprocessing, target_columns=self.target_columns)
         if external is not None:
             self.external_table = external
             self.datasets["external"] = ChestXrayDataset(
@@ -203,18 +237,35 @@ class ChestXrayDataModule(L.LightningDataModule):
 
         return open_or_build(table["path"].tolist(), self.preprocessing, self.cache_dir)
 
+    def _per_source_test(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """data=merged: the test split of each source (``test_<source>``), scored on its own as well."""
+        if "dataset" not in table or table["dataset"].nunique() < 2:
+            return {}
+        test = table[table["split"] == "test"]
+        return {f"test_{s}": rows.reset_index(drop=True) for s, rows in test.groupby("dataset", sort=False)}
+
     def rows(self, name: str) -> pd.DataFrame:
-        """The label rows behind the dataset ``name`` (train, val, test, external), in loader order."""
+        """The label rows behind the dataset ``name`` (train, val, test, test_<source>, external), in loader order."""
+        if name in getattr(self, "source_tables", {}):
+            return self.source_tables[name]
         if name == "external":
             return self.external_table
         return self.table[self.table["split"] == name].reset_index(drop=True)
+
+    def targets(self, name: str) -> torch.Tensor:
+        """The float32 targets of split ``name`` from its label rows (whatever the image format): ``target`` (N,)
+        or the findings' multi-hot (N, K)."""
+        rows = self.rows(name)
+        values = rows["target"] if self.target_columns is None else rows[self.target_columns]
+        return torch.tensor(values.to_numpy(dtype=np.float32), dtype=torch.float32)
 
     def split_table(self) -> pd.DataFrame:
         """image, patient, split for every labelled image (saved as splits.csv)."""
         return self.table[["image", "patient_id", "split"]].rename(columns={"patient_id": "patient"})
 
     def eval_set_names(self) -> list[str]:
-        return [name for name in ("test", "external") if name in self.datasets and len(self.datasets[name])]
+        names = ("test", *getattr(self, "source_tables", {}), "external")
+        return [name for name in names if name in self.datasets and len(self.datasets[name])]
 
     def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
         if isinstance(self.datasets[name], IterableDataset):  # data.format=shards, training split

@@ -82,6 +82,8 @@ def load_image(path: str | Path, channels: int = 3, size: int = 150, resample: s
         raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
     if resample not in RESAMPLING:
         raise ValueError(f"unknown resample {resample!r}; choose one of {', '.join(RESAMPLING)}")
+    if str(path).lower().endswith(DICOM_SUFFIXES):  # VinDr-CXR, RSNA: through the project's DICOM reader
+        return _load_dicom(path, channels, size, resample)
     try:
         with Image.open(path) as image:
             check_image_header(image)  # the header's claim, before decoding (cxr.data.input_limits)
@@ -93,6 +95,28 @@ def load_image(path: str | Path, channels: int = 3, size: int = 150, resample: s
         size_note = " (zero-byte file)" if os.path.exists(path) and os.path.getsize(path) == 0 else ""
         raise ImageReadError(f"cannot read image {path}{size_note}: {error}") from error
     return array
+
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _load_dicom(path, channels: int, size: int, resample: str) -> np.ndarray:
+    """A DICOM file as training input: cxr.data.dicom's windowed 8-bit pixels (as predict.py reads DICOM), then
+    the same resize and conversion as a PNG."""
+    return prepare_image(Image.fromarray(dicom_pixels(path), mode="L"), channels, size, resample)
+
+
+def dicom_pixels(path) -> np.ndarray:
+    """The H x W uint8 pixels of a DICOM file, windowed by cxr.data.dicom (ImageReadError naming the file)."""
+    from cxr.data.dicom import read_dicom  # imported here: cxr.data.dicom uses prepare_image of this module
+
+    try:
+        pixels = read_dicom(path, name=str(path)).pixels
+    except FileNotFoundError as error:
+        raise ImageReadError(f"image file not found: {path}") from error
+    except (UserError, OSError, ValueError) as error:
+        raise ImageReadError(f"cannot read DICOM image {path}: {error}") from error
+    return pixels
 
 
 def prepare_image(image: Image.Image, channels: int = 3, size: int = 150, resample: str = "nearest") -> np.ndarray:

@@ -136,6 +136,41 @@ def official_split(table: pd.DataFrame, train_val_list, test_list, val=0.1, seed
     return split
 
 
+def published_split(table: pd.DataFrame, val=0.1, test=0.2, seed: int = 100, **_) -> pd.Series:
+    """A registered dataset's own split (its ``official_split`` column), per source (``dataset``) of the table.
+
+    The published test set is test; where a dataset publishes a validation set but no test set (CheXpert's
+    radiologist-labelled valid.csv) that set is the test set; a patient-disjoint validation set (``val``: count or
+    fraction) is carved from the published training set when none is left. A source without any published split is
+    split by patient (``test`` and ``val`` fractions). Rows outside the published lists are left out (None)."""
+    _require_patients(table, "official")
+    split = pd.Series(None, index=table.index, dtype=object, name="split")
+    for source, rows in table.groupby("dataset", sort=False) if "dataset" in table else [("data", table)]:
+        published = rows["official_split"].astype(object).where(rows["official_split"].notna(), None)
+        names = set(published.dropna())
+        if not names:
+            log.info("%s publishes no split: patient-disjoint test %s, val %s", source, test, val)
+            n_test = resolve_size(test, len(rows), "test")
+            n_val = resolve_size(val, len(rows), "val")
+            split[rows.index] = _assign_patients(rows["patient_id"], len(rows) - n_test - n_val, n_val, seed).map(
+                {"train": "train", "val": "val", "test": "test"}
+            )
+            continue
+        if "test" not in names:
+            published = published.replace({"val": "test"})
+        split[rows.index] = published
+        if "val" not in set(published.dropna()):
+            train = published == "train"
+            n_train = int(train.sum())
+            n_val = resolve_size(val, n_train, "val")
+            if n_train and n_val >= n_train:
+                raise SplitError(f"split.val={val} takes all {n_train} published training images of {source}")
+            if n_train:
+                carved = _assign_patients(rows.loc[train, "patient_id"], n_train - n_val, n_val, seed)
+                split[carved.index] = carved.map({"train": "train", "val": "val", "test": "val"})
+    return split
+
+
 def file_split(table: pd.DataFrame, path) -> pd.Series:
     """The split saved by a run (its ``splits.csv``: image, patient, split), applied to ``table``.
 
@@ -170,17 +205,22 @@ def make_split(table: pd.DataFrame, method: str, **settings) -> pd.Series:
     methods["kfold"] = kfold_split  # cv.folds=K (cxr/jobs/cv.py): fold k of a patient-grouped stratified k-fold
     if method not in methods:
         raise SplitError(f"unknown split method {method!r}; choose one of {', '.join(methods)}")
+    if method == "official" and "official_split" in table:  # a registered dataset (cxr.data.datasets)
+        return _checked(published_split(table, **settings), method, len(table))
     if method == "official":  # its sizes are read against train_val_list.txt; thesis count scaling does not apply
-        settings = {key: value for key, value in settings.items() if key not in ("scale", "pool")}
+        settings = {key: value for key, value in settings.items() if key not in ("scale", "pool", "test")}
     if method == "file":  # a saved split (evaluate.py: the run's splits.csv); sizes and seed do not apply
         settings = {"path": settings.get("path")}
     if method == "kfold":
         settings = {key: settings[key] for key in ("folds", "fold", "val", "seed") if key in settings}
-    split = methods[method](table, **settings)
+    return _checked(methods[method](table, **settings), method, len(table))
+
+
+def _checked(split: pd.Series, method: str, n: int) -> pd.Series:
     counts = split.value_counts()
     for name in ("train", "val"):
         if counts.get(name, 0) == 0:
-            raise SplitError(f"split={method} left the {name} split empty ({len(table)} labelled images)")
+            raise SplitError(f"split={method} left the {name} split empty ({n} labelled images)")
     return split
 
 

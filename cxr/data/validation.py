@@ -23,7 +23,7 @@ import pandas as pd
 import PIL
 from PIL import Image
 
-from cxr.data.images import ImageIndexError, ImageReadError, load_image
+from cxr.data.images import DICOM_SUFFIXES, ImageIndexError, ImageReadError, dicom_pixels, load_image
 from cxr.data.labels import LabelFileError, read_labels
 from cxr.data.splits import SPLITS, SplitError, summarise_split
 from cxr.data.table import MISSING_POLICIES, LabelledSet, unset_data_keys, with_image_paths
@@ -87,6 +87,9 @@ def inspect_image(path: str) -> tuple[str, str]:
     try:
         if os.path.getsize(path) == 0:
             return "zero_byte", ""
+        if str(path).lower().endswith(DICOM_SUFFIXES):  # decoded as training decodes it (cxr.data.dicom)
+            pixels = dicom_pixels(path)
+            return "ok", f"DICOM {pixels.shape[1]}x{pixels.shape[0]}"
         load_image(path, channels=1, size=8)  # the training decoder, to a tiny size: full decode, cheap resize
         with Image.open(path) as image:
             return "ok", f"{image.mode} {image.width}x{image.height}"

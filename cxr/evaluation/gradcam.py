@@ -69,10 +69,19 @@ def _slug(text: str) -> str:
 
 
 def write_cam_report(
-    predictor, frame: pd.DataFrame, output_dir: str | Path, size: int = 320, batch_size: int = 16
+    predictor,
+    frame: pd.DataFrame,
+    output_dir: str | Path,
+    size: int = 320,
+    batch_size: int = 16,
+    boxes: pd.DataFrame | None = None,
+    quality: str = "",
 ) -> Path:
-    """Overlay PNGs under ``<output_dir>/cam/`` for every predicted row, and ``cam.html``; returns the page."""
+    """Overlay PNGs under ``<output_dir>/cam/`` for every predicted row (NIH's box drawn where ``boxes`` has one for
+    the file name), and ``cam.html`` with a colour bar and ``quality`` (the model's validation AUROC); returns
+    the page."""
     from cxr.data.inputs import prepare_input, read_grey
+    from cxr.evaluation.cam_context import box_caption, draw_boxes, image_boxes
 
     if predictor.model is None:
         raise ValueError("cam=true needs a checkpoint (Grad-CAM differentiates the PyTorch model, not an .onnx file)")
@@ -93,31 +102,44 @@ def write_cam_report(
             for k, name in enumerate(names):
                 file_name = f"cam/{row_index:05d}_{_slug(Path(row['path']).stem)}"
                 file_name += f"_{_slug(name)}.png" if len(names) > 1 else ".png"
-                Image.fromarray(overlay(grey, row_maps[k])).save(output_dir / file_name)
-                cards.append((row, name, file_name))
+                picture, note = overlay(grey, row_maps[k]), ""
+                if (boxed := image_boxes(boxes, row["path"], name, names)) is not None:
+                    picture, note = draw_boxes(picture, boxed), box_caption(row_maps[k], boxed)
+                Image.fromarray(picture).save(output_dir / file_name)
+                cards.append((row, name, file_name, note))
     page = output_dir / "cam.html"
-    page.write_text(_html(cards, names, predictor), encoding="utf-8")
+    page.write_text(_html(cards, names, predictor, quality), encoding="utf-8")
     return page
 
 
-def _html(cards, names, predictor) -> str:
+def _html(cards, names, predictor, quality: str = "") -> str:
+    from cxr.evaluation.cam_context import colour_bar
+
     items = []
-    for row, name, file_name in cards:
+    for row, name, file_name, note in cards:
         p = row[f"probability_{name}"]
         decision = "above" if row[f"decision_{name}"] == 1 else "below"
         warning = f"<p class=w>{html.escape(row['warning'])}</p>" if row["warning"] else ""
         items.append(
             f"<figure><img src='{html.escape(file_name)}' alt='Grad-CAM {html.escape(name)}'>"
             f"<figcaption><b>{html.escape(Path(row['path']).name)}</b><br>{html.escape(name)}: "
-            f"p = {p:.3f} ({decision} threshold {row[f'threshold_{name}']:.3g}){warning}</figcaption>"
+            f"p = {p:.3f} ({decision} threshold {row[f'threshold_{name}']:.3g}){warning}"
+            + (f"<br>{note}" if note else "")
+            + "</figcaption>"
             "</figure>"
         )
     thresholds = ", ".join(f"{n} {t:.3g}" for n, t in zip(names, predictor.thresholds))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Grad-CAM</title><style>"
         "body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:.4em;width:330px;"
-        "vertical-align:top}img{width:320px}figcaption{font-size:.85em}.w{color:#a40}</style></head><body>"
+        "vertical-align:top}img{width:320px}.bar{width:320px;height:12px}figcaption{font-size:.85em}.w{color:#a40}"
+        ".q{border-left:4px solid #a40;padding-left:.5em}</style></head><body>"
         f"<h1>Grad-CAM</h1><p>{len(cards)} heatmap(s); thresholds: {html.escape(thresholds)} "
         f"({html.escape(predictor.threshold_source)}). Red: regions that raised the output's logit most "
-        "(last convolution). Research model, not a medical device.</p>" + "".join(items) + "</body></html>\n"
+        "(last convolution). Research model, not a medical device.</p>"
+        + (f"<p class=q>{quality}</p>" if quality else "")
+        + f"<p>{colour_bar()}low &larr; Grad-CAM &rarr; high "
+        "(each map scaled to its own range: colours compare places within a map, not across maps)</p>"
+        + "".join(items)
+        + "</body></html>\n"
     )

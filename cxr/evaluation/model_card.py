@@ -13,6 +13,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cxr.evaluation.checklist import checklist_lines
+from cxr.evaluation.localisation import markdown_lines as localisation_lines
+from cxr.evaluation.small_n import MIN_PATIENTS, mark
+from cxr.evaluation.tables import calibration_lines, subgroup_lines
+from cxr.models.sources import card_lines
+
 SETS = ("test", "external")
 NOT_A_DEVICE = (
     "**Research model, not a medical device.** It has not been validated for clinical use and must not "
@@ -59,7 +65,7 @@ def _performance(name: str, metrics: dict) -> list[str]:
         for key, label in (("n", "n"), ("n_class0", "class 0"), ("n_class1", "class 1"), ("n_patients", "patients"))
         if metrics.get(key) is not None
     ]
-    lines = [f"### {name} set ({', '.join(counts)})", ""]
+    lines = [mark(f"### {name} set ({', '.join(counts)})", metrics), ""]
     if metrics.get("auroc") is not None or "ci" in metrics:
         op = metrics.get("operating_point") or {}
         lines += ["| metric (95% patient-bootstrap CI) | threshold 0.5 | operating point |", "|---|---|---|"]
@@ -77,16 +83,18 @@ def _performance(name: str, metrics: dict) -> list[str]:
         extra = []
         if metrics.get("average_precision") is not None:
             extra.append(f"average precision {_f(metrics['average_precision'])}")
-        if (metrics.get("calibration") or {}).get("ece") is not None:
-            extra.append(f"expected calibration error {_f(metrics['calibration']['ece'])}")
         if extra:
             lines += ["; ".join(extra).capitalize() + ".", ""]
+        lines += calibration_lines(name, metrics.get("calibration"))
         expert = metrics.get("expert_labels") or {}
         if expert.get("n"):
+            small = expert.get("small_n", expert["n"] < MIN_PATIENTS)  # older runs: judged by images
+            n = mark(f"n = {expert['n']}", small)
             lines += [
-                f"Against radiologists' labels (Google 2019, n = {expert['n']}; {expert.get('definition', '')}): "
-                f"AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
-                f"{_f(expert.get('agreement_nih_vs_expert'))}.",
+                f"Against radiologists' labels (Google 2019, {n}; "
+                f"{expert.get('definition', '')}): AUROC {_ci(expert, 'auroc')}, NIH/expert agreement "
+                f"{_f(expert.get('agreement_nih_vs_expert'))}"
+                + (" (both on fewer than 10 patients)." if small else "."),
                 "",
             ]
     findings = metrics.get("findings")
@@ -103,7 +111,7 @@ def _performance(name: str, metrics: dict) -> list[str]:
         for finding, m in findings.items():
             op = m.get("operating_point") or {}
             lines.append(
-                f"| {finding} | {_with_ci(m.get('auroc'))} | {_with_ci(m.get('average_precision'))} | "
+                f"| {mark(finding, m)} | {_with_ci(m.get('auroc'))} | {_with_ci(m.get('average_precision'))} | "
                 f"{_f(op.get('threshold'))} | {_f(op.get('sensitivity'))} | {_f(op.get('specificity'))} |"
             )
         lines.append("")
@@ -111,22 +119,7 @@ def _performance(name: str, metrics: dict) -> list[str]:
 
 
 def _subgroups(name: str, metrics: dict) -> list[str]:
-    groups = metrics.get("subgroups") or {}
-    if not groups:
-        return []
-    lines = [
-        f"### Subgroups of the {name} set (threshold {metrics.get('threshold', 0.5)})",
-        "",
-        "| column | value | n | class 1 | AUROC | balanced accuracy |",
-        "|---|---|---|---|---|---|",
-    ]
-    for column, values in groups.items():
-        for value, m in values.items():
-            lines.append(
-                f"| {column} | {value} | {m.get('n')} | {m.get('n_class1')} | {_f(m.get('auroc'))} | "
-                f"{_f(m.get('balanced_accuracy'))} |"
-            )
-    return lines + [""]
+    return subgroup_lines(name, metrics)  # AUROC with CIs, largest gap, worst group (cxr/evaluation/tables.py)
 
 
 def _data_caveats(cfg: DictConfig, metrics: dict) -> list[str]:
@@ -193,13 +186,14 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
         "## Model",
         "",
         f"- Task: {task}.",
-        f"- Network: `{cfg.model.net.get('_target_')}`, {metrics.get('params'):,} trainable parameters; "
+        f"- Network: `{cfg.model.net.get('_target_') or cfg.model.net.get('name')}`, {metrics.get('params'):,} trainable parameters; "
         f"trained {metrics.get('epochs_trained')} epoch(s), seed {cfg.get('seed')}.",
         f"- Checkpoint: `{checkpoint or 'none (fast_dev_run)'}` ({_which_checkpoint(cfg)}"
         + (f"; epoch {metrics['checkpoint_epoch']}, counted from 1" if metrics.get("checkpoint_epoch") else "")
         + ").",
         f"- Training recipe: batch {training.get('batch_size')}, learning rate {training.get('lr')}, "
         f"class weight {training.get('class_weight')}, augmentation {training.get('augmentation') or 'none'}.",
+        *card_lines(metrics.get("pretrained")),  # initial weights and their leakage flag (cxr.models.sources)
         "",
         "## Data and split",
         "",
@@ -215,6 +209,9 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     external = cfg.data.get("external") or {}
     if external.get("root"):
         lines += [f"- External set: `{external.get('root')}` (labels `{external.get('labels')}`).", ""]
+    from cxr.evaluation.external import tested_on  # the internal test split, per-source splits, external sets
+
+    lines += tested_on(metrics)
     lines += [
         "## Preprocessing",
         "",
@@ -250,7 +247,10 @@ def model_card(cfg: DictConfig, metrics: dict, output_dir: str | Path) -> str:
     for name in SETS:
         if isinstance(metrics.get(name), dict):
             lines += _subgroups(name, metrics[name])
+    for name in SETS:  # Grad-CAM against NIH's boxes, where the set has boxed images
+        lines += localisation_lines(name, metrics.get(name))
     lines += ["## Known limitations", ""] + [f"- {c}" for c in _data_caveats(cfg, metrics)] + [""]
+    lines += checklist_lines(cfg, metrics)  # CLAIM 2024 / TRIPOD+AI (cxr/evaluation/checklist.py)
     lines += ["## Use", ""]
     if checkpoint:
         lines += [

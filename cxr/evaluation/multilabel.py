@@ -25,6 +25,9 @@ from cxr.evaluation.metrics import auroc, binary_metrics
 from cxr.evaluation.thresholds import choose_threshold
 
 ANY_FINDING_RULES = ("max", "noisy_or")
+# evaluation.min_positive_patients_for_mean: the findings a mean AUROC averages, in the point estimate and in every
+# resample alike (one estimand); a finding with fewer positive patients in the set has its own AUROC and CI only
+MIN_POSITIVE_PATIENTS_FOR_MEAN = 5
 # Published test AUROCs, as tabulated in Rajpurkar et al. 2017 (CheXNet, arXiv:1711.05225, Table 1). Their
 # splits differ from NIH's official one (Wang et al.: a random 70/10/20 image split of ChestX-ray8; CheXNet: a
 # random patient-disjoint 70/10/20 split): read them as orientation, not as a paired comparison.
@@ -99,7 +102,9 @@ class _AveragePrecisionTable:
 
 
 def _matrices(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels).astype(np.int64)
+    """(labels, probabilities) as float (N, K) arrays; a NaN label is a finding not labelled for that image (masked:
+    each finding is scored on its labelled images only, cxr.data.findings)."""
+    labels = np.asarray(labels, dtype=np.float64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if labels.ndim != 2 or labels.shape != probabilities.shape:
         raise ValueError(
@@ -107,9 +112,29 @@ def _matrices(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
         )
     if np.isnan(probabilities).any():
         raise ValueError("probabilities contain NaN")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0/1")
+    if not (np.isin(labels, (0, 1)) | np.isnan(labels)).all():
+        raise ValueError("labels must be 0/1 (or NaN: not labelled)")
     return labels, probabilities
+
+
+class _Labelled:
+    """Finding ``j``'s labelled rows: its 0/1 labels, and the map from a resample's row indices to them."""
+
+    def __init__(self, labels: np.ndarray, j: int):
+        self.rows = np.flatnonzero(~np.isnan(labels[:, j]))
+        self.labels = labels[self.rows, j].astype(np.int64)
+        self.position = np.full(len(labels), -1, dtype=np.int64)
+        self.position[self.rows] = np.arange(len(self.rows))
+        self.all = len(self.rows) == len(labels)
+
+    def defined(self) -> bool:
+        return 0 < self.labels.sum() < len(self.labels)
+
+    def of(self, indices: np.ndarray) -> np.ndarray:
+        if self.all:
+            return indices
+        mapped = self.position[indices]
+        return mapped[mapped >= 0]
 
 
 def _ci(value, resampled: np.ndarray, level: float) -> dict:
@@ -117,46 +142,82 @@ def _ci(value, resampled: np.ndarray, level: float) -> dict:
     return {"value": None if value is None else float(value), "ci_low": low, "ci_high": high}
 
 
+def _mean_findings(labels: np.ndarray, codes: np.ndarray, defined: list[int], minimum: int) -> list[int]:
+    """The columns a mean AUROC averages: both classes in the set and at least ``minimum`` positive patients."""
+    return [j for j in defined if np.unique(codes[labels[:, j] == 1]).size >= minimum]
+
+
+def _resampled_mean(resampled: np.ndarray, columns: list[int]) -> tuple[np.ndarray, int]:
+    """The mean over the same ``columns`` in every resample, and how many resamples were dropped.
+
+    A resample in which one of them lost a class has no value of that estimand and is dropped (NaN) rather than
+    averaged over fewer findings (which mixed estimands: a 13-finding mean in the tail of a 14-finding CI).
+    Resampling by patient within class is no option here: a patient is positive for one finding and negative for
+    another. With >= k positive patients a finding loses them all in about exp(-k) of the resamples (0.7% at k = 5),
+    so dropping them barely conditions the interval; the count is reported."""
+    if not columns:
+        return np.full(len(resampled), np.nan), 0
+    means = resampled[:, columns].mean(axis=1)  # NaN where any of them is undefined
+    return means, int(np.isnan(means).sum())
+
+
 def multilabel_bootstrap(
-    labels, probabilities, patients, findings: list[str], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+    labels,
+    probabilities,
+    patients,
+    findings: list[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_positive_patients: int = MIN_POSITIVE_PATIENTS_FOR_MEAN,
 ) -> dict:
     """Per finding ``{"auroc", "average_precision"}`` (each ``{"value", "ci_low", "ci_high"}``) and ``mean_auroc``
-    (over the findings with both classes in the whole set; per resample over those that still have both), from
-    one set of patient resamples (all images of a drawn patient together); ``n_resamples``, ``n_patients``."""
+    over the findings with at least ``min_positive_patients`` positive patients in the set (the same findings in
+    the point estimate and every resample: _resampled_mean), from one set of patient resamples (all images of a
+    drawn patient together); ``n_resamples``, ``n_patients``."""
     _check_options(n_resamples, level)
     labels, probabilities = _matrices(labels, probabilities)
-    resampler = PatientResampler(patient_codes(patients))
+    codes = patient_codes(patients)
+    resampler = PatientResampler(codes)
     rng = np.random.default_rng(seed)
     k = labels.shape[1]
-    defined = [j for j in range(k) if 0 < labels[:, j].sum() < len(labels)]
-    aurocs = [_AurocTable(labels[:, j], probabilities[:, j]) for j in defined]
-    precisions = [_AveragePrecisionTable(labels[:, j], probabilities[:, j]) for j in defined]
+    masks = [_Labelled(labels, j) for j in range(k)]
+    defined = [j for j in range(k) if masks[j].defined()]
+    aurocs = [_AurocTable(masks[j].labels, probabilities[masks[j].rows, j]) for j in defined]
+    precisions = [_AveragePrecisionTable(masks[j].labels, probabilities[masks[j].rows, j]) for j in defined]
     resampled_auroc = np.full((n_resamples, len(defined)), np.nan)
     resampled_ap = np.full((n_resamples, len(defined)), np.nan)
     for b in range(n_resamples):
         indices = resampler.draw(rng)
-        resampled_auroc[b] = [table(indices) for table in aurocs]
-        resampled_ap[b] = [table(indices) for table in precisions]
+        resampled_auroc[b] = [table(masks[j].of(indices)) for table, j in zip(aurocs, defined)]
+        resampled_ap[b] = [table(masks[j].of(indices)) for table, j in zip(precisions, defined)]
     result: dict = {"findings": {}}
     point = {}
     for j, finding in enumerate(findings):
-        entry = {"n_positive": int(labels[:, j].sum()), "n_negative": int(len(labels) - labels[:, j].sum())}
+        y, p = masks[j].labels, probabilities[masks[j].rows, j]
+        entry = {
+            "n_positive": int(y.sum()),
+            "n_positive_patients": int(np.unique(codes[masks[j].rows][y == 1]).size),
+            "n_negative": int(len(y) - y.sum()),
+            "n_missing": len(labels) - len(y),
+        }
         if j in defined:
             i = defined.index(j)
-            point[finding] = auroc(labels[:, j], probabilities[:, j])
+            point[finding] = auroc(y, p)
             entry["auroc"] = _ci(point[finding], resampled_auroc[:, i], level)
-            entry["average_precision"] = _ci(
-                average_precision(labels[:, j], probabilities[:, j]), resampled_ap[:, i], level
-            )
+            entry["average_precision"] = _ci(average_precision(y, p), resampled_ap[:, i], level)
         else:
             entry["auroc"] = entry["average_precision"] = {"value": None, "ci_low": None, "ci_high": None}
         result["findings"][finding] = entry
-    with np.errstate(all="ignore"):
-        means = np.nanmean(resampled_auroc, axis=1) if defined else np.full(n_resamples, np.nan)
+    included = _mean_findings(labels, codes, defined, min_positive_patients)
+    means, dropped = _resampled_mean(resampled_auroc, [defined.index(j) for j in included])
     result["mean_auroc"] = {
-        **_ci(np.mean(list(point.values())) if point else None, means, level),
-        "n_findings": len(defined),
-        "findings": [findings[j] for j in defined],
+        **_ci(np.mean([point[findings[j]] for j in included]) if included else None, means, level),
+        "n_findings": len(included),
+        "findings": [findings[j] for j in included],
+        "min_positive_patients": int(min_positive_patients),
+        "left_out": [findings[j] for j in range(k) if j not in included],
+        "n_resamples_dropped": dropped,
     }
     result["n_resamples"], result["n_patients"] = int(n_resamples), resampler.n_patients
     return result
@@ -171,26 +232,33 @@ def paired_multilabel_difference(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    min_positive_patients: int = MIN_POSITIVE_PATIENTS_FOR_MEAN,
 ) -> dict:
-    """Mean AUROC and AUROC per finding, run A minus run B on the same images and patient resamples:
+    """Mean AUROC (over the findings of multilabel_bootstrap's rule, the same in every resample) and AUROC per
+    finding, run A minus run B on the same images and patient resamples:
     ``{"mean_auroc": {...}, "findings": {finding: {...}}}``, each ``{"difference", "ci_low", "ci_high", "p_value",
     "auroc_a", "auroc_b"}`` (p: two-sided bootstrap p-value of no difference, as paired_auroc_difference)."""
     _check_options(n_resamples, level)
     labels, probabilities_a = _matrices(labels, probabilities_a)
     _, probabilities_b = _matrices(labels, probabilities_b)
-    resampler = PatientResampler(patient_codes(patients))
+    codes = patient_codes(patients)
+    resampler = PatientResampler(codes)
     rng = np.random.default_rng(seed)
-    defined = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]
+    masks = [_Labelled(labels, j) for j in range(labels.shape[1])]
+    defined = [j for j in range(labels.shape[1]) if masks[j].defined()]
     tables = [
-        (_AurocTable(labels[:, j], probabilities_a[:, j]), _AurocTable(labels[:, j], probabilities_b[:, j]))
+        (
+            _AurocTable(masks[j].labels, probabilities_a[masks[j].rows, j]),
+            _AurocTable(masks[j].labels, probabilities_b[masks[j].rows, j]),
+        )
         for j in defined
     ]
     a = np.full((n_resamples, len(defined)), np.nan)
     b = np.full((n_resamples, len(defined)), np.nan)
     for r in range(n_resamples):
         indices = resampler.draw(rng)
-        a[r] = [ta(indices) for ta, _ in tables]
-        b[r] = [tb(indices) for _, tb in tables]
+        a[r] = [ta(masks[j].of(indices)) for (ta, _), j in zip(tables, defined)]
+        b[r] = [tb(masks[j].of(indices)) for (_, tb), j in zip(tables, defined)]
 
     def summary(point_a, point_b, differences):
         low, high = _interval(differences, level)
@@ -211,15 +279,25 @@ def paired_multilabel_difference(
     }
     points_a, points_b = [], []
     for i, j in enumerate(defined):
-        pa, pb = auroc(labels[:, j], probabilities_a[:, j]), auroc(labels[:, j], probabilities_b[:, j])
+        y, rows = masks[j].labels, masks[j].rows
+        pa, pb = auroc(y, probabilities_a[rows, j]), auroc(y, probabilities_b[rows, j])
         points_a.append(pa)
         points_b.append(pb)
         result["findings"][findings[j]] = summary(pa, pb, a[:, i] - b[:, i])
-    with np.errstate(all="ignore"):
-        mean_differences = np.nanmean(a, axis=1) - np.nanmean(b, axis=1) if defined else np.full(n_resamples, np.nan)
-    result["mean_auroc"] = summary(
-        float(np.mean(points_a)) if defined else None, float(np.mean(points_b)) if defined else None, mean_differences
-    )
+    included = _mean_findings(labels, codes, defined, min_positive_patients)
+    columns = [defined.index(j) for j in included]
+    means_a, dropped = _resampled_mean(a, columns)
+    means_b, _ = _resampled_mean(b, columns)  # a and b lose a class in the same resamples (same labels)
+    result["mean_auroc"] = {
+        **summary(
+            float(np.mean([points_a[i] for i in columns])) if columns else None,
+            float(np.mean([points_b[i] for i in columns])) if columns else None,
+            means_a - means_b,
+        ),
+        "findings": [findings[j] for j in included],
+        "min_positive_patients": int(min_positive_patients),
+        "n_resamples_dropped": dropped,
+    }
     return result
 
 
@@ -230,8 +308,11 @@ def finding_thresholds(
     labels, probabilities = _matrices(labels, probabilities)
     thresholds = {}
     for j, finding in enumerate(findings):
+        rows = ~np.isnan(labels[:, j])
         try:
-            thresholds[finding] = float(choose_threshold(labels[:, j], probabilities[:, j], method, target_sensitivity))
+            thresholds[finding] = float(
+                choose_threshold(labels[rows, j].astype(np.int64), probabilities[rows, j], method, target_sensitivity)
+            )
         except ValueError:
             thresholds[finding] = None
     return thresholds
@@ -241,6 +322,9 @@ def at_threshold(labels, probabilities, threshold: float | None) -> dict:
     """Sensitivity, specificity and PPV when a probability strictly above ``threshold`` means the finding."""
     if threshold is None:
         return {"threshold": None, "sensitivity": None, "specificity": None, "ppv": None}
+    labels, probabilities = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
+    rows = ~np.isnan(labels)  # a finding not labelled for an image is not scored
+    labels, probabilities = labels[rows].astype(np.int64), probabilities[rows]
     metrics = binary_metrics(labels, probabilities, threshold)  # the project's one decision rule
     return {
         "threshold": float(threshold),
@@ -265,13 +349,15 @@ def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.Data
     rows = []
     for finding, m in per_finding.items():
         op = m.get("operating_point") or {}
+        patients = m.get("n_positive_patients")
         rows.append(
             {
                 "finding": finding,
-                "positives": str(m.get("n_positive")),
+                "positives (images / patients)": f"{m.get('n_positive')} / {'n/a' if patients is None else patients}",
                 "AUROC [95% CI]": with_ci(m.get("auroc")),
                 "AP [95% CI]": with_ci(m.get("average_precision")),
-                "threshold (val)": fmt(op.get("threshold")),
+                "threshold (val)": fmt(op.get("threshold"))
+                + (" (fixed: few val positives)" if str(op.get("chosen_on", "")).startswith("fixed (") else ""),
                 "sensitivity": fmt(op.get("sensitivity")),
                 "specificity": fmt(op.get("specificity")),
                 "Wang 2017": fmt(WANG_2017.get(finding)),
@@ -282,8 +368,9 @@ def findings_table(per_finding: dict, mean_auroc: dict | None = None) -> pd.Data
         shown = [f for f in mean_auroc.get("findings", []) if f in WANG_2017]
         rows.append(
             {
-                "finding": f"mean over the {mean_auroc.get('n_findings')} findings with AUROC",
-                "positives": "",
+                "finding": f"mean over the {mean_auroc.get('n_findings')} findings with >= "
+                f"{mean_auroc.get('min_positive_patients')} positive patients",
+                "positives (images / patients)": "",
                 "AUROC [95% CI]": with_ci(mean_auroc),
                 "AP [95% CI]": "",
                 "threshold (val)": "",
@@ -305,20 +392,19 @@ def roc_grid_figure(labels, probabilities, findings: list[str], thresholds: dict
     rows = int(np.ceil(len(findings) / columns))
     figure = _new_figure((3.2 * columns, 3.0 * rows + 0.4))
     for j, finding in enumerate(findings):
+        labelled = _Labelled(labels, j)  # the images this finding is labelled for
+        y, p = labelled.labels, probabilities[labelled.rows, j]
         ax = figure.add_subplot(rows, columns, j + 1)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-        curve = roc_curve(labels[:, j], probabilities[:, j])
+        curve = roc_curve(y, p) if len(y) else None
         if curve is None:
             ax.set_title(f"{finding}\n(one class: AUROC n/a)", fontsize="small")
         else:
             ax.plot(curve[0], curve[1], linewidth=2)
-            ax.set_title(
-                f"{finding}\nAUROC {auroc(labels[:, j], probabilities[:, j]):.3f} (n+ = {int(labels[:, j].sum())})",
-                fontsize="small",
-            )
+            ax.set_title(f"{finding}\nAUROC {auroc(y, p):.3f} (n+ = {int(y.sum())})", fontsize="small")
             threshold = (thresholds or {}).get(finding)
             if threshold is not None:
-                point = at_threshold(labels[:, j], probabilities[:, j], threshold)
+                point = at_threshold(y, p, threshold)
                 if point["sensitivity"] is not None and point["specificity"] is not None:
                     ax.plot(
                         [1 - point["specificity"]], [point["sensitivity"]], "o", color="C3", label=f"t={threshold:.3g}"

@@ -21,7 +21,11 @@ from cxr.artifacts import write_text
 from cxr.errors import UserError
 from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
+from cxr.evaluation.localisation import report_blocks as localisation_blocks
+from cxr.evaluation.multiple_testing import holm
 from cxr.evaluation.seeds import summary_blocks
+from cxr.evaluation.small_n import mark
+from cxr.evaluation.tables import compare_blocks
 
 MAX_PAIRS = 30
 NOT_COMPARED = (
@@ -39,7 +43,8 @@ HOW_TO_READ = (
     "two runs apart. Accuracy alone misleads when the classes are imbalanced: predicting the majority class for "
     "every image reaches the majority-class rate shown beside it, so read the per-class accuracies (class 0 = no "
     "finding = specificity, class 1 = finding = sensitivity), at 0.5 and at the validation-chosen operating point; "
-    "a probability above the threshold is class 1 (exactly 0.5 is class 0)."
+    "a probability above the threshold is class 1 (exactly 0.5 is class 0). A figure marked (n<10) was computed on "
+    "fewer than 10 patients of one class: read it as anecdote."
 )
 
 
@@ -251,7 +256,7 @@ def runs_table(runs: list[Run], name: str) -> tuple[list[str], list[list]]:
                 _num(max(n0, n1) / n if n and None not in (n0, n1) else None, True),
                 pc(m, "accuracy_class0"),
                 pc(m, "accuracy_class1"),
-                _with_ci(m, "auroc"),
+                mark(_with_ci(m, "auroc"), m),
                 _with_ci(m, "balanced_accuracy", True),
                 f"{pc(op, 'accuracy_class0')} / {pc(op, 'accuracy_class1')} ({_num(op.get('threshold'))})"
                 if op
@@ -384,7 +389,11 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
             n_resamples=n_resamples,
             seed=seed,
         )
-        for label, r in [("mean AUROC", result["mean_auroc"]), *result["findings"].items()]:
+        mean = result["mean_auroc"]  # one estimand: the same findings in the point estimate and every resample
+        mean_label = (
+            f"mean AUROC ({len(mean['findings'])} findings with >= {mean['min_positive_patients']} positive patients)"
+        )
+        for label, r in [(mean_label, mean), *result["findings"].items()]:
             rows.append(
                 [
                     a.name,
@@ -393,18 +402,24 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
                     _num(r["auroc_a"]),
                     _num(r["auroc_b"]),
                     f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
-                    _num(r["p_value"]),
+                    r["p_value"],
                 ]
             )
+    rows = [[*row[:-1], _num(row[-1]), _num(adjusted)] for row, adjusted in zip(rows, holm([r[-1] for r in rows]))]
     if rows:
         blocks += [
             ("h", 2, "Paired multi-label differences (same images)"),
             (
                 "p",
                 f"AUROC A - AUROC B, mean over findings and per finding, {n_resamples} patient resamples "
-                f"(seed {seed}) shared by both runs; p: two-sided bootstrap p-value of no difference.",
+                f"(seed {seed}) shared by both runs; p: two-sided bootstrap p-value of no difference; p (Holm): "
+                f"adjusted for the {len(rows)} comparisons of this table (Holm's step-down, family-wise error).",
             ),
-            ("table", ["run A", "run B", "finding", "AUROC A", "AUROC B", "difference [95% CI]", "p"], rows),
+            (
+                "table",
+                ["run A", "run B", "finding", "AUROC A", "AUROC B", "difference [95% CI]", "p", "p (Holm)"],
+                rows,
+            ),
         ]
     return blocks
 
@@ -447,18 +462,21 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
         ]
     pairs, left_out = candidate_pairs(scored, set_name)
     results = [paired_comparison(a, b, set_name, n_resamples, seed) for a, b in pairs]
+    for r, adjusted in zip(results, holm([r.get("p_value") for r in results])):
+        r["p_holm"] = adjusted  # over all pairs of this table (the family a reader scans)
     rows = [
         [
             r["run_a"],
             r["run_b"],
             *(
-                ["n/a", "n/a", r["error"], "n/a", "n/a"]
+                ["n/a", "n/a", r["error"], "n/a", "n/a", "n/a"]
                 if "error" in r
                 else [
                     _num(r["auroc_a"]),
                     _num(r["auroc_b"]),
                     f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
                     _num(r["p_value"]),
+                    _num(r["p_holm"]),
                     f"{r['n']} / {r['n_patients']}",
                 ]
             ),
@@ -471,12 +489,18 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
             "p",
             (
                 f"difference = AUROC A - AUROC B on the same images, {n_resamples} patient resamples (seed {seed}); p: "
-                "two-sided bootstrap p-value of no difference."
+                "two-sided bootstrap p-value of no difference; p (Holm): the same p adjusted for the "
+                f"{len(rows)} comparisons of this table by Holm's step-down method (family-wise error rate), the one "
+                "to read when several pairs are scanned."
             )
             if rows
             else "No two runs scored the same set of images.",
         ),
-        ("table", ["run A", "run B", "AUROC A", "AUROC B", "difference [95% CI]", "p", "images / patients"], rows),
+        (
+            "table",
+            ["run A", "run B", "AUROC A", "AUROC B", "difference [95% CI]", "p", "p (Holm)", "images / patients"],
+            rows,
+        ),
     ]
     if left_out:
         blocks.append(
@@ -489,29 +513,13 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
     blocks += multilabel_blocks(scored, set_name, n_resamples, seed)
     seed_summary, groups = summary_blocks(scored, set_name, config_key)  # cxr/evaluation/seeds.py
     blocks += seed_summary
-    subgroups = []
-    for run in scored:
-        rows = [
-            [
-                column,
-                value,
-                m.get("n"),
-                _num(m.get("auroc")),
-                _num(m.get("accuracy_class0"), True),
-                _num(m.get("accuracy_class1"), True),
-            ]
-            for column, values in (run.metrics[set_name].get("subgroups") or {}).items()
-            for value, m in values.items()
-        ]
-        subgroups += (
-            [
-                ("h", 3, run.name),
-                ("table", ["subgroup", "value", "n", "AUROC", "accuracy class 0", "accuracy class 1"], rows),
-            ]
-            if rows
-            else []
-        )
-    blocks += [("h", 2, f"Subgroup AUROC ({set_name})"), *subgroups] if subgroups else []
+    blocks += compare_blocks(scored, set_name)  # calibration, subgroup AUROC with CIs, gaps
+    blocks += localisation_blocks(scored, set_name)
+
+    from cxr.evaluation.external import datasets_table  # internal test, per-source and external sets, per run
+
+    if side_by_side := datasets_table([(r.name, r.metrics) for r in runs]):
+        blocks += [("h", 2, "Datasets side by side (AUROC [95% CI])"), ("table", *side_by_side)]
     blocks.append(("h", 2, "Figures"))
     out.mkdir(parents=True, exist_ok=True)
     for name in ("test", "external"):  # one ROC overlay per evaluated set

@@ -17,7 +17,8 @@ import torch
 from cxr import inference
 from cxr.artifacts import write_csv
 from cxr.evaluation.bootstrap import patient_bootstrap
-from cxr.evaluation.curves import average_precision, expected_calibration_error
+from cxr.evaluation.calibration import fit_scaling, run_calibration, set_calibration
+from cxr.evaluation.curves import average_precision
 from cxr.evaluation.expert_labels import read_google2019_labels
 from cxr.evaluation.figures import (
     calibration_figure,
@@ -26,8 +27,12 @@ from cxr.evaluation.figures import (
     roc_pr_figure,
     save_figure,
 )
+from cxr.evaluation.localisation import localise_set
 from cxr.evaluation.metrics import binary_metrics
-from cxr.evaluation.subgroups import subgroup_columns, subgroup_metrics
+from cxr.evaluation.operating_points import audited_finding_thresholds, write_validation_predictions
+from cxr.evaluation.small_n import patient_counts
+from cxr.evaluation.subgroups import subgroup_columns, subgroup_gaps, subgroup_metrics
+from cxr.evaluation.ten_crop import TenCrop, ten_crop_loader
 from cxr.evaluation.thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
@@ -36,8 +41,9 @@ DEFAULTS = {
     "operating_point": {"method": "youden", "target_sensitivity": None},
     "bootstrap": {"n_resamples": 1000, "seed": 0, "level": 0.95},
     "calibration_bins": 10,
+    "calibration": "none",
     "expert_labels": None,
-    "subgroups": {"side_tables": [], "min_size": 5},
+    "subgroups": {"side_tables": [], "min_size": 5, "age_bands": [0, 18, 40, 60, 80]},
     "inference_backend": "auto",
     "inference_batch_size": 64,
     "any_finding": "max",
@@ -56,18 +62,23 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
     finding" score (``settings.any_finding``), followed by ``label_<finding>`` and ``probability_<finding>``."""
     rows, settings = datamodule.rows(name), {**DEFAULTS, **(settings or {})}
     findings = model_findings(model)
-    backend, predictor = settings["inference_backend"], model
-    if findings and settings.get("ten_crop"):
-        # the ten-crop wrapper (resize + crops) fails in ONNX Runtime after export: torch directly, rather than an
-        # export, a failed check and a warning per set
-        predictor = TenCrop(model)
+    backend, predictor, loader = settings["inference_backend"], model, None
+    if findings and settings.get("ten_crop"):  # cxr.evaluation.ten_crop: crops of the image resized to 256 px
+        predictor = TenCrop(model, datamodule.preprocessing.image_size)
+        loader = ten_crop_loader(datamodule, name, settings["inference_batch_size"])
+        # the ten-crop wrapper fails in ONNX Runtime after export: torch directly, rather than an export, a failed
+        # check and a warning per set
         backend = backend if backend in ("eager", "torch", "torch_bf16") else "torch"
     # int8 ranges come from validation images (as the operating point does), never from the set being scored
     calibration = (
         datamodule.eval_dataloader("val") if backend == "onnxruntime_int8" and len(datamodule.rows("val")) else None
     )
     probabilities = inference.predict_probabilities(
-        predictor, datamodule.eval_dataloader(name), backend, settings["inference_batch_size"], calibration=calibration
+        predictor,
+        loader if loader is not None else datamodule.eval_dataloader(name),
+        backend,
+        settings["inference_batch_size"],
+        calibration=calibration,
     )
     if not findings:
         return pd.DataFrame(
@@ -85,43 +96,20 @@ def predictions_frame(model: torch.nn.Module, datamodule, name: str, settings: d
         {
             "image": rows["image"],
             "patient": rows["patient_id"],
-            "label": rows["target"],
+            "label": rows[findings].astype(int).max(axis=1),  # any of the model's findings, not of all 14
             "probability": any_finding_score(probabilities, settings["any_finding"]),
         }
     )
-    per_finding = {f"label_{f}": rows[f].astype(int).to_numpy() for f in findings}
+    # a finding not labelled for an image (another dataset's label space, an ignored uncertain label) stays empty
+    per_finding = {f"label_{f}": rows[f].astype("float64").to_numpy() for f in findings}
     per_finding.update({f"probability_{f}": probabilities[:, j] for j, f in enumerate(findings)})
     return pd.concat([frame, pd.DataFrame(per_finding, index=frame.index)], axis=1)
 
 
-class TenCrop(torch.nn.Module):
-    """Ten-crop evaluation (CheXNet): the input resized by 256/224, its four corner and centre crops of the original
-    size and their mirror images, the probabilities averaged; returns the logit of the mean probability."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        size = images.shape[-1]
-        larger = torch.nn.functional.interpolate(
-            images, size=round(size * 256 / 224), mode="bilinear", align_corners=False, antialias=False
-        )
-        crops = torch.cat(TF.ten_crop(larger, [size, size]))  # (10 N, C, size, size), crop-major
-        probabilities = torch.sigmoid(self.model(crops).float()).reshape(10, len(images), -1).mean(dim=0)
-        return (
-            torch.logit(probabilities, eps=1e-7).squeeze(1)
-            if probabilities.shape[1] == 1
-            else torch.logit(probabilities, eps=1e-7)
-        )
-
-
 def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
-    """The validation split's predictions when an operating point is chosen on them (else None): made once, for
-    the binary threshold and the per-finding ones."""
-    if settings["operating_point"]["method"] == "fixed" or not len(datamodule.rows("val")):
+    """The validation split's predictions (None without one): made once, for the binary threshold, the
+    per-finding ones and temperature scaling, and saved as predictions_val.csv."""
+    if not len(datamodule.rows("val")):
         return None
     return predictions_frame(model, datamodule, "val", settings)
 
@@ -129,7 +117,7 @@ def validation_frame(model, datamodule, settings: dict) -> pd.DataFrame | None:
 def operating_threshold(validation: pd.DataFrame | None, settings: dict) -> tuple[float, str]:
     """The threshold of ``settings.operating_point``, chosen on the validation predictions."""
     method = settings["operating_point"]["method"]
-    if validation is None:
+    if validation is None or method == "fixed":
         return float(settings["threshold"]), "fixed"
     try:
         threshold = choose_threshold(
@@ -161,34 +149,54 @@ def evaluate_sets(
     run_name: str = "",
 ) -> dict[str, dict]:
     """Predict, score and draw every evaluation set of ``datamodule`` (figure titles name ``run_name``); return
-    ``{set: metrics}``."""
+    ``{set: metrics}`` and ``calibration`` (the temperatures and the validation split's calibration)."""
     settings = {**DEFAULTS, **(settings or {})}
     output_dir = Path(output_dir)
-    validation = validation_frame(model, datamodule, settings)
+    raw_validation = validation_frame(model, datamodule, settings)
+    scaling = fit_scaling(raw_validation, model_findings(model), settings["calibration"])  # None: not scaled
+    calibrate = (lambda f: scaling.apply(f, model_findings(model), settings["any_finding"])) if scaling else None
+    validation = calibrate(raw_validation) if scaling and raw_validation is not None else raw_validation
+    write_validation_predictions(output_dir, validation)  # what every operating point was chosen on
     operating_point, chosen_on = operating_threshold(validation, settings)
     expert = read_google2019_labels(settings["expert_labels"]) if settings.get("expert_labels") else None
-    finding_thresholds, findings_chosen_on = _finding_thresholds(model_findings(model), validation, settings)
+    finding_thresholds, findings_chosen_on, audit = _finding_thresholds(model_findings(model), validation, settings)
     results: dict[str, dict] = {}
     for name in datamodule.eval_set_names():
-        predictions = predictions_frame(model, datamodule, name, settings)
+        raw = predictions_frame(model, datamodule, name, settings)
+        predictions = calibrate(raw) if scaling else raw
         write_csv(output_dir / f"predictions_{name}.csv", predictions)
-        labels, probabilities = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
-        patients = predictions["patient"]
+        binary = predictions["label"].notna().to_numpy()  # no binary label: only unlabelled or ignored findings
+        labels, probabilities = predictions["label"].to_numpy()[binary], predictions["probability"].to_numpy()[binary]
+        patients = predictions["patient"][binary]
         metrics = score(labels, probabilities, patients, settings["threshold"], settings["bootstrap"])
         metrics["n_patients"] = int(patients.nunique()) if patients.notna().all() else None
+        metrics.update(patient_counts(labels, patients))  # small_n: fewer than 10 patients of a class
         metrics["average_precision"] = average_precision(labels, probabilities)
-        metrics["calibration"] = {
-            "ece": expected_calibration_error(labels, probabilities, settings["calibration_bins"]),
-            "n_bins": settings["calibration_bins"],
-        }
+        metrics["calibration"] = set_calibration(raw, predictions, scaling, settings)
         op = score(labels, probabilities, patients, operating_point, settings["bootstrap"])
         metrics["operating_point"] = {"chosen_on": chosen_on, **op}
         if expert is not None:
             metrics["expert_labels"] = _expert_scores(predictions, expert, settings)
-        groups = subgroup_columns(datamodule.rows(name), settings["subgroups"].get("side_tables"))
-        metrics["subgroups"] = subgroup_metrics(
-            labels, probabilities, groups, settings["threshold"], settings["subgroups"].get("min_size", 1)
+        groups = subgroup_columns(
+            datamodule.rows(name)[binary],
+            settings["subgroups"].get("side_tables"),
+            settings["subgroups"].get("age_bands"),
         )
+        metrics["subgroups"] = subgroup_metrics(
+            labels,
+            probabilities,
+            groups,
+            settings["threshold"],
+            settings["subgroups"].get("min_size", 1),
+            patients,
+            settings["bootstrap"],
+        )
+        metrics["subgroup_gaps"] = subgroup_gaps(
+            labels, probabilities, patients, groups, metrics["subgroups"], settings["bootstrap"]
+        )
+        localisation = localise_set(model, model_findings(model), datamodule, name, predictions, settings, output_dir)
+        if localisation is not None:  # the set has images with NIH boxes (cxr/evaluation/localisation.py)
+            metrics["localisation"] = localisation
         if model_findings(model):
             _add_finding_metrics(
                 metrics,
@@ -197,6 +205,7 @@ def evaluate_sets(
                 model_findings(model),
                 finding_thresholds,
                 findings_chosen_on,
+                audit,
                 settings,
                 output_dir,
                 writer,
@@ -230,28 +239,23 @@ def evaluate_sets(
             step,
             run_name,
         )
+    results["calibration"] = run_calibration(raw_validation, validation, scaling, settings)
+    from cxr.evaluation.external import add_drops  # data.externals: the AUROC drop from the internal test split
+
+    add_drops(results, output_dir, model_findings(model), settings["bootstrap"])
     return results
 
 
 def _finding_thresholds(
     findings: list[str] | None, validation: pd.DataFrame | None, settings: dict
-) -> tuple[dict[str, float | None], str]:
-    """Per-finding thresholds chosen on the validation predictions (``operating_point.method``; without them 0.5
-    each), and what they were chosen by."""
-    from cxr.evaluation.multilabel import finding_thresholds
-
+) -> tuple[dict[str, float | None], dict[str, str], dict | None]:
+    """Per-finding thresholds chosen on the validation predictions (cxr.evaluation.operating_points; without them
+    the fixed threshold each), what each was chosen by, and the audit for metrics.json."""
     if not findings:
-        return {}, "fixed"
-    if validation is None:
-        return {f: float(settings["threshold"]) for f in findings}, "fixed"
-    method = settings["operating_point"]["method"]
-    return finding_thresholds(
-        validation[[f"label_{f}" for f in findings]].to_numpy(),
-        validation[[f"probability_{f}" for f in findings]].to_numpy(),
-        findings,
-        method,
-        settings["operating_point"].get("target_sensitivity"),
-    ), f"{method} on val"
+        return {}, {}, None
+    if validation is None or settings["operating_point"]["method"] == "fixed":
+        return {f: float(settings["threshold"]) for f in findings}, {f: "fixed" for f in findings}, None
+    return audited_finding_thresholds(findings, validation, settings)
 
 
 def _add_finding_metrics(
@@ -260,7 +264,8 @@ def _add_finding_metrics(
     predictions: pd.DataFrame,
     findings: list[str],
     thresholds: dict,
-    chosen_on: str,
+    chosen_on: dict,
+    audit: dict | None,
     settings: dict,
     output_dir: Path,
     writer,
@@ -273,12 +278,14 @@ def _add_finding_metrics(
 
     labels = predictions[[f"label_{f}" for f in findings]].to_numpy()
     probabilities = predictions[[f"probability_{f}" for f in findings]].to_numpy()
+    minimum = settings.get("min_positive_patients_for_mean", multilabel.MIN_POSITIVE_PATIENTS_FOR_MEAN)
     scored = multilabel.multilabel_bootstrap(
-        labels, probabilities, predictions["patient"], findings, **settings["bootstrap"]
+        labels, probabilities, predictions["patient"], findings, **settings["bootstrap"], min_positive_patients=minimum
     )
     for j, finding in enumerate(findings):
+        scored["findings"][finding].update(patient_counts(labels[:, j], predictions["patient"]))
         scored["findings"][finding]["operating_point"] = {
-            "chosen_on": chosen_on,
+            "chosen_on": chosen_on[finding],
             **multilabel.at_threshold(labels[:, j], probabilities[:, j], thresholds.get(finding)),
         }
     metrics.update(
@@ -287,6 +294,7 @@ def _add_finding_metrics(
             "any_finding": settings["any_finding"],
             "mean_auroc": scored["mean_auroc"],
             "findings": scored["findings"],
+            "finding_thresholds": audit,
         }
     )
     table = multilabel.findings_table(scored["findings"], scored["mean_auroc"])
@@ -305,7 +313,7 @@ def _add_finding_metrics(
         probabilities,
         findings,
         thresholds,
-        title=(f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds chosen {chosen_on})"),
+        title=f"{run_name + ': ' if run_name else ''}{name}: ROC per finding (dots: thresholds, {_chosen(chosen_on)})",
     )
     save_figure(figure, output_dir / f"roc_findings_{name}.png")
     mean = scored["mean_auroc"]
@@ -337,6 +345,7 @@ def _expert_scores(predictions: pd.DataFrame, expert: pd.DataFrame, settings: di
         "definition": "abnormal = any of fracture, pneumothorax, airspace opacity, nodule or mass (Google 2019)",
     }
     if len(joined):
+        result.update(patient_counts(joined["expert_target"], joined["patient"]))
         result["agreement_nih_vs_expert"] = float((joined["label"] == joined["expert_target"]).mean())
         result.update(
             score(
@@ -394,6 +403,10 @@ def _draw(
         for key in ("accuracy", "accuracy_class0", "accuracy_class1", "balanced_accuracy", "auroc"):
             if metrics[key] is not None:
                 writer.add_scalar(f"{name}/{key}", metrics[key], global_step=step)
+
+
+def _chosen(chosen_on: dict) -> str:
+    return "; ".join(sorted(set(chosen_on.values())))
 
 
 def _fmt(value) -> str:

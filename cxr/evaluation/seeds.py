@@ -13,6 +13,8 @@ from dataclasses import replace
 
 from scipy import stats
 
+from cxr.evaluation.multiple_testing import holm
+
 METRICS = ("auroc", "balanced_accuracy", "accuracy_class0", "accuracy_class1")
 LEVEL = 0.95
 
@@ -125,6 +127,8 @@ def compare_groups(groups: list[dict], metric: str = "auroc", level: float = LEV
             )
         row["p_value"] = None if p is None or math.isnan(p) else float(p)
         results.append(row)
+    for row, adjusted in zip(results, holm([r["p_value"] for r in results])):
+        row["p_holm"] = adjusted  # the family: every comparison of this table
     return results
 
 
@@ -195,11 +199,12 @@ def summary_blocks(runs: list, name: str, config_key: Callable, level: float = L
                 "p",
                 f"difference = mean AUROC A - mean AUROC B [{100 * level:.0f}% CI]. Paired: both have the same seeds "
                 "(or folds on the same images); the mean of the per-repeat differences with its t-interval and a "
-                "paired t-test. Unpaired: Welch's t-interval and test. p is not adjusted for multiple comparisons.",
+                "paired t-test. Unpaired: Welch's t-interval and test. p (Holm): the p-values of this table adjusted together "
+                "by Holm's step-down method.",
             ),
             (
                 "table",
-                ["A", "B", "over", "paired", "n", "difference [CI]", "p"],
+                ["A", "B", "over", "paired", "n", "difference [CI]", "p", "p (Holm)"],
                 [
                     [
                         c["group_a"],
@@ -209,6 +214,7 @@ def summary_blocks(runs: list, name: str, config_key: Callable, level: float = L
                         c["n"],
                         f"{_num(c['difference'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]",
                         _num(c["p_value"]),
+                        _num(c["p_holm"]),
                     ]
                     for c in comparisons
                 ],

@@ -30,7 +30,18 @@ def run_check(cfg: DictConfig, workers: int | None = None, data: LabelledData | 
     missing = settings.get("missing", "error")
     cache_dir = cfg.get("data_check_cache")
     settings_error = None
-    if data is None and settings.get("labels") and settings.get("root"):
+    from cxr.data.registered import is_registered
+
+    if data is None and is_registered(settings.get("name")):  # data=chexpert, mimic_cxr, merged, ...
+        from cxr.data.registered import from_settings
+
+        try:
+            data = from_settings(OmegaConf.to_container(settings, resolve=True), settings.get("task"))
+        except ValueError as error:  # LabelFileError, ConfigError, SplitError: one line naming the file or key
+            report = ValidationReport()
+            report.add("ERROR", "settings", str(error))
+            return report
+    elif data is None and settings.get("labels") and settings.get("root"):
         allow = OmegaConf.to_container(settings.get("allow_overlap") or {}, resolve=True)
         try:
             data = labelled_data(
@@ -68,6 +79,9 @@ def run_check(cfg: DictConfig, workers: int | None = None, data: LabelledData | 
             ),
             "external",
         )
+    for name, labelled in sets.items():  # data.externals: external test sets of registered datasets
+        if name.startswith("external_"):
+            report.include(validate(None, None, None, missing, workers, labelled, cache_dir), name)
     if data is not None and report.ok:
         _report_leakage(report, data)
     return report

@@ -10,10 +10,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxr.artifacts import file_digest, write_json
+from cxr.data.training_overlap import training_overlap
 from cxr.errors import ConfigError
+from cxr.evaluation.operating_points import validation_summary
 from cxr.evaluation.runner import evaluate_sets
 from cxr.jobs.train import _build_data, _evaluation_settings
-from cxr.models.checkpoints import load_classifier
+from cxr.models import sources
+from cxr.models.checkpoints import load_classifier, plain_setting
 from cxr.run_dir import prepare_run_directory, run_name
 
 log = logging.getLogger(__name__)
@@ -50,12 +53,35 @@ def _run_split(cfg: DictConfig, checkpoint: dict) -> Path | None:
     return splits
 
 
+def _training_overlap(cfg: DictConfig, splits: Path | None, datamodule) -> dict | None:
+    """``split_from=config``: the new test (and external) images and patients the checkpoint's run trained or
+    validated on, from its splits.csv; refused unless ``allow_training_overlap``. None with the run's own split."""
+    if splits is not None:
+        return None
+    trained = Path(cfg.ckpt_path).resolve().parent.parent / "splits.csv"
+    if not trained.is_file():
+        log.warning("split_from=config: %s not found, so overlap with the checkpoint's training is unchecked", trained)
+        return {"checked_against": None, "allowed": bool(cfg.get("allow_training_overlap", False))}
+    sets = {name: datamodule.rows(name) for name in datamodule.eval_set_names()}
+    return training_overlap(trained, sets, allowed=bool(cfg.get("allow_training_overlap", False)))
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt_path`` on the test split the run was trained against (its splits.csv; ``split_from=config``
     splits anew) and on the external set, with the checkpoint's preprocessing."""
     if cfg.preprocessing_from not in ("checkpoint", "config"):
         raise ConfigError(f"preprocessing_from={cfg.preprocessing_from!r}: choose 'checkpoint' or 'config'")
     model, checkpoint = load_classifier(cfg.ckpt_path)
+    trained = checkpoint.get("hyper_parameters") or {}  # the initial weights, as data (never fetched again)
+    pretrained = sources.summary(  # the leakage flag of the checkpoint's initial weights on this data
+        plain_setting(trained.get("weights"), "hyper_parameters.weights"),
+        model.hparams.get("weights_file"),
+        model.hparams.get("preprocessing"),
+        cfg.data.name,
+        model.hparams.get("weights_trained_on"),
+    )
+    if pretrained["leakage"]:
+        log.warning("LEAKAGE: %s", pretrained["leakage"]["warning"])
     splits = _run_split(cfg, checkpoint)
     if splits is not None:
         with open_dict(cfg):
@@ -68,6 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
         preprocessing = OmegaConf.to_container(cfg.program.preprocessing, resolve=True)
     log.info("preprocessing (%s): %s", cfg.preprocessing_from, preprocessing)
     datamodule = _build_data(cfg, output_dir, preprocessing=preprocessing)
+    overlap = _training_overlap(cfg, splits, datamodule)
     results = evaluate_sets(model, datamodule, output_dir, _evaluation_settings(cfg), run_name=cfg.run_name)
     epoch = checkpoint.get("epoch")
     metrics = {
@@ -83,6 +110,9 @@ def evaluate(cfg: DictConfig) -> dict:
         "preprocessing": preprocessing,
         "split": datamodule.summary,
         "leakage": datamodule.leakage,
+        "training_overlap": overlap,
+        "validation": validation_summary(output_dir),  # what evaluate.py returns (a sweep never sees a test figure)
+        "pretrained": pretrained,
         **results,
     }
     write_json(output_dir / "metrics.json", metrics)

@@ -30,17 +30,20 @@ TORCHSCRIPT_METADATA = "cxr.json"
 
 
 class Probabilities(torch.nn.Module):
-    """The classifier with a sigmoid, as ``(N, K)`` probabilities whatever the model's logit shape."""
+    """The classifier with a sigmoid, as ``(N, K)`` probabilities whatever the model's logit shape; with the run's
+    temperature scaling, sigmoid(logit / T) per output."""
 
-    def __init__(self, model: torch.nn.Module, n_outputs: int):
+    def __init__(self, model: torch.nn.Module, n_outputs: int, temperatures: list[float] | None = None):
         super().__init__()
         self.model, self.n_outputs = model, n_outputs
+        self.register_buffer("temperatures", torch.tensor(temperatures or [1.0] * n_outputs, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(images).float()).reshape(images.shape[0], self.n_outputs)
+        logits = self.model(images).float().reshape(images.shape[0], self.n_outputs)
+        return torch.sigmoid(logits / self.temperatures)
 
 
-def graph_module(model: torch.nn.Module, n_outputs: int) -> Probabilities:
+def graph_module(model: torch.nn.Module, n_outputs: int, temperatures: list[float] | None = None) -> Probabilities:
     """What is exported: the model's network (``model.net``) with a sigmoid.
 
     The LightningModule's forward may hold Python-level shape logic (``len(images)``) that tracing and torch.export
@@ -48,7 +51,7 @@ def graph_module(model: torch.nn.Module, n_outputs: int) -> Probabilities:
     export with the checkpoint's own forward, so a difference between the two is caught.
     """
     net = getattr(model, "net", None)
-    return Probabilities(net if isinstance(net, torch.nn.Module) else model, n_outputs).eval()
+    return Probabilities(net if isinstance(net, torch.nn.Module) else model, n_outputs, temperatures).eval()
 
 
 def parity_images(ckpt_path: str | Path, preprocessing, inputs=None, limit: int = 64) -> tuple[torch.Tensor, str]:
@@ -89,8 +92,11 @@ def _run_test_images(ckpt_path, limit: int) -> tuple[list[Path], str]:
     return paths, f"{len(paths)} test images of the run ({config.data.root})"
 
 
-def metadata(model, ckpt_path, thresholds: list[float], threshold_source: str) -> dict:
+def metadata(
+    model, ckpt_path, thresholds: list[float], threshold_source: str, temperatures: list[float] | None = None
+) -> dict:
     hparams = model.hparams
+    scaled = bool(temperatures) and any(t != 1.0 for t in temperatures)
     return {
         "format_version": 1,
         "preprocessing": dict(hparams.get("preprocessing") or {}),
@@ -101,7 +107,11 @@ def metadata(model, ckpt_path, thresholds: list[float], threshold_source: str) -
         "program": hparams.get("program"),
         "checkpoint": Path(ckpt_path).name,
         "input": "images: N x C x H x W float32, prepared as preprocessing",
-        "output": "probabilities: N x K (sigmoid), columns in output_names order",
+        "output": "probabilities: N x K (sigmoid"
+        + (" of logit / temperature" if scaled else "")
+        + "), columns in output_names order",
+        "calibration": "temperature scaling fitted on val" if scaled else "none",
+        "temperatures": list(temperatures) if scaled else None,
         "decision": "class 1 when probability > threshold",
         "intended_use": "research model, not a medical device",
     }
@@ -179,20 +189,23 @@ def export(cfg) -> dict:
     model.eval()
     names = output_names(model.hparams)
     thresholds, source = operating_points(cfg.ckpt_path, names)
-    meta = metadata(model, cfg.ckpt_path, thresholds, source)
+    from cxr.evaluation.calibration import read_temperatures
+
+    temperatures, _ = read_temperatures(cfg.ckpt_path, run_directory(cfg.ckpt_path), names)
+    meta = metadata(model, cfg.ckpt_path, thresholds, source, temperatures)
     preprocessing = Preprocessing(
         **{k: v for k, v in meta["preprocessing"].items() if k in Preprocessing.__dataclass_fields__}
     )
     images, described = parity_images(
         cfg.ckpt_path, preprocessing, cfg.get("parity_inputs"), int(cfg.get("parity_n", 64))
     )
-    wrapper = graph_module(model, len(names))
+    wrapper = graph_module(model, len(names), temperatures)
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"model{FORMATS[fmt]}"
     output.parent.mkdir(parents=True, exist_ok=True)
     (export_onnx if fmt == "onnx" else export_torchscript)(wrapper, images[:2], output, meta)
 
     with torch.inference_mode():
-        reference = Probabilities(model, len(names)).eval()(images).numpy()
+        reference = Probabilities(model, len(names), temperatures).eval()(images).numpy()
     try:
         exported = run_export(output, fmt, images)
     except Exception as error:  # e.g. a batch size frozen at export time

@@ -103,6 +103,8 @@ class Predictor:
     session: object = None  # ONNX Runtime session (exported .onnx files)
     dicom_window: str = "voi"  # how a DICOM's values become 0-255 (cxr.data.dicom, dicom.window)
     details: dict = field(default_factory=dict)
+    temperatures: list[float] | None = None  # the run's temperature scaling (checkpoints; an export has it built in)
+    calibration_source: str = "none"
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
         if self.session is not None:
@@ -112,7 +114,14 @@ class Predictor:
         from cxr import inference
 
         flat = inference.predict_probabilities(self.model, [images], self.backend, batch_size=len(images))
-        return flat.reshape(len(images), len(self.names))
+        probabilities = flat.reshape(len(images), len(self.names))
+        if self.temperatures and any(t != 1.0 for t in self.temperatures):
+            from cxr.evaluation.calibration import apply_temperature
+
+            probabilities = np.stack(
+                [apply_temperature(probabilities[:, k], t) for k, t in enumerate(self.temperatures)], axis=1
+            ).astype(np.float32)
+        return probabilities
 
 
 def _preprocessing(settings: dict | None, source: str) -> Preprocessing:
@@ -141,6 +150,9 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
         model.to(device).eval()
         names = output_names(model.hparams)
         thresholds, source = operating_points(path, names)
+        from cxr.evaluation.calibration import read_temperatures
+
+        temperatures, calibration_source = read_temperatures(path, run_directory(path), names)
         chosen = inference.choose_backend(model, backend)
         details = {
             "program": model.hparams.get("program"),
@@ -155,6 +167,8 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
             chosen,
             model=model,
             details=details,
+            temperatures=temperatures,
+            calibration_source=calibration_source,
         )
     if threshold is not None:
         from omegaconf import ListConfig
@@ -244,6 +258,7 @@ def _onnx_predictor(path: Path) -> Predictor:
         "onnxruntime (file)",
         session=session,
         details=metadata,
+        calibration_source=f"{metadata.get('calibration', 'none')} (built into the ONNX graph)",
     )
 
 
@@ -302,6 +317,10 @@ def summary_lines(frame: pd.DataFrame, predictor: Predictor, skipped: int, outpu
         + (f"; {skipped} other file(s) in the folders skipped (not PNG, JPEG or DICOM)" if skipped else "")
     ]
     lines.append(f"thresholds: {predictor.threshold_source}")
+    if predictor.temperatures and any(t != 1.0 for t in predictor.temperatures):
+        lines.append(
+            f"calibration: {predictor.calibration_source}, T = {', '.join(f'{t:.3g}' for t in predictor.temperatures)}"
+        )
     for k, name in enumerate(predictor.names):
         decided = frame[f"decision_{name}"].dropna()
         lines.append(f"  {name}: {int(decided.sum())} of {len(decided)} above {predictor.thresholds[k]:.4g}")
@@ -353,16 +372,28 @@ def predict(cfg) -> int:
                 "outputs": predictor.names,
                 "thresholds": dict(zip(predictor.names, predictor.thresholds)),
                 "threshold_source": predictor.threshold_source,
+                "calibration": predictor.calibration_source,
+                "temperatures": predictor.temperatures,
                 "preprocessing": predictor.preprocessing.__dict__,
                 "dicom_window": predictor.dicom_window,
                 "predictions": records,
             },
         )
     if cfg.get("cam"):
+        from cxr.evaluation.cam_context import model_quality
         from cxr.evaluation.gradcam import write_cam_report
+        from cxr.evaluation.localisation import read_boxes
 
         cam_started = time.perf_counter()
-        page = write_cam_report(predictor, frame, output_dir, size=int(cfg.get("cam_size", 320)))
+        quality, _ = model_quality(cfg.ckpt_path, run_directory(cfg.ckpt_path), predictor.names)
+        page = write_cam_report(
+            predictor,
+            frame,
+            output_dir,
+            size=int(cfg.get("cam_size", 320)),
+            boxes=read_boxes(cfg.get("cam_boxes", "nih2017")),
+            quality=quality,
+        )
         log.info(
             "Grad-CAM: %d input(s) in %.1f s; page %s",
             int((frame["error"] == "").sum()),

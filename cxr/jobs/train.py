@@ -24,6 +24,7 @@ from cxr.evaluation.model_card import write_model_card
 from cxr.evaluation.runner import evaluate_sets
 from cxr.inference import resolve_precision
 from cxr.jobs import search
+from cxr.models import sources
 from cxr.models.checkpoints import load_classifier, read_checkpoint
 from cxr.run_dir import (
     command_line_overrides,
@@ -264,6 +265,10 @@ def train(cfg: DictConfig) -> dict:
     finished = requeued_job(cfg)
     if finished is not None:
         return finished
+    sources.apply_to_config(cfg)  # a named pretrained source: its network and preprocessing (cxr.models.sources)
+    weights_leakage = sources.leakage(cfg.model.get("weights"), cfg.data.name, cfg.model.get("weights_trained_on"))
+    if weights_leakage and rank_zero:
+        log.warning("LEAKAGE: %s", weights_leakage["warning"])
     cfg.run_name = run_name(cfg)  # the name its directory was given; config.yaml and every later file say it
     if rank_zero:
         output_dir = prepare_run_directory(cfg, resuming=cfg.get("ckpt_path") is not None)
@@ -282,10 +287,11 @@ def train(cfg: DictConfig) -> dict:
     datamodule = _build_data(cfg, output_dir, datamodule, write=rank_zero)
 
     model = instantiate(cfg.model)
+    pretrained = _pretrained_summary(cfg, model)
     model.run_metadata = {
         "overrides": command_line_overrides(),
         **run_provenance(),
-        "labels_sha256": file_digest(cfg.data.labels),
+        "labels_sha256": file_digest(cfg.data.labels) if cfg.data.get("labels") else None,  # registered: release
     }  # evaluate.py: has the label file changed?
     trainer, callbacks = build_trainer(cfg)
 
@@ -335,6 +341,7 @@ def train(cfg: DictConfig) -> dict:
         "split": datamodule.summary,
         "validation": _validation_summary(history, trainer),
         "leakage": datamodule.leakage,
+        "pretrained": pretrained,
         **({"search": {"study": trial.study_name, "trial": trial.number}} if trial is not None else {}),
         **results,
     }
@@ -352,6 +359,18 @@ def train(cfg: DictConfig) -> dict:
     size = record_directory_size(output_dir)
     log.info("run directory: %s (%.1f MB)", output_dir, size / 1e6)
     return metrics
+
+
+def _pretrained_summary(cfg: DictConfig, model) -> dict:
+    """metrics.json's record of the initial weights (source, file, training data, preprocessing, leakage flag)."""
+    return sources.summary(
+        model.hparams.get("weights"),
+        model.hparams.get("weights_file"),
+        OmegaConf.to_container(cfg.program.preprocessing, resolve=True),
+        cfg.data.name,
+        model.hparams.get("weights_trained_on"),
+        getattr(model.net, "head_mapping", None),
+    )
 
 
 def _write_history(callbacks: list, output_dir: Path, writer, step: int, **figure_args) -> EpochHistory | None:

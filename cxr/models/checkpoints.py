@@ -17,7 +17,10 @@ from cxr.models.registry import ModelSpecError, spec_from_config
 from cxr.safe_instantiate import UnsafeTargetError
 
 # the hyper-parameters a checkpoint gives back (plain values); net is a registry spec, the rest is never read
-SETTINGS = ("preprocessing", "program", "class_weight", "task", "findings", "loss")
+SETTINGS = (
+    "preprocessing", "program", "class_weight", "task", "findings", "loss",
+    "weights_file", "freeze", "backbone_lr_scale", "weights_trained_on",
+)  # fmt: skip
 
 
 class CheckpointError(UserError, ValueError):

@@ -16,17 +16,17 @@ from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
     MultilabelAccuracy,
-    MultilabelAUROC,
     MultilabelStatScores,
 )
 
 from cxr.errors import ConfigError
-from cxr.models import registry
+from cxr.models import registry, sources
 from cxr.models.backbones import no_weights
-from cxr.models.losses import binary_loss
+from cxr.models.losses import balanced_pos_weight, binary_loss
 from cxr.safe_instantiate import check_targets, instantiate
 
 TASKS = ("binary", "multilabel")
+MISSING = -1  # a NaN target (finding not labelled: cxr.data.findings) as torchmetrics' ignore_index
 
 
 def _plain(value):
@@ -49,38 +49,44 @@ def binary_metrics(prefix: str) -> MetricCollection:
 
 def multilabel_metrics(prefix: str, num_labels: int) -> MetricCollection:
     """Accuracy over all (image, finding) decisions; AUROC per finding is computed at epoch end (FindingAUROC)."""
-    return MetricCollection({"acc": MultilabelAccuracy(num_labels=num_labels)}, prefix=prefix)
+    return MetricCollection({"acc": MultilabelAccuracy(num_labels=num_labels, ignore_index=MISSING)}, prefix=prefix)
 
 
 class FindingAUROC(torch.nn.Module):
     """AUROC per finding over an epoch, and their mean over the findings that have both classes (``<stage>/auroc``:
-    the checkpoint and early-stopping monitor); a finding with one class only is not logged."""
+    the checkpoint and early-stopping monitor); a finding with one class only (or none labelled) is not logged.
+
+    One BinaryAUROC per finding, each ignoring missing targets: torchmetrics' MultilabelAUROC fails on a finding
+    whose targets are all ignored (a finding the dataset does not label), so only the defined ones are computed."""
 
     def __init__(self, findings: list[str]):
         super().__init__()
         self.findings = list(findings)
-        self.auroc = MultilabelAUROC(num_labels=len(findings), average=None)
-        self.counts = MultilabelStatScores(num_labels=len(findings), average=None)
+        self.aurocs = torch.nn.ModuleList(BinaryAUROC(ignore_index=MISSING) for _ in self.findings)
+        self.counts = MultilabelStatScores(num_labels=len(findings), average=None, ignore_index=MISSING)
 
     def update(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
-        self.auroc.update(probabilities, targets)
+        for j, metric in enumerate(self.aurocs):
+            metric.update(probabilities[:, j], targets[:, j])
         self.counts.update(probabilities, targets)
 
     def compute_and_reset(self) -> tuple[float, dict[str, float]]:
-        """(mean AUROC over findings with both classes, or 0.0 as torchmetrics gives a single class; per finding)."""
+        """(mean AUROC over findings with both classes, or 0.0 when none has; per finding)."""
         try:
             with warnings.catch_warnings():  # a finding absent this epoch: left out below, no need to warn
                 warnings.simplefilter("ignore", UserWarning)
                 tp, fp, tn, fn, _ = self.counts.compute().T
-                values = self.auroc.compute()
+                both = ((tp + fn) > 0) & ((tn + fp) > 0)
+                per_finding = {
+                    f: float(metric.compute()) for f, metric, ok in zip(self.findings, self.aurocs, both) if ok
+                }
         except (RuntimeError, ValueError):  # nothing seen this epoch (e.g. a sanity check without batches)
             return 0.0, {}
         finally:
-            self.auroc.reset()
+            for metric in self.aurocs:
+                metric.reset()
             self.counts.reset()
-        both = ((tp + fn) > 0) & ((tn + fp) > 0)
-        per_finding = {f: float(v) for f, v, ok in zip(self.findings, values, both) if ok}
-        return (float(values[both].mean()) if bool(both.any()) else 0.0), per_finding
+        return (sum(per_finding.values()) / len(per_finding) if per_finding else 0.0), per_finding
 
 
 class Classifier(L.LightningModule):
@@ -94,7 +100,11 @@ class Classifier(L.LightningModule):
     ``task`` and ``findings`` (the output names, in order) size the head: the net is built with
     ``num_outputs=len(findings)`` (1 for binary). ``freeze_backbone_epochs``: train only the head at first.
     ``weights`` (``model.weights``): the network's initial weights, none, ``imagenet`` (torchvision backbones) or
-    the path of a state dict; kept in ``hparams.weights`` (a checkpoint is loaded without them).
+    the path of a state dict; kept in ``hparams.weights`` (a checkpoint is loaded without them), or a named
+    source (``xrv:...``, ``timm:...``, ``hf:...``; cxr.models.sources) read from ``weights_file`` or its cache.
+    ``freeze=backbone``: a linear probe (only the head trains; the frozen encoder stays in eval mode).
+    ``backbone_lr_scale``: the encoder's learning rate as a fraction of the head's. ``weights_trained_on``: datasets
+    the initial weights saw, beyond cxr's table (the leakage flag).
     """
 
     def __init__(
@@ -112,6 +122,10 @@ class Classifier(L.LightningModule):
         freeze_backbone_epochs: int = 0,
         weights: str | None = None,
         loss: str = "bce_with_logits",
+        weights_file: str | None = None,
+        freeze: str | None = None,
+        backbone_lr_scale: float = 1.0,
+        weights_trained_on: list[str] | None = None,
     ):
         super().__init__()
         if task not in TASKS:
@@ -132,6 +146,18 @@ class Classifier(L.LightningModule):
             raise ConfigError(str(error)) from None
         loads_weights = registry.entry(net["name"]).loads_weights
         weights = None if no_weights(weights) else str(weights)
+        source = sources.parse(weights)
+        if source is not None and net["name"].split("/")[0] != source.kind:
+            raise ConfigError(
+                f"model.weights={weights} needs its own network ({sources.network(source, weights_file)['name']}); "
+                "train.py sets it, in code call cxr.models.sources.apply_to_config(cfg) first"
+            )
+        if freeze not in (None, "none", "backbone"):
+            raise ConfigError(f"model.freeze={freeze!r}: choose none (fine-tune everything) or backbone (linear probe)")
+        if not float(backbone_lr_scale) > 0:
+            raise ConfigError(
+                f"model.backbone_lr_scale={backbone_lr_scale}: a positive fraction of the head's learning rate"
+            )
         if weights == "imagenet" and not loads_weights:
             raise ConfigError(
                 f"model.weights=imagenet: {net['name']} has no ImageNet weights (a torchvision "
@@ -150,6 +176,10 @@ class Classifier(L.LightningModule):
                 "task": task,
                 "findings": [str(f) for f in _plain(findings)],
                 "freeze_backbone_epochs": int(freeze_backbone_epochs or 0),
+                "weights_file": None if no_weights(weights_file) else str(weights_file),
+                "freeze": None if freeze in (None, "none") else freeze,
+                "backbone_lr_scale": float(backbone_lr_scale),
+                "weights_trained_on": [str(d) for d in _plain(weights_trained_on) or []],
             },
             logger=False,
         )  # the pipeline logs hyper-parameters once, with the final metrics
@@ -159,7 +189,14 @@ class Classifier(L.LightningModule):
         extra = {} if "num_outputs" in net["args"] else {"num_outputs": len(findings)}  # the head sized to the task
         if loads_weights and weights:
             extra["weights"] = weights
+        if "findings" in registry.entry(net["name"]).parameters:  # a pretrained source: head rows mapped by name
+            extra["findings"] = list(findings)
+            if weights:
+                extra["weights_file"] = self.hparams.weights_file
         self.net = registry.build(net, "model.net", **extra)
+        if self.linear_probe:  # only the head's parameters train (and count as trainable)
+            for name, parameter in self.net.named_parameters():
+                parameter.requires_grad_(self._is_head(name))
         path = None if loads_weights else weights
         if path:  # a network that does not load weights itself (the thesis CNN): a state dict file
             from cxr.models.backbones import load_state_dict_report
@@ -184,19 +221,9 @@ class Classifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.hparams.class_weight == "balanced" and stage == "fit" and self.trainer.datamodule is not None:
-            targets = self.trainer.datamodule.datasets["train"].targets
-            if self.multilabel:  # weighted BCE per finding: n_negative / n_positive of the training split
-                positives = targets.sum(dim=0)
-                self.pos_weight.copy_(
-                    torch.where(
-                        positives > 0, (len(targets) - positives) / positives.clamp(min=1), torch.ones_like(positives)
-                    )
-                )
-                return
-            n_class1 = float(targets.sum())
-            if n_class1 == 0 or n_class1 == len(targets):
-                raise ValueError("class_weight=balanced: the training split holds a single class")
-            self.pos_weight.fill_((len(targets) - n_class1) / n_class1)
+            # from the label rows, not the dataset: a streamed shard dataset holds no targets tensor
+            targets = self.trainer.datamodule.targets("train")
+            self.pos_weight.copy_(balanced_pos_weight(targets, self.multilabel).reshape(self.pos_weight.shape))
         elif self.hparams.class_weight not in (None, "balanced") and not isinstance(
             self.hparams.class_weight, (int, float)
         ):
@@ -218,9 +245,10 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = self.loss(logits, targets)
         probabilities = torch.sigmoid(logits.detach().float())
-        metrics.update(probabilities, targets.long())
+        classes = targets.nan_to_num(MISSING).long()  # multi-label: a missing finding is ignored by the metrics
+        metrics.update(probabilities, classes)
         if self.multilabel:
-            getattr(self, f"{stage}_finding_auroc").update(probabilities, targets.long())
+            getattr(self, f"{stage}_finding_auroc").update(probabilities, classes)
         if stage == "val":  # mean over all images of all DDP processes (their validation batches may differ in number)
             self.val_loss.update(loss.detach(), weight=len(targets))
             self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -243,13 +271,45 @@ class Classifier(L.LightningModule):
         for finding, value in per_finding.items():
             self.log(f"{stage}/auroc/{finding}", value)
 
+    def _is_head(self, name: str) -> bool:
+        return getattr(self.net, "is_head_parameter", lambda name: name.startswith("classifier."))(name)
+
+    @property
+    def linear_probe(self) -> bool:
+        return self.hparams.get("freeze") == "backbone"
+
     def on_train_epoch_start(self) -> None:
         epochs = self.hparams.get("freeze_backbone_epochs") or 0
-        if epochs:  # the head trains alone for the first N epochs (BatchNorm statistics still adapt)
-            frozen = self.current_epoch < epochs
-            is_head = getattr(self.net, "is_head_parameter", lambda name: name.startswith("classifier."))
+        if epochs or self.linear_probe:  # the head trains alone for the first N epochs (BatchNorm still adapts)
+            frozen = self.linear_probe or self.current_epoch < epochs
             for name, parameter in self.net.named_parameters():
-                parameter.requires_grad_(is_head(name) or not frozen)
+                parameter.requires_grad_(self._is_head(name) or not frozen)
+        if self.linear_probe:
+            self.train(True)
+
+    def train(self, mode: bool = True):
+        """A linear probe keeps its frozen encoder in eval mode (BatchNorm statistics and dropout fixed)."""
+        super().train(mode)
+        if mode and self.linear_probe:
+            for name, module in self.net.named_modules():
+                own = [f"{name}.{p}" for p, _ in module.named_parameters()] or [f"{name}.weight"]
+                if name and not any(self._is_head(p) for p in own):
+                    module.eval()
+        return self
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: the head at the configured learning rate, the encoder at
+        ``backbone_lr_scale`` times it (left out of a linear probe)."""
+        head, backbone = [], []
+        for name, parameter in self.named_parameters():
+            is_head = not name.startswith("net.") or self._is_head(name[len("net.") :])
+            (head if is_head else backbone).append(parameter)
+        scale = self.hparams.get("backbone_lr_scale") or 1.0
+        groups = [{"params": head}]
+        if backbone and not self.linear_probe:
+            lr = (self.optimizer_config or {}).get("lr")
+            groups.append({"params": backbone, **({"lr": lr * scale} if scale != 1.0 and lr is not None else {})})
+        return groups
 
     def on_train_epoch_end(self) -> None:
         self.log_training_epoch_metrics()
@@ -286,12 +346,13 @@ class Classifier(L.LightningModule):
                 "you run (train.py ckpt_path=...), never one from the file"
             )
         check_targets(self.optimizer_config, "optimizer")  # before the fallback below can swallow a refusal
+        groups = self.parameter_groups()  # passed to the built partial: Hydra would wrap dicts of tensors
         if self.fused_optimizer and "fused" not in self.optimizer_config:
             try:
-                return hydra.utils.instantiate(self.optimizer_config, params=self.parameters(), fused=True)
+                return hydra.utils.instantiate(self.optimizer_config, _partial_=True, fused=True)(groups)
             except (TypeError, RuntimeError, ValueError, hydra.errors.InstantiationException):
                 pass  # no fused kernel for this optimizer, torch version or device: the plain one below
-        return instantiate(self.optimizer_config, "optimizer", params=self.parameters())
+        return instantiate(self.optimizer_config, "optimizer", _partial_=True)(groups)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cxr"] = self.run_metadata

@@ -16,10 +16,11 @@ import torch
 def _import_tensorflow():
     """``import tensorflow``, after torch's compiler stack: Triton (imported by ``torch._dynamo``, e.g. when an
     optimizer is built) crashes the process with a segmentation fault when it is loaded after TensorFlow 2.21."""
-    import tensorflow
+    import importlib
+
     import torch._dynamo  # noqa: F401
 
-    return tensorflow
+    return importlib.import_module("tensorflow")  # not an import statement, which isort would move above torch's
 
 
 def tensorflow_available() -> bool:

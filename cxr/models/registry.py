@@ -48,13 +48,34 @@ _TORCHVISION = Entry(
     loads_weights=True,
 )
 TORCHVISION_PREFIX = "torchvision/"
+# the networks of the named pretrained sources (cxr.models.sources, cxr.models.pretrained); weights= and
+# weights_file= come from model.weights / model.weights_file, never from a checkpoint
+_SOURCE_ARGS = {
+    "num_outputs": (int,),
+    "findings": (list, str),
+    "weights": (str, type(None)),
+    "weights_file": (str, type(None)),
+}
+_XRV = {
+    "xrv/densenet121": Entry("cxr.models.pretrained", "XrvDenseNet", _SOURCE_ARGS, loads_weights=True),
+    "xrv/resnet50": Entry("cxr.models.pretrained", "XrvResNet", _SOURCE_ARGS, loads_weights=True),
+}
+_TIMM = Entry("cxr.models.pretrained", "TimmNet", {"name": (str,), **_SOURCE_ARGS}, fixed=("name",), loads_weights=True)
+_HF = Entry(
+    "cxr.models.pretrained",
+    "HFEncoderNet",
+    {"model_type": (str,), "config": (str,), **_SOURCE_ARGS},
+    fixed=("model_type",),
+    loads_weights=True,
+)
+_FIXED_BY_PREFIX = {TORCHVISION_PREFIX: "name", "timm/": "name", "hf/": "model_type"}
 # the classes cxr's configs and checkpoints named before the registry (read through it, nothing else is)
 _OLD_TARGETS = {"cxr.models.thesis_cnn.ThesisCNN": "thesis_cnn", "cxr.models.backbones.TorchvisionNet": "torchvision"}
 
 
 def names() -> list[str]:
     """The registry's names as a user writes them (``torchvision/<any torchvision classification model>``)."""
-    return ["thesis_cnn", "torchvision/<name>"]
+    return ["thesis_cnn", "torchvision/<name>", *_XRV, "timm/<name>", "hf/<dinov2|vit>"]
 
 
 def entry(name: Any, source: str = "net") -> Entry:
@@ -66,6 +87,20 @@ def entry(name: Any, source: str = "net") -> Entry:
 
         if name[len(TORCHVISION_PREFIX) :] in list_models():
             return _TORCHVISION
+    if name in _XRV:
+        return _XRV[name]
+    if isinstance(name, str) and name.startswith("timm/"):
+        try:
+            import timm
+        except ImportError:
+            raise ModelSpecError(f"{source}.name={name!r} needs timm: pip install -e '.[pretrained]'") from None
+        if name[len("timm/") :] in timm.list_models():
+            return _TIMM
+    if isinstance(name, str) and name.startswith("hf/"):
+        from cxr.models.pretrained import HF_MODELS
+
+        if name[len("hf/") :] in HF_MODELS:
+            return _HF
     raise ModelSpecError(
         f"{source}.name={name!r} is not in cxr's model registry ({', '.join(names())}); new "
         "networks are added in cxr/models/registry.py"
@@ -147,15 +182,16 @@ def build(spec: Mapping, source: str = "net", **extra):
     spec = check_spec(spec, source)
     found = entry(spec["name"], source)
     args = {**spec["args"], **extra}
-    if "name" in found.fixed:
-        args["name"] = spec["name"][len(TORCHVISION_PREFIX) :]
+    prefix = next((p for p in _FIXED_BY_PREFIX if spec["name"].startswith(p)), None)
+    if found.fixed and prefix:
+        args[_FIXED_BY_PREFIX[prefix]] = spec["name"][len(prefix) :]
     return found.constructor()(**args)
 
 
 def signature_mismatches() -> list[str]:
     """Declared arguments that the classes do not take (a check for the tests)."""
     problems = []
-    for found in (_THESIS_CNN, _TORCHVISION):
+    for found in (_THESIS_CNN, _TORCHVISION, *_XRV.values(), _TIMM, _HF):
         accepted = inspect.signature(found.constructor()).parameters
         problems += [f"{found.cls}.{k}" for k in found.parameters if k not in accepted]
     return problems
