@@ -30,7 +30,27 @@ def tensorboard_writer(trainer: L.Trainer):
 
 class EpochCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint whose file names count epochs from 1 (``best-epoch002.ckpt`` is the second
-    epoch), as history.csv, metrics.json and the model card do; Lightning's ``{epoch}`` counts from 0."""
+    epoch), as history.csv, metrics.json and the model card do; Lightning's ``{epoch}`` counts from 0. With a
+    monitor, ``min_epochs`` keeps epochs before it from being chosen (an early validation peak is often noise)."""
+
+    def __init__(self, *args, min_epochs: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 1:
+            raise ValueError(
+                f"min_epochs={min_epochs!r}: give the first epoch (1-based) a checkpoint may be chosen from"
+            )
+        self.min_epochs = min_epochs
+
+    def _too_early(self, trainer: L.Trainer) -> bool:
+        return bool(self.monitor) and trainer.current_epoch + 1 < self.min_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._too_early(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._too_early(trainer):
+            super().on_validation_end(trainer, pl_module)
 
     def format_checkpoint_name(
         self, metrics: dict, filename: str | None = None, ver: int | None = None, prefix: str | None = None
@@ -41,10 +61,40 @@ class EpochCheckpoint(ModelCheckpoint):
         return super().format_checkpoint_name(metrics, filename=filename, ver=ver, prefix=prefix)
 
 
+class SmoothedMetric(L.Callback):
+    """Logs an exponential moving average of a validation metric after every epoch (``val/auroc`` ->
+    ``val/auroc_ema``: ema = weight * value + (1 - weight) * previous ema), for checkpoint selection and early
+    stopping that follow the trend, not one lucky epoch of a small validation set. An epoch whose value is NaN
+    (a one-class validation set) leaves the average unchanged. Listed before the callbacks that read it."""
+
+    def __init__(self, metric: str = "val/auroc", weight: float = 0.4, suffix: str = "_ema"):
+        if not 0 < weight <= 1:
+            raise ValueError(f"weight={weight!r}: the weight of the newest epoch must lie in (0, 1] (1: no smoothing)")
+        self.metric, self.weight, self.name = metric, float(weight), f"{metric}{suffix}"
+        self.value: float | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        current = trainer.callback_metrics.get(self.metric)
+        if current is None or trainer.sanity_checking:
+            return
+        current = float(current)
+        if not np.isnan(current):
+            self.value = current if self.value is None else self.weight * current + (1 - self.weight) * self.value
+        value = float("nan") if self.value is None else self.value
+        pl_module.log(self.name, value, on_step=False, on_epoch=True)
+        trainer.callback_metrics[self.name] = torch.tensor(value)  # read by the callbacks after this one, this epoch
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.value = state_dict.get("value")
+
+
 class EpochHistory(L.Callback):
     """Records the epoch-level metrics (train and val loss, accuracy, AUROC) after every epoch."""
 
-    KEYS = ("train/loss_epoch", "train/acc", "train/auroc", "val/loss", "val/acc", "val/auroc")
+    KEYS = ("train/loss_epoch", "train/acc", "train/auroc", "val/loss", "val/acc", "val/auroc", "val/auroc_ema")
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -60,7 +110,17 @@ class EpochHistory(L.Callback):
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(
-            self.rows, columns=["epoch", "train/loss", "train/acc", "train/auroc", "val/loss", "val/acc", "val/auroc"]
+            self.rows,
+            columns=[
+                "epoch",
+                "train/loss",
+                "train/acc",
+                "train/auroc",
+                "val/loss",
+                "val/acc",
+                "val/auroc",
+                "val/auroc_ema",
+            ],
         )
 
     def state_dict(self) -> dict:

@@ -202,12 +202,13 @@ class SweepHydraConfig(Callback):
 @hydra.main(version_base="1.3", config_path="pkg://cxr.conf", config_name="train")
 @catch_user_errors
 def _train_app(cfg: DictConfig) -> float:
+    from cxr.jobs.cv import cross_validate
     from cxr.jobs.train import objective, train
     from cxr.run_dir import failure_recorded
 
     quiet_library_noise()  # again: importing Lightning (inside Hydra's logging) has added its own console handler
     with failure_recorded(cfg, one_line):
-        metrics = train(cfg)
+        metrics = cross_validate(cfg) if (cfg.get("cv") or {}).get("folds") else train(cfg)  # cv.folds=K: K runs
     return objective(metrics)  # what an Optuna sweeper (hparams_search=...) maximises: validation AUROC, never test
 
 
@@ -423,6 +424,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     import argparse
 
     from cxr.evaluation.report import compare
+    from cxr.evaluation.seeds import seed_table
 
     parser = argparse.ArgumentParser(
         prog="compare.py",
@@ -447,6 +449,8 @@ def compare_main(argv: list[str] | None = None) -> int:
         print(f"compare.py: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(report.table)
+    if report.seed_groups:  # runs differing only in seed or fold: mean, SD, t-interval (cxr/evaluation/seeds.py)
+        print("\n" + seed_table(report.seed_groups))
     if report.skipped:
         print(
             f"\nskipped {len(report.skipped)} director{'y' if len(report.skipped) == 1 else 'ies'} without a "

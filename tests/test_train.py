@@ -186,14 +186,18 @@ def test_training_fails_fast_on_a_broken_image_and_check_only_stops(make_cfg, tm
 
 @pytest.mark.slow
 def test_program_d_evaluates_its_best_checkpoint_and_records_which(make_cfg):
-    cfg = make_cfg(["program=D", "trainer.max_epochs=2", "callbacks.early_stopping=null", "~logger"])
+    overrides = ["program=D", "trainer.max_epochs=2", "callbacks.early_stopping=null", "~logger"]
+    cfg = make_cfg([*overrides, "program.training.selection.min_epochs=1"])  # D: 5 (tests/test_variance.py)
     assert cfg.evaluation.checkpoint == "best" and make_cfg(["program=C"]).evaluation.checkpoint == "last"
     metrics = train(cfg)
     best = Path(metrics["checkpoint"]).name
-    assert best.startswith("best-epoch") and metrics["checkpoint_choice"] == "best by val/auroc"
+    assert best.startswith("best-epoch") and metrics["checkpoint_choice"] == "best by val/auroc_ema"
     assert metrics["checkpoint_epoch"] == int(best.removeprefix("best-epoch").removesuffix(".ckpt"))  # from 1
     history = pd.read_csv(Path(cfg.paths.output_dir) / "history.csv")
-    assert history.loc[history["val/auroc"].idxmax(), "epoch"] == metrics["checkpoint_epoch"]
+    assert history.loc[history["val/auroc_ema"].idxmax(), "epoch"] == metrics["checkpoint_epoch"]
+    metrics = train(make_cfg(overrides))  # 2 epochs, none of them eligible from epoch 5: the last, and says so
+    assert metrics["checkpoint_epoch"] == 2 and Path(metrics["checkpoint"]).name == "last.ckpt"
+    assert metrics["checkpoint_choice"] == "last (end of fit, training ended before selection's min_epochs=5)"
 
 
 def test_a_bad_checkpoint_choice_is_refused_before_anything_runs(make_cfg):

@@ -199,7 +199,10 @@ def file_split(table: pd.DataFrame, path) -> pd.Series:
 
 def make_split(table: pd.DataFrame, method: str, **settings) -> pd.Series:
     """Dispatch on ``method`` (thesis, patient, official, file) and check that no split is empty."""
+    from cxr.data.folds import kfold_split  # folds.py builds on this module's helpers
+
     methods = {"thesis": thesis_split, "patient": patient_split, "official": official_split, "file": file_split}
+    methods["kfold"] = kfold_split  # cv.folds=K (cxr/jobs/cv.py): fold k of a patient-grouped stratified k-fold
     if method not in methods:
         raise SplitError(f"unknown split method {method!r}; choose one of {', '.join(methods)}")
     if method == "official" and "official_split" in table:  # a registered dataset (cxr.data.datasets)
@@ -208,6 +211,8 @@ def make_split(table: pd.DataFrame, method: str, **settings) -> pd.Series:
         settings = {key: value for key, value in settings.items() if key not in ("scale", "pool", "test")}
     if method == "file":  # a saved split (evaluate.py: the run's splits.csv); sizes and seed do not apply
         settings = {"path": settings.get("path")}
+    if method == "kfold":
+        settings = {key: settings[key] for key in ("folds", "fold", "val", "seed") if key in settings}
     return _checked(methods[method](table, **settings), method, len(table))
 
 

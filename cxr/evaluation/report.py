@@ -1,6 +1,6 @@
 """Compare run directories (metrics.json + config.yaml) in a Markdown and a self-contained HTML report: one row
-per run, paired AUROC differences of runs scored on the same images (patient bootstrap), mean ± sd over runs
-that differ only in ``seed``, subgroup AUROC and an ROC overlay. Entry point: ``compare.py``."""
+per run, paired AUROC differences of runs scored on the same images (patient bootstrap), mean, sd and t-interval
+over runs that differ only in ``seed`` or fold (cxr/evaluation/seeds.py), subgroup AUROC and an ROC overlay. Entry point: ``compare.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import html
 import itertools
 import json
 import os
-import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import reduce
@@ -24,6 +23,7 @@ from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
 from cxr.evaluation.localisation import report_blocks as localisation_blocks
 from cxr.evaluation.multiple_testing import holm
+from cxr.evaluation.seeds import summary_blocks
 from cxr.evaluation.small_n import mark
 from cxr.evaluation.tables import compare_blocks
 
@@ -83,7 +83,7 @@ class Report:
     runs: list[Run]
     pairs: list[dict]  # paired_auroc_difference results with "run_a", "run_b" (or "error")
     pairs_left_out: int
-    seed_groups: list[dict]  # {"runs", "seeds", "program", "n_runs", metric: {"mean", "sd"}}
+    seed_groups: list[dict]  # runs differing only in seed or fold: cxr.evaluation.seeds.repeat_groups
     skipped: dict[Path, str] = field(default_factory=dict)  # directories that are not finished runs, and why
 
 
@@ -123,6 +123,7 @@ def find_skipped(given: Path, found: list[Path]) -> dict[Path, str]:
     candidates = {given} if given.is_dir() else set()
     candidates |= {m.parent for m in given.rglob("run.json")} | {h.parent for h in given.rglob(".hydra") if h.is_dir()}
     written = [d for d in candidates if (d / "run.json").is_file() or (d / ".hydra").is_dir()]
+    written = [d for d in written if not (d / "cv_summary.json").is_file()]  # a cross-validation: its folds are runs
     return {d.resolve(): skip_reason(d) for d in sorted(written) if not _is_run(d) and d.resolve() not in found}
 
 
@@ -206,11 +207,6 @@ def _with_ci(metrics: dict, key: str, percent: bool = False) -> str:
 
 def _text(value) -> str:
     return "n/a" if value is None else str(value)
-
-
-def _mean_sd(stat: dict, percent: bool = False) -> str:
-    mean, sd = (_num(stat[k], percent, "") for k in ("mean", "sd"))
-    return "n/a" if stat["mean"] is None else f"{mean} ± {sd}" + ("%" if percent else "")
 
 
 def markdown_table(headers: list, rows: list[list]) -> str:
@@ -428,29 +424,6 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
     return blocks
 
 
-def seed_groups(runs: list[Run], name: str) -> list[dict]:
-    """Training runs whose configs differ only in seed (see config_key), two or more: mean and sd."""
-    groups: dict[str, list[Run]] = {}
-    for run in (r for r in runs if r.kind == "train" and r.metrics.get(name)):
-        groups.setdefault(config_key(run), []).append(run)
-    result = []
-    for members in (g for g in groups.values() if len(g) >= 2):
-        row = {
-            "runs": [r.name for r in members],
-            "seeds": [r.seed for r in members],
-            "program": members[0].program,
-            "n_runs": len(members),
-        }
-        for key in ("auroc", "balanced_accuracy", "accuracy_class0", "accuracy_class1"):
-            values = [v for r in members if (v := r.metrics[name].get(key)) is not None]
-            row[key] = {
-                "mean": statistics.mean(values) if values else None,
-                "sd": statistics.stdev(values) if len(values) > 1 else None,
-            }
-        result.append(row)
-    return result
-
-
 def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, seed: int = 0) -> Report:
     """Write report.md, report.html and ROC overlays into ``out`` (default outputs/compare/<time> in the cwd)."""
     out = (
@@ -538,41 +511,8 @@ def compare(paths, out=None, set_name: str = "test", n_resamples: int = 1000, se
             )
         )
     blocks += multilabel_blocks(scored, set_name, n_resamples, seed)
-    groups = seed_groups(scored, set_name)
-    rows = [
-        [
-            g["program"],
-            g["n_runs"],
-            ", ".join(map(str, g["seeds"])),
-            ", ".join(g["runs"]),
-            _mean_sd(g["auroc"]),
-            *(_mean_sd(g[k], True) for k in ("balanced_accuracy", "accuracy_class0", "accuracy_class1")),
-        ]
-        for g in groups
-    ]
-    blocks += [
-        ("h", 2, "Seed summary (runs identical except the seed)"),
-        (
-            "p",
-            "mean ± sample standard deviation over the seeds."
-            if rows
-            else "No two training runs share a config apart from the seed.",
-        ),
-        (
-            "table",
-            [
-                "program",
-                "n runs",
-                "seeds",
-                "runs",
-                "AUROC",
-                "balanced accuracy",
-                "accuracy class 0",
-                "accuracy class 1",
-            ],
-            rows,
-        ),
-    ]
+    seed_summary, groups = summary_blocks(scored, set_name, config_key)  # cxr/evaluation/seeds.py
+    blocks += seed_summary
     blocks += compare_blocks(scored, set_name)  # calibration, subgroup AUROC with CIs, gaps
     blocks += localisation_blocks(scored, set_name)
 

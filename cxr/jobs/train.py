@@ -175,10 +175,15 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
     ``checkpoint_choice``. Without a checkpoint (fast_dev_run) the weights in memory at the end of fit."""
     choice = _checkpoint_choice(cfg)
     savers = [] if trainer.fast_dev_run else [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    saver = next((c for c in savers if c.monitor), None)
+    path, too_short = "", ""
     if choice == "best":
-        saver = next((c for c in savers if c.monitor), None)
         path = saver.best_model_path if saver else ""
-    else:  # the file saved after every epoch (monitor=None), else Lightning's save_last file
+        if saver and not path and getattr(saver, "min_epochs", 1) > trainer.current_epoch:
+            too_short = f", training ended before selection's min_epochs={saver.min_epochs}"
+            log.warning("no checkpoint could be chosen (%s): evaluating the last epoch", too_short[2:])
+            choice = "last"
+    if choice == "last":  # the file saved after every epoch (monitor=None), else Lightning's save_last file
         path = next((c.best_model_path for c in savers if not c.monitor and c.best_model_path), "") or next(
             (c.last_model_path for c in savers if c.last_model_path), ""
         )
@@ -203,8 +208,15 @@ def _weights_to_evaluate(cfg: DictConfig, trainer: L.Trainer, model, callbacks: 
     return loaded, {
         "checkpoint": os.path.relpath(path, output_dir),
         "checkpoint_epoch": checkpoint.get("epoch", -1) + 1,
-        "checkpoint_choice": f"best by {saver.monitor}" if choice == "best" else "last (end of fit)",
+        "checkpoint_choice": f"best by {saver.monitor}{_from_epoch(saver)}"
+        if choice == "best"
+        else f"last (end of fit{too_short})",
     }
+
+
+def _from_epoch(saver) -> str:
+    first = getattr(saver, "min_epochs", 1)
+    return f" from epoch {first} on" if first > 1 else ""
 
 
 def _validation_summary(history: EpochHistory | None, trainer: L.Trainer) -> dict:
