@@ -254,18 +254,78 @@ def vindr_release(folder: Path, n: int = 24) -> Path:
     return folder
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["padchest", "vindr_cxr"])
-def test_readers_datasets_train_and_pass_the_check(make_cfg, tmp_path, name):
-    """The readers' datasets through the common code: PadChest's 16-bit PNGs (no published split: patient split)
-    and VinDr-CXR's DICOM (through cxr/data/dicom.py), trained with debug=fdr after the data check."""
-    from cxr.jobs.train import train
+def rsna_release(folder: Path, n: int = 32) -> Path:
+    """RSNA Pneumonia's two label files (the real rows of ``n`` patients) and a DICOM for each image, with the
+    view, sex and age of its real header."""
+    import zipfile
 
-    root = (padchest_release if name == "padchest" else vindr_release)(tmp_path / name)
-    cfg = make_cfg([*dataset_overrides(name, root), "task=multilabel"])
+    import numpy as np
+    import pandas as pd
+
+    from tests.reader_fixtures import dicom, xrv_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(xrv_data() / "kaggle_stage_2_train_labels.csv.zip") as archive:
+        with archive.open("stage_2_train_labels.csv") as handle:
+            labels = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    # half positive, half negative patients, so that every split holds both classes
+    ids = pd.concat([labels[labels["Target"] == t]["patientId"].drop_duplicates().head(n // 2) for t in ("0", "1")])
+    labels = labels[labels["patientId"].isin(ids)]
+    labels.to_csv(folder / "stage_2_train_labels.csv", index=False)
+    classes = labels[["patientId"]].assign(**{"class": np.where(labels["Target"] == "1", "Lung Opacity", "Normal")})
+    classes.to_csv(folder / "stage_2_detailed_class_info.csv", index=False)
+    headers = pd.read_csv(xrv_data() / "kaggle_stage_2_train_images_dicom_headers.csv.gz", index_col="PatientID")
+    for i, image in enumerate(ids):
+        head = headers.loc[image]
+        dicom(folder / "stage_2_train_images" / f"{image}.dcm", head.ViewPosition, head.PatientSex,
+              f"{int(head.PatientAge):03d}Y", seed=i, size=32)  # fmt: skip
+    return folder
+
+
+def openi_release(folder: Path, n: int = 60) -> Path:
+    """Open-i's real reports (the first ``n``) and a PNG for each image they name; views come from the real
+    DICOM-header table (data.options.metadata), as docs/datasets.md describes."""
+    import tarfile
+
+    from cxr.data.datasets import openi
+    from tests.reader_fixtures import png8, xrv_data
+
+    with tarfile.open(xrv_data() / "NLMCXR_reports.tgz") as archive:
+        members = sorted((m for m in archive.getmembers() if m.name.endswith(".xml")), key=lambda m: m.name)[:n]
+        (folder / "ecgen-radiology").mkdir(parents=True, exist_ok=True)
+        for member in members:
+            data = archive.extractfile(member).read()
+            (folder / "ecgen-radiology" / Path(member.name).name).write_bytes(data)
+    for i, image in enumerate(openi.read(folder, {})["image"]):
+        png8(folder / image, seed=i, size=32)
+    return folder
+
+
+READER_RELEASES = {
+    "padchest": padchest_release,
+    "vindr_cxr": vindr_release,
+    "rsna_pneumonia": rsna_release,
+    "openi": openi_release,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(READER_RELEASES))
+def test_readers_datasets_train_and_pass_the_check(make_cfg, tmp_path, name):
+    """The readers' datasets through the common code: PadChest's 16-bit PNGs and RSNA's and Open-i's images (no
+    published split: patient split), VinDr-CXR's and RSNA's DICOM (through cxr/data/dicom.py), trained with
+    debug=fdr after the data check, each on a fixture built from its real label file."""
+    from cxr.jobs.train import train
+    from tests.reader_fixtures import xrv_data
+
+    root = READER_RELEASES[name](tmp_path / name)
+    overrides = [*dataset_overrides(name, root), "task=multilabel"]
+    if name == "openi":  # views from the published DICOM headers' table
+        overrides.append(f"data.options.metadata={xrv_data() / 'nlmcxr_dicom_metadata.csv.gz'}")
+    cfg = make_cfg(overrides)
     train(cfg)
     output = Path(cfg.paths.output_dir)
     check = (output / "data_check.txt").read_text()
     assert "OK: training can start" in check
-    assert ("DICOM 32x32" in check) == (name == "vindr_cxr")
+    assert ("DICOM 32x32" in check) == (name in ("vindr_cxr", "rsna_pneumonia"))
     assert json.loads((output / "metrics.json").read_text())["test"]["n"] > 0
