@@ -13,22 +13,9 @@ import io
 from functools import cache
 from importlib import resources
 
-NIH_FINDINGS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-)
+from cxr.data.labels import FINDINGS
+
+NIH_FINDINGS = FINDINGS  # NIH's 14, as cxr.data.labels reads them from every NIH label layout
 ADDED_FINDINGS = (
     "Lung Opacity",
     "Lung Lesion",
