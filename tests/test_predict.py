@@ -55,7 +55,9 @@ def trained_run(demo_root, tmp_path_factory) -> Path:
     cfg = compose_config(
         "train",
         DEMO_OVERRIDES(demo_root)
-        + ["program=D", "trainer.max_epochs=1", "logger=csv", "evaluation.bootstrap.n_resamples=50"],
+        + ["program=D", "trainer.max_epochs=1", "logger=csv", "evaluation.bootstrap.n_resamples=50"]
+        # a best checkpoint distinct from last.ckpt in one epoch (D selects from epoch 5 on otherwise)
+        + ["program.training.selection.min_epochs=1"],
         run,
     )
     train(cfg)
