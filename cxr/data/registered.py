@@ -125,23 +125,15 @@ def registered_data(
 ):
     """cxr.data.table.labelled_data for a registered dataset or data=merged: the same LabelledData (split, leakage
     and data check unchanged); ``data.external`` (a set in NIH's label layout) works as with data=nih."""
-    from cxr.data.table import LabelledData, exclude_external, labelled_set
+    from cxr.data.table import LabelledData, with_external
 
     main = (
         merged_set(sources or {}, views, uncertain, task)
         if name == MERGED
         else registered_set(name, root, options, views, uncertain, task)
     )
-    sets = {"main": main}
     external = dict(external or {})
-    if external.get("labels") and external.get("root"):
-        sets["external"] = labelled_set(external["labels"], external["root"], missing_patient_id)
-    if exclude:
-        if "external" not in sets:
-            raise ConfigError(
-                f"data.exclude={exclude} needs an external set (data.external.labels, data.external.root)"
-            )
-        sets["main"] = exclude_external(sets["main"], sets["external"], exclude)
+    sets = with_external({"main": main}, external, exclude, missing_patient_id)
     return LabelledData(sets, dict(split or {}), external.get("missing", missing), dict(allow_overlap or {}))
 
 

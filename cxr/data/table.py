@@ -155,7 +155,16 @@ def build_sets(
     ``external``; ``exclude`` (data.exclude) holds the external set out of the main table."""
     if unset := unset_data_keys(labels, root):
         raise ConfigError(unset)
-    sets = {"main": labelled_set(labels, root, missing_patient_id)}
+    return with_external(
+        {"main": labelled_set(labels, root, missing_patient_id)}, external, exclude, missing_patient_id
+    )
+
+
+def with_external(
+    sets: dict[str, LabelledSet], external: dict | None, exclude: str | None, missing_patient_id: str
+) -> dict[str, LabelledSet]:
+    """``sets`` plus ``external`` when ``data.external.labels`` and ``.root`` are set; ``exclude`` (data.exclude)
+    holds the external set out of the main table."""
     external = external or {}
     if external.get("labels") and external.get("root"):
         sets["external"] = labelled_set(external["labels"], external["root"], missing_patient_id)
