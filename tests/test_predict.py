@@ -435,3 +435,57 @@ def test_predict_command_line_exit_statuses_and_no_patient_data_in_logs(trained_
     assert any("invalid_values.dcm" in text for text in logged)
     for secret in (PATIENT_NAME, PATIENT_ID, "not-a-date"):
         assert not any(secret in text for text in logged), secret
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_default_backend_is_int8_calibrated_on_the_run_and_keeps_fp32_decisions(trained_run, tmp_path, capsys):
+    """backend=auto (the default): int8 calibrated on the run's validation images where it agrees with fp32; every
+    decision equals fp32's, and the images near the operating point carry fp32's probability."""
+    from cxr import inference
+
+    require_real_data()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for path in sorted((NIH_SAMPLE / "images").glob("*.png"))[:160]:
+        shutil.copy(path, inputs / path.name)
+    ckpt = checkpoint_of(trained_run)
+    default = predict_cfg(tmp_path, [f"ckpt_path={ckpt}", f"inputs={inputs}", "json=true"], "p_default")
+    assert predict(default) == 0
+    out = Path(default.paths.output_dir)  # (before the next config replaces Hydra's run directory)
+    saved = json.loads((out / "predictions.json").read_text())["inference"]
+    assert saved["backend"] == "onnxruntime_int8", saved["reason"]
+    assert saved["int8_calibration_images"] > 0 and saved["int8_max_abs_difference_vs_fp32"] <= inference.INT8_AGREEMENT
+    assert "re-scored in fp32 (near an operating point)" in capsys.readouterr().out  # the run's summary
+    a = pd.read_csv(out / "predictions.csv").set_index("path")
+    fp32 = predict_cfg(tmp_path, [f"ckpt_path={ckpt}", f"inputs={inputs}", "backend=onnxruntime"], "p_fp32")
+    assert predict(fp32) == 0
+    b = pd.read_csv(Path(fp32.paths.output_dir) / "predictions.csv").set_index("path").loc[a.index]
+    difference = (a["probability_finding"] - b["probability_finding"]).abs()
+    assert 0 < difference.max() <= inference.INT8_DECISION_MARGIN  # int8 did score (not all in fp32)
+    assert (a["decision_finding"] == b["decision_finding"]).all()
+    threshold = float(a["threshold_finding"].iloc[0])
+    near = (b["probability_finding"] - threshold).abs() <= inference.INT8_DECISION_MARGIN - difference.max()
+    assert (difference[near] <= 1e-5).all() and saved["fp32_rescored"] >= int(near.sum())
+
+
+def test_default_backend_without_the_runs_data_is_fp32_and_says_why(trained_run, tmp_path):
+    """A checkpoint copied away from its run: nothing to calibrate int8 on, so fp32 ONNX Runtime (or torch)."""
+    from cxr.jobs import int8
+
+    alone = tmp_path / "elsewhere.ckpt"
+    shutil.copy(checkpoint_of(trained_run), alone)
+    predictor = load_predictor(alone)
+    assert predictor.backend in ("onnxruntime", "torch")
+    reason = predictor.details["inference"]["reason"]
+    assert "int8 not used" in reason and "validation images are not readable" in reason
+    model, _ = load_classifier(alone)
+    assert int8.choose(model, alone, predictor.preprocessing, "torch").backend == "torch"  # asked: kept
+
+
+def test_near_threshold_marks_rows_close_to_any_output_threshold():
+    from cxr.inference import INT8_DECISION_MARGIN, near_threshold
+
+    p = np.array([[0.5, 0.1], [0.5 + 2 * INT8_DECISION_MARGIN, 0.3 + INT8_DECISION_MARGIN / 2], [0.2, 0.9]])
+    assert near_threshold(p, [0.5, 0.3]).tolist() == [True, True, False]
+    assert near_threshold(np.array([0.5, 0.7]), 0.5).tolist() == [True, False]

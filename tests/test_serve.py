@@ -164,10 +164,11 @@ def test_concurrent_answers_equal_predict_py(service, checkpoint, inputs, tmp_pa
     }
     cfg = compose_config(
         "predict",
-        [f"ckpt_path={checkpoint}", f"inputs=[{','.join(map(str, good.values()))}]", "progress=false"],
+        [f"ckpt_path={checkpoint}", f"inputs=[{','.join(map(str, good.values()))}]", "progress=false", "json=true"],
         tmp_path / "predict",
     )
     assert predict(cfg) == 0
+    chosen = json.loads((tmp_path / "predict" / "predictions.json").read_text())["inference"]
     expected = pd.read_csv(tmp_path / "predict" / "predictions.csv", keep_default_na=False).set_index("path")
     jobs = [(path, i % 2 == 1) for i, path in enumerate(list(good.values()) * 2)]  # raw and multipart, twice each
     with ThreadPoolExecutor(8) as pool:
@@ -185,6 +186,8 @@ def test_concurrent_answers_equal_predict_py(service, checkpoint, inputs, tmp_pa
         assert answer["input"]["format"] == row["format"]
         assert row["warning"] in "; ".join(answer["warnings"])  # the service adds a note for PNG/JPEG
         assert set(answer["model"]) >= {"name", "version", "sha256", "backend"}
+        # the same default backend as predict.py (int8 calibrated on the run's validation images) and its reason
+        assert (answer["model"]["backend"], answer["model"]["inference"]) == (chosen["backend"], chosen["reason"])
         assert answer["preprocessing"]["image_size"] == 150
         batch_sizes.append(answer["batch_size"])
         assert SECRETS[0] not in response.text and SECRETS[1] not in response.text

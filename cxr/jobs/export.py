@@ -60,7 +60,7 @@ def parity_images(ckpt_path: str | Path, preprocessing, inputs=None, limit: int 
         paths, _ = collect_inputs(inputs)
         described = f"{len(paths[:limit])} of the given parity_inputs"
     else:
-        paths, described = _run_test_images(ckpt_path, limit)
+        paths, described = run_images(ckpt_path, limit)
     tensors = []
     for path in paths[:limit]:
         try:
@@ -72,7 +72,8 @@ def parity_images(ckpt_path: str | Path, preprocessing, inputs=None, limit: int 
     return torch.stack(tensors), described
 
 
-def _run_test_images(ckpt_path, limit: int) -> tuple[list[Path], str]:
+def run_images(ckpt_path, limit: int, split: str = "test") -> tuple[list[Path], str]:
+    """The first ``limit`` images of the checkpoint run's ``split`` (its splits.csv), found under its data root."""
     from omegaconf import OmegaConf
 
     from cxr.data.images import index_images
@@ -84,12 +85,12 @@ def _run_test_images(ckpt_path, limit: int) -> tuple[list[Path], str]:
         found = index_images(config.data.root)
     except Exception as error:  # no run directory beside the checkpoint, or its data moved
         raise PredictError(
-            f"parity check: cannot find the run's test images ({type(error).__name__}: {error}); "
+            f"parity check: cannot find the run's {split} images ({type(error).__name__}: {error}); "
             "give parity_inputs=<folder|glob|list> of real images"
         ) from error
-    names = splits.loc[splits["split"] == "test", "image"].tolist()
+    names = splits.loc[splits["split"] == split, "image"].tolist()
     paths = [found[n] for n in names if n in found][:limit]
-    return paths, f"{len(paths)} test images of the run ({config.data.root})"
+    return paths, f"{len(paths)} {split} images of the run ({config.data.root})"
 
 
 def metadata(

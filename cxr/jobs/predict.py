@@ -115,6 +115,8 @@ class Predictor:
 
         flat = inference.predict_probabilities(self.model, [images], self.backend, batch_size=len(images))
         probabilities = flat.reshape(len(images), len(self.names))
+        if self.backend == "onnxruntime_int8":
+            probabilities = self._fp32_near_thresholds(images, probabilities)
         if self.temperatures and any(t != 1.0 for t in self.temperatures):
             from cxr.evaluation.calibration import apply_temperature
 
@@ -122,6 +124,29 @@ class Predictor:
                 [apply_temperature(probabilities[:, k], t) for k, t in enumerate(self.temperatures)], axis=1
             ).astype(np.float32)
         return probabilities
+
+    def _fp32_near_thresholds(self, images: torch.Tensor, probabilities: np.ndarray) -> np.ndarray:
+        """int8 probabilities with the images near an operating point re-scored in fp32 (cxr.jobs.int8). The
+        thresholds hold for temperature-scaled probabilities: mapped back through the (monotone) scaling."""
+        from cxr import inference
+
+        thresholds = np.asarray(self.thresholds, dtype=np.float64)
+        if self.temperatures:
+            t = np.clip(thresholds, 1e-7, 1 - 1e-7)
+            thresholds = 1 / (1 + np.exp(-np.log(t / (1 - t)) * np.asarray(self.temperatures, dtype=np.float64)))
+        near = inference.near_threshold(probabilities, thresholds)
+        if near.any():
+            exact = inference.predict_probabilities(self.model, [images[torch.from_numpy(near)]], "torch")
+            probabilities = probabilities.copy()
+            probabilities[near] = exact.reshape(int(near.sum()), len(self.names))
+            self.details["fp32_rescored"] = self.details.get("fp32_rescored", 0) + int(near.sum())
+        return probabilities
+
+
+def _rescored(predictor: Predictor) -> dict:
+    if predictor.backend != "onnxruntime_int8":
+        return {}
+    return {"fp32_rescored": predictor.details.get("fp32_rescored", 0)}
 
 
 def _preprocessing(settings: dict | None, source: str) -> Preprocessing:
@@ -141,7 +166,6 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
     if path.suffix.lower() == ".onnx":
         predictor = _onnx_predictor(path)
     else:
-        from cxr import inference
         from cxr.models.checkpoints import load_classifier
 
         model, checkpoint = load_classifier(path)
@@ -153,14 +177,20 @@ def load_predictor(path: str | Path, backend: str = "auto", threshold=None, devi
         from cxr.evaluation.calibration import read_temperatures
 
         temperatures, calibration_source = read_temperatures(path, run_directory(path), names)
-        chosen = inference.choose_backend(model, backend)
+        from cxr.jobs import int8
+
+        preprocessing = _preprocessing(model.hparams.get("preprocessing"), str(path))
+        choice = int8.choose(model, path, preprocessing, backend)
+        log.info("inference backend %s", choice.reason)
+        chosen = choice.backend
         details = {
             "program": model.hparams.get("program"),
             "task": model.hparams.get("task", "binary"),
             "epoch": checkpoint.get("epoch"),
+            "inference": choice.summary(),
         }
         predictor = Predictor(
-            _preprocessing(model.hparams.get("preprocessing"), str(path)),
+            preprocessing,
             names,
             thresholds,
             source,
@@ -324,7 +354,9 @@ def summary_lines(frame: pd.DataFrame, predictor: Predictor, skipped: int, outpu
     for k, name in enumerate(predictor.names):
         decided = frame[f"decision_{name}"].dropna()
         lines.append(f"  {name}: {int(decided.sum())} of {len(decided)} above {predictor.thresholds[k]:.4g}")
-    lines.append(f"backend: {predictor.backend}")
+    lines.append(f"backend: {predictor.details.get('inference', {}).get('reason', predictor.backend)}")
+    if predictor.backend == "onnxruntime_int8":
+        lines.append(f"  re-scored in fp32 (near an operating point): {_rescored(predictor)['fp32_rescored']}")
     for _, row in failed.head(5).iterrows():
         lines.append(f"FAILED {row['path']}: {row['error']}")
     if len(failed) > 5:
@@ -376,6 +408,10 @@ def predict(cfg) -> int:
                 "temperatures": predictor.temperatures,
                 "preprocessing": predictor.preprocessing.__dict__,
                 "dicom_window": predictor.dicom_window,
+                "inference": {
+                    **predictor.details.get("inference", {"backend": predictor.backend}),
+                    **_rescored(predictor),
+                },
                 "predictions": records,
             },
         )

@@ -99,7 +99,8 @@ def model_card(ckpt_path: str | Path, predictor) -> dict:
 
 
 class _ModelAPI(LitAPI):
-    """A model worker of the service (a LitServe worker process): loads the model itself, reads no file."""
+    """A model worker of the service (a LitServe worker process): loads the model itself (and the run's validation
+    images that calibrate int8, cxr.jobs.int8); uploads stay in memory."""
 
     def __init__(self, settings: dict, api_path: str, max_batch_size: int, batch_timeout: float):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
@@ -111,7 +112,8 @@ class _ModelAPI(LitAPI):
         _ignore_interrupts()
         device = "cpu" if device in ("cpu", None) else device
         self.predictor = load_predictor(self.settings["ckpt_path"], backend, self.settings.get("threshold"), device)
-        self.model = {**self.settings["model"], "backend": self.predictor.backend}
+        inference = self.predictor.details.get("inference") or {}
+        self.model = {**self.settings["model"], "backend": self.predictor.backend, "inference": inference.get("reason")}
         self.endpoint = self.api_path
         self.metrics = service_metrics()
 
