@@ -32,6 +32,29 @@ def test_each_layer_imports_only_the_layers_below_it():
     assert "0 broken" in result.stdout
 
 
+def test_no_module_imports_itself_through_others():
+    """No import cycle between cxr's modules, function-local imports included (grimp, import-linter's graph): the
+    layers contract allows cycles inside a layer, this does not."""
+    grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter (pip install -e '.[dev]')")
+    graph = grimp.build_graph("cxr", include_external_packages=False)
+    edges = {module: sorted(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
+    cycles, state = [], {}  # state: 1 on the current path, 2 done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for imported in edges.get(module, []):
+            if state.get(imported) == 1:
+                cycles.append(" -> ".join(path[path.index(imported) :] + [module, imported]))
+            elif imported not in state:
+                visit(imported, path + [module])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
 def test_the_wheel_lists_every_package_and_ships_conf_as_cxr_conf():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     packages = {

@@ -192,7 +192,8 @@ def test_temperature_is_fitted_on_val_reported_before_and_after_and_written(cali
 
 def test_predict_and_export_give_the_calibrated_probabilities(calibrated_run, tmp_path):
     from cxr.jobs.export import export
-    from cxr.jobs.predict import load_predictor, onnx_metadata, predict_rows
+    from cxr.jobs.predict import predict_rows
+    from cxr.jobs.predictor import load_predictor, onnx_metadata
 
     metrics = json.loads((calibrated_run / "metrics.json").read_text())
     ckpt = calibrated_run / metrics["checkpoint"]

@@ -140,7 +140,8 @@ def test_cam_page_draws_the_box_a_colour_bar_and_the_models_validation_auroc(tmp
     from cxr.data.dataset import Preprocessing
     from cxr.data.inputs import collect_inputs
     from cxr.evaluation.gradcam import write_cam_report
-    from cxr.jobs.predict import Predictor, predict_rows
+    from cxr.jobs.predict import predict_rows
+    from cxr.jobs.predictor import Predictor
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -21,15 +21,8 @@ from cxr.data.dataset import Preprocessing
 from cxr.data.inputs import collect_inputs, prepare_input
 from cxr.errors import PredictError
 from cxr.jobs.export import export
-from cxr.jobs.predict import (
-    Predictor,
-    load_predictor,
-    onnx_metadata,
-    operating_points,
-    output_names,
-    predict,
-    predict_rows,
-)
+from cxr.jobs.predict import predict, predict_rows
+from cxr.jobs.predictor import Predictor, load_predictor, onnx_metadata, operating_points, output_names
 from cxr.jobs.train import train
 from cxr.models.checkpoints import load_classifier
 from tests.conftest import DEMO_OVERRIDES, NIH_SAMPLE, REPO, compose_config, require_real_data
@@ -469,6 +462,7 @@ def test_default_backend_is_int8_calibrated_on_the_run_and_keeps_fp32_decisions(
     assert (difference[near] <= 1e-5).all() and saved["fp32_rescored"] >= int(near.sum())
 
 
+@pytest.mark.slow  # trains the module's checkpoint (about 25 s)
 def test_default_backend_without_the_runs_data_is_fp32_and_says_why(trained_run, tmp_path):
     """A checkpoint copied away from its run: nothing to calibrate int8 on, so fp32 ONNX Runtime (or torch)."""
     from cxr.jobs import int8

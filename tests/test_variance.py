@@ -12,8 +12,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from cxr.data.folds import kfold_split
-from cxr.data.splits import SplitError, make_split
+from cxr.data.splits import SplitError, kfold_split, make_split
 from cxr.evaluation.report import compare
 from cxr.evaluation.seeds import t_interval
 from cxr.jobs.cv import cross_validate

@@ -227,7 +227,7 @@ def bench_inference(sizes: Sizes) -> list[Row]:
 
         def default_path():
             int8 = inference.predict_probabilities(model, loader, "onnxruntime_int8", batch)
-            for images, _, _ in loader:  # as cxr.jobs.predict.Predictor: int8, then the few near a threshold
+            for images, _, _ in loader:  # as cxr.jobs.predictor.Predictor: int8, then the few near a threshold
                 inference.predict_probabilities(model, [images[:rescored]], "torch")
             return int8
 

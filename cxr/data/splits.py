@@ -197,10 +197,39 @@ def file_split(table: pd.DataFrame, path) -> pd.Series:
     return split.astype(object).where(split.notna(), None).rename("split")
 
 
+# ------------------------------------------------------------------ cross-validation folds (cv.folds=K)
+def kfold_split(table: pd.DataFrame, folds: int, fold: int, val=0.1, seed: int = 100) -> pd.Series:
+    """Fold ``fold`` (1..``folds``) of a patient-grouped, label-stratified k-fold partition as the test split;
+    ``val`` (a count or a fraction of the other folds' images) of whole patients as validation, the rest train.
+    The same ``seed`` gives every fold of one partition (the folds' test splits cover each image once)."""
+    from sklearn.model_selection import StratifiedGroupKFold  # well kept; stratifying whole groups by hand is not
+
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise SplitError(f"cv.folds={folds!r}: give the number of folds, 2 or more")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= folds:
+        raise SplitError(f"data.split.fold={fold!r}: a fold between 1 and {folds}")
+    patients = _require_patients(table, "kfold")
+    if patients.nunique() < folds:
+        raise SplitError(f"cv.folds={folds}: only {patients.nunique()} patients, fewer than the folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    labels = table["target"].to_numpy()
+    _, test_rows = list(splitter.split(np.zeros(len(table)), labels, patients.astype(str).to_numpy()))[fold - 1]
+    in_test = np.zeros(len(table), dtype=bool)
+    in_test[test_rows] = True
+    split = pd.Series("test", index=table.index, dtype=object, name="split")
+    rest = ~in_test
+    n_rest = int(rest.sum())
+    n_val = resolve_size(val, n_rest, "val")
+    if not 0 < n_val < n_rest:
+        raise SplitError(f"cv.val={val}: {n_val} of the {n_rest} images outside the test fold; choose a smaller share")
+    split[rest] = _assign_patients(patients[rest], n_rest - n_val, n_val, seed).map(
+        {"train": "train", "val": "val", "test": "val"}
+    )
+    return split
+
+
 def make_split(table: pd.DataFrame, method: str, **settings) -> pd.Series:
     """Dispatch on ``method`` (thesis, patient, official, file) and check that no split is empty."""
-    from cxr.data.folds import kfold_split  # folds.py builds on this module's helpers
-
     methods = {"thesis": thesis_split, "patient": patient_split, "official": official_split, "file": file_split}
     methods["kfold"] = kfold_split  # cv.folds=K (cxr/jobs/cv.py): fold k of a patient-grouped stratified k-fold
     if method not in methods:

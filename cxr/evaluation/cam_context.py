@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.evaluation.localisation import box_mask, box_scores
+from cxr.evaluation.boxes import box_mask, box_scores
 
 NEAR_CHANCE = 0.7  # a validation AUROC below this (or a CI reaching 0.5) gets the caveat
 BOX_COLOUR = (255, 255, 255)

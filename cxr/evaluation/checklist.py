@@ -222,7 +222,7 @@ def checklist_rows(cfg, metrics: dict) -> list[list[str]]:
 
 def checklist_lines(cfg, metrics: dict) -> list[str]:
     """The model card's "Reporting checklist" section."""
-    from cxr.evaluation.report import markdown_table
+    from cxr.evaluation.tables import markdown_table
 
     return [
         "## Reporting checklist (CLAIM 2024 / TRIPOD+AI)",

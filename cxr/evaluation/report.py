@@ -25,7 +25,7 @@ from cxr.evaluation.localisation import report_blocks as localisation_blocks
 from cxr.evaluation.multiple_testing import holm
 from cxr.evaluation.seeds import summary_blocks
 from cxr.evaluation.small_n import mark
-from cxr.evaluation.tables import compare_blocks
+from cxr.evaluation.tables import compare_blocks, markdown_table
 
 MAX_PAIRS = 30
 NOT_COMPARED = (
@@ -207,11 +207,6 @@ def _with_ci(metrics: dict, key: str, percent: bool = False) -> str:
 
 def _text(value) -> str:
     return "n/a" if value is None else str(value)
-
-
-def markdown_table(headers: list, rows: list[list]) -> str:
-    line = lambda cells: "| " + " | ".join(_text(c).replace("|", "\\|") for c in cells) + " |"  # noqa: E731
-    return "\n".join([line(headers), "|" + "---|" * len(headers), *map(line, rows)])
 
 
 def runs_table(runs: list[Run], name: str) -> tuple[list[str], list[list]]:

@@ -302,7 +302,7 @@ def _add_finding_metrics(
     table = multilabel.findings_table(scored["findings"], scored["mean_auroc"])
     write_csv(output_dir / f"findings_{name}.csv", table)
     from cxr.artifacts import write_text
-    from cxr.evaluation.report import markdown_table
+    from cxr.evaluation.tables import markdown_table
 
     write_text(
         output_dir / f"findings_{name}.md",

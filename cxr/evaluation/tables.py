@@ -147,3 +147,12 @@ def compare_blocks(runs, set_name: str) -> list[tuple]:
             ("table", ["run", *GAP_HEADERS], gaps),
         ]
     return blocks
+
+
+def _cell(value) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def markdown_table(headers: list, rows: list[list]) -> str:
+    line = lambda cells: "| " + " | ".join(_cell(c).replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *map(line, rows)])

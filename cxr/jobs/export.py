@@ -17,12 +17,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cxr.data.inputs import collect_inputs, prepare_input
 from cxr.errors import PredictError
-from cxr.jobs.predict import ONNX_METADATA_PREFIX, operating_points, output_names, run_directory
+from cxr.jobs.checkpoint_run import run_directory, run_images
+from cxr.jobs.predictor import ONNX_METADATA_PREFIX, operating_points, output_names
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -60,7 +60,12 @@ def parity_images(ckpt_path: str | Path, preprocessing, inputs=None, limit: int 
         paths, _ = collect_inputs(inputs)
         described = f"{len(paths[:limit])} of the given parity_inputs"
     else:
-        paths, described = run_images(ckpt_path, limit)
+        try:
+            paths, described = run_images(ckpt_path, limit)
+        except PredictError as error:
+            raise PredictError(
+                f"parity check: {error}; give parity_inputs=<folder|glob|list> of real images"
+            ) from error
     tensors = []
     for path in paths[:limit]:
         try:
@@ -70,27 +75,6 @@ def parity_images(ckpt_path: str | Path, preprocessing, inputs=None, limit: int 
     if not tensors:
         raise PredictError("parity check: no readable image; give parity_inputs=<folder|glob|list> of real images")
     return torch.stack(tensors), described
-
-
-def run_images(ckpt_path, limit: int, split: str = "test") -> tuple[list[Path], str]:
-    """The first ``limit`` images of the checkpoint run's ``split`` (its splits.csv), found under its data root."""
-    from omegaconf import OmegaConf
-
-    from cxr.data.images import index_images
-
-    run = run_directory(ckpt_path)
-    try:
-        config = OmegaConf.load(run / "config.yaml")
-        splits = pd.read_csv(run / "splits.csv")
-        found = index_images(config.data.root)
-    except Exception as error:  # no run directory beside the checkpoint, or its data moved
-        raise PredictError(
-            f"parity check: cannot find the run's {split} images ({type(error).__name__}: {error}); "
-            "give parity_inputs=<folder|glob|list> of real images"
-        ) from error
-    names = splits.loc[splits["split"] == split, "image"].tolist()
-    paths = [found[n] for n in names if n in found][:limit]
-    return paths, f"{len(paths)} {split} images of the run ({config.data.root})"
 
 
 def metadata(

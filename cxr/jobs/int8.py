@@ -44,7 +44,7 @@ def validation_images(ckpt_path: str | Path, preprocessing, count: int = inferen
     """The first ``count`` validation images of the checkpoint's run, read and prepared as predict.py reads its
     inputs ((N, C, H, W) tensor), or None and why not."""
     from cxr.data.inputs import prepare_input
-    from cxr.jobs.export import run_images
+    from cxr.jobs.checkpoint_run import run_images
 
     try:
         paths, _ = run_images(ckpt_path, count, "val")

@@ -67,7 +67,7 @@ def _litserve():
 def model_card(ckpt_path: str | Path, predictor) -> dict:
     """Name, version and SHA-256 of the model file, its outputs and operating points (no path of the machine)."""
     import cxr
-    from cxr.jobs.predict import run_directory
+    from cxr.jobs.checkpoint_run import run_directory
 
     path = Path(ckpt_path)
     digest = hashlib.sha256()
@@ -107,7 +107,7 @@ class _ModelAPI(LitAPI):
         self.settings = settings
 
     def _load(self, device: str, backend: str):
-        from cxr.jobs.predict import load_predictor
+        from cxr.jobs.predictor import load_predictor
 
         _ignore_interrupts()
         device = "cpu" if device in ("cpu", None) else device
@@ -297,7 +297,7 @@ def serve(cfg) -> int:
     """The job behind ``python -m cxr.serve``: load the model's description, start the workers, serve until
     SIGTERM/Ctrl-C; returns the exit status."""
     from cxr.errors import PredictError
-    from cxr.jobs.predict import load_predictor
+    from cxr.jobs.predictor import load_predictor
 
     try:
         _litserve()

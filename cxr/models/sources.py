@@ -273,7 +273,7 @@ def apply_to_config(cfg) -> Source | None:
     weights_file = cfg.model.get("weights_file")
     located = locate(source, weights_file)  # offline or refused: one line before any data is read
     if source.kind == "xrv":
-        from cxr.models.pretrained import read_weights, xrv_weights_path
+        from cxr.models.weights_file import read_weights, xrv_weights_path
 
         read_weights(xrv_weights_path(located), f"model.weights={source.key}")  # a pickled model: refused now
     expected = preprocessing(source, weights_file)
