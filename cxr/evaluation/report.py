@@ -11,18 +11,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import reduce
 from pathlib import Path
 
-import pandas as pd
-from omegaconf import OmegaConf
-
 from cxr.artifacts import write_text
-from cxr.errors import UserError
 from cxr.evaluation.bootstrap import paired_auroc_difference
 from cxr.evaluation.figures import roc_overlay_figure, save_figure
 from cxr.evaluation.localisation import report_blocks as localisation_blocks
 from cxr.evaluation.multiple_testing import holm
+from cxr.evaluation.run_dirs import ReportError, Run, find_runs, get_dotted  # noqa: F401 - also this module's API
 from cxr.evaluation.seeds import summary_blocks
 from cxr.evaluation.small_n import mark
 from cxr.evaluation.tables import compare_blocks, markdown_table
@@ -48,34 +44,6 @@ HOW_TO_READ = (
 )
 
 
-class ReportError(UserError, ValueError):
-    """A path does not exist or holds no run, or the output directory already holds a report."""
-
-
-def _get(tree: dict, dotted: str, default=None):
-    return reduce(
-        lambda node, key: node.get(key, default) if isinstance(node, dict) else default, dotted.split("."), tree
-    )
-
-
-@dataclass
-class Run:
-    path: Path
-    name: str
-    config: dict
-    metrics: dict
-    kind: str  # "train", or "evaluate" for a directory of evaluate.py (its metrics.json has "preprocessing")
-    program: str | None
-    seed: int | None  # None for an evaluation
-    _predictions: dict = field(default_factory=dict, repr=False)
-
-    def predictions(self, name: str) -> pd.DataFrame | None:
-        if name not in self._predictions:
-            file = self.path / f"predictions_{name}.csv"
-            self._predictions[name] = pd.read_csv(file, dtype={"image": str}) if file.is_file() else None
-        return self._predictions[name]
-
-
 @dataclass
 class Report:
     directory: Path
@@ -85,96 +53,6 @@ class Report:
     pairs_left_out: int
     seed_groups: list[dict]  # runs differing only in seed or fold: cxr.evaluation.seeds.repeat_groups
     skipped: dict[Path, str] = field(default_factory=dict)  # directories that are not finished runs, and why
-
-
-def _is_run(directory: Path) -> bool:
-    return (directory / "metrics.json").is_file() and (directory / "config.yaml").is_file()
-
-
-def skip_reason(directory: Path) -> str:
-    """Why a directory written by an entry point (run.json or .hydra/) is not a finished run compare.py can read."""
-    status = {}
-    try:
-        status = json.loads((directory / "run.json").read_text()) if (directory / "run.json").is_file() else {}
-    except (OSError, ValueError):
-        return "unreadable run.json"
-    if status.get("status") == "failed":
-        return f"failed: {(status.get('failure') or {}).get('reason') or 'no reason recorded'}"
-    try:
-        task = OmegaConf.load(directory / ".hydra" / "config.yaml").get("task_name")
-    except Exception:  # noqa: BLE001 - no Hydra config (or a foreign one): judged by its files below
-        task = None
-    if task and task not in ("train", "evaluate"):
-        return f"a {task} run, not a training or evaluation run"
-    if (directory / "metrics.json").is_file():
-        return "metrics.json without config.yaml"
-    check = (directory / "data_check.txt").read_text().splitlines() if (directory / "data_check.txt").is_file() else []
-    if check and check[-1].startswith("FAILED"):  # a run from before runs were marked failed
-        first = next((line for line in check if line.startswith("ERROR")), check[-1])
-        return f"failed its data check (data_check.txt): {first.removeprefix('ERROR').strip()}"
-    if any((directory / "checkpoints").glob("*.ckpt")):
-        return f"unfinished: no metrics.json (killed or still running?); resume: python train.py resume={directory}"
-    return "no metrics.json (stopped before its results: killed, still running, or failed before run.json recorded why)"
-
-
-def find_skipped(given: Path, found: list[Path]) -> dict[Path, str]:
-    """Directories at or below ``given`` that an entry point wrote (run.json or .hydra/) but that hold no finished
-    run, with the reason (a failed run's own, from its run.json)."""
-    candidates = {given} if given.is_dir() else set()
-    candidates |= {m.parent for m in given.rglob("run.json")} | {h.parent for h in given.rglob(".hydra") if h.is_dir()}
-    written = [d for d in candidates if (d / "run.json").is_file() or (d / ".hydra").is_dir()]
-    written = [d for d in written if not (d / "cv_summary.json").is_file()]  # a cross-validation: its folds are runs
-    return {d.resolve(): skip_reason(d) for d in sorted(written) if not _is_run(d) and d.resolve() not in found}
-
-
-def find_runs(paths, skipped: dict[Path, str] | None = None) -> list[Run]:
-    """Every run directory at or below ``paths``, in path order; ReportError for a missing path or one without
-    a finished run. ``skipped`` receives the directories that are not finished runs, and why."""
-    found: list[Path] = []
-    skipped = {} if skipped is None else skipped
-    for given in map(Path, paths):
-        if not given.exists():
-            raise ReportError(f"{given}: no such file or directory")
-        dirs = (
-            [given] if _is_run(given) else sorted({m.parent for m in given.rglob("metrics.json") if _is_run(m.parent)})
-        )
-        found += [d.resolve() for d in dirs if d.resolve() not in found]
-        passed = find_skipped(given, found)
-        skipped.update(passed)
-        if not dirs:
-            why = "; ".join(f"{d.name}: {reason}" for d, reason in list(passed.items())[:3])
-            raise ReportError(
-                f"{given}: holds no finished run (no directory with both metrics.json and config.yaml)"
-                + (f"; skipped {len(passed)}: {why}" if passed else "")
-            )
-    loaded = []
-    for directory in found:
-        try:
-            metrics = json.loads((directory / "metrics.json").read_text())
-            config = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"), resolve=False) or {}
-        except Exception as error:  # a half-copied or foreign file: say which
-            raise ReportError(f"{directory}: unreadable metrics.json or config.yaml ({error})") from error
-        loaded.append((directory, metrics, config))
-    # the run's own name (metrics.json run_name); older runs: the directory (a multirun's parent/num)
-    names = [
-        str(m.get("run_name") or (f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name)) for d, m, _ in loaded
-    ]
-    names = [n if names.count(n) == 1 else f"{n}~{i + 1}" for i, n in enumerate(names)]
-    runs = []
-    for (directory, metrics, config), name in zip(loaded, names):
-        kind = "evaluate" if "preprocessing" in metrics or config.get("task_name") == "evaluate" else "train"
-        runs.append(
-            Run(
-                directory,
-                name,
-                config,
-                metrics,
-                kind,
-                metrics.get("program") or _get(config, "program.name"),
-                config.get("seed") if kind == "train" else None,
-            )
-        )
-    return runs
 
 
 def _strip(value, run_dirs: set[str]):
@@ -189,7 +67,7 @@ def _strip(value, run_dirs: set[str]):
 
 def config_key(run: Run) -> str:
     """The resolved config without NOT_COMPARED keys, *output_dir* keys and the run's own path in any value."""
-    run_dirs = {str(run.path), str(_get(run.config, "paths.output_dir") or run.path)}
+    run_dirs = {str(run.path), str(get_dotted(run.config, "paths.output_dir") or run.path)}
     config = {k: v for k, v in run.config.items() if k not in NOT_COMPARED}
     return json.dumps(_strip(config, run_dirs), sort_keys=True, default=str)
 
@@ -200,7 +78,7 @@ def _num(value, percent: bool = False, unit: str = "%") -> str:
 
 
 def _with_ci(metrics: dict, key: str, percent: bool = False) -> str:
-    ci, text = _get(metrics, f"ci.{key}") or {}, _num(metrics.get(key), percent)
+    ci, text = get_dotted(metrics, f"ci.{key}") or {}, _num(metrics.get(key), percent)
     low, high = (_num(ci.get(k), percent, "") for k in ("ci_low", "ci_high"))
     return text if ci.get("ci_low") is None else f"{text} [{low}, {high}]"
 
@@ -241,11 +119,12 @@ def runs_table(runs: list[Run], name: str) -> tuple[list[str], list[list]]:
                 run.kind,
                 run.program,
                 "-" if run.seed is None else run.seed,
-                run.metrics.get("data") or _get(run.config, "data.name"),
-                _get(run.config, "data.split.method"),
+                run.metrics.get("data") or get_dotted(run.config, "data.name"),
+                get_dotted(run.config, "data.split.method"),
                 run.metrics.get("epochs_trained"),
-                _get(run.metrics, "preprocessing.channels") or _get(run.config, "program.preprocessing.channels"),
-                _get(run.metrics, "split.train.images"),
+                get_dotted(run.metrics, "preprocessing.channels")
+                or get_dotted(run.config, "program.preprocessing.channels"),
+                get_dotted(run.metrics, "split.train.images"),
                 n,
                 pc(m, "accuracy"),
                 _num(max(n0, n1) / n if n and None not in (n0, n1) else None, True),
@@ -325,7 +204,7 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
     findings = [
         f
         for f in run_findings(multi[0], name)
-        if any(_get(r.metrics[name], f"findings.{f}.auroc.value") is not None for r in multi)
+        if any(get_dotted(r.metrics[name], f"findings.{f}.auroc.value") is not None for r in multi)
     ]
     rows = [
         [
@@ -333,7 +212,7 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
             r.metrics[name].get("any_finding"),
             _with_ci(
                 {
-                    "auroc": _get(r.metrics[name], "mean_auroc.value"),
+                    "auroc": get_dotted(r.metrics[name], "mean_auroc.value"),
                     "ci": {"auroc": r.metrics[name].get("mean_auroc") or {}},
                 },
                 "auroc",
@@ -341,8 +220,8 @@ def multilabel_blocks(runs: list[Run], name: str, n_resamples: int = 1000, seed:
             *(
                 _with_ci(
                     {
-                        "auroc": _get(r.metrics[name], f"findings.{f}.auroc.value"),
-                        "ci": {"auroc": _get(r.metrics[name], f"findings.{f}.auroc") or {}},
+                        "auroc": get_dotted(r.metrics[name], f"findings.{f}.auroc.value"),
+                        "ci": {"auroc": get_dotted(r.metrics[name], f"findings.{f}.auroc") or {}},
                     },
                     "auroc",
                 )

@@ -3,10 +3,10 @@
 The int8 model's activation ranges are calibrated on the checkpoint's own validation images (the first
 ``CALIBRATION_IMAGES`` of its run's ``splits.csv``, found under the run's ``data.root`` and read as predict.py
 reads its inputs), never on the images being predicted: an image's answer must not depend on which other images
-came with it. int8 is chosen when its
-largest probability difference from fp32 on those images is at most ``INT8_AGREEMENT``; the predictor then
-re-scores in fp32 every image within ``INT8_DECISION_MARGIN`` of an operating point. Without the run's data
-(a checkpoint copied elsewhere, a moved data folder) the model runs in fp32 ONNX Runtime and the log says why.
+came with it. int8 is chosen when its largest probability difference from fp32 on those images is at most
+``INT8_AGREEMENT``; the predictor then re-scores in fp32 every image within ``INT8_DECISION_MARGIN`` of an
+operating point. Without the run's data (a checkpoint copied elsewhere, a moved data folder) the model runs in
+fp32 ONNX Runtime and the log says why.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def validation_images(ckpt_path: str | Path, preprocessing, count: int = inferen
     try:
         paths, _ = run_images(ckpt_path, count, "val")
     except Exception as error:  # no run directory, its data moved or missing: fp32 instead
-        message = (str(error).splitlines() or [type(error).__name__])[0]
-        return None, f"the run's validation images are not readable here ({message[:200]})"
+        # the full message (paths) in the log only: the reason reaches the service's answers
+        log.info("int8 calibration: %s", (str(error).splitlines() or [""])[0][:300])
+        return None, f"the run's validation images are not readable here ({type(error).__name__}; see the log)"
     images = []
     for path in paths:
         try:
