@@ -67,7 +67,8 @@ def choose(model: torch.nn.Module, ckpt_path: str | Path, preprocessing, backend
     """The backend ``predict.py`` and the service run ``model`` with: ``auto`` is int8 where it agrees with fp32
     on the run's validation images (else fp32 ONNX Runtime, or torch); ``onnxruntime_int8`` asked for explicitly
     is calibrated on them too when they are readable (else on the first batch predicted, as before)."""
-    fp32 = inference.choose_backend(model, "auto" if backend == "auto" else backend)
+    # the fp32 backend kept when int8 is not used (for an explicit onnxruntime_int8 too: never int8 again)
+    fp32 = inference.choose_backend(model, "auto" if backend in ("auto", "onnxruntime_int8") else backend)
     if backend not in ("auto", "onnxruntime_int8") or "onnxruntime_int8" not in inference.available_backends(model):
         return Int8Choice(fp32, f"{fp32} (asked: {backend})")
     images, source = validation_images(ckpt_path, preprocessing)
